@@ -1,0 +1,105 @@
+"""Identities: model digest, weights digest and generic content digests.
+
+* model digest   -- sha256 over the ONNX bytes followed by every external-data file it names
+                    (sorted by location), so moving weights out of the .onnx changes nothing
+                    the user did not change.
+* weights digest -- sha256 over each initializer's name, dtype, shape and raw little-endian
+                    bytes, in name order. Independent of graph structure and of where the
+                    bytes are stored; a stripped plan records it and refit checks it first.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+CHUNK = 1 << 20
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def json_digest(obj: Any) -> str:
+    """sha256 of a canonical JSON encoding (sorted keys, no whitespace)."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
+
+
+def _external_locations(model: Any) -> list[str]:
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    locations = set()
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    locations.add(entry.value)
+    return sorted(locations)
+
+
+def model_digest(onnx_path: str | os.PathLike[str]) -> str:
+    """sha256 of the ONNX file's bytes plus the bytes of its external-data files."""
+    import onnx
+
+    path = Path(onnx_path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    model = onnx.load(str(path), load_external_data=False)
+    for location in _external_locations(model):
+        h.update(b"\0external:" + location.encode() + b"\0")
+        with open(path.parent / location, "rb") as f:
+            while chunk := f.read(CHUNK):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_digest_from_arrays(weights: Mapping[str, Any]) -> str:
+    """Weights digest of ``{name: numpy array}`` (the definition; ONNX models go through here)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        arr = np.ascontiguousarray(weights[name])
+        if arr.dtype.byteorder == ">":
+            arr = arr.astype(arr.dtype.newbyteorder("<"))
+        h.update(name.encode() + b"\0")
+        h.update(arr.dtype.str.lstrip("<>|=").encode() + b"\0")
+        h.update(json.dumps(list(arr.shape)).encode() + b"\0")
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def initializers(model: Any) -> dict[str, Any]:
+    """``{name: numpy array}`` of an ONNX ModelProto's initializers (external data loaded)."""
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def weights_digest(onnx_path_or_model: Any) -> str:
+    """Weights digest of an ONNX file (path) or a loaded ModelProto."""
+    import onnx
+
+    model = onnx_path_or_model
+    if isinstance(model, (str, os.PathLike)):
+        model = onnx.load(str(model))
+    return weights_digest_from_arrays(initializers(model))
+
+
+def combined(parts: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() + b"\0")
+    return h.hexdigest()
