@@ -92,3 +92,14 @@ def toolchains_dir() -> Path:
     """Where the farm keeps one virtual environment per backend toolchain."""
     override = env("RTXPACK_TOOLCHAINS_DIR")
     return Path(override).expanduser() if override else cache_dir() / "toolchains"
+
+
+def retry_backoff() -> float:
+    """``RTXPACK_RETRY_BACKOFF``: first retry delay in seconds (doubles per retry, capped at 8 s)."""
+    return max(0.0, env_float("RTXPACK_RETRY_BACKOFF", 0.5))
+
+
+def cache_max_size() -> str | None:
+    """``RTXPACK_CACHE_MAX_SIZE``: default size limit for ``rtxpack cache prune`` (e.g. ``20GiB``)."""
+    value = env("RTXPACK_CACHE_MAX_SIZE")
+    return value if value and value.strip() else None

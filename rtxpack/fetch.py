@@ -1,0 +1,544 @@
+"""Getting artifacts from a repository (HTTP(S) URL or local directory) into the local store.
+
+:func:`fetch_artifact` tries, in order: the local store (no network), ``repo/<artifact.path>``,
+then each of ``artifact.mirrors``. Per HTTP source it retries transient failures (connection
+errors, timeouts, 5xx, 429, a body cut short) with exponential backoff, resuming the partial
+download with ``Range: bytes=N-`` after re-hashing the N bytes already on disk. sha256 is computed
+while streaming; bytes that do not match are never installed. One file lock per blob makes
+concurrent processes download it once. ``RTXPACK_OFFLINE=1`` makes no network call at all.
+
+:func:`fetch_bytes` fetches small documents (``manifest.json``) with a size cap.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import http.client
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+from urllib.parse import unquote, urlsplit
+
+import requests
+import urllib3.exceptions
+
+from . import config
+from .errors import ChecksumMismatch, FetchError, ManifestError, OfflineError, StoreError
+from .store import Store, check_sha256
+
+#: bytes per read from the socket / file; large reads keep Python overhead per byte low
+CHUNK = 4 << 20
+_BACKOFF_CAP = 8.0
+_RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_HEADERS = {"Accept-Encoding": "identity", "User-Agent": "rtxpack"}
+#: errors raised while reading a response body: the connection is gone, try again (resume)
+_BODY_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                ConnectionError, TimeoutError)
+_BUNDLE_FIX = "run `rtxpack install ...` while online, or install from a bundle with `rtxpack install --repo bundle.tar`"
+
+
+@dataclass
+class FetchStats:
+    """Counters filled in by :func:`fetch_artifact` / :func:`fetch_bytes` (pass ``stats=``)."""
+
+    requests: int = 0               # HTTP requests sent
+    bytes_downloaded: int = 0       # body bytes received over HTTP (or copied from a directory)
+    resumed_from: int = 0           # offset of the last Range resume (0: never resumed)
+    restarts: int = 0               # resumes abandoned (200 to a Range, 416, bad partial)
+    retries: int = 0                # attempts after the first, over all sources
+    from_store: bool = False        # answered by the local store, no source touched
+    source: str | None = None       # URL or path the bytes finally came from
+    errors: list[str] = field(default_factory=list)
+
+
+class Source:
+    """A repository root: an ``http(s)://`` URL, a ``file://`` URL or a local directory."""
+
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        loc = os.fspath(location)
+        scheme = urlsplit(loc).scheme.lower() if isinstance(loc, str) else ""
+        if scheme in ("http", "https"):
+            self.kind = "http"
+            self.base = loc.rstrip("/") + "/"
+            self.dir: Path | None = None
+        elif scheme == "file":
+            self.kind = "dir"
+            self.dir = Path(unquote(urlsplit(loc).path))
+            self.base = str(self.dir)
+        else:
+            self.kind = "dir"
+            self.dir = Path(loc).expanduser()
+            self.base = str(self.dir)
+
+    def __repr__(self) -> str:
+        return f"Source({self.base!r})"
+
+    @property
+    def is_local(self) -> bool:
+        return self.kind == "dir"
+
+    def url_for(self, relpath: str) -> str:
+        """Full URL (http) or filesystem path (dir) of ``relpath`` inside this repository."""
+        rel = _safe_relpath(relpath)
+        if self.kind == "http":
+            return self.base + rel
+        assert self.dir is not None
+        return str(self.dir.joinpath(*rel.split("/")))
+
+
+def _safe_relpath(relpath: str) -> str:
+    rel = str(relpath).replace("\\", "/")
+    parts = rel.split("/")
+    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or ":" in parts[0]:
+        raise ManifestError(
+            f"artifact path {relpath!r} is not a plain relative path inside the repository",
+            fix="fix the manifest entry (paths look like blobs/sha256/ab/abcd...)",
+            path=str(relpath),
+        )
+    return rel
+
+
+def _is_http(location: str) -> bool:
+    return urlsplit(location).scheme.lower() in ("http", "https")
+
+
+def _local_path(location: str) -> Path:
+    if urlsplit(location).scheme.lower() == "file":
+        return Path(unquote(urlsplit(location).path))
+    return Path(location).expanduser()
+
+
+def _label(artifact: Any) -> str:
+    parts = [str(getattr(artifact, a)) for a in ("id", "model", "kind") if getattr(artifact, a, None)]
+    name = " ".join(dict.fromkeys(parts)) if parts else "artifact"
+    return f"{name} (sha256 {artifact.sha256[:12]}…, {artifact.size} bytes)"
+
+
+def _backoff(attempt: int) -> None:
+    base = config.retry_backoff()
+    if base > 0:
+        delay = min(_BACKOFF_CAP, base * (2 ** attempt))
+        time.sleep(delay * (0.75 + 0.5 * random.random()))
+
+
+class _Retry(Exception):
+    """A transient failure: try this source again (partial bytes are kept)."""
+
+
+class _NextSource(Exception):
+    """This source cannot deliver the artifact (404, 403...): go to the next one without retrying."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- artifacts -----------------------------------------------------------------------------------
+def fetch_artifact(
+    artifact: Any,
+    *,
+    repo: str | os.PathLike[str] | None,
+    store: Store | None = None,
+    progress: bool | None = None,
+    session: requests.Session | None = None,
+    stats: FetchStats | None = None,
+) -> Path:
+    """Make ``artifact`` (attributes ``sha256``, ``size``, ``path``, ``mirrors``) present and
+    verified in the local store; return its path there.
+
+    ``progress``: None shows a tqdm bar only when stderr is a terminal; callers printing
+    ``--json`` pass False. Raises :class:`OfflineError`, :class:`ChecksumMismatch` (some source
+    served wrong bytes and none served right ones) or :class:`FetchError`.
+    """
+    store = store or Store()
+    stats = stats if stats is not None else FetchStats()
+    sha = check_sha256(artifact.sha256)
+    size = int(artifact.size)
+    label = _label(artifact)
+
+    if store.has(sha, size):
+        path = store.get(sha)
+        if path is not None:
+            stats.from_store = True
+            return path
+
+    offline = config.offline()
+    locations: list[str] = []
+    if repo is not None:
+        locations.append(Source(repo).url_for(artifact.path))
+    locations.extend(str(m) for m in (getattr(artifact, "mirrors", None) or ()))
+    if offline:
+        locations = [loc for loc in locations if not _is_http(loc)]
+        if not any(_local_path(loc).is_file() for loc in locations):
+            raise OfflineError(
+                f"{label} is not in the local store and RTXPACK_OFFLINE=1 forbids downloading it",
+                fix=_BUNDLE_FIX, sha256=sha, size=size, artifact=str(getattr(artifact, "id", "") or sha),
+                store=str(store.root),
+            )
+    if not locations:
+        raise FetchError(f"{label} is not in the local store and no repository or mirror was given",
+                         fix="pass --repo URL|DIR", sha256=sha)
+
+    meta = {k: str(getattr(artifact, k)) for k in ("id", "model", "kind") if getattr(artifact, k, None)}
+    if getattr(artifact, "path", None):
+        meta["name"] = Path(str(artifact.path)).name
+    own_session = session is None
+    lock = store.lock(sha)
+    with lock:
+        # Another process may have finished it while we waited for the lock.
+        if store.has(sha, size):
+            stats.from_store = True
+            path = store.get(sha)
+            assert path is not None
+            return path
+        if own_session and any(_is_http(loc) for loc in locations):
+            session = requests.Session()
+        try:
+            return _fetch_locked(store, sha, size, label, locations, meta, session, progress, stats)
+        finally:
+            if own_session and session is not None:
+                session.close()
+
+
+def _fetch_locked(store: Store, sha: str, size: int, label: str, locations: list[str],
+                  meta: dict[str, str], session: requests.Session | None, progress: bool | None,
+                  stats: FetchStats) -> Path:
+    mismatch: ChecksumMismatch | None = None
+    errors: list[str] = []
+    attempts = 1 + max(0, config.max_retries())
+    for loc in locations:
+        for attempt in range(attempts):
+            if attempt:
+                stats.retries += 1
+                _backoff(attempt - 1)
+            try:
+                if _is_http(loc):
+                    assert session is not None
+                    path = _download_http(store, sha, size, loc, session, progress, stats, meta)
+                else:
+                    path = _copy_local(store, sha, size, _local_path(loc), stats, meta)
+                stats.source = loc
+                return path
+            except ChecksumMismatch as e:
+                mismatch = e
+                errors.append(f"{loc}: {e}")
+                break  # this source serves wrong bytes; the partial is gone; try the next source
+            except _NextSource as e:
+                errors.append(f"{loc}: {e}")
+                break
+            except _Retry as e:
+                errors.append(f"{loc}: {e}")
+            except (StoreError, OfflineError):
+                raise
+    stats.errors.extend(errors)
+    if mismatch is not None:
+        raise ChecksumMismatch(
+            f"{label}: every source failed and at least one served wrong bytes; nothing was installed. "
+            + "; ".join(errors),
+            fix="the repository or mirror is corrupt or was changed after publishing; re-publish it or use another mirror",
+            sha256=sha, expected=sha, actual=mismatch.details.get("actual"), url=str(mismatch.details.get("url")),
+            sources=locations, errors=errors,
+        )
+    raise FetchError(
+        f"could not fetch {label} from any source: " + "; ".join(errors),
+        fix="check the repository URL and your network, or " + _BUNDLE_FIX.split(", or ")[-1],
+        sha256=sha, sources=locations, errors=errors,
+    )
+
+
+def _copy_local(store: Store, sha: str, size: int, src: Path, stats: FetchStats, meta: dict[str, str]) -> Path:
+    try:
+        actual_size = src.stat().st_size
+    except FileNotFoundError:
+        raise _NextSource(f"{src} does not exist") from None
+    except OSError as e:
+        raise _NextSource(f"{src}: {e}") from e
+    if actual_size != size:
+        raise ChecksumMismatch(f"{src} has {actual_size} bytes, expected {size}", sha256=sha,
+                               expected=sha, actual=None, url=str(src))
+    store.ensure_free_space(size, what=f"sha256 {sha[:12]}…")
+    tmp = store.temp_file(sha)
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    try:
+        with open(src, "rb", buffering=0) as fin, open(tmp, "wb", buffering=0) as fout:
+            while n := fin.readinto(buf):
+                h.update(view[:n])
+                fout.write(view[:n])
+                stats.bytes_downloaded += n
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _Retry(f"reading {src}: {e}") from e
+    try:
+        return store.commit_temp(tmp, sha, size, actual_sha256=h.hexdigest(), meta=meta)
+    except ChecksumMismatch as e:
+        e.details["url"] = str(src)
+        e.url = str(src)  # type: ignore[attr-defined]
+        raise
+
+
+def _download_http(store: Store, sha: str, size: int, url: str, session: requests.Session,
+                   progress: bool | None, stats: FetchStats, meta: dict[str, str]) -> Path:
+    partial = store.partial_path(sha)
+    info_path = partial.with_name(partial.name + ".json")
+    h = hashlib.sha256()
+    have = 0
+    if partial.exists():
+        have = partial.stat().st_size
+        if have > size:
+            stats.restarts += 1
+            _drop(partial, info_path)
+            have = 0
+        else:
+            h = _rehash(partial)
+            if have == size:  # complete from an earlier run; no request needed
+                try:
+                    return store.commit_temp(partial, sha, size, actual_sha256=h.hexdigest(), meta=meta)
+                except ChecksumMismatch:
+                    stats.restarts += 1
+                    _drop(partial, info_path)
+                    h, have = hashlib.sha256(), 0
+    store.ensure_free_space(size - have, what=f"sha256 {sha[:12]}…")
+
+    resumed = 0
+    headers = dict(_HEADERS)
+    if have:
+        headers["Range"] = f"bytes={have}-"
+        etag = _read_info(info_path).get("etag") if _read_info(info_path).get("url") == url else None
+        if etag:
+            headers["If-Range"] = etag
+    resp = _get(session, url, headers, stats)
+    try:
+        if have and resp.status_code == 416:
+            # The server thinks our partial is past the end: the partial is not what it serves.
+            stats.restarts += 1
+            _drop(partial, info_path)
+            resp.close()
+            return _download_http(store, sha, size, url, session, progress, stats, meta)
+        _check_status(resp, url)
+        if have and resp.status_code == 206:
+            start = _content_range_start(resp.headers.get("Content-Range"))
+            if start != have:
+                stats.restarts += 1
+                _drop(partial, info_path)
+                resp.close()
+                return _download_http(store, sha, size, url, session, progress, stats, meta)
+            stats.resumed_from = resumed = have
+        elif have:
+            # 200 to a Range request: the body is the whole file; start over cleanly from zero.
+            stats.restarts += 1
+            h, have = hashlib.sha256(), 0
+        _write_info(info_path, url, resp.headers.get("ETag"))
+        mode = "ab" if have else "wb"
+        bar = _progress_bar(progress, size, have, url)
+        try:
+            with open(partial, mode, buffering=0) as f:
+                for chunk in _iter_body(resp):
+                    n = len(chunk)
+                    if have + n > size:
+                        raise ChecksumMismatch(
+                            f"{url} sent more than the expected {size} bytes", sha256=sha,
+                            expected=sha, actual=None, expected_size=size, url=url)
+                    h.update(chunk)
+                    try:
+                        f.write(chunk)
+                    except OSError as e:
+                        raise StoreError(f"writing {partial}: {e}", path=str(partial),
+                                         fix="check free space and permissions of RTXPACK_CACHE_DIR") from e
+                    have += n
+                    stats.bytes_downloaded += n
+                    if bar is not None:
+                        bar.update(n)
+        except ChecksumMismatch:
+            _drop(partial, info_path)
+            raise
+        except _BODY_ERRORS as e:
+            raise _Retry(f"connection lost after {have} of {size} bytes ({type(e).__name__}: {e})") from e
+        finally:
+            if bar is not None:
+                bar.close()
+    finally:
+        resp.close()
+    if have < size:
+        raise _Retry(f"body ended after {have} of {size} bytes")
+    try:
+        path = store.commit_temp(partial, sha, size, actual_sha256=h.hexdigest(), meta=meta)
+    except ChecksumMismatch as e:
+        _drop(partial, info_path)
+        if resumed:
+            # The bad bytes may be the old partial's (e.g. written from another server): one clean try.
+            stats.restarts += 1
+            return _download_http(store, sha, size, url, session, progress, stats, meta)
+        e.details["url"] = url
+        e.url = url  # type: ignore[attr-defined]
+        raise
+    info_path.unlink(missing_ok=True)
+    return path
+
+
+def _iter_body(resp: requests.Response) -> Iterator[bytes]:
+    # Read straight from urllib3 (no content decoding: we asked for identity) in large pieces.
+    raw = resp.raw
+    read = raw.read
+    while True:
+        chunk = read(CHUNK, decode_content=False)
+        if not chunk:
+            return
+        yield chunk
+
+
+def _get(session: requests.Session, url: str, headers: dict[str, str], stats: FetchStats) -> requests.Response:
+    if config.offline():  # defensive: callers filter http sources out when offline
+        raise OfflineError(f"RTXPACK_OFFLINE=1 forbids fetching {url}", fix=_BUNDLE_FIX, url=url)
+    stats.requests += 1
+    try:
+        return session.get(url, headers=headers, stream=True,
+                           timeout=(config.connect_timeout(), config.read_timeout()))
+    except requests.Timeout as e:
+        raise _Retry(f"timed out ({type(e).__name__}: connect {config.connect_timeout()} s, "
+                     f"read {config.read_timeout()} s; set RTXPACK_READ_TIMEOUT to wait longer)") from e
+    except requests.RequestException as e:
+        raise _Retry(f"{type(e).__name__}: {e}") from e
+
+
+def _check_status(resp: requests.Response, url: str) -> None:
+    code = resp.status_code
+    if code in (200, 206):
+        return
+    if code in _RETRYABLE_STATUS:
+        raise _Retry(f"HTTP {code}")
+    raise _NextSource(f"HTTP {code}", status=code)
+
+
+def _content_range_start(value: str | None) -> int | None:
+    # "bytes 100-199/200"
+    try:
+        assert value is not None
+        unit, rng = value.split(" ", 1)
+        return int(rng.split("-", 1)[0]) if unit.strip().lower() == "bytes" else None
+    except (AssertionError, ValueError):
+        return None
+
+
+def _rehash(path: Path) -> "hashlib._Hash":
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h
+
+
+def _read_info(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_info(path: Path, url: str, etag: str | None) -> None:
+    try:
+        path.write_text(json.dumps({"url": url, "etag": etag}))
+    except OSError:
+        pass
+
+
+def _drop(*paths: Path) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+def _progress_bar(progress: bool | None, total: int, initial: int, url: str) -> Any:
+    if progress is None:
+        progress = sys.stderr is not None and sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=url.rsplit("/", 1)[-1][:16], file=sys.stderr, leave=False)
+
+
+# -- small documents -----------------------------------------------------------------------------
+def fetch_bytes(
+    url_or_path: str | os.PathLike[str],
+    *,
+    max_size: int,
+    session: requests.Session | None = None,
+    stats: FetchStats | None = None,
+) -> bytes:
+    """The bytes of a small document (``manifest.json``...) at a URL, ``file://`` URL or path.
+
+    More than ``max_size`` bytes is a :class:`FetchError` (a hostile or broken server cannot fill
+    memory). HTTP gets the same timeouts and retries as artifacts; offline mode only reads files.
+    """
+    stats = stats if stats is not None else FetchStats()
+    loc = os.fspath(url_or_path)
+    if not _is_http(loc):
+        path = _local_path(loc)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(max_size + 1)
+        except FileNotFoundError as e:
+            raise FetchError(f"{path} does not exist", fix="check the --repo path", url=str(path), status=404) from e
+        except OSError as e:
+            raise FetchError(f"cannot read {path}: {e}", fix="check the --repo path and its permissions",
+                             url=str(path)) from e
+        _check_cap(len(data), max_size, str(path))
+        stats.bytes_downloaded += len(data)
+        return data
+    if config.offline():
+        raise OfflineError(f"RTXPACK_OFFLINE=1 forbids fetching {loc}", fix=_BUNDLE_FIX, url=loc)
+    own = session is None
+    sess = session or requests.Session()
+    errors: list[str] = []
+    try:
+        for attempt in range(1 + max(0, config.max_retries())):
+            if attempt:
+                stats.retries += 1
+                _backoff(attempt - 1)
+            try:
+                resp = _get(sess, loc, dict(_HEADERS), stats)
+                try:
+                    _check_status(resp, loc)
+                    length = resp.headers.get("Content-Length")
+                    if length and length.isdigit():
+                        _check_cap(int(length), max_size, loc)
+                    buf = bytearray()
+                    for chunk in _iter_body(resp):
+                        buf += chunk
+                        _check_cap(len(buf), max_size, loc)
+                    if length and length.isdigit() and len(buf) < int(length):
+                        raise _Retry(f"body ended after {len(buf)} of {length} bytes")
+                    stats.bytes_downloaded += len(buf)
+                    stats.source = loc
+                    return bytes(buf)
+                except _BODY_ERRORS as e:
+                    raise _Retry(f"{type(e).__name__}: {e}") from e
+                finally:
+                    resp.close()
+            except _NextSource as e:
+                raise FetchError(f"{loc}: {e}", fix="check the repository URL", url=loc, status=e.status) from e
+            except _Retry as e:
+                errors.append(str(e))
+    finally:
+        if own:
+            sess.close()
+    stats.errors.extend(errors)
+    raise FetchError(f"could not fetch {loc}: " + "; ".join(errors),
+                     fix="check the repository URL and your network", url=loc, errors=errors)
+
+
+def _check_cap(n: int, max_size: int, where: str) -> None:
+    if n > max_size:
+        raise FetchError(f"{where} is larger than the {max_size}-byte limit for this document",
+                         fix="check that the URL points at the right document", url=where, max_size=max_size)
+
+
+__all__ = ["CHUNK", "FetchStats", "Source", "fetch_artifact", "fetch_bytes"]

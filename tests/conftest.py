@@ -1,0 +1,257 @@
+"""Shared pytest fixtures for rtxpack.
+
+Environment
+    ``_isolated_env`` (autouse): every test gets its own ``RTXPACK_CACHE_DIR`` (under tmp_path) and
+    no other ``RTXPACK_*`` variable; network knobs are set small so failures are fast
+    (``RTXPACK_RETRY_BACKOFF=0.01``). Tests override with ``monkeypatch.setenv``.
+
+Servers (loopback only: 127.0.0.1, never another address)
+    ``nginx``        a real nginx serving ``tmp_path/"repo"`` (Range, ETag, If-Range for real);
+                     ``.url``, ``.root``, ``.hits(path)`` parses its access log.
+                     Skipped only when no nginx binary exists (CI installs the Debian package).
+    ``faultserver``  :class:`tests.faultserver.FaultServer`, scripted faults (cuts, wrong bytes,
+                     500/404, hangs, 200 to a Range request).
+
+Helpers
+    ``make_artifact(data, repo_dir=None, **attrs)`` -> :class:`Art`, writing the bytes into the
+    repository layout ``blobs/sha256/ab/<sha>`` when ``repo_dir`` is given.
+
+Other areas: add fixtures below the marked section, with a line in this docstring.
+"""
+from __future__ import annotations
+
+import grp
+import hashlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from faultserver import FaultServer  # noqa: E402
+
+NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
+
+
+# -- environment ---------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private cache dir and a clean RTXPACK_* environment for every test."""
+    for name in list(os.environ):
+        if name.startswith("RTXPACK_"):
+            monkeypatch.delenv(name)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("RTXPACK_CACHE_DIR", str(cache))
+    monkeypatch.setenv("RTXPACK_RETRY_BACKOFF", "0.01")
+    # Never let a proxy setting send loopback traffic elsewhere.
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    return cache
+
+
+# -- artifacts -----------------------------------------------------------------------------------
+@dataclass
+class Art:
+    """Duck-typed artifact as fetch_artifact sees it (sha256, size, path, mirrors, id...)."""
+
+    sha256: str
+    size: int
+    path: str
+    mirrors: list[str] = field(default_factory=list)
+    id: str = "test-artifact"
+    model: str = "mlp"
+    kind: str = "plan"
+    data: bytes = b""
+
+
+def _write_artifact(data: bytes, repo_dir: Path | None = None, **attrs: object) -> Art:
+    sha = hashlib.sha256(data).hexdigest()
+    rel = f"blobs/sha256/{sha[:2]}/{sha}"
+    if repo_dir is not None:
+        dest = Path(repo_dir) / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+    return Art(sha256=sha, size=len(data), path=rel, data=data, **attrs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def make_artifact() -> Callable[..., Art]:
+    return _write_artifact
+
+
+def random_bytes(n: int, seed: int = 0) -> bytes:
+    import random
+
+    return random.Random(seed).randbytes(n)
+
+
+# -- nginx ---------------------------------------------------------------------------------------
+@dataclass
+class NginxHit:
+    method: str
+    path: str
+    status: int
+    sent: int          # body bytes sent ($body_bytes_sent)
+    range: str | None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Nginx:
+    """nginx on 127.0.0.1:<free port> serving ``root``; all its files live under ``workdir``."""
+
+    def __init__(self, root: Path, workdir: Path, limit_rate: str | None = None) -> None:
+        self.binary = next((p for p in NGINX_CANDIDATES if os.access(p, os.X_OK)), None) or shutil.which("nginx")
+        self.root = root
+        self.workdir = workdir
+        self.limit_rate = limit_rate
+        self.access_log = workdir / "access.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.url = ""
+
+    def _conf(self) -> str:
+        w = self.workdir
+        # As root, nginx would switch workers to "nobody", who cannot read pytest's 0700 tmp dirs.
+        user = f"user {pwd.getpwuid(0).pw_name} {grp.getgrgid(0).gr_name};" if os.geteuid() == 0 else ""
+        rate = f"limit_rate {self.limit_rate};" if self.limit_rate else ""
+        return f"""
+{user}
+daemon off;
+master_process on;
+worker_processes 1;
+pid {w}/nginx.pid;
+error_log {w}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 30;
+    log_format rtx '$request_method $uri $status $body_bytes_sent "$http_range"';
+    access_log {self.access_log} rtx;
+    client_body_temp_path {w}/client_body;
+    proxy_temp_path {w}/proxy;
+    fastcgi_temp_path {w}/fastcgi;
+    uwsgi_temp_path {w}/uwsgi;
+    scgi_temp_path {w}/scgi;
+    server {{
+        listen 127.0.0.1:{self.port};
+        root {self.root};
+        {rate}
+        location / {{ }}
+    }}
+}}
+"""
+
+    def start(self) -> "Nginx":
+        if not self.binary:
+            pytest.skip("nginx is not installed (apt-get install nginx); CI installs it")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        last_err = ""
+        for _ in range(5):  # the free port may be taken between probing and nginx binding it
+            self.port = _free_port()
+            conf = self.workdir / "nginx.conf"
+            conf.write_text(self._conf())
+            self.proc = subprocess.Popen(
+                [self.binary, "-p", str(self.workdir), "-c", str(conf), "-e", str(self.workdir / "error.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                    self.url = f"http://127.0.0.1:{self.port}"
+                    return self
+                except OSError:
+                    time.sleep(0.02)
+            last_err = self._stop_and_read_error()
+        raise RuntimeError(f"nginx did not start: {last_err}")
+
+    def _stop_and_read_error(self) -> str:
+        err = ""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            _, stderr = self.proc.communicate(timeout=5)
+            err = stderr.decode(errors="replace")
+            self.proc = None
+        log = self.workdir / "error.log"
+        return err + (log.read_text(errors="replace") if log.exists() else "")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)  # graceful: flushes the access log
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def hits(self, path: str | None = None, *, at_least: int = 0, timeout: float = 3.0) -> list[NginxHit]:
+        """Requests in the access log (for ``path`` when given); waits for ``at_least`` of them,
+        because nginx writes the line just after the client has its last byte."""
+        deadline = time.monotonic() + timeout
+        while True:
+            hits = []
+            if self.access_log.exists():
+                for line in self.access_log.read_text().splitlines():
+                    method, uri, status, sent, rng = line.split(" ", 4)
+                    rng = rng.strip('"')
+                    hit = NginxHit(method, uri, int(status), int(sent), None if rng in ("", "-") else rng)
+                    if path is None or hit.path == path or hit.path == "/" + path.lstrip("/"):
+                        hits.append(hit)
+            if len(hits) >= at_least or time.monotonic() > deadline:
+                return hits
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[Nginx]:
+    """A real nginx serving the directory ``nginx.root`` (= tmp_path/"repo")."""
+    server = Nginx(tmp_path / "repo", tmp_path / "nginx").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def slow_nginx(tmp_path: Path) -> Iterator[Nginx]:
+    """Like ``nginx`` but sending at most 1 MiB/s per connection (to catch downloads mid-way)."""
+    server = Nginx(tmp_path / "repo", tmp_path / "nginx-slow", limit_rate="1m").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def faultserver() -> Iterator[FaultServer]:
+    """A scripted fault-injecting HTTP server on 127.0.0.1 (see tests/faultserver.py)."""
+    with FaultServer(lifetime=60) as server:
+        yield server
+
+
+# -- fixtures from other areas go below this line ------------------------------------------------
