@@ -1,0 +1,335 @@
+"""Which artifact fits this machine, best first, and why: a pure function (no I/O).
+
+Modelled on ``packaging.tags``: the machine is a frozen, hashable :class:`Target`; the
+repository is a :class:`~rtxpack.manifest.Manifest`; :func:`candidates` yields every engine of
+the wanted model with the tier it was ranked in or the reason it was rejected.
+
+Tiers, best first::
+
+    exact-cc   an engine built for exactly this compute capability
+    portable   a multi-CC engine whose list covers this CC
+    ptx        a forward-compatible engine (PTX) built for an older CC
+    jit        build on this machine from the app's local ONNX
+    (nothing)  ResolveError naming the GPU, what the repository offers, and what to do
+
+Inside a tier: preferred backend first (tensorrt-rtx where this GPU supports it, else nvrtc),
+then newer backend version, then a weight-stripped engine when the app's ONNX can refit it
+(smaller download), then smaller size, then id (deterministic).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping, Sequence
+
+from .device import Device
+from .errors import ResolveError
+from .manifest import Artifact, Manifest, format_cc, parse_cc, version_tuple
+
+TIERS = ("exact-cc", "portable", "ptx", "jit")
+#: compute capabilities TensorRT-RTX supports (support matrix; FACTS.md)
+TRT_RTX_CCS = frozenset({(7, 5), (8, 0), (8, 6), (8, 7), (8, 9), (12, 0), (12, 1)})
+BACKEND_PREFERENCE = ("tensorrt-rtx", "nvrtc")
+PRECISION_FLOOR = {"fp8": (8, 9), "fp4": (12, 0), "bf16": (8, 0)}
+
+
+@dataclass(frozen=True)
+class Target:
+    """The machine an artifact must fit: one GPU of a :class:`Device`, frozen and hashable."""
+
+    cc: tuple[int, int]
+    os: str
+    gpu_name: str | None = None
+    driver: tuple[int, ...] = ()                       # CUDA driver API version, () = unknown
+    backends: tuple[tuple[str, str | None], ...] = ()  # installed versions, None = not installed
+
+    @classmethod
+    def from_device(cls, device: Device, gpu_index: int = 0) -> "Target":
+        if not device.gpus:
+            raise ResolveError("no NVIDIA GPU was found on this machine",
+                               fix="install the NVIDIA driver, or set RTXPACK_DEVICE=8.9 to resolve for another GPU",
+                               device=device.to_dict())
+        g = device.gpus[gpu_index]
+        return cls(cc=g.cc, os=device.os, gpu_name=g.name, driver=version_tuple(g.driver_version),
+                   backends=device.backends)
+
+    def backend_version(self, name: str) -> str | None:
+        return dict(self.backends).get(name)
+
+    @property
+    def cc_str(self) -> str:
+        return format_cc(self.cc)
+
+    def describe(self) -> str:
+        drv = f", CUDA driver {'.'.join(map(str, self.driver))}" if self.driver else ""
+        return f"{self.gpu_name or 'GPU'} (CC {self.cc_str}, {self.os}{drv})"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One option, ranked (``tier`` set, ``ok`` True) or rejected (``ok`` False, ``reason`` says why)."""
+
+    tier: str | None
+    ok: bool
+    reason: str
+    artifact: Artifact | None = None          # None for the JIT tier
+    backend: str | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return self.artifact.id if self.artifact else f"jit:{self.backend}"
+
+    def to_dict(self) -> dict:
+        d = {"id": self.id, "tier": self.tier, "ok": self.ok, "reason": self.reason, "backend": self.backend}
+        if self.artifact is not None:
+            a = self.artifact
+            d.update({"kind": a.kind, "backend_version": a.backend_version, "compute_capabilities": list(a.compute_capabilities),
+                      "stripped": a.stripped, "size": a.size, "sha256": a.sha256})
+        if self.notes:
+            d["notes"] = list(self.notes)
+        return d
+
+
+@dataclass(frozen=True)
+class CacheMatch:
+    artifact: Artifact
+    ok: bool
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"id": self.artifact.id, "kind": self.artifact.kind, "ok": self.ok, "reason": self.reason,
+                "gpu_name": self.artifact.gpu_name, "sha256": self.artifact.sha256, "size": self.artifact.size}
+
+
+@dataclass(frozen=True)
+class Resolution:
+    target: Target
+    model: str
+    candidates: tuple[Candidate, ...]          # accepted, best first
+    rejected: tuple[Candidate, ...]
+    caches: tuple[CacheMatch, ...] = ()        # for the best candidate: used (ok) and near misses
+    notes: tuple[str, ...] = ()
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.candidates[0] if self.candidates else None
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        """What to fetch for the best candidate: its engine plus matching caches."""
+        best = self.best
+        if best is None or best.artifact is None:
+            return []
+        return [best.artifact] + [c.artifact for c in self.caches if c.ok]
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "target": {"cc": self.target.cc_str, "os": self.target.os,
+                                                "gpu_name": self.target.gpu_name,
+                                                "driver": ".".join(map(str, self.target.driver)) or None,
+                                                "backends": dict(self.target.backends)},
+                "chosen": self.best.to_dict() if self.best else None,
+                "candidates": [c.to_dict() for c in self.candidates],
+                "rejected": [c.to_dict() for c in self.rejected],
+                "caches": [c.to_dict() for c in self.caches], "notes": list(self.notes)}
+
+
+# ---- the manifest index (built once per manifest, so a lookup touches only one model's entries) -----
+def _index(manifest: Manifest) -> Mapping[str, tuple[tuple[Artifact, ...], tuple[Artifact, ...]]]:
+    cached = manifest.__dict__.get("_resolve_index")
+    if cached is not None:
+        return cached
+    engines: dict[str, list[Artifact]] = {}
+    caches: dict[str, list[Artifact]] = {}
+    for a in manifest.artifacts:
+        (engines if a.kind == "engine" else caches if a.kind in ("runtime-cache", "timing-cache") else {}).setdefault(
+            a.model, []).append(a)
+    models = set(engines) | set(caches)
+    index = {m: (tuple(engines.get(m, ())), tuple(caches.get(m, ()))) for m in models}
+    object.__setattr__(manifest, "_resolve_index", index)  # a derived, immutable view of a frozen value
+    return index
+
+
+def backend_supports(backend: str, cc: tuple[int, int]) -> bool:
+    return cc in TRT_RTX_CCS if backend == "tensorrt-rtx" else True
+
+
+def _backend_rank(backend: str, target: Target) -> int:
+    order = [b for b in BACKEND_PREFERENCE if backend_supports(b, target.cc)] + list(BACKEND_PREFERENCE)
+    return order.index(backend) if backend in order else len(order)
+
+
+def _version_ok(a: Artifact, target: Target) -> tuple[bool, str, tuple[str, ...]]:
+    installed = target.backend_version(a.backend)
+    if installed is None:
+        return True, "", (f"{a.backend} is not installed here; it needs {a.backend} {a.backend_version}",)
+    if a.backend == "tensorrt-rtx":
+        if version_tuple(installed) != version_tuple(a.backend_version):
+            return False, (f"built with tensorrt-rtx {a.backend_version}, this machine has {installed} "
+                           "(engines load only in the exact version)"), ()
+    else:  # our plan format: same major, not newer than the runtime
+        iv, av = version_tuple(installed), version_tuple(a.backend_version)
+        if av[:1] != iv[:1] or av > iv:
+            return False, f"plan format {a.backend_version} is not readable by nvrtc backend {installed}", ()
+    return True, "", ()
+
+
+def _classify(a: Artifact, target: Target, *, weights_digest: str | None, backend: str | None) -> Candidate:
+    def reject(reason: str) -> Candidate:
+        return Candidate(tier=None, ok=False, reason=reason, artifact=a, backend=a.backend)
+
+    if backend is not None and a.backend != backend:
+        return reject(f"backend {a.backend}, {backend} was asked for")
+    ccs = a.ccs
+    cc = target.cc
+    if cc in ccs:
+        tier = "exact-cc" if len(ccs) == 1 else "portable"
+    elif a.ptx and any(c < cc for c in ccs):
+        tier = "ptx"
+    else:
+        why = f"built for CC {', '.join(a.compute_capabilities)}, this GPU is {target.cc_str}"
+        if a.ptx:
+            why += " (its PTX only runs on newer GPUs)"
+        return reject(why)
+    if not backend_supports(a.backend, cc):
+        return reject(f"{a.backend} does not support CC {target.cc_str}")
+    if a.os and a.os != target.os:
+        return reject(f"built for {a.os}, this machine runs {target.os}")
+    if a.min_driver_version and target.driver and version_tuple(a.min_driver_version) > target.driver:
+        return reject(f"needs CUDA driver {a.min_driver_version} or newer, this machine has "
+                      f"{'.'.join(map(str, target.driver))} (update the NVIDIA driver)")
+    floor = PRECISION_FLOOR.get(a.precision)
+    if floor and cc < floor:
+        return reject(f"{a.precision} needs CC {format_cc(floor)} or newer")
+    ok, why, notes = _version_ok(a, target)
+    if not ok:
+        return reject(why)
+    if a.stripped and weights_digest is None:
+        return reject("weight-stripped engine and no local ONNX to refit it from (pass onnx=...)")
+    if weights_digest is not None and a.weights_digest != weights_digest:
+        return reject(f"built from other weights (weights digest {a.weights_digest[:12]}, the local ONNX has "
+                      f"{weights_digest[:12]})")
+    label = {"exact-cc": f"engine for exactly CC {target.cc_str}",
+             "portable": f"portable engine for CC {', '.join(a.compute_capabilities)} covers {target.cc_str}",
+             "ptx": f"PTX engine built for CC {', '.join(a.compute_capabilities)} runs forward on {target.cc_str}"}[tier]
+    if a.stripped:
+        label += "; weight-stripped, refit from the local ONNX (weights digest matches)"
+    return Candidate(tier=tier, ok=True, reason=label, artifact=a, backend=a.backend, notes=notes)
+
+
+def _sort_key(c: Candidate, target: Target) -> tuple:
+    a = c.artifact
+    assert a is not None
+    return (TIERS.index(c.tier or "jit"), _backend_rank(a.backend, target),
+            tuple(-x for x in version_tuple(a.backend_version)), 0 if a.stripped else 1, a.size, a.id)
+
+
+def candidates(manifest: Manifest, target: Target, model: str, *, weights_digest: str | None = None,
+               backend: str | None = None) -> Iterator[Candidate]:
+    """Every engine of ``model``, classified; accepted ones best first, then the rejected ones."""
+    engines, _ = _index(manifest).get(model, ((), ()))
+    classified = [_classify(a, target, weights_digest=weights_digest, backend=backend) for a in engines]
+    yield from sorted((c for c in classified if c.ok), key=lambda c: _sort_key(c, target))
+    yield from sorted((c for c in classified if not c.ok), key=lambda c: c.artifact.id if c.artifact else "")
+
+
+def jit_backend(target: Target, backend: str | None = None) -> str | None:
+    """The backend a JIT build on this machine would use, or None."""
+    for name in ([backend] if backend else BACKEND_PREFERENCE):
+        if target.backend_version(name) and backend_supports(name, target.cc):
+            return name
+    return None
+
+
+def match_caches(manifest: Manifest, target: Target, engine: Artifact) -> tuple[CacheMatch, ...]:
+    """Runtime/timing caches for ``engine``: the ones that fit this GPU (ok) and near misses."""
+    _, caches = _index(manifest).get(engine.model, ((), ()))
+    out = []
+    for c in caches:
+        if c.backend != engine.backend:
+            continue
+        if c.kind == "runtime-cache":
+            if c.engine != engine.sha256:
+                continue
+            reasons = []
+            if target.gpu_name and c.gpu_name != target.gpu_name:
+                reasons.append(f"made on {c.gpu_name}, this GPU is {target.gpu_name}")
+            if target.cc not in c.ccs:
+                reasons.append(f"made for CC {', '.join(c.compute_capabilities)}")
+            if c.os and c.os != target.os:
+                reasons.append(f"made on {c.os}")
+            if c.backend_version != engine.backend_version:
+                reasons.append(f"backend version {c.backend_version} differs from the engine's")
+            cache_drv = version_tuple(c.driver_version)
+            if cache_drv and target.driver:
+                if cache_drv[0] != target.driver[0]:
+                    reasons.append(f"driver major {cache_drv[0]}, this machine has {target.driver[0]}")
+                elif target.driver < cache_drv:
+                    reasons.append(f"made with newer driver {c.driver_version}")
+            out.append(CacheMatch(c, not reasons, "; ".join(reasons) or f"runtime cache for {c.gpu_name} matches"))
+        else:  # timing cache: per CC and exact backend version
+            ok = target.cc in c.ccs and c.backend_version == engine.backend_version
+            out.append(CacheMatch(c, ok, "timing cache matches" if ok else "timing cache for another CC or version"))
+    return tuple(sorted(out, key=lambda m: (not m.ok, m.artifact.id)))
+
+
+def resolve(manifest: Manifest | None, target: Target, model: str, *, weights_digest: str | None = None,
+            have_onnx: bool = False, backend: str | None = None) -> Resolution:
+    """Rank every option for ``model`` on ``target``. Deterministic and free of I/O."""
+    accepted: list[Candidate] = []
+    rejected: list[Candidate] = []
+    notes: list[str] = []
+    if manifest is not None:
+        for c in candidates(manifest, target, model, weights_digest=weights_digest, backend=backend):
+            (accepted if c.ok else rejected).append(c)
+        if not any(True for _ in _index(manifest).get(model, ((), ()))[0]):
+            notes.append(f"the repository has no engine for model {model!r} (it has: {', '.join(manifest.models()) or 'nothing'})")
+    jb = jit_backend(target, backend)
+    if have_onnx and jb:
+        accepted.append(Candidate(tier="jit", ok=True, backend=jb,
+                                  reason=f"build on this machine from the local ONNX with {jb} (cached for the next start)"))
+    elif have_onnx:
+        rejected.append(Candidate(tier=None, ok=False, backend=backend,
+                                  reason=f"no backend installed here can build for CC {target.cc_str} "
+                                         "(pip install rtxpack[gpu] for nvrtc, rtxpack[rtx] for tensorrt-rtx)"))
+    if not backend_supports("tensorrt-rtx", target.cc):
+        notes.append(f"TensorRT-RTX does not support CC {target.cc_str}; the nvrtc backend is the fallback")
+    caches: tuple[CacheMatch, ...] = ()
+    if accepted and accepted[0].artifact is not None and manifest is not None:
+        caches = match_caches(manifest, target, accepted[0].artifact)
+    return Resolution(target=target, model=model, candidates=tuple(accepted), rejected=tuple(rejected),
+                      caches=caches, notes=tuple(notes))
+
+
+def no_match_error(res: Resolution, *, repo: str | None = None) -> ResolveError:
+    """One error naming the GPU, what the repository offers, and what to do."""
+    t = res.target
+    offered = sorted({f"{c.artifact.backend} CC {'/'.join(c.artifact.compute_capabilities)}"
+                      for c in res.rejected if c.artifact is not None})
+    trt_any = any(c.artifact is not None and c.artifact.backend == "tensorrt-rtx" for c in res.rejected)
+    head = (f"no TensorRT-RTX artifact for this GPU {t.describe()}" if trt_any and not any(
+        c.artifact is not None and c.artifact.backend != "tensorrt-rtx" for c in res.rejected)
+        else f"no artifact of model {res.model!r} fits this GPU {t.describe()}")
+    offers = f"; the repository offers {', '.join(offered)}" if offered else ""
+    nb = "nvrtc" if not backend_supports("tensorrt-rtx", t.cc) else jit_backend(t) or "nvrtc"
+    fix = (f"next fallback: a JIT build with the {nb} backend from the app's ONNX "
+           f"(rtxpack.load(..., onnx='model.onnx') or `rtxpack install --onnx model.onnx`), "
+           f"or ask the publisher to add CC {t.cc_str} to the repository")
+    return ResolveError(head + offers, fix=fix, model=res.model, gpu=t.describe(), repo=repo,
+                        rejected=[c.to_dict() for c in res.rejected])
+
+
+def explain(res: Resolution) -> str:
+    """A human table: chosen first, then the other candidates, rejected ones with their reasons."""
+    rows = [("", "id", "tier", "backend", "reason")]
+    for i, c in enumerate(res.candidates):
+        rows.append(("*" if i == 0 else " ", c.id, c.tier or "", f"{c.backend or ''} {c.artifact.backend_version if c.artifact else ''}".strip(), c.reason))
+    for c in res.rejected:
+        rows.append(("x", c.id, "-", f"{c.backend or ''} {c.artifact.backend_version if c.artifact else ''}".strip(), c.reason))
+    for m in res.caches:
+        rows.append(("+" if m.ok else "~", m.artifact.id, m.artifact.kind, m.artifact.backend, m.reason))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [f"model {res.model!r} on {res.target.describe()}"]
+    lines += ["  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]
+    lines += [f"note: {n}" for n in res.notes]
+    lines.append("(* chosen, x rejected, + cache used, ~ cache near miss)")
+    return "\n".join(lines)
