@@ -52,7 +52,7 @@ class FetchStats:
     retries: int = 0                # attempts after the first, over all sources
     from_store: bool = False        # answered by the local store, no source touched
     source: str | None = None       # URL or path the bytes finally came from
-    errors: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # every failed attempt, "source: reason"
 
 
 class Source:
@@ -226,15 +226,17 @@ def _fetch_locked(store: Store, sha: str, size: int, label: str, locations: list
             except ChecksumMismatch as e:
                 mismatch = e
                 errors.append(f"{loc}: {e}")
+                stats.errors.append(errors[-1])
                 break  # this source serves wrong bytes; the partial is gone; try the next source
             except _NextSource as e:
                 errors.append(f"{loc}: {e}")
+                stats.errors.append(errors[-1])
                 break
             except _Retry as e:
                 errors.append(f"{loc}: {e}")
+                stats.errors.append(errors[-1])
             except (StoreError, OfflineError):
                 raise
-    stats.errors.extend(errors)
     if mismatch is not None:
         raise ChecksumMismatch(
             f"{label}: every source failed and at least one served wrong bytes; nothing was installed. "
@@ -382,11 +384,13 @@ def _download_http(store: Store, sha: str, size: int, url: str, session: request
 
 
 def _iter_body(resp: requests.Response) -> Iterator[bytes]:
-    # Read straight from urllib3 (no content decoding: we asked for identity) in large pieces.
+    # Straight from urllib3, no content decoding (we asked for identity). read1 returns what one
+    # socket read gives (up to CHUNK), so the partial file grows as bytes arrive and a killed
+    # download keeps nearly everything it received; read(CHUNK) would wait for all 4 MiB.
     raw = resp.raw
-    read = raw.read
+    read1 = getattr(raw, "read1", None)
     while True:
-        chunk = read(CHUNK, decode_content=False)
+        chunk = read1(CHUNK, decode_content=False) if read1 else raw.read(1 << 20, decode_content=False)
         if not chunk:
             return
         yield chunk
@@ -527,10 +531,10 @@ def fetch_bytes(
                 raise FetchError(f"{loc}: {e}", fix="check the repository URL", url=loc, status=e.status) from e
             except _Retry as e:
                 errors.append(str(e))
+                stats.errors.append(f"{loc}: {e}")
     finally:
         if own:
             sess.close()
-    stats.errors.extend(errors)
     raise FetchError(f"could not fetch {loc}: " + "; ".join(errors),
                      fix="check the repository URL and your network", url=loc, errors=errors)
 
