@@ -1,0 +1,77 @@
+"""TensorRT for RTX backend: AOT build (no GPU needed), header inspection.
+
+``tensorrt_rtx`` is imported lazily inside the calls that need it. The runtime part (load, refit,
+runtime cache) lands later; :meth:`TensorRTRTXBackend.load` says so clearly for now.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ...errors import BackendError, BackendNotInstalled, UnsupportedModel
+from ..base import BackendInfo, LoadedPlan, PlanInfo
+from .header import PlanHeader, is_tensorrt_rtx_plan, parse_header
+
+NAME = "tensorrt-rtx"
+_DISTS = ("tensorrt_rtx", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "tensorrt_rtx_cu13", "tensorrt_rtx_cu12")
+
+
+def installed_version() -> tuple[str | None, str | None]:
+    """(exact version, CUDA major) of the tensorrt-rtx installed in this interpreter, without importing it."""
+    from importlib import metadata
+
+    version = cuda = None
+    for dist in _DISTS:
+        try:
+            found = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        version = version or found
+        if "cu13" in dist:
+            cuda = "13"
+        elif "cu12" in dist:
+            cuda = "12"
+    return version, cuda
+
+
+class TensorRTRTXBackend:
+    name = NAME
+
+    def info(self) -> BackendInfo:
+        version, cuda = installed_version()
+        return BackendInfo(name=NAME, version=version, details={"cuda": cuda} if cuda else {})
+
+    def build(self, onnx_path: str | Path, *, compute_capabilities: Sequence[str] | None = None,
+              precision: str = "fp32", strip_weights: bool = False,
+              profiles: Mapping[str, Mapping[str, Sequence[int]]] | None = None) -> bytes:
+        """AOT-build in this process (the farm uses the same code in a subprocess per toolchain).
+
+        ``precision`` is informational: TensorRT-RTX networks are strongly typed, so the ONNX
+        model's own types decide it.
+        """
+        try:
+            import tensorrt_rtx  # noqa: F401
+        except ImportError as e:
+            raise BackendNotInstalled("tensorrt_rtx is not installed", fix="pip install rtxpack[rtx]") from e
+        from .build_worker import BuildFailed, build_plan
+
+        try:
+            return build_plan(str(onnx_path), compute_capabilities=list(compute_capabilities or []),
+                              strip_weights=strip_weights, profiles=profiles)
+        except BuildFailed as e:
+            raise UnsupportedModel(f"TensorRT-RTX could not build {onnx_path}: {e}",
+                                   fix="change the target's compute capabilities or the model's precision",
+                                   onnx=str(onnx_path)) from e
+
+    def inspect(self, plan: bytes) -> PlanInfo:
+        h = parse_header(plan)
+        return PlanInfo(backend=NAME, backend_version=h.version, compute_capabilities=h.compute_capabilities,
+                        ptx=False, details={"cc_mask": h.cc_mask, "unknown_cc_bits": h.unknown_bits})
+
+    def load(self, plan: bytes, *, device: int = 0, runtime_cache: bytes | None = None,
+             options: Mapping[str, Any] | None = None) -> LoadedPlan:
+        raise BackendError("loading TensorRT-RTX engines is not implemented in this rtxpack yet",
+                           fix="use rtxpack to build/inspect/install engines; run them with tensorrt_rtx directly")
+
+
+__all__ = ["NAME", "PlanHeader", "TensorRTRTXBackend", "installed_version", "is_tensorrt_rtx_plan", "parse_header"]

@@ -1,0 +1,168 @@
+"""The published repository: a static directory any HTTP server can serve.
+
+    manifest.json                  rtxpack manifest v1 (rewritten under ``.rtxpack.lock``)
+    blobs/sha256/ab/abcdef...      content-addressed artifacts (temp file + os.replace)
+
+Blobs are written before the manifest names them, and the manifest is read-merged-written under
+a file lock, so parallel builds (threads, processes, or several ``rtxpack build`` runs) into one
+repository never lose entries and a reader never sees an entry without its blob.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import filelock
+
+from ..errors import ChecksumMismatch, ManifestError
+from ..manifest import MANIFEST_NAME, Artifact, Manifest, blob_relpath, utcnow_iso
+
+LOCK_NAME = ".rtxpack.lock"
+_CHUNK = 1 << 20
+
+
+class Repository:
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"Repository({str(self.root)!r})"
+
+    # ---- reading ------------------------------------------------------------------------------
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST_NAME
+
+    def exists(self) -> bool:
+        return self.manifest_path().is_file()
+
+    def load(self) -> Manifest:
+        """The manifest, or an empty one when the repository is new."""
+        if not self.exists():
+            return Manifest(created=None)
+        return Manifest.load(self.manifest_path())
+
+    def cells(self) -> dict[str, Artifact]:
+        """Built cells: ``{cell id: artifact}``, counting only those whose blob is present."""
+        out = {}
+        for a in self.load():
+            if a.cell and a.kind == "engine" and (self.root / a.path).is_file():
+                out[a.cell] = a
+        return out
+
+    def lock(self) -> filelock.FileLock:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return filelock.FileLock(str(self.root / LOCK_NAME))
+
+    # ---- writing ------------------------------------------------------------------------------
+    def tmp_dir(self) -> Path:
+        d = self.root / ".tmp"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def add_blob_file(self, src: Path, *, move: bool = False) -> tuple[str, int]:
+        """Put ``src`` in ``blobs/`` by content; returns (sha256, size). ``move`` consumes ``src``."""
+        h = hashlib.sha256()
+        size = 0
+        with open(src, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+        sha = h.hexdigest()
+        dest = self.root / blob_relpath(sha)
+        if dest.is_file() and dest.stat().st_size == size:
+            if move:
+                src.unlink()
+            return sha, size
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if move and src.parent.resolve() == self.tmp_dir().resolve():
+            os.replace(src, dest)
+        else:
+            fd, tmp = tempfile.mkstemp(prefix=".blob.", dir=dest.parent)
+            try:
+                with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+                    shutil.copyfileobj(f, out, _CHUNK)
+                os.replace(tmp, dest)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            if move:
+                src.unlink()
+        return sha, size
+
+    def add_artifacts(self, artifacts: Iterable[Artifact], *, project: dict | None = None) -> Manifest:
+        """Merge entries into manifest.json under the lock (ManifestError on a conflicting id)."""
+        artifacts = list(artifacts)
+        with self.lock():
+            current = self.load()
+            incoming = Manifest(artifacts=tuple(artifacts))
+            merged = current.merge(incoming)
+            changes = {"created": utcnow_iso(), "version": current.version + 1 if current.artifacts else 1}
+            if project and not merged.project:
+                changes["project"] = project
+            merged = merged.with_artifacts(merged.artifacts, **changes)
+            merged.save(self.manifest_path())
+            return merged
+
+
+def copy_verified(src: Path, dest: Path, sha256: str, size: int) -> None:
+    """Copy ``src`` to ``dest`` through a temp file, checking size and sha256 before os.replace."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.is_file() and dest.stat().st_size == size:
+        return
+    fd, tmp = tempfile.mkstemp(prefix=".blob.", dir=dest.parent)
+    h = hashlib.sha256()
+    n = 0
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+                n += len(chunk)
+                out.write(chunk)
+        if n != size or h.hexdigest() != sha256:
+            raise ChecksumMismatch(f"{src}: expected {size} bytes with sha256 {sha256}, got {n} bytes with {h.hexdigest()}",
+                                   fix="rebuild that repository part; its blob is corrupt", path=str(src),
+                                   expected=sha256, actual=h.hexdigest())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def merge_repositories(parts: Sequence[str | os.PathLike[str]], dest: str | os.PathLike[str]) -> Manifest:
+    """Merge repositories built on different machines into ``dest`` (which may already exist).
+
+    All manifests are merged in memory first, so a conflict (same id, different content) is
+    refused before anything is copied; then every blob is copied with its sha256 verified, and
+    only then is the manifest written.
+    """
+    repo = Repository(dest)
+    manifests = []
+    for p in parts:
+        part = Repository(p)
+        if not part.exists():
+            raise ManifestError(f"{p}: no manifest.json; not an rtxpack repository part",
+                                fix="pass the directories `rtxpack build --repo` wrote", source=str(p))
+        manifests.append((part, part.load()))
+    with repo.lock():
+        merged = repo.load()
+        for part, m in manifests:
+            try:
+                merged = merged.merge(m)
+            except ManifestError as e:
+                raise ManifestError(f"merging {part.root}: {e.args[0]}", fix=e.fix, source=str(part.root),
+                                    entry=e.details.get("entry"), fields=e.details.get("fields")) from e
+        for part, m in manifests:
+            for a in m:
+                src = part.root / a.path
+                if not src.is_file():
+                    raise ManifestError(f"{part.root}: artifact {a.id} names {a.path}, which is missing",
+                                        fix="rebuild that part; its blob was not uploaded", source=str(part.root), entry=a.id)
+                copy_verified(src, repo.root / a.path, a.sha256, a.size)
+        project = merged.project or next((m.project for _, m in manifests if m.project), None)
+        merged = merged.with_artifacts(merged.artifacts, created=utcnow_iso(), project=project)
+        merged.save(repo.manifest_path())
+        return merged
