@@ -1,0 +1,332 @@
+"""``rtxpack.load()``: what an app calls on an end-user PC.
+
+    detect -> resolve -> fetch (store first; URL, directory or bundle) -> backend load
+           -> refit a stripped plan from the app's ONNX -> runtime cache in -> ready
+    Session.close() -> the runtime cache out (persisted for this GPU, atomically, under a lock)
+
+Fallbacks, each recorded in ``Session.provenance`` with its reason: the next candidate when an
+artifact fails validation or does not load; offline or no match -> a JIT build on this machine
+from the app's ONNX (kept in the local store, so the next start loads it directly). When nothing
+can run: one ResolveError naming the GPU, what the repository offers, and what to do.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from . import runtime_cache_store as rcs
+from .backends import get_backend
+from .device import Device, detect
+from .digest import json_digest, model_digest, sha256_bytes
+from .errors import BackendError, FetchError, OfflineError, ResolveError, RtxpackError
+from .manifest import Artifact
+from .resolve import Candidate, Resolution, Target, jit_backend, match_caches, no_match_error, resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Provenance:
+    """What was used and why: artifact ids, the path taken, each step's duration."""
+
+    model: str
+    device: str = ""
+    path: str = ""                     # "repository" | "jit-build" | "jit-cached"
+    backend: str | None = None
+    plan: dict[str, Any] | None = None
+    runtime_cache: str = "none"
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    fallbacks: list[dict[str, str]] = field(default_factory=list)
+    resolution: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+    @contextmanager
+    def step(self, name: str, **detail: Any) -> Iterator[dict[str, Any]]:
+        rec: dict[str, Any] = {"step": name, **detail}
+        t0 = time.perf_counter()
+        try:
+            yield rec
+        except BaseException as e:
+            rec["error"] = f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            rec["seconds"] = round(time.perf_counter() - t0, 6)
+            self.steps.append(rec)
+
+    def fallback(self, what: str, reason: str) -> None:
+        log.info("rtxpack: %s: %s", what, reason)
+        self.fallbacks.append({"from": what, "reason": reason})
+
+
+class Session:
+    """A loaded model. ``run`` takes and returns ``{name: numpy array}``; ``close`` persists the cache."""
+
+    def __init__(self, loaded: Any, provenance: Provenance, *, store: Any, cache_key: rcs.CacheKey | None) -> None:
+        self._loaded = loaded
+        self.provenance = provenance
+        self._store = store
+        self._cache_key = cache_key
+        self._closed = False
+
+    @property
+    def input_names(self) -> Sequence[str]:
+        return self._loaded.input_names
+
+    @property
+    def output_names(self) -> Sequence[str]:
+        return self._loaded.output_names
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        if self._closed:
+            raise BackendError("this Session is closed", fix="call rtxpack.load() again")
+        return self._loaded.run(inputs)
+
+    def save_runtime_cache(self) -> Path | None:
+        """Persist what the JIT compiled so far (also done by ``close``)."""
+        if self._cache_key is None:
+            return None
+        try:
+            payload = self._loaded.runtime_cache()
+        except Exception as e:  # a cache is an optimisation: never crash the app for it
+            log.warning("rtxpack: could not serialize the runtime cache: %s", e)
+            return None
+        if not payload:
+            return None
+        return rcs.write(self._store, self._cache_key, payload)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with self.provenance.step("persist-runtime-cache") as rec:
+                p = self.save_runtime_cache()
+                rec["path"] = str(p) if p else None
+        finally:
+            self._loaded.close()
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        p = self.provenance
+        return f"<rtxpack.Session {p.model} via {p.path} ({p.backend}) on {p.device}>"
+
+
+# ---- JIT builds kept in the local store -----------------------------------------------------------
+def _jit_index_path(store: Any, key: str) -> Path:
+    d = store.state_dir("jit")
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{key}.json"
+
+
+def _jit_key(mdigest: str, backend: str, version: str | None, cc: str, precision: str) -> str:
+    return json_digest({"model": mdigest, "backend": backend, "version": version, "cc": cc, "precision": precision})[:40]
+
+
+def _remember_jit(store: Any, key: str, record: dict[str, Any]) -> None:
+    p = _jit_index_path(store, key)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".jit.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, p)
+
+
+def _load_jit_record(store: Any, key: str) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(_jit_index_path(store, key).read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and isinstance(rec.get("sha256"), str) else None
+
+
+# ---- load ----------------------------------------------------------------------------------------
+def load(model: str, *, repo: str | os.PathLike[str] | None = None, onnx: str | os.PathLike[str] | None = None,
+         backend: str | None = None, offline: bool | None = None, trusted_keys: Sequence[Any] | None = None,
+         require_signed: bool | None = None, device: Device | None = None, gpu: int = 0, store: Any = None,
+         precision: str = "fp32", options: Mapping[str, Any] | None = None, progress: bool | None = False) -> Session:
+    """Load ``model`` for this machine: from ``repo`` when something there fits, else JIT from ``onnx``.
+
+    ``options`` go to the backend's ``load`` (e.g. TensorRT-RTX's ``dynamic_shapes_kernel_specialization_strategy``
+    and ``cuda_graph_strategy``).
+    """
+    from .install import local_weights_digest
+    from .store import Store
+
+    store = store or Store()
+    prov = Provenance(model=model)
+    with prov.step("detect") as rec:
+        device = device or detect()
+        target = Target.from_device(device, gpu)
+        prov.device = target.describe()
+        rec["device"] = prov.device
+
+    repository = None
+    manifest = None
+    if repo is not None:
+        verify: dict[str, Any] = {}
+        if trusted_keys is not None:
+            verify["trusted_keys"] = list(trusted_keys)
+        if require_signed is not None:
+            verify["require_signed"] = require_signed
+        from .repository import open_repository
+
+        try:
+            with prov.step("open-repository", repo=str(repo)):
+                repository = open_repository(repo, offline=offline, **verify)
+                manifest = repository.manifest
+        except (OfflineError, FetchError) as e:
+            if onnx is None:
+                raise
+            prov.fallback(f"repository {repo}", f"{e}; continuing with the local ONNX")
+
+    with prov.step("resolve") as rec:
+        wd = local_weights_digest(onnx)
+        res = resolve(manifest, target, model, weights_digest=wd, have_onnx=onnx is not None, backend=backend)
+        prov.resolution = res.to_dict()
+        rec["candidates"] = [c.id for c in res.candidates]
+    if not res.candidates:
+        raise no_match_error(res, repo=repository.spec if repository else None)
+
+    for cand in res.candidates:
+        try:
+            if cand.artifact is not None:
+                session = _load_artifact(cand, res, repository, manifest, target, onnx, store, prov, options, progress, gpu)
+            else:
+                session = _load_jit(cand, target, onnx, store, prov, options, precision, gpu)
+            return session
+        except (BackendError, FetchError) as e:
+            if isinstance(e, OfflineError) and cand.artifact is not None:
+                prov.fallback(cand.id, f"offline and not in the local store ({e.__class__.__name__})")
+            else:
+                prov.fallback(cand.id, str(e))
+            continue
+    raise ResolveError(
+        f"nothing could run model {model!r} on {target.describe()}: "
+        + "; ".join(f"{f['from']}: {f['reason']}" for f in prov.fallbacks),
+        fix="pass onnx= so rtxpack can build on this machine, or install the backend it needs "
+            "(pip install rtxpack[gpu] / rtxpack[rtx])",
+        model=model, gpu=target.describe(), fallbacks=prov.fallbacks)
+
+
+def _cache_key(model: str, plan_sha: str, target: Target, backend: str, version: str) -> rcs.CacheKey:
+    return rcs.CacheKey(model=model, plan_sha256=plan_sha, gpu_name=target.gpu_name or "", cc=target.cc_str,
+                        os=target.os, driver_major=target.driver[0] if target.driver else None,
+                        backend=backend, backend_version=version)
+
+
+def _pick_runtime_cache(store: Any, key: rcs.CacheKey, shipped: list[tuple[Artifact, bytes]],
+                        prov: Provenance) -> bytes | None:
+    if shipped:
+        art, data = shipped[0]
+        prov.runtime_cache = f"shipped {art.id} for {art.gpu_name}"
+        local, _ = rcs.read(store, key)
+        if local is not None and len(local) > len(data):  # this machine already learned more than was shipped
+            prov.runtime_cache = f"persisted on this machine ({len(local)} bytes; shipped {art.id} is smaller)"
+            return local
+        return data
+    payload, why = rcs.read(store, key)
+    prov.runtime_cache = why
+    return payload
+
+
+def _load_artifact(cand: Candidate, res: Resolution, repository: Any, manifest: Any, target: Target,
+                   onnx: Any, store: Any, prov: Provenance, options: Any, progress: Any, gpu: int) -> Session:
+    from .repository import fetch
+
+    art = cand.artifact
+    assert art is not None
+    with prov.step("fetch", artifact=art.id) as rec:
+        path = fetch(repository, art, store=store, progress=progress)
+        rec["path"] = str(path)
+        plan = Path(path).read_bytes()
+    be = get_backend(art.backend)
+    shipped: list[tuple[Artifact, bytes]] = []
+    for m in match_caches(manifest, target, art):
+        if m.ok and m.artifact.kind == "runtime-cache":
+            try:
+                with prov.step("fetch-runtime-cache", artifact=m.artifact.id):
+                    shipped.append((m.artifact, Path(fetch(repository, m.artifact, store=store, progress=progress)).read_bytes()))
+            except FetchError as e:
+                prov.fallback(m.artifact.id, f"shipped runtime cache not usable: {e}")
+        elif not m.ok:
+            prov.fallback(m.artifact.id, f"runtime cache near miss: {m.reason}")
+    key = _cache_key(art.model, art.sha256, target, art.backend, art.backend_version)
+    cache = _pick_runtime_cache(store, key, shipped, prov)
+    with prov.step("backend-load", backend=art.backend):
+        loaded = be.load(plan, device=gpu, runtime_cache=cache, options=options)
+    try:
+        if art.stripped:
+            with prov.step("refit", onnx=str(onnx)):
+                loaded.refit(onnx)
+    except BaseException:
+        loaded.close()
+        raise
+    prov.path, prov.backend = "repository", art.backend
+    prov.plan = {"id": art.id, "sha256": art.sha256, "tier": cand.tier, "reason": cand.reason,
+                 "stripped": art.stripped, "backend_version": art.backend_version}
+    _note_cache_use(loaded, prov)
+    return Session(loaded, prov, store=store, cache_key=key)
+
+
+def _note_cache_use(loaded: Any, prov: Provenance) -> None:
+    sources = getattr(loaded, "kernel_sources", None)
+    if sources:
+        prov.steps.append({"step": "kernels", "sources": dict(sources), "seconds": 0.0})
+    ignored = getattr(loaded, "runtime_cache_status", None)
+    if ignored:
+        prov.runtime_cache += f" ({ignored})"
+
+
+def _load_jit(cand: Candidate, target: Target, onnx: Any, store: Any, prov: Provenance, options: Any,
+              precision: str, gpu: int) -> Session:
+    backend = cand.backend or jit_backend(target)
+    if backend is None or onnx is None:
+        raise BackendError("no backend can build on this machine", fix="pip install rtxpack[gpu]")
+    be = get_backend(backend)
+    version = be.info().version or "0"
+    with prov.step("digest-onnx"):
+        mdigest = model_digest(onnx)
+    key = _jit_key(mdigest, backend, version, target.cc_str, precision)
+    rec = _load_jit_record(store, key)
+    plan = None
+    if rec is not None:
+        p = store.get(rec["sha256"])
+        if p is not None:
+            plan = Path(p).read_bytes()
+            if sha256_bytes(plan) != rec["sha256"]:
+                prov.fallback("jit-cache", "the stored JIT plan is corrupt; building again")
+                plan = None
+            else:
+                prov.path = "jit-cached"
+    if plan is None:
+        with prov.step("jit-build", backend=backend, cc=target.cc_str):
+            # exactly this GPU's CC (the TensorRT-RTX adapter builds it with ComputeCapability.CURRENT)
+            plan = be.build(onnx, compute_capabilities=[target.cc_str], precision=precision)
+        sha = sha256_bytes(plan)
+        with prov.step("store-jit-plan"):
+            store.add_bytes(plan, sha256=sha)
+            _remember_jit(store, key, {"sha256": sha, "model": prov.model, "backend": backend, "version": version,
+                                       "cc": target.cc_str, "model_digest": mdigest})
+        prov.path = "jit-build"
+    sha = sha256_bytes(plan)
+    ckey = _cache_key(prov.model, sha, target, backend, version)
+    cache = _pick_runtime_cache(store, ckey, [], prov)
+    with prov.step("backend-load", backend=backend):
+        loaded = be.load(plan, device=gpu, runtime_cache=cache, options=options)
+    prov.backend = backend
+    prov.plan = {"id": f"jit:{sha[:16]}", "sha256": sha, "tier": "jit", "reason": cand.reason}
+    _note_cache_use(loaded, prov)
+    return Session(loaded, prov, store=store, cache_key=ckey)
