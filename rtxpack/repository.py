@@ -130,3 +130,6 @@ def fetch(repo: Repository, artifact: Any, *, progress: bool | None = None, stor
     from .fetch import fetch_artifact
 
     return fetch_artifact(artifact, repo=repo.fetch_root, store=store, progress=progress, **kw)
+
+
+from . import trust  # noqa: E402,F401  registers the signature / expiry / rollback verifier
