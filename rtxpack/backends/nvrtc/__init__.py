@@ -1,0 +1,157 @@
+"""The nvrtc backend: portable plans for any NVIDIA GPU, built and run with nothing but cuda-python.
+
+It follows TensorRT-RTX's model: compile ahead of time without a GPU (NVRTC -> a cubin per
+requested SM + PTX for newer GPUs), specialize on the device (use the cubin, else JIT the PTX
+through the driver, else NVRTC for the exact arch), and keep JIT results in a runtime cache.
+
+    plan = NvrtcBackend().build("model.onnx", compute_capabilities=["8.6", "9.0"], strip_weights=True)
+    with NvrtcBackend().load(plan, runtime_cache=blob) as p:
+        p.refit("model.onnx"); y = p.run({"x": x}); blob = p.runtime_cache()
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ...errors import UnsupportedModel
+from ..base import BackendInfo, PlanInfo
+from .plan import FLAG_PTX, FLAG_STRIPPED, FORMAT_VERSION, is_nvrtc_plan, read_header, write_plan
+
+NVRTC_BACKEND_VERSION = "1.0.0"
+#: targets built when the caller names none (CI builds these)
+DEFAULT_CCS: tuple[str, ...] = ("7.5", "8.6", "8.9", "9.0", "12.0")
+WEIGHT_ALIGN = 256
+
+
+def _is_stripped_dtype(arr: np.ndarray) -> bool:
+    """Floating-point initializers are weights (stripped); small integer ones are shape data (kept)."""
+    return np.issubdtype(arr.dtype, np.floating)
+
+
+class NvrtcBackend:
+    """Backend ``nvrtc`` (see module doc); implements ``rtxpack.backends.base.Backend``."""
+
+    name = "nvrtc"
+
+    # ------------------------------------------------------------------ info
+    def info(self) -> BackendInfo:
+        """Installed NVRTC / driver versions; never raises (version None without cuda-python)."""
+        from .compile import nvrtc_version
+
+        v = nvrtc_version()
+        details: dict[str, Any] = {"nvrtc": f"{v[0]}.{v[1]}" if v else None, "format_version": FORMAT_VERSION}
+        try:
+            from .runtime import driver_version
+
+            details["driver"] = driver_version()
+        except Exception:  # noqa: BLE001 - no driver / no GPU is a normal state here
+            details["driver"] = None
+        try:
+            import cuda.bindings
+
+            details["cuda_bindings"] = getattr(cuda.bindings, "__version__", None)
+        except ImportError:
+            pass
+        return BackendInfo(self.name, NVRTC_BACKEND_VERSION if v else None, details)
+
+    # ------------------------------------------------------------------ build (AOT, no GPU)
+    def build(self, onnx_path: str | Path, *, compute_capabilities: Sequence[str] | None = None,
+              precision: str = "fp32", strip_weights: bool = False,
+              profiles: Mapping[str, Mapping[str, Sequence[int]]] | None = None, ptx: bool = True) -> bytes:
+        """Import, validate (plan every shape once on the CPU), compile all kernels for every SM, pack."""
+        from ...digest import weights_digest_from_arrays
+        from .compile import cc_to_sm, compile_targets, nvrtc_version
+        from .kernels import COMPILE_OPTIONS, KernelSpec, entry_name, kernel_digest, module_digest, program_source
+        from .lowering import kernels_for
+        from .onnx_import import import_onnx
+        from .schedule import concrete_input_shapes, device_weight_names, plan_shapes
+
+        if precision != "fp32":
+            raise UnsupportedModel(f"the nvrtc backend builds fp32 plans only, not {precision!r}",
+                                   fix='use precision="fp32" (or the tensorrt-rtx backend for fp16/int8)')
+        graph, weights = import_onnx(onnx_path)
+        profiles = {k: {kk: [int(x) for x in vv] for kk, vv in v.items()} for k, v in (profiles or {}).items()}
+        names = {i["name"]: i for i in graph["inputs"]}
+        for k, p in profiles.items():
+            if k not in names:
+                raise UnsupportedModel(f"profile names input {k!r}, which the model does not have",
+                                       fix=f"name one of: {', '.join(names)}")
+            if not all(len(p.get(f, ())) == len(names[k]["shape"]) for f in ("min", "opt", "max")):
+                raise UnsupportedModel(f"profile for {k!r} needs min/opt/max of rank {len(names[k]['shape'])}",
+                                       fix="give min, opt and max shapes with one value per dimension")
+        graph["profiles"] = profiles
+        # validate the whole model on the CPU (shapes, broadcasts, launches) before compiling anything
+        resident = set(device_weight_names(graph))
+        opt = {k: v["opt"] for k, v in profiles.items()}
+        checks = [concrete_input_shapes(graph, opt)]
+        checks += [concrete_input_shapes(graph, {k: v[f] for k, v in profiles.items()}) for f in ("min", "max")
+                   if profiles]
+        for shapes in checks:
+            plan_shapes(graph, shapes, weights, resident)
+        wshapes = {k: v.shape for k, v in weights.items()}
+        specs = sorted({s for nd in graph["nodes"] if nd["where"] == "device" for s in kernels_for(nd, wshapes)},
+                       key=lambda s: s.key())
+        ccs = list(compute_capabilities or DEFAULT_CCS)
+        sms = sorted({cc_to_sm(c) for c in ccs})
+        source = program_source(specs)
+        cubins, ptx_blob = compile_targets(source, sms, max(sms) if ptx else None)
+        blobs = bytearray()
+
+        def add(blob: bytes) -> dict[str, Any]:
+            import hashlib
+
+            rec = {"offset": len(blobs), "length": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+            blobs.extend(blob)
+            return rec
+
+        index = {
+            "options": list(COMPILE_OPTIONS),
+            "module": module_digest(specs),
+            "kernels": [{"family": s.family, "targs": list(s.targs), "entry": entry_name(s),
+                         "digest": kernel_digest(s)} for s in specs],
+            "source": add(source.encode()),
+            "cubins": {f"sm_{sm}": add(c) for sm, c in cubins.items()},
+            "ptx": ({"arch": f"compute_{max(sms)}", **add(ptx_blob)} if ptx_blob else None),
+        }
+        wblob = bytearray()
+        for rec in graph["weights"]:
+            arr = weights[rec["name"]]
+            rec["stored"] = not (strip_weights and _is_stripped_dtype(arr))
+            if rec["stored"]:
+                wblob.extend(b"\0" * ((-len(wblob)) % WEIGHT_ALIGN))
+                rec["offset"] = len(wblob)
+                wblob.extend(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes())
+        wdigest = weights_digest_from_arrays(weights)
+        graph["weights_digest"] = wdigest
+        graph["stripped"] = bool(strip_weights)
+        v = nvrtc_version() or (0, 0)
+        flags = (FLAG_STRIPPED if strip_weights else 0) | (FLAG_PTX if ptx_blob else 0)
+        return write_plan(backend_version=NVRTC_BACKEND_VERSION, flags=flags, nvrtc_version=v,
+                          n_kernels=len(specs), sms=sms, weights_digest=wdigest, model_name=graph["name"],
+                          graph=graph, kernel_index=index, kernel_blobs=bytes(blobs), weights_blob=bytes(wblob))
+
+    # ------------------------------------------------------------------ inspect (header only)
+    def inspect(self, plan: bytes) -> PlanInfo:
+        from .compile import sm_to_cc
+
+        h = read_header(plan)
+        return PlanInfo(
+            backend=self.name, backend_version=h.backend_version,
+            compute_capabilities=tuple(sm_to_cc(s) for s in h.sms), ptx=h.ptx, stripped=h.stripped,
+            weights_digest=h.weights_digest or None,
+            details={"format_version": h.format_version, "nvrtc_version": "%d.%d" % h.nvrtc_version,
+                     "kernels": h.n_kernels, "model": h.model_name,
+                     "sections": {k: v[1] for k, v in h.sections.items()}})
+
+    # ------------------------------------------------------------------ load (GPU)
+    def load(self, plan: bytes, *, device: int = 0, runtime_cache: bytes | None = None,
+             options: Mapping[str, Any] | None = None):
+        """Deserialize on the local GPU (cubin > runtime cache > PTX JIT > NVRTC JIT)."""
+        from .runtime import NvrtcLoadedPlan
+
+        return NvrtcLoadedPlan(plan, device=device, runtime_cache=runtime_cache, options=options or {})
+
+
+__all__ = ["DEFAULT_CCS", "NVRTC_BACKEND_VERSION", "NvrtcBackend", "is_nvrtc_plan"]

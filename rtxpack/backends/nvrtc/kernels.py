@@ -1,0 +1,531 @@
+"""CUDA C sources for every kernel family, and kernel specializations with their digests.
+
+A *family* is a device template (``conv_igemm``, ``binary``...); a *specialization* fixes its
+template arguments (op code, tile shape, 1x1 fast path). Shapes, strides, pads and flags are
+runtime arguments, so one specialization serves every shape and every node that needs it: a
+ResNet-50 needs about ten kernels, which keeps NVRTC compilation (AOT and JIT) short.
+
+Each specialization becomes one ``extern "C"`` entry named ``k_<digest16>``; its digest is
+sha256 over the prelude, its own wrapper source and the compile options (the runtime-cache key).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Sequence
+
+#: NVRTC options used for every program (the arch option is added per target)
+COMPILE_OPTIONS: tuple[str, ...] = ("--std=c++17", "-default-device", "--fmad=true")
+
+PRELUDE = r"""
+#define RTX_NEG_INF __int_as_float(0xff800000)
+struct I6 { int v[6]; };
+
+template <int OP> __device__ __forceinline__ float unary_op(float x, float a, float b) {
+  if (OP == 0) return fmaxf(x, 0.f);
+  if (OP == 1) return x >= 0.f ? x : x * a;
+  if (OP == 2) return 1.f / (1.f + expf(-x));
+  if (OP == 3) return tanhf(x);
+  if (OP == 4) return erff(x);
+  if (OP == 5) return 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+  if (OP == 6) return 0.5f * x * (1.f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+  if (OP == 7) return fminf(fmaxf(x, a), b);
+  if (OP == 8) return sqrtf(x);
+  if (OP == 9) return x;
+  return x;
+}
+
+template <int OP> __device__ void unary(const float* __restrict__ x, float* __restrict__ y, long long n, float a, float b) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+    y[i] = unary_op<OP>(x[i], a, b);
+}
+
+template <int OP> __device__ __forceinline__ float binary_op(float a, float b) {
+  if (OP == 0) return a + b;
+  if (OP == 1) return a - b;
+  if (OP == 2) return a * b;
+  if (OP == 3) return a / b;
+  if (OP == 4) return powf(a, b);
+  return a;
+}
+
+template <int OP> __device__ void binary(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y,
+                                          int n, int nd, I6 shape, I6 sa, I6 sb) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    int r = i, oa = 0, ob = 0;
+    for (int d = nd - 1; d >= 0; --d) {
+      int c = r % shape.v[d];
+      r /= shape.v[d];
+      oa += c * sa.v[d];
+      ob += c * sb.v[d];
+    }
+    y[i] = binary_op<OP>(a[oa], b[ob]);
+  }
+}
+
+// y[dst_off + sum c_d*sy_d] = x[src_off + sum c_d*sx_d]: transpose, slice, split, concat, expand.
+__device__ void strided_copy(const float* __restrict__ x, float* __restrict__ y, int n, int nd, I6 shape, I6 sx, I6 sy,
+                             int ox, int oy) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    int r = i, ix = ox, iy = oy;
+    for (int d = nd - 1; d >= 0; --d) {
+      int c = r % shape.v[d];
+      r /= shape.v[d];
+      ix += c * sx.v[d];
+      iy += c * sy.v[d];
+    }
+    y[iy] = x[ix];
+  }
+}
+
+// Implicit-GEMM convolution, one group per blockIdx.z: C[oc, p] = sum_k W[oc, k] * im2col(X)[k, p]
+// with p = (n, oh, ow). Epilogue: + bias[oc] (+ residual) (relu). BatchNorm is folded into W, bias.
+template <int BM, int BN, int BK, int TM, int TN, bool K1>
+__device__ void conv_igemm(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                           const float* __restrict__ res, float* __restrict__ y, int N, int C, int H, int W, int OC,
+                           int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw, int dh, int dw, int G,
+                           int relu) {
+  constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
+  __shared__ float As[2][BK][BM];
+  __shared__ float Bs[2][BK][BN];
+  const int g = blockIdx.z, Cg = C / G, OCg = OC / G;
+  const int M = OCg, OHW = OH * OW, P = N * OHW, KK = KH * KW, K = Cg * KK;
+  const int m0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
+  const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
+  const float* __restrict__ wg = w + (long long)g * OCg * K;
+  float acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
+  constexpr int AL = (BM * BK + NT - 1) / NT, BL = (BK * BN + NT - 1) / NT;
+  float ra[AL], rb[BL];
+  auto load = [&](int k0) {
+#pragma unroll
+    for (int t = 0; t < AL; ++t) {
+      int e = tid + t * NT;
+      int i = e / BK, kk = e % BK;
+      int m = m0 + i, k = k0 + kk;
+      ra[t] = (e < BM * BK && m < M && k < K) ? wg[(long long)m * K + k] : 0.f;
+    }
+#pragma unroll
+    for (int t = 0; t < BL; ++t) {
+      int e = tid + t * NT;
+      int kk = e / BN, j = e % BN;
+      int p = p0 + j, k = k0 + kk;
+      float v = 0.f;
+      if (e < BK * BN && p < P && k < K) {
+        int n = p / OHW, r = p - n * OHW;
+        if (K1) {
+          v = x[((long long)n * C + g * Cg + k) * OHW + r];
+        } else {
+          int oh = r / OW, ow = r - oh * OW;
+          int c = k / KK, rk = k - c * KK, kh = rk / KW, kw = rk - kh * KW;
+          int ih = oh * sh - ph + kh * dh, iw = ow * sw - pw + kw * dw;
+          if (ih >= 0 && ih < H && iw >= 0 && iw < W) v = x[(((long long)n * C + g * Cg + c) * H + ih) * W + iw];
+        }
+      }
+      rb[t] = v;
+    }
+  };
+  auto store = [&](int buf) {
+#pragma unroll
+    for (int t = 0; t < AL; ++t) {
+      int e = tid + t * NT;
+      if (e < BM * BK) As[buf][e % BK][e / BK] = ra[t];
+    }
+#pragma unroll
+    for (int t = 0; t < BL; ++t) {
+      int e = tid + t * NT;
+      if (e < BK * BN) Bs[buf][e / BN][e % BN] = rb[t];
+    }
+  };
+  load(0);
+  store(0);
+  __syncthreads();
+  int buf = 0;
+  for (int k0 = 0; k0 < K; k0 += BK) {
+    const bool more = k0 + BK < K;
+    if (more) load(k0 + BK);
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      float a[TM], b[TN];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) a[i] = As[buf][kk][ty + i * TY];
+#pragma unroll
+      for (int j = 0; j < TN; ++j) b[j] = Bs[buf][kk][tx + j * TX];
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    if (more) {
+      store(buf ^ 1);
+      __syncthreads();
+      buf ^= 1;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    int m = m0 + ty + i * TY;
+    if (m >= M) continue;
+    int oc = g * OCg + m;
+    float bv = bias ? bias[oc] : 0.f;
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      int p = p0 + tx + j * TX;
+      if (p >= P) continue;
+      int n = p / OHW, r = p - n * OHW;
+      long long o = ((long long)n * OC + oc) * OHW + r;
+      float v = acc[i][j] + bv;
+      if (res) v += res[o];
+      if (relu) v = fmaxf(v, 0.f);
+      y[o] = v;
+    }
+  }
+}
+
+// Direct convolution, one thread per output (depthwise and other narrow groups).
+__device__ void conv_direct(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                            const float* __restrict__ res, float* __restrict__ y, int N, int C, int H, int W, int OC,
+                            int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw, int dh, int dw, int G,
+                            int relu) {
+  const int Cg = C / G, OCg = OC / G;
+  const long long total = (long long)N * OC * OH * OW;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+    int ow = i % OW;
+    long long r = i / OW;
+    int oh = r % OH;
+    r /= OH;
+    int oc = r % OC;
+    int n = r / OC;
+    int g = oc / OCg;
+    float acc = bias ? bias[oc] : 0.f;
+    const float* wp = w + (long long)oc * Cg * KH * KW;
+    for (int c = 0; c < Cg; ++c) {
+      const float* xp = x + ((long long)n * C + g * Cg + c) * H * W;
+      for (int kh = 0; kh < KH; ++kh) {
+        int ih = oh * sh - ph + kh * dh;
+        if (ih < 0 || ih >= H) continue;
+        for (int kw = 0; kw < KW; ++kw) {
+          int iw = ow * sw - pw + kw * dw;
+          if (iw < 0 || iw >= W) continue;
+          acc = fmaf(xp[ih * W + iw], wp[(c * KH + kh) * KW + kw], acc);
+        }
+      }
+    }
+    if (res) acc += res[i];
+    if (relu) acc = fmaxf(acc, 0.f);
+    y[i] = acc;
+  }
+}
+
+// Batched GEMM with arbitrary strides: C[b, m, n] = alpha * sum_k A[m, k] B[k, n] + beta * bias (+ res) (relu).
+// Batch b = b0 * nb1 + b1 (two batch levels cover broadcast MatMul after collapsing).
+template <int BM, int BN, int BK, int TM, int TN>
+__device__ void gemm(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias,
+                     const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk,
+                     int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, float alpha,
+                     float beta, int relu) {
+  constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
+  __shared__ float As[BK][BM];
+  __shared__ float Bs[BK][BN];
+  const int b = blockIdx.z, b0 = b / nb1, b1 = b - b0 * nb1;
+  A += (long long)b0 * sA0 + (long long)b1 * sA1;
+  B += (long long)b0 * sB0 + (long long)b1 * sB1;
+  const long long cofs = (long long)b * M * N;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
+  float acc[TM][TN];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
+  for (int k0 = 0; k0 < K; k0 += BK) {
+    for (int e = tid; e < BM * BK; e += NT) {
+      int i, kk;
+      if (sAm == 1) { i = e % BM; kk = e / BM; } else { kk = e % BK; i = e / BK; }
+      int m = m0 + i, k = k0 + kk;
+      As[kk][i] = (m < M && k < K) ? A[(long long)m * sAm + (long long)k * sAk] : 0.f;
+    }
+    for (int e = tid; e < BK * BN; e += NT) {
+      int j, kk;
+      if (sBn == 1) { j = e % BN; kk = e / BN; } else { kk = e % BK; j = e / BK; }
+      int n = n0 + j, k = k0 + kk;
+      Bs[kk][j] = (n < N && k < K) ? B[(long long)k * sBk + (long long)n * sBn] : 0.f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      float a[TM], bb[TN];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) a[i] = As[kk][ty + i * TY];
+#pragma unroll
+      for (int j = 0; j < TN; ++j) bb[j] = Bs[kk][tx + j * TX];
+#pragma unroll
+      for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], bb[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    int m = m0 + ty + i * TY;
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      int n = n0 + tx + j * TX;
+      if (n >= N) continue;
+      float v = alpha * acc[i][j];
+      if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
+      long long o = cofs + (long long)m * N + n;
+      if (res) v += res[o];
+      if (relu) v = fmaxf(v, 0.f);
+      Cm[o] = v;
+    }
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// Block-wide reductions (blockDim.x a multiple of 32, at most 1024); result broadcast to all threads.
+__device__ float block_sum(float v) {
+  __shared__ float s[33];
+  v = warp_sum(v);
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) s[wid] = v;
+  __syncthreads();
+  if (wid == 0) {
+    float t = lane < nw ? s[lane] : 0.f;
+    t = warp_sum(t);
+    if (lane == 0) s[32] = t;
+  }
+  __syncthreads();
+  return s[32];
+}
+__device__ float block_max(float v) {
+  __shared__ float s[33];
+  v = warp_max(v);
+  const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  __syncthreads();
+  if (lane == 0) s[wid] = v;
+  __syncthreads();
+  if (wid == 0) {
+    float t = lane < nw ? s[lane] : RTX_NEG_INF;
+    t = warp_max(t);
+    if (lane == 0) s[32] = t;
+  }
+  __syncthreads();
+  return s[32];
+}
+
+// Rows are (outer, inner) pairs of an [outer, len, inner] view; one block per row.
+__device__ void softmax(const float* __restrict__ x, float* __restrict__ y, int len, int inner) {
+  const int row = blockIdx.x, o = row / inner, in = row - o * inner;
+  const long long base = (long long)o * len * inner + in;
+  float m = RTX_NEG_INF;
+  for (int i = threadIdx.x; i < len; i += blockDim.x) m = fmaxf(m, x[base + (long long)i * inner]);
+  m = block_max(m);
+  float s = 0.f;
+  for (int i = threadIdx.x; i < len; i += blockDim.x) s += expf(x[base + (long long)i * inner] - m);
+  s = block_sum(s);
+  const float inv = 1.f / s;
+  for (int i = threadIdx.x; i < len; i += blockDim.x) y[base + (long long)i * inner] = expf(x[base + (long long)i * inner] - m) * inv;
+}
+
+__device__ void reduce_mean(const float* __restrict__ x, float* __restrict__ y, int len, int inner) {
+  const int row = blockIdx.x, o = row / inner, in = row - o * inner;
+  const long long base = (long long)o * len * inner + in;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < len; i += blockDim.x) s += x[base + (long long)i * inner];
+  s = block_sum(s);
+  if (threadIdx.x == 0) y[row] = s / (float)len;
+}
+
+__device__ void layernorm(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ bias,
+                          float* __restrict__ y, int len, float eps) {
+  const long long base = (long long)blockIdx.x * len;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < len; i += blockDim.x) s += x[base + i];
+  const float mean = block_sum(s) / (float)len;
+  float v = 0.f;
+  for (int i = threadIdx.x; i < len; i += blockDim.x) {
+    float d = x[base + i] - mean;
+    v += d * d;
+  }
+  const float rstd = rsqrtf(block_sum(v) / (float)len + eps);
+  for (int i = threadIdx.x; i < len; i += blockDim.x) {
+    float t = (x[base + i] - mean) * rstd * scale[i];
+    y[base + i] = bias ? t + bias[i] : t;
+  }
+}
+
+// y = x * scale[c] + shift[c] over an [outer, C, inner] view (standalone BatchNormalization).
+__device__ void channel_affine(const float* __restrict__ x, const float* __restrict__ scale,
+                               const float* __restrict__ shift, float* __restrict__ y, int n, int C, int inner) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    int c = (i / inner) % C;
+    y[i] = fmaf(x[i], scale[c], shift[c]);
+  }
+}
+
+template <int MAXP>
+__device__ void pool2d(const float* __restrict__ x, float* __restrict__ y, int NC, int H, int W, int OH, int OW, int KH,
+                       int KW, int sh, int sw, int ph0, int pw0, int ph1, int pw1, int dh, int dw, int count_pad) {
+  const int total = NC * OH * OW;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+    int ow = i % OW, oh = (i / OW) % OH, nc = i / (OW * OH);
+    const float* xp = x + (long long)nc * H * W;
+    if (MAXP) {
+      float m = RTX_NEG_INF;
+      for (int kh = 0; kh < KH; ++kh) {
+        int ih = oh * sh - ph0 + kh * dh;
+        if (ih < 0 || ih >= H) continue;
+        for (int kw = 0; kw < KW; ++kw) {
+          int iw = ow * sw - pw0 + kw * dw;
+          if (iw < 0 || iw >= W) continue;
+          m = fmaxf(m, xp[ih * W + iw]);
+        }
+      }
+      y[i] = m;
+    } else {
+      int hs = oh * sh - ph0, ws = ow * sw - pw0;
+      int he = min(hs + KH, H + ph1), we = min(ws + KW, W + pw1);
+      int pool = (he - hs) * (we - ws);
+      hs = max(hs, 0); ws = max(ws, 0); he = min(he, H); we = min(we, W);
+      float s = 0.f;
+      for (int ih = hs; ih < he; ++ih)
+        for (int iw = ws; iw < we; ++iw) s += xp[ih * W + iw];
+      int cnt = count_pad ? pool : (he - hs) * (we - ws);
+      y[i] = s / (float)(cnt > 0 ? cnt : 1);
+    }
+  }
+}
+
+__device__ void lrn(const float* __restrict__ x, float* __restrict__ y, int n, int C, int inner, int size, float alpha,
+                    float beta, float bias) {
+  const int lo = (size - 1) / 2, hi = size - 1 - lo;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    int in = i % inner, c = (i / inner) % C, o = i / (inner * C);
+    float s = 0.f;
+    for (int cc = max(0, c - lo); cc <= min(C - 1, c + hi); ++cc) {
+      float v = x[((long long)o * C + cc) * inner + in];
+      s += v * v;
+    }
+    y[i] = x[i] / powf(bias + alpha / (float)size * s, beta);
+  }
+}
+
+__device__ void gather(const float* __restrict__ data, const long long* __restrict__ idx, float* __restrict__ y, int n,
+                       int axis_len, int nidx, int inner) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    int in = i % inner, j = (i / inner) % nidx, o = i / (inner * nidx);
+    long long t = idx[j];
+    if (t < 0) t += axis_len;
+    y[i] = data[((long long)o * axis_len + t) * inner + in];
+  }
+}
+"""
+
+# family -> (parameter declarations, number of template args). Entries forward every parameter.
+_CONV_PARAMS = ("const float* x, const float* w, const float* bias, const float* res, float* y, int N, int C, int H, "
+                "int W, int OC, int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw, int dh, int dw, "
+                "int G, int relu")
+FAMILIES: dict[str, str] = {
+    "unary": "const float* x, float* y, long long n, float a, float b",
+    "binary": "const float* a, const float* b, float* y, int n, int nd, I6 shape, I6 sa, I6 sb",
+    "strided_copy": "const float* x, float* y, int n, int nd, I6 shape, I6 sx, I6 sy, int ox, int oy",
+    "conv_igemm": _CONV_PARAMS,
+    "conv_direct": _CONV_PARAMS,
+    "gemm": ("const float* A, const float* B, const float* bias, const float* res, float* Cm, int M, int N, int K, "
+             "int sAm, int sAk, int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, "
+             "float alpha, float beta, int relu"),
+    "softmax": "const float* x, float* y, int len, int inner",
+    "reduce_mean": "const float* x, float* y, int len, int inner",
+    "layernorm": "const float* x, const float* scale, const float* bias, float* y, int len, float eps",
+    "channel_affine": "const float* x, const float* scale, const float* shift, float* y, int n, int C, int inner",
+    "pool2d": ("const float* x, float* y, int NC, int H, int W, int OH, int OW, int KH, int KW, int sh, int sw, "
+               "int ph0, int pw0, int ph1, int pw1, int dh, int dw, int count_pad"),
+    "lrn": "const float* x, float* y, int n, int C, int inner, int size, float alpha, float beta, float bias",
+    "gather": "const float* data, const long long* idx, float* y, int n, int axis_len, int nidx, int inner",
+}
+
+UNARY_OPS = {"Relu": 0, "LeakyRelu": 1, "Sigmoid": 2, "Tanh": 3, "Erf": 4, "Gelu": 5, "GeluTanh": 6, "Clip": 7,
+             "Sqrt": 8, "Copy": 9}
+BINARY_OPS = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3, "Pow": 4}
+
+# conv/gemm tile configurations: (BM, BN, BK, TM, TN); "small" keeps more SMs busy at batch 1.
+TILES = {"big": (64, 64, 8, 4, 4), "small": (32, 32, 8, 2, 2)}
+
+
+def _arg_type(decl: str) -> str:
+    t = decl.rsplit(" ", 1)[0].strip()
+    if "*" in t:
+        return "p"
+    return {"int": "i", "long long": "q", "float": "f", "I6": "I6"}[t]
+
+
+def param_types(family: str) -> tuple[str, ...]:
+    """Launch-argument kinds of a family: p(ointer), i(nt32), q(int64), f(loat32), I6 (6 x int32)."""
+    return tuple(_arg_type(d.strip()) for d in FAMILIES[family].split(","))
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One specialization: a family and its template arguments (``()`` for non-templates)."""
+
+    family: str
+    targs: tuple[int, ...] = ()
+
+    @property
+    def block_threads(self) -> int:
+        if self.family in ("conv_igemm", "gemm"):
+            bm, bn, _, tm, tn = self.targs[:5]
+            return (bm // tm) * (bn // tn)
+        return 256
+
+    def wrapper(self, entry: str) -> str:
+        params = FAMILIES[self.family]
+        names = ", ".join(d.strip().rsplit(" ", 1)[1].lstrip("*") for d in params.split(","))
+        call = self.family
+        if self.targs:
+            call += "<" + ", ".join(("true" if a else "false") if (self.family == "conv_igemm" and i == 5) else str(a)
+                                    for i, a in enumerate(self.targs)) + ">"
+        bounds = f"__launch_bounds__({self.block_threads}) "
+        return f'extern "C" __global__ void {bounds}{entry}({params}) {{ {call}({names}); }}\n'
+
+    def key(self) -> str:
+        return f"{self.family}<{','.join(map(str, self.targs))}>"
+
+
+def kernel_digest(spec: KernelSpec, options: Sequence[str] = COMPILE_OPTIONS) -> str:
+    """sha256 over the prelude, this specialization's wrapper and the compile options."""
+    h = hashlib.sha256(PRELUDE.encode())
+    h.update(spec.wrapper("ENTRY").encode())
+    h.update("\0".join(options).encode())
+    return h.hexdigest()
+
+
+def entry_name(spec: KernelSpec) -> str:
+    return "k_" + kernel_digest(spec)[:16]
+
+
+def program_source(specs: Sequence[KernelSpec]) -> str:
+    """The single NVRTC program that holds every specialization a plan needs (one per arch)."""
+    return PRELUDE + "".join(s.wrapper(entry_name(s)) for s in specs)
+
+
+def module_digest(specs: Sequence[KernelSpec], options: Sequence[str] = COMPILE_OPTIONS) -> str:
+    """Digest of a module = sha256 over its sorted kernel digests (the runtime-cache key part)."""
+    h = hashlib.sha256()
+    for d in sorted(kernel_digest(s, options) for s in specs):
+        h.update(d.encode())
+    return h.hexdigest()

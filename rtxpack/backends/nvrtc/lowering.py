@@ -1,0 +1,411 @@
+"""Device nodes -> kernel launches: which specializations a node needs (at build), its output
+shapes and its launches for concrete input shapes (once per shape, at load/run time).
+
+Launch arguments name tensors by string (the runtime turns names into device addresses after
+planning memory), so the same code validates a model at build time with no GPU at all.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ...errors import UnsupportedModel
+from .host_ops import attr_or_input, flatten_shape, reshape_target, slice_params, squeeze_shape, unsqueeze_shape
+from .kernels import BINARY_OPS, TILES, UNARY_OPS, KernelSpec
+
+Shape = tuple[int, ...]
+HV = Callable[[str], "np.ndarray | None"]   # host value of a tensor name, or None when device-only
+
+
+@dataclass
+class Launch:
+    spec: KernelSpec
+    grid: tuple[int, int, int]
+    block: int
+    args: list[Any]          # str = tensor name (pointer; "" = null), int/float, or list[int] for I6
+
+
+def _strides(shape: Sequence[int]) -> list[int]:
+    out, acc = [], 1
+    for s in reversed(shape):
+        out.append(acc)
+        acc *= int(s)
+    return out[::-1]
+
+
+def _blocks(n: int, threads: int = 256) -> tuple[int, int, int]:
+    return (max(1, min(math.ceil(n / threads), 16384)), 1, 1)
+
+
+def _collapse(shape: Sequence[int], *strides: Sequence[int]) -> tuple[list[int], list[list[int]]]:
+    """Merge adjacent dims that are contiguous for every operand; drop size-1 dims."""
+    dims = [(int(s), [int(st[i]) for st in strides]) for i, s in enumerate(shape) if s != 1]
+    if not dims:
+        return [1], [[0] for _ in strides]
+    out = [dims[0]]
+    for s, sts in dims[1:]:
+        ps, psts = out[-1]
+        if all(pst == st * s for pst, st in zip(psts, sts)):
+            out[-1] = (ps * s, sts)
+        else:
+            out.append((s, sts))
+    return [d[0] for d in out], [[d[1][k] for d in out] for k in range(len(strides))]
+
+
+def _i6(v: Sequence[int], node: Mapping[str, Any]) -> list[int]:
+    if len(v) > 6:
+        raise UnsupportedModel(f"{node['op']} (node {node['name']!r}) needs more than 6 non-collapsible dimensions",
+                               fix="reshape the model to at most 6 dimensions")
+    return list(v) + [1] * (6 - len(v))
+
+
+def broadcast(*shapes: Sequence[int]) -> Shape:
+    try:
+        return tuple(int(s) for s in np.broadcast_shapes(*[tuple(s) for s in shapes]))
+    except ValueError as e:
+        raise UnsupportedModel(f"shapes {shapes} do not broadcast", fix="check the model's input shapes") from e
+
+
+def _bstrides(shape: Sequence[int], out: Sequence[int]) -> list[int]:
+    st = _strides(shape)
+    pad = len(out) - len(shape)
+    return [0] * pad + [0 if shape[i] == 1 and out[pad + i] != 1 else st[i] for i in range(len(shape))]
+
+
+def strided_copy(src: str, dst: str, shape: Sequence[int], sx: Sequence[int], sy: Sequence[int], ox: int, oy: int,
+                 node: Mapping[str, Any]) -> Launch:
+    dims, (cx, cy) = _collapse(shape, sx, sy)
+    n = int(np.prod(shape))
+    return Launch(KernelSpec("strided_copy"), _blocks(n), 256,
+                  [src, dst, n, len(dims), _i6(dims, node), _i6(cx, node), _i6(cy, node), ox, oy])
+
+
+# ---------------------------------------------------------------- conv
+def _conv_geometry(node, xs: Shape, ws: Sequence[int]):
+    a = node["attrs"]
+    if len(xs) != 4:
+        raise UnsupportedModel(f"Conv (node {node['name']!r}) with a {len(xs)}-D input; only 2-D convolutions are "
+                               "supported", fix="use Conv2d")
+    kh, kw = int(ws[2]), int(ws[3])
+    sh, sw = a.get("strides", [1, 1])
+    dh, dw = a.get("dilations", [1, 1])
+    pads = _pads(a, xs[2:], (kh, kw), (sh, sw), (dh, dw))
+    oh = (xs[2] + pads[0] + pads[2] - ((kh - 1) * dh + 1)) // sh + 1
+    ow = (xs[3] + pads[1] + pads[3] - ((kw - 1) * dw + 1)) // sw + 1
+    return kh, kw, sh, sw, dh, dw, pads, oh, ow
+
+
+def _pads(a, spatial, k, s, d) -> list[int]:
+    auto = a.get("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        begins, ends = [], []
+        for n, kk, ss, dd in zip(spatial, k, s, d):
+            total = max((math.ceil(n / ss) - 1) * ss + (kk - 1) * dd + 1 - n, 0)
+            lo = total // 2 if auto == "SAME_UPPER" else total - total // 2
+            begins.append(lo)
+            ends.append(total - lo)
+        return begins + ends
+    if auto == "VALID":
+        return [0] * (2 * len(spatial))
+    return list(a.get("pads", [0] * (2 * len(spatial))))
+
+
+def _conv_specs(node, ws: Sequence[int]) -> list[KernelSpec]:
+    a = node["attrs"]
+    g = a.get("group", 1)
+    if ws[0] // g < 8:
+        return [KernelSpec("conv_direct")]
+    k1 = (ws[2] == 1 and ws[3] == 1 and list(a.get("strides", [1, 1])) == [1, 1]
+          and not any(a.get("pads", [0] * 4)) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"))
+    return [KernelSpec("conv_igemm", TILES[t] + (int(k1),)) for t in ("big", "small")]
+
+
+def conv_weight_names(node) -> tuple[str, str]:
+    if "bn" in node["attrs"]:
+        return node["name"] + "#w", node["name"] + "#b"
+    ins = node["inputs"]
+    return ins[1], (ins[2] if len(ins) > 2 else "")
+
+
+# ---------------------------------------------------------------- public API
+def kernels_for(node: Mapping[str, Any], weight_shapes: Mapping[str, Sequence[int]]) -> list[KernelSpec]:
+    """Every specialization a device node may launch (decided from static attributes only)."""
+    op, a = node["op"], node["attrs"]
+    if op == "Conv":
+        return _conv_specs(node, weight_shapes[node["inputs"][1]]) if node["inputs"][1] in weight_shapes else \
+            [KernelSpec("conv_direct")]
+    if op in ("Gemm", "MatMul"):
+        return [KernelSpec("gemm", TILES[t]) for t in ("big", "small")]
+    if op in BINARY_OPS:
+        return [KernelSpec("binary", (BINARY_OPS[op],))]
+    if op == "Sum":
+        return [KernelSpec("binary", (BINARY_OPS["Add"],)), KernelSpec("strided_copy")]
+    if op == "Gelu":
+        return [KernelSpec("unary", (UNARY_OPS["GeluTanh" if a.get("approximate", "none") == "tanh" else "Gelu"],))]
+    if op in UNARY_OPS:
+        return [KernelSpec("unary", (UNARY_OPS[op],))]
+    if op in ("Transpose", "Concat", "Split", "Slice", "Expand"):
+        return [KernelSpec("strided_copy")]
+    if op == "ReduceMean":
+        return [KernelSpec("reduce_mean"), KernelSpec("strided_copy")]
+    table = {"Softmax": "softmax", "LayerNormalization": "layernorm", "ReduceMean": "reduce_mean",
+             "GlobalAveragePool": "reduce_mean", "BatchNormalization": "channel_affine", "LRN": "lrn",
+             "Gather": "gather"}
+    if op in table:
+        return [KernelSpec(table[op])]
+    if op in ("MaxPool", "AveragePool"):
+        return [KernelSpec("pool2d", (int(op == "MaxPool"),))]
+    return []   # alias ops: no kernel
+
+
+def plan_node(node: Mapping[str, Any], shapes: Sequence[Shape], hv: HV, num_sms: int = 132
+              ) -> tuple[list[Shape], list[Launch]]:
+    """Output shapes and launches of a device node for concrete input shapes."""
+    op, a, ins, outs = node["op"], node["attrs"], node["inputs"], node["outputs"]
+    vals = [hv(i) if i else None for i in ins]
+    x = shapes[0] if shapes else ()
+    y = outs[0]
+    if op in ("Identity", "Dropout"):
+        return [x], []
+    if op == "Flatten":
+        return [tuple(flatten_shape(x, a.get("axis", 1)))], []
+    if op == "Reshape":
+        return [tuple(reshape_target(x, vals[1], a.get("allowzero", 0)))], []
+    if op == "Squeeze":
+        return [tuple(squeeze_shape(x, attr_or_input(node, vals, "axes", 1)))], []
+    if op == "Unsqueeze":
+        return [tuple(unsqueeze_shape(x, attr_or_input(node, vals, "axes", 1)))], []
+    if op in UNARY_OPS or op == "Gelu":
+        n = int(np.prod(x))
+        lo, hi = -3.4e38, 3.4e38
+        if op == "Clip":
+            lo = float(a.get("min", vals[1].item() if len(vals) > 1 and vals[1] is not None else lo))
+            hi = float(a.get("max", vals[2].item() if len(vals) > 2 and vals[2] is not None else hi))
+        alpha = float(a.get("alpha", 0.01)) if op == "LeakyRelu" else lo
+        return [x], [Launch(kernels_for(node, {})[0], _blocks(n), 256, [ins[0], y, n, alpha, hi])]
+    if op in BINARY_OPS:
+        out = broadcast(shapes[0], shapes[1])
+        dims, (sa, sb, _) = _collapse(out, _bstrides(shapes[0], out), _bstrides(shapes[1], out), _strides(out))
+        n = int(np.prod(out))
+        return [out], [Launch(KernelSpec("binary", (BINARY_OPS[op],)), _blocks(n), 256,
+                              [ins[0], ins[1], y, n, len(dims), _i6(dims, node), _i6(sa, node), _i6(sb, node)])]
+    if op == "Sum":
+        out = broadcast(*shapes)
+        ls = [strided_copy(ins[0], y, out, _bstrides(shapes[0], out), _strides(out), 0, 0, node)]
+        for name, s in zip(ins[1:], shapes[1:]):
+            dims, (sa, sb, _) = _collapse(out, _strides(out), _bstrides(s, out), _strides(out))
+            n = int(np.prod(out))
+            ls.append(Launch(KernelSpec("binary", (0,)), _blocks(n), 256,
+                             [y, name, y, n, len(dims), _i6(dims, node), _i6(sa, node), _i6(sb, node)]))
+        return [out], ls
+    if op == "Conv":
+        ws = shapes[1]
+        kh, kw, sh, sw, dh, dw, pads, oh, ow = _conv_geometry(node, x, ws)
+        g = a.get("group", 1)
+        out = (x[0], int(ws[0]), oh, ow)
+        wname, bname = conv_weight_names(node)
+        res = ins[3] if len(ins) > 3 else ""
+        if res and shapes[3] != out:
+            raise UnsupportedModel(f"fused residual of node {node['name']!r} has shape {shapes[3]}, expected {out}",
+                                   fix="report this model to rtxpack")
+        args = [ins[0], wname, bname, res, y, x[0], x[1], x[2], x[3], int(ws[0]), oh, ow, kh, kw, sh, sw,
+                pads[0], pads[1], dh, dw, g, int(a.get("relu", 0))]
+        specs = kernels_for(node, {ins[1]: ws})
+        if specs[0].family == "conv_direct":
+            return [out], [Launch(specs[0], _blocks(int(np.prod(out))), 256, args)]
+        P, M = x[0] * oh * ow, int(ws[0]) // g
+        big = math.ceil(P / 64) * math.ceil(M / 64) * g
+        spec = specs[0] if big >= 2 * num_sms else specs[1]
+        bm, bn = spec.targs[0], spec.targs[1]
+        return [out], [Launch(spec, (math.ceil(P / bn), math.ceil(M / bm), g), spec.block_threads, args)]
+    if op in ("Gemm", "MatMul"):
+        return _plan_gemm(node, shapes, num_sms)
+    if op == "Softmax":
+        axis = a.get("axis", -1 if (node.get("opset", 13) >= 13) else 1) % len(x)
+        outer = int(np.prod(x[:axis]))
+        if node.get("opset", 13) >= 13:
+            ln, inner = x[axis], int(np.prod(x[axis + 1:]))
+        else:
+            ln, inner = int(np.prod(x[axis:])), 1
+        return [x], [Launch(KernelSpec("softmax"), (outer * inner, 1, 1), _rowthreads(ln), [ins[0], y, ln, inner])]
+    if op == "LayerNormalization":
+        axis = a.get("axis", -1) % len(x)
+        ln = int(np.prod(x[axis:]))
+        if int(np.prod(shapes[1])) != ln or (len(ins) > 2 and ins[2] and int(np.prod(shapes[2])) != ln):
+            raise UnsupportedModel(f"LayerNormalization (node {node['name']!r}) with broadcast scale/bias",
+                                   fix="give scale and bias the normalized shape")
+        return [x], [Launch(KernelSpec("layernorm"), (int(np.prod(x[:axis])), 1, 1), _rowthreads(ln),
+                            [ins[0], ins[1], ins[2] if len(ins) > 2 else "", y, ln, float(a.get("epsilon", 1e-5))])]
+    if op in ("GlobalAveragePool", "ReduceMean"):
+        if op == "GlobalAveragePool":
+            axes, keep = list(range(2, len(x))), 1
+        else:
+            axes = attr_or_input(node, vals, "axes", 1)
+            keep = a.get("keepdims", 1)
+            if axes is None or len(axes) == 0:
+                if a.get("noop_with_empty_axes", 0):
+                    return [x], [strided_copy(ins[0], y, x, _strides(x), _strides(x), 0, 0, node)]
+                axes = list(range(len(x)))
+        axes = sorted(ax % len(x) for ax in axes)
+        if axes != list(range(axes[0], axes[-1] + 1)):
+            raise UnsupportedModel(f"ReduceMean (node {node['name']!r}) over non-adjacent axes {axes}",
+                                   fix="reduce over adjacent axes")
+        outer, ln = int(np.prod(x[:axes[0]])), int(np.prod(x[axes[0]:axes[-1] + 1]))
+        inner = int(np.prod(x[axes[-1] + 1:]))
+        out = tuple(1 if i in axes else s for i, s in enumerate(x)) if keep else \
+            tuple(s for i, s in enumerate(x) if i not in axes)
+        return [out], [Launch(KernelSpec("reduce_mean"), (outer * inner, 1, 1), _rowthreads(ln), [ins[0], y, ln, inner])]
+    if op == "BatchNormalization":
+        n = int(np.prod(x))
+        return [x], [Launch(KernelSpec("channel_affine"), _blocks(n), 256,
+                            [ins[0], node["name"] + "#scale", node["name"] + "#shift", y, n, x[1], int(np.prod(x[2:]))])]
+    if op in ("MaxPool", "AveragePool"):
+        return _plan_pool(node, x)
+    if op == "LRN":
+        n = int(np.prod(x))
+        return [x], [Launch(KernelSpec("lrn"), _blocks(n), 256, [ins[0], y, n, x[1], int(np.prod(x[2:])),
+                                                                  int(a["size"]), float(a.get("alpha", 1e-4)),
+                                                                  float(a.get("beta", 0.75)), float(a.get("bias", 1.0))])]
+    if op == "Transpose":
+        perm = a.get("perm", list(range(len(x)))[::-1])
+        out = tuple(x[p] for p in perm)
+        st = _strides(x)
+        return [out], [strided_copy(ins[0], y, out, [st[p] for p in perm], _strides(out), 0, 0, node)]
+    if op == "Expand":
+        out = broadcast(x, [int(v) for v in vals[1]])
+        return [out], [strided_copy(ins[0], y, out, _bstrides(x, out), _strides(out), 0, 0, node)]
+    if op == "Concat":
+        axis = a["axis"] % len(x)
+        total = sum(s[axis] for s in shapes)
+        out = tuple(total if i == axis else d for i, d in enumerate(x))
+        outer, inner, off, ls = int(np.prod(x[:axis])), int(np.prod(x[axis + 1:])), 0, []
+        for name, s in zip(ins, shapes):
+            ln = s[axis]
+            if ln:
+                ls.append(strided_copy(name, y, (outer, ln, inner), (ln * inner, inner, 1), (total * inner, inner, 1),
+                                       0, off * inner, node))
+            off += ln
+        return [out], ls
+    if op == "Split":
+        axis = a.get("axis", 0) % len(x)
+        sizes = attr_or_input(node, vals, "split", 1)
+        if sizes is None:
+            k = len(outs)
+            step = math.ceil(x[axis] / k)
+            sizes = [min(step, x[axis] - i * step) for i in range(k)]
+        outer, inner, off, ls, oshapes = int(np.prod(x[:axis])), int(np.prod(x[axis + 1:])), 0, [], []
+        for name, ln in zip(outs, sizes):
+            oshapes.append(tuple(ln if i == axis else d for i, d in enumerate(x)))
+            if ln and name:
+                ls.append(strided_copy(ins[0], name, (outer, ln, inner), (x[axis] * inner, inner, 1),
+                                       (ln * inner, inner, 1), off * inner, 0, node))
+            off += ln
+        return oshapes, ls
+    if op == "Slice":
+        starts, ends = attr_or_input(node, vals, "starts", 1), attr_or_input(node, vals, "ends", 2)
+        st, ln, sp = slice_params(x, starts, ends, attr_or_input(node, vals, "axes", 3),
+                                  attr_or_input(node, vals, "steps", 4))
+        out, strides = tuple(ln), _strides(x)
+        ox = sum(s * t for s, t in zip(st, strides))
+        if int(np.prod(out)) == 0:
+            return [out], []
+        return [out], [strided_copy(ins[0], y, out, [t * p for t, p in zip(strides, sp)], _strides(out), ox, 0, node)]
+    if op == "Gather":
+        axis = a.get("axis", 0) % len(x)
+        idx = shapes[1]
+        out = tuple(x[:axis]) + tuple(idx) + tuple(x[axis + 1:])
+        n = int(np.prod(out))
+        return [out], [Launch(KernelSpec("gather"), _blocks(n), 256,
+                              [ins[0], ins[1], y, n, x[axis], int(np.prod(idx)), int(np.prod(x[axis + 1:]))])]
+    raise UnsupportedModel(f"{op} (node {node['name']!r}) is not supported on the device", fix="report this model")
+
+
+def _rowthreads(n: int) -> int:
+    return max(32, min(256, 1 << max(5, math.ceil(math.log2(max(n, 1))))))
+
+
+def _plan_pool(node, x: Shape) -> tuple[list[Shape], list[Launch]]:
+    a = node["attrs"]
+    if len(x) != 4:
+        raise UnsupportedModel(f"{node['op']} (node {node['name']!r}) on a {len(x)}-D input; only 2-D pooling is "
+                               "supported", fix="use 2-D pooling")
+    kh, kw = a["kernel_shape"]
+    sh, sw = a.get("strides", [1, 1])
+    dh, dw = a.get("dilations", [1, 1])
+    pads = _pads(a, x[2:], (kh, kw), (sh, sw), (dh, dw))
+    outs = []
+    for i, (n, k, s, d) in enumerate(zip(x[2:], (kh, kw), (sh, sw), (dh, dw))):
+        span = n + pads[i] + pads[i + 2] - ((k - 1) * d + 1)
+        o = (-(-span // s) if a.get("ceil_mode", 0) else span // s) + 1
+        if a.get("ceil_mode", 0) and (o - 1) * s >= n + pads[i]:
+            o -= 1
+        outs.append(o)
+    oh, ow = outs
+    out = (x[0], x[1], oh, ow)
+    n = int(np.prod(out))
+    return [out], [Launch(KernelSpec("pool2d", (int(node["op"] == "MaxPool"),)), _blocks(n), 256,
+                          [node["inputs"][0], node["outputs"][0], x[0] * x[1], x[2], x[3], oh, ow, kh, kw, sh, sw,
+                           pads[0], pads[1], pads[2], pads[3], dh, dw, int(a.get("count_include_pad", 0))])]
+
+
+def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape], list[Launch]]:
+    a, ins = node["attrs"], node["inputs"]
+    sa, sb = list(shapes[0]), list(shapes[1])
+    bias = ins[2] if len(ins) > 2 else ""
+    res = ins[3] if len(ins) > 3 else ""
+    alpha, beta = 1.0, 1.0
+    if node["op"] == "Gemm":
+        ta, tb = a.get("transA", 0), a.get("transB", 0)
+        alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+        M, K = (sa[1], sa[0]) if ta else (sa[0], sa[1])
+        N = sb[0] if tb else sb[1]
+        sAm, sAk = (1, sa[1]) if ta else (sa[1], 1)
+        sBk, sBn = (1, sb[1]) if tb else (sb[1], 1)
+        out: Shape = (M, N)
+        batch, bstr = [1], [[0], [0]]
+    else:
+        a1, b1 = len(sa) == 1, len(sb) == 1
+        if a1:
+            sa = [1] + sa
+        if b1:
+            sb = sb + [1]
+        M, K, N = sa[-2], sa[-1], sb[-1]
+        bshape = broadcast(sa[:-2], sb[:-2])
+        sAm, sAk, sBk, sBn = K, 1, N, 1
+        as_, bs_ = _bstrides(sa[:-2], bshape), _bstrides(sb[:-2], bshape)
+        as_ = [s * M * K for s in _bstrides_unit(sa[:-2], bshape)]
+        bs_ = [s * K * N for s in _bstrides_unit(sb[:-2], bshape)]
+        batch, bstr = _collapse(bshape, as_, bs_) if bshape else ([1], [[0], [0]])
+        if len(batch) > 2:
+            raise UnsupportedModel(f"MatMul (node {node['name']!r}) with batch broadcasting over {len(batch)} "
+                                   "non-collapsible dimensions", fix="reshape to at most 2 batch dimensions")
+        out = tuple(bshape) + ((M,) if not a1 else ()) + ((N,) if not b1 else ())
+    if len(batch) == 1:
+        nb1, sA0, sA1, sB0, sB1 = batch[0], 0, bstr[0][0], 0, bstr[1][0]
+    else:
+        nb1, sA0, sA1, sB0, sB1 = batch[1], bstr[0][0], bstr[0][1], bstr[1][0], bstr[1][1]
+    nbatch = int(np.prod(batch))
+    sbm = sbn = 0
+    if bias:
+        bsh = list(shapes[2])
+        if node["op"] == "MatMul" or len(bsh) == 1:
+            sbm, sbn = 0, (1 if bsh and bsh[-1] != 1 else 0)
+        elif len(bsh) == 2:
+            sbm, sbn = (bsh[1] if bsh[0] != 1 else 0), (1 if bsh[1] != 1 else 0)
+    if res and tuple(shapes[3]) != tuple(out):
+        raise UnsupportedModel(f"fused residual of node {node['name']!r} has shape {shapes[3]}, expected {out}",
+                               fix="report this model to rtxpack")
+    big = math.ceil(M / 64) * math.ceil(N / 64) * nbatch
+    spec = KernelSpec("gemm", TILES["big" if big >= 2 * num_sms else "small"])
+    bm, bn = spec.targs[0], spec.targs[1]
+    args = [ins[0], ins[1], bias, res, node["outputs"][0], M, N, K, sAm, sAk, sBk, sBn, nb1, sA0, sA1, sB0, sB1,
+            sbm, sbn, alpha, beta, int(a.get("relu", 0))]
+    return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), nbatch), spec.block_threads, args)]
+
+
+def _bstrides_unit(shape: Sequence[int], out: Sequence[int]) -> list[int]:
+    """Batch strides counted in whole matrices (0 where broadcast)."""
+    return _bstrides(shape, out)

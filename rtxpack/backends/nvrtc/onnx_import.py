@@ -1,0 +1,237 @@
+"""ONNX -> the backend's graph (a JSON-able dict) plus the initializers as numpy arrays.
+
+Every node is placed either on the *device* (a generated kernel) or on the *host* (numpy, once
+per input shape): ``Shape`` and everything computed only from shapes, constants and small
+integer initializers runs on the host, so PyTorch-style ``Shape -> Gather -> Concat -> Reshape``
+chains cost no kernels and dynamic dimensions stay runtime values. Unsupported nodes are all
+collected and reported in one error before anything is compiled.
+
+Build-time fusions (each only when the intermediate has one consumer and is not an output):
+Conv [-> BatchNormalization] [-> Add(residual)] [-> Relu]; Gemm/MatMul [-> Add(bias)] [-> Relu].
+BatchNormalization is folded into the Conv weights at load time (from the original initializers),
+so stripped plans and refit keep working on the ONNX's own weights.
+"""
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ...errors import UnsupportedModel
+
+DEVICE_OPS = frozenset("""Conv Gemm MatMul Add Sub Mul Div Pow Sqrt Relu LeakyRelu Sigmoid Tanh Erf Gelu Clip Softmax
+BatchNormalization LayerNormalization MaxPool AveragePool GlobalAveragePool Flatten Reshape Transpose Concat Split
+Slice Squeeze Unsqueeze Sum Gather Identity Dropout ReduceMean LRN Expand""".split())
+HOST_OPS = frozenset("""Shape Constant ConstantOfShape Gather Unsqueeze Squeeze Concat Slice Reshape Cast Add Sub Mul Div
+Pow Sqrt Identity Dropout Flatten Transpose Range Equal Where Expand Sum Neg Relu""".split())
+ALIAS_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
+#: inputs of device ops that must be known on the host when shapes are planned
+HOST_INPUTS: dict[str, tuple[int, ...]] = {"Reshape": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "Slice": (1, 2, 3, 4),
+                                           "Split": (1,), "Clip": (1, 2), "ReduceMean": (1,), "Expand": (1,)}
+
+_NP_DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 11: "float64", 10: "float16"}
+
+
+def encode_array(arr: np.ndarray) -> dict[str, Any]:
+    arr = np.array(arr, order="C")  # not ascontiguousarray: that turns 0-d scalars into 1-d
+    return {"dtype": arr.dtype.str.lstrip("<>|="), "shape": list(arr.shape),
+            "data": base64.b64encode(arr.astype(arr.dtype.newbyteorder("<")).tobytes()).decode()}
+
+
+def decode_array(d: Mapping[str, Any]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(d["data"]), dtype=np.dtype(d["dtype"]).newbyteorder("<")).reshape(
+        d["shape"]).astype(np.dtype(d["dtype"]))
+
+
+def _attr_value(attr: Any) -> Any:
+    from onnx import helper, numpy_helper
+
+    v = helper.get_attribute_value(attr)
+    if isinstance(v, bytes):
+        return v.decode()
+    if hasattr(v, "dims") and hasattr(v, "data_type"):
+        return {"__tensor__": encode_array(numpy_helper.to_array(v))}
+    if isinstance(v, list):
+        return [x.decode() if isinstance(x, bytes) else x for x in v]
+    return v
+
+
+def _constant_value(node: Any) -> np.ndarray:
+    attrs = {a.name: _attr_value(a) for a in node.attribute}
+    if "value" in attrs:
+        return decode_array(attrs["value"]["__tensor__"])
+    for key, dt in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
+                    ("value_ints", np.int64)):
+        if key in attrs:
+            return np.array(attrs[key], dtype=dt)
+    raise UnsupportedModel(f"Constant node {node.name!r} uses an unsupported attribute {sorted(attrs)}",
+                           fix="export constants as 'value' tensors")
+
+
+def _shape_of(vi: Any) -> list[int | str | None]:
+    dims = []
+    for d in vi.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return dims
+
+
+def load_model(onnx_path: str | Path) -> Any:
+    import onnx
+
+    try:
+        return onnx.load(str(onnx_path))
+    except Exception as e:  # noqa: BLE001 - onnx raises many types for a bad file
+        raise UnsupportedModel(f"cannot read ONNX model {str(onnx_path)!r}: {e}", fix="check the file is a valid .onnx",
+                               path=str(onnx_path)) from e
+
+
+def import_onnx(onnx_path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Parse, shape-infer, place, check and fuse; returns ``(graph, initializers)``."""
+    import onnx
+
+    from ...digest import initializers, sha256_bytes
+
+    model = load_model(onnx_path)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    except Exception:  # noqa: BLE001 - inference is advisory (fusion safety), never required
+        inferred = model
+    g = model.graph
+    weights = initializers(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    shapes: dict[str, list] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        shapes[vi.name] = _shape_of(vi)
+
+    inputs = [{"name": i.name, "shape": _shape_of(i), "dtype": _NP_DTYPES.get(i.type.tensor_type.elem_type, "?")}
+              for i in g.input if i.name not in weights]
+    constants: dict[str, np.ndarray] = {}
+    host_known: set[str] = set(weights)
+    nodes: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for idx, n in enumerate(g.node):
+        name = n.name or f"{n.op_type}_{idx}"
+        if n.domain not in ("", "ai.onnx"):
+            problems.append(f"{n.domain}::{n.op_type} (node {name!r})")
+            continue
+        if n.op_type == "Constant":
+            constants[n.output[0]] = _constant_value(n)
+            host_known.add(n.output[0])
+            continue
+        attrs = {a.name: _attr_value(a) for a in n.attribute}
+        ins = list(n.input)
+        all_host = all(i == "" or i in host_known for i in ins)
+        if n.op_type == "Shape" or (all_host and n.op_type in HOST_OPS):
+            where = "host"
+            host_known.update(o for o in n.output if o)
+        elif n.op_type in DEVICE_OPS:
+            where = "device"
+            bad = [ins[i] for i in HOST_INPUTS.get(n.op_type, ()) if i < len(ins) and ins[i] and ins[i] not in host_known]
+            if bad:
+                problems.append(f"{n.op_type} (node {name!r}: input {bad[0]!r} is computed on the GPU; "
+                                "only shape-derived values are supported there)")
+            extra = [o for o in list(n.output)[1:] if o] if n.op_type in ("Dropout", "MaxPool") else []
+            if extra:
+                problems.append(f"{n.op_type} (node {name!r}: optional output {extra[0]!r} is not supported)")
+        else:
+            problems.append(f"{n.op_type} (node {name!r})")
+            continue
+        nodes.append({"op": n.op_type, "name": name, "inputs": ins, "outputs": list(n.output), "attrs": attrs,
+                      "where": where})
+    for inp in inputs:
+        if inp["dtype"] != "float32":
+            problems.append(f"input {inp['name']!r} has dtype {inp['dtype']} (only float32 model inputs are supported)")
+    if problems:
+        raise UnsupportedModel(
+            f"the nvrtc backend cannot build {Path(str(onnx_path)).name}: {len(problems)} unsupported node(s): "
+            + "; ".join(problems),
+            fix="replace or remove these operators (or use the tensorrt-rtx backend)", unsupported=problems)
+
+    outputs = [o.name for o in g.output]
+    nodes = fuse(nodes, weights, shapes, set(outputs))
+    device_weights = sorted({i for nd in nodes if nd["where"] == "device" for i in nd["inputs"] if i in weights}
+                            | {v for nd in nodes for v in nd["attrs"].get("bn", {}).get("params", [])})
+    graph = {
+        "name": g.name or Path(str(onnx_path)).stem,
+        "opset": int(opset),
+        "inputs": inputs,
+        "outputs": outputs,
+        "constants": {k: encode_array(v) for k, v in constants.items()},
+        "nodes": nodes,
+        "weights": [{"name": k, "dtype": v.dtype.str.lstrip("<>|="), "shape": list(v.shape),
+                     "sha256": sha256_bytes(np.ascontiguousarray(v).astype(v.dtype.newbyteorder("<")).tobytes())}
+                    for k, v in sorted(weights.items())],
+        "device_weights": device_weights,
+        "value_shapes": {k: v for k, v in shapes.items() if k in outputs},
+    }
+    return graph, weights
+
+
+def _same_static_shape(a: Sequence | None, b: Sequence | None) -> bool:
+    return a is not None and b is not None and len(a) == len(b) and all(x is not None and x == y for x, y in zip(a, b))
+
+
+def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[str, list], outputs: set[str]) -> list[dict]:
+    """Fold BatchNormalization into Conv; fuse bias, residual Add and Relu epilogues (see module doc)."""
+    consumers: dict[str, list[int]] = {}
+    for i, nd in enumerate(nodes):
+        for t in nd["inputs"]:
+            consumers.setdefault(t, []).append(i)
+    removed: set[int] = set()
+
+    def sole_next(i: int, out: str) -> int | None:
+        c = consumers.get(out, [])
+        if out in outputs or len(c) != 1 or c[0] in removed:
+            return None
+        j = c[0]
+        return j if nodes[j]["where"] == "device" else None
+
+    for i, nd in enumerate(nodes):
+        if i in removed or nd["where"] != "device" or nd["op"] not in ("Conv", "Gemm", "MatMul"):
+            continue
+        if nd["op"] == "MatMul" and nd["inputs"][1] not in weights:
+            pass  # activation x activation MatMul: only relu/bias fusion below would apply; keep simple
+        out = nd["outputs"][0]
+        pos = i
+        ins = list(nd["inputs"]) + [""] * (4 - len(nd["inputs"]))
+        attrs = dict(nd["attrs"])
+        j = sole_next(i, out)
+        if nd["op"] == "Conv" and j is not None and nodes[j]["op"] == "BatchNormalization" \
+                and nodes[j]["inputs"][0] == out and all(p in weights for p in nodes[j]["inputs"][1:5]) \
+                and len([o for o in nodes[j]["outputs"] if o]) == 1:
+            bn = nodes[j]
+            attrs["bn"] = {"params": list(bn["inputs"][1:5]), "epsilon": float(bn["attrs"].get("epsilon", 1e-5))}
+            out, pos = bn["outputs"][0], j
+            removed.add(j)
+            j = sole_next(j, out)
+        if nd["op"] == "MatMul" and j is not None and nodes[j]["op"] == "Add" and ins[2] == "":
+            other = [t for t in nodes[j]["inputs"] if t != out]
+            if len(other) == 1 and other[0] in weights and weights[other[0]].ndim == 1 and nodes[j]["inputs"][0] == out:
+                ins[2] = other[0]
+                out, pos = nodes[j]["outputs"][0], j
+                removed.add(j)
+                j = sole_next(j, out)
+        if j is not None and nodes[j]["op"] == "Add" and nd["op"] in ("Conv", "Gemm", "MatMul"):
+            other = [t for t in nodes[j]["inputs"] if t != out]
+            if len(other) == 1 and other[0] not in weights and _same_static_shape(shapes.get(other[0]), shapes.get(out)) \
+                    and _same_static_shape(shapes.get(nodes[j]["outputs"][0]), shapes.get(out)):
+                ins[3] = other[0]
+                out, pos = nodes[j]["outputs"][0], j
+                removed.add(j)
+                j = sole_next(j, out)
+        if j is not None and nodes[j]["op"] == "Relu":
+            attrs["relu"] = 1
+            out, pos = nodes[j]["outputs"][0], j
+            removed.add(j)
+        if pos != i:
+            fused = {**nd, "inputs": ins, "outputs": [out], "attrs": attrs, "fused_from": nd["name"]}
+            removed.add(i)
+            nodes[pos] = fused  # the fused node sits where its last part was: all its inputs exist by then
+    return [nd for k, nd in enumerate(nodes) if k not in removed or nd.get("fused_from")]

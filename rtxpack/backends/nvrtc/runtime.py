@@ -1,0 +1,411 @@
+"""Run an nvrtc plan on the local GPU through the CUDA driver API (cuda.bindings.driver).
+
+Kernel module, best first: the plan's cubin for this SM (or a same-major lower-minor one) >
+the runtime cache > driver JIT of the plan's PTX (only when the NVRTC that made it is not newer
+than the driver) > NVRTC on this machine for the exact arch. ``kernel_sources`` and
+``provenance`` say which one ran and why.
+
+Per distinct input shape: one arena allocation (liveness-planned), prepacked launch arguments
+and, by default, a CUDA graph of the whole run, so a steady-state ``run`` is a few driver calls.
+"""
+from __future__ import annotations
+
+import ctypes
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ...errors import BackendError, BackendNotInstalled, RefitError
+from .cache import CacheKey, RuntimeCache
+from .kernels import KernelSpec, param_types
+from .onnx_import import decode_array  # noqa: F401 - re-exported for helpers
+from .plan import read_plan
+from .schedule import (ALIGN, ShapePlan, check_profile, derive_weight, device_bytes, device_weight_names,
+                       plan_shapes)
+
+MAX_SHAPES = 8
+
+
+def _driver():
+    try:
+        from cuda.bindings import driver
+    except ImportError as e:
+        raise BackendNotInstalled("the nvrtc backend needs cuda-python to run plans", fix="pip install rtxpack[gpu]") from e
+    return driver
+
+
+def _check(result: Any, what: str) -> Any:
+    """Unwrap a cuda.bindings ``(err, *values)`` tuple, raising BackendError on failure."""
+    cu = _driver()
+    err, *vals = result if isinstance(result, tuple) else (result,)
+    if err != cu.CUresult.CUDA_SUCCESS:
+        _, name = cu.cuGetErrorName(err)
+        raise BackendError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}",
+                           fix="check the GPU driver (nvidia-smi) and that the plan fits this GPU", cuda_error=int(err))
+    return vals[0] if len(vals) == 1 else (tuple(vals) if vals else None)
+
+
+def driver_version() -> int:
+    """cuDriverGetVersion() (e.g. 13000); raises without a driver."""
+    cu = _driver()
+    _check(cu.cuInit(0), "cuInit")
+    return int(_check(cu.cuDriverGetVersion(), "cuDriverGetVersion"))
+
+
+class _ShapeState:
+    """Everything needed to run one input-shape combination: arena, packed launches, CUDA graph."""
+
+    def __init__(self, plan: ShapePlan, arena: int, launches: list[tuple[Any, tuple, int, Any, list]]) -> None:
+        self.plan, self.arena, self.launches = plan, arena, launches
+        self.graph = None
+        self.graph_exec = None
+
+
+class NvrtcLoadedPlan:
+    """A plan loaded on one GPU (implements ``rtxpack.backends.base.LoadedPlan``)."""
+
+    def __init__(self, plan: bytes, *, device: int = 0, runtime_cache: bytes | None = None,
+                 options: Mapping[str, Any] | None = None) -> None:
+        cu = _driver()
+        self._opts = dict(options or {})
+        self._closed = True
+        self.header, self.graph, self._index, kblobs, wview = read_plan(plan)
+        self.input_names = [i["name"] for i in self.graph["inputs"]]
+        self.output_names = list(self.graph["outputs"])
+        self.stripped = bool(self.graph.get("stripped"))
+        self.kernel_sources = {"cubin": 0, "runtime-cache": 0, "ptx-jit": 0, "nvrtc-jit": 0}
+        _check(cu.cuInit(0), "cuInit")
+        self._dev = _check(cu.cuDeviceGet(device), f"cuDeviceGet({device})")
+        self._ctx = _check(cu.cuDevicePrimaryCtxRetain(self._dev), "cuDevicePrimaryCtxRetain")
+        self._closed = False
+        _check(cu.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")
+        A = cu.CUdevice_attribute
+        major = _check(cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, self._dev), "cc")
+        minor = _check(cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self._dev), "cc")
+        self.num_sms = int(_check(cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, self._dev), "sms"))
+        self.sm = int(major) * 10 + int(minor)
+        self.driver_version = int(_check(cu.cuDriverGetVersion(), "cuDriverGetVersion"))
+        self._cache = RuntimeCache.parse(runtime_cache)
+        if runtime_cache and not self._cache.status.startswith("ignored"):
+            self._cache.status = f"loaded {len(self._cache.entries)} entries"
+        self.cache_status = self._cache.status
+        self._stream = _check(cu.cuStreamCreate(cu.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
+        cubin = self._select_module(bytes(kblobs))
+        self._cubin_keep = np.frombuffer(cubin, dtype=np.uint8).copy()
+        self._module = _check(cu.cuModuleLoadData(self._cubin_keep.ctypes.data), "cuModuleLoadData")
+        self._funcs: dict[KernelSpec, Any] = {}
+        for k in self._index["kernels"]:
+            spec = KernelSpec(k["family"], tuple(k["targs"]))
+            self._funcs[spec] = _check(cu.cuModuleGetFunction(self._module, k["entry"].encode()), "cuModuleGetFunction")
+        self._host_w: dict[str, np.ndarray] = {}
+        if not self.stripped:
+            self._host_w = self._weights_from_plan(wview)
+        else:
+            self._host_w = self._weights_from_plan(wview, stored_only=True)
+        self._weights_ready = not self.stripped
+        self._wbuf = None
+        self._waddr: dict[str, int] = {}
+        self._states: OrderedDict[tuple, _ShapeState] = OrderedDict()
+        if self._weights_ready:
+            self._upload_weights()
+
+    # ---------------------------------------------------------------- kernels
+    def _select_module(self, blobs: bytes) -> bytes:
+        idx = self._index
+        module = idx["module"]
+        cubins = idx.get("cubins", {})
+        exact = f"sm_{self.sm}"
+        same_major = sorted((int(k[3:]) for k in cubins if int(k[3:]) // 10 == self.sm // 10 and int(k[3:]) <= self.sm),
+                            reverse=True)
+        n = len(idx["kernels"])
+        if exact in cubins or same_major:
+            name = exact if exact in cubins else f"sm_{same_major[0]}"
+            self.kernel_sources["cubin"] = n
+            self.provenance = f"AOT cubin {name} from the plan" + ("" if name == exact else f" (compatible with sm_{self.sm})")
+            return self._blob(blobs, cubins[name])
+        plan_nvrtc = "%d.%d" % self.header.nvrtc_version
+        drv = (self.driver_version // 1000, (self.driver_version % 1000) // 10)
+        ptx = idx.get("ptx")
+        ptx_ok = bool(ptx) and int(ptx["arch"].split("_")[1]) <= self.sm and tuple(self.header.nvrtc_version) <= drv
+        local = None
+        try:
+            from .compile import nvrtc_version
+
+            local = nvrtc_version()
+        except Exception:  # noqa: BLE001
+            local = None
+        keys = []
+        if ptx_ok:
+            keys.append(CacheKey(module, exact, "ptx-jit", plan_nvrtc, self.driver_version))
+        if local:
+            keys.append(CacheKey(module, exact, "nvrtc", "%d.%d" % local, self.driver_version))
+        for key in keys:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self.kernel_sources["runtime-cache"] = n
+                self.provenance = f"runtime cache ({key.compiler} {key.compiler_version}, {exact}, driver {key.driver})"
+                return hit
+        if self._cache.entries and not self._cache.status.startswith("ignored"):
+            self.cache_status = f"loaded {len(self._cache.entries)} entries, none for this plan/{exact}/driver {self.driver_version}"
+        why = "no cubin for %s in the plan (it has %s)" % (exact, ", ".join(sorted(cubins)) or "none")
+        if ptx_ok:
+            cubin = self._ptx_jit(self._blob(blobs, ptx))
+            self._cache.put(keys[0], cubin)
+            self.kernel_sources["ptx-jit"] = n
+            self.provenance = f"{why}; driver JIT of the plan's {ptx['arch']} PTX"
+            return cubin
+        if ptx and tuple(self.header.nvrtc_version) > drv:
+            why += f"; its PTX was made by NVRTC {plan_nvrtc}, newer than this driver (CUDA {drv[0]}.{drv[1]}), so it was not attempted"
+        elif ptx:
+            why += f"; its PTX targets {ptx['arch']}, newer than sm_{self.sm}"
+        if not local:
+            raise BackendNotInstalled(f"{why}, and NVRTC is not installed to compile for {exact}",
+                                      fix="pip install nvidia-cuda-nvrtc (or use a plan built for this GPU)")
+        from .compile import compile_program
+
+        cubin = compile_program(self._blob(blobs, idx["source"]).decode(), self.sm, options=idx["options"])
+        self._cache.put(keys[-1], cubin)
+        self.kernel_sources["nvrtc-jit"] = n
+        self.provenance = f"{why}; NVRTC {local[0]}.{local[1]} compiled the plan's kernels for {exact}"
+        return cubin
+
+    @staticmethod
+    def _blob(blobs: bytes, rec: Mapping[str, Any]) -> bytes:
+        import hashlib
+
+        b = blobs[rec["offset"]:rec["offset"] + rec["length"]]
+        if hashlib.sha256(b).hexdigest() != rec["sha256"]:
+            raise BackendError("a kernel blob in the plan fails its sha256 check", fix="rebuild or re-download the plan")
+        return b
+
+    def _ptx_jit(self, ptx: bytes) -> bytes:
+        cu = _driver()
+        if not ptx.endswith(b"\0"):
+            ptx += b"\0"
+        buf = np.frombuffer(ptx, dtype=np.uint8).copy()
+        state = _check(cu.cuLinkCreate(0, [], []), "cuLinkCreate")
+        try:
+            _check(cu.cuLinkAddData(state, cu.CUjitInputType.CU_JIT_INPUT_PTX, buf.ctypes.data, len(ptx), b"plan.ptx",
+                                    0, [], []), "cuLinkAddData (PTX JIT)")
+            ptr, size = _check(cu.cuLinkComplete(state), "cuLinkComplete")
+            return ctypes.string_at(int(ptr), int(size))
+        finally:
+            cu.cuLinkDestroy(state)
+
+    # ---------------------------------------------------------------- weights
+    def _weights_from_plan(self, wview: memoryview, stored_only: bool = False) -> dict[str, np.ndarray]:
+        out = {}
+        for rec in self.graph["weights"]:
+            if not rec.get("stored", True):
+                continue
+            dt = np.dtype(rec["dtype"]).newbyteorder("<")
+            n = int(np.prod(rec["shape"])) * dt.itemsize
+            out[rec["name"]] = np.frombuffer(wview[rec["offset"]:rec["offset"] + n], dtype=dt).reshape(rec["shape"])
+        return out
+
+    def _upload_weights(self) -> None:
+        cu = _driver()
+        nodes = {nd["name"]: nd for nd in self.graph["nodes"]}
+        chunks: list[tuple[str, bytes]] = []
+        for name, recipe in sorted(device_weight_names(self.graph).items()):
+            if recipe == "raw":
+                arr = self._host_w[name]
+            else:
+                arr = derive_weight(nodes[name.split("#")[0]], recipe, self._host_w)
+            chunks.append((name, device_bytes(arr)))
+        total = sum(-(-max(len(b), 1) // ALIGN) * ALIGN for _, b in chunks) or ALIGN
+        host = np.zeros(total, dtype=np.uint8)
+        pos, offs = 0, {}
+        for name, b in chunks:
+            offs[name] = pos
+            host[pos:pos + len(b)] = np.frombuffer(b, dtype=np.uint8)
+            pos += -(-max(len(b), 1) // ALIGN) * ALIGN
+        if self._wbuf is not None:
+            _check(cu.cuMemFree(self._wbuf), "cuMemFree")
+        self._wbuf = _check(cu.cuMemAlloc(total), f"cuMemAlloc({total} bytes of weights)")
+        _check(cu.cuMemcpyHtoD(self._wbuf, host.ctypes.data, total), "cuMemcpyHtoD(weights)")
+        base = int(self._wbuf)
+        self._waddr = {k: base + v for k, v in offs.items()}
+
+    def refit(self, onnx_path: str | Path) -> None:
+        """Complete a stripped plan (or replace a full plan's weights) from the app's ONNX.
+
+        Every weight is checked (name, dtype, shape and, for stripped plans, sha256) before any
+        byte is uploaded; the first mismatch raises RefitError naming the weight.
+        """
+        from ...digest import initializers, sha256_bytes, weights_digest_from_arrays
+        from .onnx_import import load_model
+
+        new = initializers(load_model(onnx_path))
+        for rec in self.graph["weights"]:
+            name = rec["name"]
+            arr = new.get(name)
+            fix = f"refit from the ONNX this plan was built from (weights digest {self.graph['weights_digest'][:16]}...)"
+            if arr is None:
+                raise RefitError(f"refit: weight {name!r} is missing from {Path(onnx_path).name}", fix=fix, weight=name)
+            if arr.dtype.str.lstrip("<>|=") != rec["dtype"] or list(arr.shape) != list(rec["shape"]):
+                raise RefitError(f"refit: weight {name!r} is {arr.dtype}{list(arr.shape)} in {Path(onnx_path).name}, "
+                                 f"the plan expects {rec['dtype']}{rec['shape']}", fix=fix, weight=name)
+            sha = sha256_bytes(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes())
+            if (self.stripped or not rec.get("stored", True)) and sha != rec["sha256"]:
+                raise RefitError(f"refit: weight {name!r} differs from the one this stripped plan was built from "
+                                 f"(sha256 {sha[:16]}... != {rec['sha256'][:16]}...)", fix=fix, weight=name,
+                                 expected_sha256=rec["sha256"], actual_sha256=sha)
+        self._host_w = {rec["name"]: new[rec["name"]] for rec in self.graph["weights"]}
+        self.weights_digest = weights_digest_from_arrays(self._host_w)
+        self._drop_states()
+        self._upload_weights()
+        self._weights_ready = True
+
+    # ---------------------------------------------------------------- per-shape state
+    def _addr(self, st: ShapePlan, arena: int, name: str) -> int:
+        if not name:
+            return 0
+        r = st.root.get(name, name)
+        if r in self._waddr:
+            return self._waddr[r]
+        if r in st.offsets:
+            return arena + st.offsets[r]
+        raise BackendError(f"tensor {name!r} has no device memory", fix="report this model to rtxpack")
+
+    def _state(self, shapes: Mapping[str, tuple]) -> _ShapeState:
+        key = tuple(shapes[n] for n in self.input_names)
+        st = self._states.get(key)
+        if st is not None:
+            self._states.move_to_end(key)
+            return st
+        cu = _driver()
+        sp = plan_shapes(self.graph, shapes, self._host_w, set(self._waddr), self.num_sms)
+        arena = int(_check(cu.cuMemAlloc(max(sp.arena_bytes, ALIGN)), f"cuMemAlloc({sp.arena_bytes} bytes arena)"))
+        for name, val in sp.uploads.items():
+            b = np.frombuffer(device_bytes(val), dtype=np.uint8).copy()
+            if b.size:
+                _check(cu.cuMemcpyHtoD(arena + sp.offsets[name], b.ctypes.data, b.size), "cuMemcpyHtoD(constants)")
+        packed = []
+        for ln in sp.launches:
+            fn = self._funcs.get(ln.spec)
+            if fn is None:
+                raise BackendError(f"the plan has no kernel {ln.spec.key()}", fix="rebuild the plan with this rtxpack")
+            arrs = []
+            for kind, v in zip(param_types(ln.spec.family), ln.args):
+                if kind == "p":
+                    arrs.append(np.array([self._addr(sp, arena, v)], dtype=np.uint64))
+                elif kind == "i":
+                    arrs.append(np.array([v], dtype=np.int32))
+                elif kind == "q":
+                    arrs.append(np.array([v], dtype=np.int64))
+                elif kind == "f":
+                    arrs.append(np.array([v], dtype=np.float32))
+                else:
+                    arrs.append(np.array(v, dtype=np.int32))
+            ptrs = np.array([a.ctypes.data for a in arrs], dtype=np.uint64)
+            packed.append((fn, ln.grid, ln.block, ptrs, arrs))
+        state = _ShapeState(sp, arena, packed)
+        if self._opts.get("cuda_graph", True) and packed:
+            self._capture(state)
+        self._states[key] = state
+        while len(self._states) > MAX_SHAPES:
+            self._free_state(self._states.popitem(last=False)[1])
+        return state
+
+    def _launch_all(self, state: _ShapeState) -> None:
+        cu = _driver()
+        for fn, grid, block, ptrs, _ in state.launches:
+            _check(cu.cuLaunchKernel(fn, grid[0], grid[1], grid[2], block, 1, 1, 0, self._stream, ptrs.ctypes.data, 0),
+                   "cuLaunchKernel")
+
+    def _capture(self, state: _ShapeState) -> None:
+        cu = _driver()
+        _check(cu.cuStreamBeginCapture(self._stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+               "cuStreamBeginCapture")
+        try:
+            self._launch_all(state)
+        finally:
+            graph = _check(cu.cuStreamEndCapture(self._stream), "cuStreamEndCapture")
+        state.graph = graph
+        state.graph_exec = _check(cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
+
+    def _free_state(self, st: _ShapeState) -> None:
+        cu = _driver()
+        if st.graph_exec is not None:
+            cu.cuGraphExecDestroy(st.graph_exec)
+        if st.graph is not None:
+            cu.cuGraphDestroy(st.graph)
+        cu.cuMemFree(st.arena)
+
+    def _drop_states(self) -> None:
+        while self._states:
+            self._free_state(self._states.popitem()[1])
+
+    # ---------------------------------------------------------------- run
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """Run with ``{name: numpy array}`` (float32); returns ``{name: numpy array}``."""
+        if self._closed:
+            raise BackendError("this plan was closed", fix="load it again")
+        if not self._weights_ready:
+            raise BackendError("this plan is weight-stripped and has no weights yet",
+                               fix="call refit(onnx_path) with the model's ONNX before run()")
+        cu = _driver()
+        _check(cu.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise BackendError(f"missing input(s) {missing}", fix=f"pass every input: {self.input_names}")
+        arrays = {n: np.ascontiguousarray(np.asarray(inputs[n], dtype=np.float32)) for n in self.input_names}
+        shapes = {n: tuple(a.shape) for n, a in arrays.items()}
+        check_profile(self.graph, self.graph.get("profiles") or {}, shapes)
+        st = self._state(shapes)
+        for n, a in arrays.items():
+            if a.nbytes:
+                _check(cu.cuMemcpyHtoDAsync(self._addr(st.plan, st.arena, n), a.ctypes.data, a.nbytes, self._stream),
+                       "cuMemcpyHtoDAsync")
+        if st.graph_exec is not None:
+            _check(cu.cuGraphLaunch(st.graph_exec, self._stream), "cuGraphLaunch")
+        else:
+            self._launch_all(st)
+        outs: dict[str, Any] = {}
+        for n in self.output_names:
+            if n in st.plan.host:
+                outs[n] = np.array(st.plan.host[n])
+                continue
+            o = np.empty(st.plan.shapes[n], dtype=np.float32)
+            if o.nbytes:
+                _check(cu.cuMemcpyDtoHAsync(o.ctypes.data, self._addr(st.plan, st.arena, n), o.nbytes, self._stream),
+                       "cuMemcpyDtoHAsync")
+            outs[n] = o
+        _check(cu.cuStreamSynchronize(self._stream), "cuStreamSynchronize")
+        return outs
+
+    def runtime_cache(self) -> bytes:
+        """Serialized runtime cache (JIT results of this and any earlier loads it was given)."""
+        return self._cache.serialize()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        cu = _driver()
+        self._drop_states()
+        if self._wbuf is not None:
+            cu.cuMemFree(self._wbuf)
+            self._wbuf = None
+        if getattr(self, "_module", None) is not None:
+            cu.cuModuleUnload(self._module)
+            self._module = None
+        if getattr(self, "_stream", None) is not None:
+            cu.cuStreamDestroy(self._stream)
+            self._stream = None
+        cu.cuDevicePrimaryCtxRelease(self._dev)
+        self._closed = True
+
+    def __enter__(self) -> "NvrtcLoadedPlan":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:  # best effort; explicit close() is the contract
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass

@@ -1,0 +1,210 @@
+"""Per-input-shape planning: host evaluation, shapes, launches and one liveness-based memory arena.
+
+Done once per distinct set of input shapes (then cached by the runtime): every activation gets
+an offset in a single device allocation, reused across layers when lifetimes do not overlap, so
+nothing is allocated per layer or per run. Pure Python + numpy: runs at build time (no GPU) to
+validate a model end to end, and at run time to drive the GPU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ...errors import BackendError, UnsupportedModel
+from .host_ops import eval_host
+from .lowering import Launch, Shape, conv_weight_names, plan_node
+from .onnx_import import ALIAS_OPS, HOST_INPUTS, decode_array
+
+ALIGN = 256
+
+
+@dataclass
+class ShapePlan:
+    shapes: dict[str, Shape]
+    host: dict[str, np.ndarray]              # host-evaluated tensors (shape arithmetic, constants)
+    launches: list[Launch]
+    root: dict[str, str]                     # tensor -> tensor whose memory it shares (aliases)
+    offsets: dict[str, int]                  # arena byte offset of every root activation / upload
+    arena_bytes: int
+    uploads: dict[str, np.ndarray] = field(default_factory=dict)   # host values the GPU reads
+
+
+def device_weight_names(graph: Mapping[str, Any]) -> dict[str, str]:
+    """``{device tensor name: how to make it}`` for weights the kernels read ("raw" or a fold recipe)."""
+    weights = {w["name"] for w in graph["weights"]}
+    out: dict[str, str] = {}
+    for nd in graph["nodes"]:
+        if nd["where"] != "device":
+            continue
+        skip = set(HOST_INPUTS.get(nd["op"], ()))
+        if nd["op"] == "Conv" and "bn" in nd["attrs"]:
+            w, b = conv_weight_names(nd)
+            out[w], out[b] = "conv_bn_w", "conv_bn_b"
+            skip |= {1, 2}
+        if nd["op"] == "BatchNormalization":
+            out[nd["name"] + "#scale"], out[nd["name"] + "#shift"] = "bn_scale", "bn_shift"
+            skip |= {1, 2, 3, 4}
+        for i, t in enumerate(nd["inputs"]):
+            if t in weights and i not in skip:
+                out[t] = "raw"
+    return out
+
+
+def derive_weight(graph_node: Mapping[str, Any], recipe: str, w: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Fold BatchNormalization parameters (computed in float64, stored as float32)."""
+    ins = graph_node["inputs"]
+    if recipe.startswith("conv_bn"):
+        scale_n, bias_n, mean_n, var_n = graph_node["attrs"]["bn"]["params"]
+        eps = graph_node["attrs"]["bn"]["epsilon"]
+    else:
+        scale_n, bias_n, mean_n, var_n = ins[1:5]
+        eps = graph_node["attrs"].get("epsilon", 1e-5)
+    s = w[scale_n].astype(np.float64) / np.sqrt(w[var_n].astype(np.float64) + eps)
+    if recipe == "conv_bn_w":
+        cw = w[ins[1]].astype(np.float64)
+        return (cw * s.reshape(-1, *([1] * (cw.ndim - 1)))).astype(np.float32)
+    if recipe == "conv_bn_b":
+        cb = w[ins[2]].astype(np.float64) if len(ins) > 2 and ins[2] else 0.0
+        return ((cb - w[mean_n]) * s + w[bias_n]).astype(np.float32)
+    if recipe == "bn_scale":
+        return s.astype(np.float32)
+    if recipe == "bn_shift":
+        return (w[bias_n] - w[mean_n] * s).astype(np.float32)
+    raise BackendError(f"unknown weight recipe {recipe!r}", fix="rebuild the plan with this rtxpack version")
+
+
+def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], weights: Mapping[str, np.ndarray],
+                device_resident: set[str], num_sms: int = 132) -> ShapePlan:
+    """Evaluate host nodes, infer shapes, emit launches and assign arena offsets."""
+    shapes: dict[str, Shape] = {k: tuple(int(d) for d in v.shape) for k, v in weights.items()}
+    host: dict[str, np.ndarray] = {k: decode_array(v) for k, v in graph["constants"].items()}
+    shapes.update({k: tuple(v.shape) for k, v in host.items()})
+    shapes.update({k: tuple(v) for k, v in input_shapes.items()})
+
+    def hv(name: str) -> np.ndarray | None:
+        if name in host:
+            return host[name]
+        return weights.get(name)
+
+    launches: list[Launch] = []
+    root: dict[str, str] = {}
+    born: dict[str, int] = {i["name"]: -1 for i in graph["inputs"]}
+    last: dict[str, int] = {}
+    uploads: dict[str, np.ndarray] = {}
+    step = 0
+    for nd in graph["nodes"]:
+        ins = nd["inputs"]
+        try:
+            in_shapes = [shapes[i] if i else None for i in ins]
+        except KeyError as e:
+            raise UnsupportedModel(f"node {nd['name']!r} reads {e.args[0]!r}, which nothing produces",
+                                   fix="check the model with onnx.checker") from e
+        if nd["where"] == "host":
+            outs = eval_host(nd, [hv(i) if i else None for i in ins], in_shapes)
+            for name, val in zip(nd["outputs"], outs):
+                host[name], shapes[name] = val, tuple(val.shape)
+            continue
+        try:
+            oshapes, ls = plan_node({**nd, "opset": graph.get("opset", 17)}, in_shapes, hv, num_sms)
+        except UnsupportedModel:
+            raise
+        except (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError) as e:
+            raise UnsupportedModel(f"{nd['op']} (node {nd['name']!r}) cannot be planned for input shapes "
+                                   f"{in_shapes}: {e}", fix="check the input shapes against the model") from e
+        skip = set(HOST_INPUTS.get(nd["op"], ()))
+        for i, t in enumerate(ins):
+            if not t or i in skip:
+                continue
+            if t in host and t not in device_resident:
+                uploads.setdefault(t, host[t])
+            r = root.get(t, t)
+            last[r] = step
+        for name, s in zip(nd["outputs"], oshapes):
+            if not name:
+                continue
+            shapes[name] = tuple(int(d) for d in s)
+            if nd["op"] in ALIAS_OPS:
+                root[name] = root.get(ins[0], ins[0])
+            else:
+                born[name], last[name] = step, step
+        launches.extend(ls)
+        step += 1
+    for o in graph["outputs"]:
+        if o not in shapes:
+            raise UnsupportedModel(f"output {o!r} is never produced", fix="check the model")
+        r = root.get(o, o)
+        if r in born:
+            last[r] = step
+    # a device op whose input is an upload reads an arena slot that lives for the whole run
+    for name, val in uploads.items():
+        born[name], last[name] = -1, step
+    sizes = {}
+    for name in born:
+        if name in uploads:
+            nbytes = uploads[name].astype(_device_dtype(uploads[name])).nbytes
+        else:
+            nbytes = int(np.prod(shapes[name])) * 4
+        sizes[name] = nbytes
+    offsets, total = _assign(born, {k: last.get(k, born[k]) for k in born}, sizes)
+    return ShapePlan(shapes, host, launches, root, offsets, total, uploads)
+
+
+def _device_dtype(arr: np.ndarray) -> type:
+    return np.int64 if np.issubdtype(arr.dtype, np.integer) else np.float32
+
+
+def device_bytes(arr: np.ndarray) -> bytes:
+    return np.ascontiguousarray(arr.astype(_device_dtype(arr))).tobytes()
+
+
+def _assign(born: Mapping[str, int], last: Mapping[str, int], sizes: Mapping[str, int]) -> tuple[dict[str, int], int]:
+    """Greedy best-fit offsets: biggest buffers first, never overlapping a buffer alive at the same time."""
+    placed: list[tuple[int, int, int, int]] = []  # (offset, size, born, last)
+    offsets: dict[str, int] = {}
+    total = 0
+    for name in sorted(born, key=lambda n: (-sizes[n], born[n], n)):
+        size = max(ALIGN, -(-sizes[name] // ALIGN) * ALIGN)
+        b, l = born[name], last[name]
+        busy = sorted((o, s) for o, s, pb, pl in placed if not (pl < b or l < pb))
+        off = 0
+        for o, s in busy:
+            if off + size <= o:
+                break
+            off = max(off, o + s)
+        offsets[name] = off
+        placed.append((off, size, b, l))
+        total = max(total, off + size)
+    return offsets, total
+
+
+def concrete_input_shapes(graph: Mapping[str, Any], given: Mapping[str, Sequence[int]] | None = None,
+                          default_dim: int = 1) -> dict[str, Shape]:
+    """Input shapes with dynamic dims filled from ``given`` (e.g. a profile's opt) or ``default_dim``."""
+    out = {}
+    for inp in graph["inputs"]:
+        if given and inp["name"] in given:
+            out[inp["name"]] = tuple(int(d) for d in given[inp["name"]])
+        else:
+            out[inp["name"]] = tuple(d if isinstance(d, int) else default_dim for d in inp["shape"])
+    return out
+
+
+def check_profile(graph: Mapping[str, Any], profiles: Mapping[str, Any], shapes: Mapping[str, Shape]) -> None:
+    """Raise a clear error when an input's shape breaks the static dims or its recorded profile."""
+    for inp in graph["inputs"]:
+        s = shapes[inp["name"]]
+        dims = inp["shape"]
+        bad = len(s) != len(dims) or any(isinstance(d, int) and d != v for d, v in zip(dims, s))
+        prof = profiles.get(inp["name"]) if profiles else None
+        if prof and not bad:
+            bad = any(not (lo <= v <= hi) for lo, v, hi in zip(prof["min"], s, prof["max"]))
+        if bad:
+            allowed = f"between {prof['min']} and {prof['max']}" if prof else str(dims)
+            raise BackendError(f"input {inp['name']!r} has shape {list(s)}; this plan accepts {allowed}",
+                               fix="pass an input of an allowed shape (or rebuild with a wider profile)",
+                               input=inp["name"], shape=list(s))
+
+
+ShapeCallback = Callable[[str], Any]
