@@ -140,6 +140,10 @@ def resolve(spec: ToolchainSpec, *, check_index: bool = True) -> Toolchain:
     d = tc.venv_dir()
     if (d / MARKER).is_file() and _venv_python(d).exists():
         return Toolchain(tc.backend, tc.version, tc.cuda, str(_venv_python(d)), False)
+    if env_config.offline():
+        return Toolchain(tc.backend, tc.version, tc.cuda, None, False,
+                         problem=f"toolchain {tc.name} is not installed and RTXPACK_OFFLINE=1 forbids installing it "
+                                 f"(pip install {tc.package}=={tc.version}); build once online or unset RTXPACK_OFFLINE")
     if check_index:
         versions, why = available_versions(tc.package)
         if versions is None:

@@ -1,0 +1,94 @@
+"""rtxpack.toml parsing: the documented keys, defaults, and errors naming file, key and fix."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rtxpack.errors import ConfigError
+from rtxpack.farm.config import load_config
+
+FULL = """
+[project]
+name = "demo"
+version = "1.0.0"
+[[models]]
+name = "resnet50"
+onnx = "models/resnet50.onnx"
+precision = "fp32"
+warmup = [{x = [1, 3, 224, 224]}, {x = [4, 3, 224, 224]}]
+[models.inputs.x]
+min = [1, 3, 224, 224]
+opt = [4, 3, 224, 224]
+max = [16, 3, 224, 224]
+[[targets]]
+name = "portable"
+backend = "tensorrt-rtx"
+compute_capabilities = ["8.6", "8.9", "12.0"]
+strip_weights = false
+[[targets]]
+name = "gpu-side"
+backend = "nvrtc"
+compute_capabilities = ["sm_89", "8.6"]
+os = "windows"
+[[toolchains]]
+backend = "tensorrt-rtx"
+version = "1.7.1.116"
+cuda = "13"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "rtxpack.toml"
+    p.write_text(text)
+    return p
+
+
+def test_full_config_parses(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, FULL))
+    m = cfg.models[0]
+    assert m.name == "resnet50" and m.onnx == (tmp_path / "models/resnet50.onnx").resolve()
+    assert m.inputs["x"]["opt"] == (4, 3, 224, 224)
+    assert m.warmup == ({"x": (1, 3, 224, 224)}, {"x": (4, 3, 224, 224)})
+    assert cfg.targets[0].compute_capabilities == ("8.6", "8.9", "12.0")
+    assert cfg.targets[1].backend == "nvrtc" and cfg.targets[1].compute_capabilities == ("8.6", "8.9")
+    assert cfg.targets[1].os == "windows"
+    assert cfg.toolchains[0].version == "1.7.1.116" and cfg.toolchains[0].cuda == "13"
+    # no [[toolchains]] for nvrtc: the default (this interpreter's) is used
+    assert cfg.toolchains_for("nvrtc")[0].version is None
+
+
+@pytest.mark.parametrize("old,new,key,fix", [
+    ('precision = "fp32"', 'precision = "fp64"', "models[0].precision", "use one of"),
+    ('compute_capabilities = ["8.6", "8.9", "12.0"]', 'compute_capabilities = ["eight"]',
+     "targets[0].compute_capabilities", "8.9"),
+    ('backend = "nvrtc"', 'backend = "cuda"', "targets[1].backend", "tensorrt-rtx"),
+    ('cuda = "13"', 'cuda = "11"', "toolchains[0].cuda", "12, 13"),
+    ('version = "1.7.1.116"', 'version = "latest"', "toolchains[0].version", "exact version"),
+    ("min = [1, 3, 224, 224]", "min = [32, 3, 224, 224]", "models[0].inputs.x", "min <= opt <= max"),
+    ("strip_weights = false", 'strip_weights = "no"', "targets[0].strip_weights", "true or false"),
+    ('name = "portable"', 'name = "portable"\nflavour = 1', "targets[0].flavour", "remove it"),
+    ('name = "gpu-side"', 'name = "portable"', "targets[1].name", "unique"),
+])
+def test_errors_name_file_key_and_fix(tmp_path: Path, old: str, new: str, key: str, fix: str) -> None:
+    assert old in FULL
+    p = write(tmp_path, FULL.replace(old, new, 1))
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    e = ei.value
+    assert str(p) in str(e) and key in str(e), str(e)
+    assert e.key == key and e.file == str(p)
+    assert fix in (e.fix or "") or fix in str(e), str(e)
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[[models]\nname="))
+
+
+def test_models_and_targets_required(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as ei:
+        load_config(write(tmp_path, '[project]\nname = "x"\n'))
+    assert ei.value.key == "models" and "[[models]]" in ei.value.fix
