@@ -15,12 +15,14 @@ import hashlib
 import json
 import os
 import http.client
+import queue
 import random
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator
 from urllib.parse import unquote, urlsplit
 
 import requests
@@ -340,15 +342,17 @@ def _download_http(store: Store, sha: str, size: int, url: str, session: request
         bar = _progress_bar(progress, size, have, url)
         try:
             with open(partial, mode, buffering=0) as f:
-                for chunk in _iter_body(resp):
-                    n = len(chunk)
+                def sink(view: memoryview) -> None:
+                    nonlocal have
+                    n = len(view)
                     if have + n > size:
                         raise ChecksumMismatch(
                             f"{url} sent more than the expected {size} bytes", sha256=sha,
                             expected=sha, actual=None, expected_size=size, url=url)
-                    h.update(chunk)
                     try:
-                        f.write(chunk)
+                        rest = view
+                        while rest:  # a raw write may be partial
+                            rest = rest[f.write(rest):]
                     except OSError as e:
                         raise StoreError(f"writing {partial}: {e}", path=str(partial),
                                          fix="check free space and permissions of RTXPACK_CACHE_DIR") from e
@@ -356,6 +360,8 @@ def _download_http(store: Store, sha: str, size: int, url: str, session: request
                     stats.bytes_downloaded += n
                     if bar is not None:
                         bar.update(n)
+
+                _stream_body(resp, h, sink)
         except ChecksumMismatch:
             _drop(partial, info_path)
             raise
@@ -383,10 +389,67 @@ def _download_http(store: Store, sha: str, size: int, url: str, session: request
     return path
 
 
+#: read the body with http.client's readinto into reused buffers (see _stream_body); tests turn
+#: it off to cover the portable urllib3 read1 path too
+FAST_BODY = True
+_BUFFER = 1 << 20
+_NBUFFERS = 8
+
+
+def _stream_body(resp: requests.Response, h: Any, sink: Callable[[memoryview], None]) -> None:
+    """Pass the body to ``sink`` (write, count) in order while ``h`` hashes it in another thread.
+
+    Hashing overlaps the socket reads and file writes (hashlib releases the GIL), which is what
+    keeps up with curl. Buffers are reused, so a 4 MiB chunk is never allocated per read; each
+    readinto fills at most 1 MiB, so a killed download keeps nearly everything it received.
+    """
+    fp = getattr(resp.raw, "_fp", None)
+    encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+    free: queue.Queue[bytearray] = queue.Queue()
+    full: queue.Queue[tuple[Any, int] | None] = queue.Queue()
+    failed: list[BaseException] = []
+
+    def hasher() -> None:
+        try:
+            while (item := full.get()) is not None:
+                buf, n = item
+                h.update(memoryview(buf)[:n])
+                if isinstance(buf, bytearray):
+                    free.put(buf)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the reading thread
+            failed.append(e)
+
+    worker = threading.Thread(target=hasher, name="rtxpack-sha256", daemon=True)
+    worker.start()
+    try:
+        if FAST_BODY and isinstance(fp, http.client.HTTPResponse) and not encoded:
+            for _ in range(_NBUFFERS):
+                free.put(bytearray(_BUFFER))
+            while True:
+                buf = free.get()
+                n = fp.readinto(buf)  # honours Content-Length / chunked; IncompleteRead if cut
+                if not n:
+                    break
+                sink(memoryview(buf)[:n])
+                full.put((buf, n))
+        else:
+            raw = resp.raw
+            read1 = getattr(raw, "read1", None)
+            while True:
+                chunk = read1(_BUFFER * 4, decode_content=False) if read1 else raw.read(_BUFFER, decode_content=False)
+                if not chunk:
+                    break
+                sink(memoryview(chunk))
+                full.put((chunk, len(chunk)))
+    finally:
+        full.put(None)
+        worker.join()
+    if failed:
+        raise failed[0]
+
+
 def _iter_body(resp: requests.Response) -> Iterator[bytes]:
-    # Straight from urllib3, no content decoding (we asked for identity). read1 returns what one
-    # socket read gives (up to CHUNK), so the partial file grows as bytes arrive and a killed
-    # download keeps nearly everything it received; read(CHUNK) would wait for all 4 MiB.
+    """The body in pieces as they arrive (small documents)."""
     raw = resp.raw
     read1 = getattr(raw, "read1", None)
     while True:

@@ -133,7 +133,7 @@ class Nginx:
         return f"""
 {user}
 daemon off;
-master_process on;
+master_process off;  # one process: nothing is orphaned if it is killed
 worker_processes 1;
 pid {w}/nginx.pid;
 error_log {w}/error.log warn;
