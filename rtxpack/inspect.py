@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends.tensorrt_rtx.header import is_tensorrt_rtx_plan, parse_header
-from .errors import BackendError, RtxpackError
+from .errors import BackendError
 from .manifest import version_tuple
 
 _MAX_READ = 4 << 30
@@ -93,16 +93,15 @@ def inspect_file(path: str | os.PathLike[str], repo: str | os.PathLike[str] | No
 
 
 def _load_manifest(repo: str | os.PathLike[str]) -> Any:
-    try:
-        from .repository import open_repository
-    except ImportError:  # pragma: no cover - the installer layer is optional here
-        from .manifest import Manifest
+    """A local repository directory is read directly (the farm's own output); URLs and bundles go
+    through the installer's ``open_repository`` (signature checks, bundle validation)."""
+    from .manifest import Manifest
 
+    if Path(repo).is_dir():
         return Manifest.load(repo)
-    try:
-        return open_repository(repo).manifest
-    except RtxpackError:
-        raise
+    from .repository import open_repository
+
+    return open_repository(repo).manifest
 
 
 __all__ = ["cross_check", "inspect_file"]
