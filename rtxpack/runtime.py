@@ -152,6 +152,18 @@ def _load_jit_record(store: Any, key: str) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) and isinstance(rec.get("sha256"), str) else None
 
 
+def default_profiles(onnx: Any, max_dim: int = 64) -> dict[str, dict[str, list[int]]] | None:
+    """A JIT build's optimization profile: each dynamic dimension from 1 to ``max_dim`` (opt 1)."""
+    from .warm import _onnx_inputs
+
+    out = {}
+    for name, (dims, _) in _onnx_inputs(Path(onnx)).items():
+        if any(d is None for d in dims):
+            out[name] = {"min": [d or 1 for d in dims], "opt": [d or 1 for d in dims],
+                         "max": [d or max_dim for d in dims]}
+    return out or None
+
+
 # ---- load ----------------------------------------------------------------------------------------
 def load(model: str, *, repo: str | os.PathLike[str] | None = None, onnx: str | os.PathLike[str] | None = None,
          backend: str | None = None, offline: bool | None = None, trusted_keys: Sequence[Any] | None = None,
@@ -313,8 +325,10 @@ def _load_jit(cand: Candidate, target: Target, onnx: Any, store: Any, prov: Prov
                 prov.path = "jit-cached"
     if plan is None:
         with prov.step("jit-build", backend=backend, cc=target.cc_str):
-            # exactly this GPU's CC (the TensorRT-RTX adapter builds it with ComputeCapability.CURRENT)
-            plan = be.build(onnx, compute_capabilities=[target.cc_str], precision=precision)
+            # TensorRT-RTX on the device builds for ComputeCapability.CURRENT; nvrtc for this exact arch
+            ccs = ["current"] if backend == "tensorrt-rtx" else [target.cc_str]
+            profiles = default_profiles(onnx) if backend == "tensorrt-rtx" else None
+            plan = be.build(onnx, compute_capabilities=ccs, precision=precision, profiles=profiles)
         sha = sha256_bytes(plan)
         with prov.step("store-jit-plan"):
             store.add_bytes(plan, sha256=sha)

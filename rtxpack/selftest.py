@@ -76,6 +76,8 @@ def run_selftest(progress: Callable[[str], None] | None = None) -> dict[str, Any
         s.add("choose-backend", "pass", f"TensorRT-RTX {trt_version} supports CC {gpu.compute_capability}")
     be = get_backend(backend)
     cc = gpu.compute_capability if gpu else ("8.9" if backend == "tensorrt-rtx" else "8.6")
+    if gpu is not None and backend == "tensorrt-rtx":
+        cc = "current"   # build for the GPU this process runs on
     with tempfile.TemporaryDirectory(prefix="rtxpack-selftest-") as tmp:
         onnx = examples.small_cnn(Path(tmp) / "selftest_cnn.onnx")
         x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
@@ -84,7 +86,7 @@ def run_selftest(progress: Callable[[str], None] | None = None) -> dict[str, Any
 
         def build() -> str:
             plans["full"] = be.build(onnx, compute_capabilities=[cc])
-            return f"{backend} plan for CC {cc}: {len(plans['full'])} bytes"
+            return f"{backend} plan for CC {cc if cc != 'current' else 'CURRENT (' + gpu.compute_capability + ')'}: {len(plans['full'])} bytes"
 
         built = s.run("build", build)
         if gpu is None:

@@ -1,7 +1,7 @@
 """TensorRT for RTX backend: AOT build (no GPU needed), header inspection.
 
 ``tensorrt_rtx`` is imported lazily inside the calls that need it. The runtime part (load, refit,
-runtime cache) lands later; :meth:`TensorRTRTXBackend.load` says so clearly for now.
+runtime cache, run) is the thin adapter in ``runtime.py``.
 """
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ class TensorRTRTXBackend:
                               strip_weights=strip_weights, profiles=profiles)
         except BuildFailed as e:
             raise UnsupportedModel(f"TensorRT-RTX could not build {onnx_path}: {e}",
-                                   fix="change the target's compute capabilities or the model's precision",
+                                   fix="act on the builder's message; dynamic inputs need [models.inputs.NAME] min/opt/max, "
+                                       "Turing (7.5) needs an fp16 model and an engine of its own",
                                    onnx=str(onnx_path)) from e
 
     def inspect(self, plan: bytes) -> PlanInfo:
@@ -70,8 +71,14 @@ class TensorRTRTXBackend:
 
     def load(self, plan: bytes, *, device: int = 0, runtime_cache: bytes | None = None,
              options: Mapping[str, Any] | None = None) -> LoadedPlan:
-        raise BackendError("loading TensorRT-RTX engines is not implemented in this rtxpack yet",
-                           fix="use rtxpack to build/inspect/install engines; run them with tensorrt_rtx directly")
+        """Validity check, deserialize, runtime config + cache, context (see ``runtime.py``)."""
+        try:
+            import tensorrt_rtx  # noqa: F401
+        except ImportError as e:
+            raise BackendNotInstalled("tensorrt_rtx is not installed", fix="pip install rtxpack[rtx]") from e
+        from .runtime import TensorRTRTXLoaded
+
+        return TensorRTRTXLoaded(plan, device=device, runtime_cache=runtime_cache, options=options)
 
 
 __all__ = ["NAME", "PlanHeader", "TensorRTRTXBackend", "installed_version", "is_tensorrt_rtx_plan", "parse_header"]

@@ -23,6 +23,8 @@ class BuildFailed(Exception):
 
 
 def _cc_enum(trt: Any, cc: str) -> Any:
+    if cc.lower() == "current":   # on-device JIT builds: the GPU this process runs on (needs a GPU)
+        return trt.ComputeCapability.CURRENT
     name = "SM" + cc.replace(".", "")
     try:
         return getattr(trt.ComputeCapability, name)
