@@ -17,6 +17,11 @@ The release engineer signs; every installer checks, before any artifact is used:
 Artifacts themselves are covered by the manifest: every download is checked for length and
 sha256 by :mod:`rtxpack.fetch` / :mod:`rtxpack.store` before it becomes a store entry.
 
+Options (``open_repository(..., trusted_keys=, require_signed=)``, the CLI's ``--trusted-key`` /
+``--require-signed``): keys given explicitly replace ``RTXPACK_TRUSTED_KEYS``;
+``RTXPACK_REQUIRE_SIGNED=1`` or ``require_signed=True`` either one requires a signature. An unknown
+option name is a ConfigError, so a typo cannot silently turn verification off.
+
 Keys: ``rtxpack.key`` is a PKCS#8 PEM private key (mode 0600); ``rtxpack.pub`` a
 SubjectPublicKeyInfo PEM. A keyid is the first 16 hex digits of sha256(raw 32-byte public key).
 ``cryptography`` is imported lazily (extra ``rtxpack[sign]``): installs of unsigned repositories
@@ -419,7 +424,8 @@ def verify_manifest(manifest: Manifest, *, trusted_keys: Iterable[Any] | None, r
             msg = (f"rtxpack: using {repo} WITHOUT signature verification: anyone who can change what it serves "
                    f"can change what is installed. To verify it, {_PIN_FIX}; "
                    "require_signed=True / --require-signed / RTXPACK_REQUIRE_SIGNED=1 refuses unsigned use")
-            log.warning(msg)
+            if log.hasHandlers():  # unconfigured logging would print it a second time (logging.lastResort)
+                log.warning(msg)
             warnings.warn(msg, UnsignedRepositoryWarning, stacklevel=2)
         return Verification(repo, False, None, manifest.version, manifest.expires)
     keyid = _check_signature(manifest, keys, repo=repo)

@@ -157,6 +157,18 @@ def test_longer_body_than_declared_is_refused(faultserver, tmp_path: Path) -> No
     assert entry_shas() == set()
 
 
+@fault("server file shorter than the manifest declares (every attempt)",
+       "each attempt resumes then ends short; FetchError after the retries; nothing stored")
+def test_short_body_never_installed(faultserver, tmp_path: Path) -> None:
+    e, data = one_engine(tmp_path / "repo", 100_000, seed=19)
+    serve(faultserver, tmp_path / "repo")
+    faultserver.files["/" + e.path] = data[:-10]
+    with pytest.raises(FetchError) as ei:
+        install(faultserver.url, "mlp", device=dev(), progress=False)
+    assert "could not fetch" in str(ei.value) or "failed verification" in str(ei.value)
+    assert entry_shas() == set()
+
+
 @fault("200 answered to a Range request", "the partial is discarded, the full body is taken from 0; blob verified")
 def test_200_to_range_restarts_cleanly(faultserver, tmp_path: Path) -> None:
     e, _ = one_engine(tmp_path / "repo", 1 * MiB, seed=5)
@@ -509,6 +521,14 @@ def _special(name: str, kind: bytes, linkname: str = "") -> tuple[tarfile.TarInf
     return ti, None
 
 
+def _pax_renamed(name: str, pax_path: str, data: bytes) -> tuple[tarfile.TarInfo, bytes]:
+    """A member whose ustar name looks harmless but whose PAX 'path' record (which wins) escapes."""
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.pax_headers = {"path": pax_path}
+    return ti, data
+
+
 @pytest.fixture
 def bundle_parts(tmp_path: Path):
     data = data_of(5000, seed=20)
@@ -532,11 +552,12 @@ def _hostile(case: str, e, data: bytes, raw: bytes, tmp_path: Path) -> tuple[lis
         "member larger than declared": ([m, _file(e.path, data + b"more")], e.path),
         "member not in the manifest": ([m, _file(e.path, data), _file("blobs/extra", b"x")], "blobs/extra"),
         "duplicate member": ([m, _file(e.path, data), _file(e.path, data)], e.path),
+        "pax header renaming a member to '../..'": ([m, _pax_renamed(e.path, "../../evil", data)], "../../evil"),
         "manifest over the size limit": ([_file("manifest.json", b" " * (MAX_MANIFEST_BYTES + 1))], "manifest.json"),
     }[case]
 
 
-HOSTILE = ["absolute path", "'..' path", "symlink", "hard link", "device file", "fifo", "directory",
+HOSTILE = ["absolute path", "'..' path", "pax header renaming a member to '../..'", "symlink", "hard link", "device file", "fifo", "directory",
            "member larger than declared", "member not in the manifest", "duplicate member",
            "manifest over the size limit"]
 
