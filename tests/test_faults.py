@@ -420,6 +420,28 @@ def test_tampered_manifest_over_http(nginx, key) -> None:
     assert r.returncode == 0 and json.loads(r.stdout)["candidates"][0]["id"] == e.id
 
 
+@fault("rtxpack.load() against a signed repository whose manifest was tampered with",
+       "SignatureError (or, with the app's ONNX, a JIT build that records the refusal); nothing from the "
+       "tampered repository is fetched or run")
+def test_load_refuses_tampered_repository(runtime_env, key) -> None:
+    import rtxpack
+
+    trust.sign_repository(runtime_env.repo, key["key"])
+    with rtxpack.load("mlp", repo=runtime_env.repo, trusted_keys=[key["pub"]]) as s:
+        assert s.provenance.path == "repository"
+    Store().remove(runtime_env.art.sha256)
+    doc = json.loads((runtime_env.repo / "manifest.json").read_text())
+    doc["artifacts"][0]["compute_capabilities"] = ["9.0"]
+    (runtime_env.repo / "manifest.json").write_text(json.dumps(doc))
+    try:
+        with rtxpack.load("mlp", repo=runtime_env.repo, trusted_keys=[key["pub"]], onnx=runtime_env.onnx) as s:
+            assert s.provenance.path.startswith("jit")
+            assert any("does not verify" in f["reason"] for f in s.provenance.fallbacks)
+    except SignatureError as e:
+        assert "does not verify" in str(e)
+    assert runtime_env.art.sha256 not in entry_shas()
+
+
 @fault("expired signed manifest", "SignatureError 'expired' with the re-sign fix; exit 1; nothing fetched")
 def test_expired_manifest_refused(nginx, key) -> None:
     e, _ = one_engine(nginx.root, 10_000, seed=13)
