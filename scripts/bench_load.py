@@ -5,7 +5,7 @@
 only the ONNX (JIT build on this machine), (d) a second start after (c). Ratios are against (c),
 measured in the same run. Needs a GPU; prints a table (``--json`` for machines).
 
-    python scripts/bench_load.py [--model resnet18|small] [--repeat 3] [--json]
+    python scripts/bench_load.py [--model resnet26|small] [--repeat 3] [--json]
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ PATHS = ("a_full_shipped_cache", "b_stripped_refit", "c_offline_jit", "d_second_
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", choices=("resnet18", "small"), default="resnet18")
+    ap.add_argument("--model", choices=("resnet26", "small"), default="resnet26")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -43,7 +43,7 @@ def main() -> int:
     gpu = gpus[0]
     work = Path(tempfile.mkdtemp(prefix="rtxpack-bench-load-"))
     try:
-        if a.model == "resnet18":
+        if a.model == "resnet26":
             onnx = examples.resnet(work / "models" / "net.onnx", layers=(2, 2, 2, 2), width=64, size=224)
             shape = [1, 3, 224, 224]
         else:
