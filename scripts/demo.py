@@ -72,22 +72,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {d['built']} built, {d['up_to_date']} already in the repository, {d['skipped']} skipped, "
           f"{d['failed']} failed -> {args.repo.relative_to(ROOT) if args.repo.is_relative_to(ROOT) else args.repo}")
 
-    step("4. serve the repository on loopback (static files: manifest.json + blobs/)")
+    step("4. sign the manifest (ed25519; a throw-away key for the demo, `rtxpack keygen` / `rtxpack sign`)")
+    from rtxpack.trust import keygen, sign_repository
+
+    key_dir = Path(tempfile.mkdtemp(prefix="rtxpack-demo-key-"))
+    private, public, keyid = keygen(key_dir)
+    signed = sign_repository(args.repo, private)
+    print(f"  signed with key {keyid}; manifest version {getattr(signed, 'version', '?')}")
+
+    step("5. serve the repository on loopback (static files: manifest.json + blobs/)")
     server, url = serve(args.repo)
     print(f"  {url}/manifest.json")
 
-    step(f"5. install '{args.model}' on a PC with a GPU of compute capability {args.gpu} (RTXPACK_DEVICE={args.gpu})")
+    step(f"6. install '{args.model}' on a PC with a GPU of compute capability {args.gpu} (RTXPACK_DEVICE={args.gpu})")
     os.environ["RTXPACK_DEVICE"] = args.gpu
     os.environ.setdefault("RTXPACK_CACHE_DIR", tempfile.mkdtemp(prefix="rtxpack-demo-store-"))
-    import warnings
-
     from rtxpack.install import install
     from rtxpack.resolve import explain
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the demo repository is unsigned on purpose
-            result = install(url, args.model, progress=False)
+        result = install(url, args.model, progress=False, trusted_keys=[public])  # the pinned key
+        print(f"  manifest signature verified against the pinned key {keyid}")
     except RtxpackError as e:
         print(f"  no engine for this GPU: {e}")
         server.shutdown()
