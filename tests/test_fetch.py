@@ -139,7 +139,11 @@ def test_killed_download_resumes_and_fetches_only_missing_bytes(slow_nginx, ngin
     assert not partial.exists()
 
 
-def test_cut_connection_is_retried_with_range(faultserver, make_artifact) -> None:
+@pytest.mark.parametrize("fast_body", [True, False], ids=["readinto", "urllib3-read1"])
+def test_cut_connection_is_retried_with_range(faultserver, make_artifact, monkeypatch, fast_body) -> None:
+    import rtxpack.fetch
+
+    monkeypatch.setattr(rtxpack.fetch, "FAST_BODY", fast_body)
     art = make_artifact(random_bytes(MiB, seed=2))
     path = on_fault(faultserver, art, ["cut:300000"])
     stats = FetchStats()
@@ -398,3 +402,12 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(nginx, make_artifact, cap
     fetch_artifact(art, repo=nginx.url, progress=True)
     err = capsys.readouterr().err
     assert "%" in err and "195k" in err  # 200000 bytes in KiB, as tqdm prints it
+
+
+def test_more_bytes_than_declared_are_never_installed(nginx, make_artifact) -> None:
+    art = make_artifact(random_bytes(100_000, seed=19), nginx.root)
+    art.size -= 10  # the server sends 10 bytes more than the manifest says
+    with pytest.raises(ChecksumMismatch, match="more than the expected"):
+        fetch_artifact(art, repo=nginx.url)
+    assert_nothing_installed(art)
+    assert list(Store().tmp_dir.iterdir()) == []
