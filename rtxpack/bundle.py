@@ -96,7 +96,12 @@ def create_bundle(repo: str | os.PathLike[str], output: str | os.PathLike[str], 
         compress = out.name.endswith((".gz", ".tgz"))
     sub = Manifest(artifacts=tuple(sorted(chosen, key=lambda a: a.id)), name=f"{m.name} (bundle)", version=m.version,
                    created=utcnow_iso(), project=m.project)
-    raw = sub.to_json().encode()
+    if m.signatures:
+        # a signed repository's manifest goes in unchanged, so installers verify the publisher's
+        # signature; the bundle holds a subset of its artifacts (see bundle_member_paths)
+        raw = (src / MANIFEST_NAME).read_bytes()
+    else:
+        raw = sub.to_json().encode()
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".bundle.", dir=out.parent)
     total = 0
@@ -309,6 +314,12 @@ def open_bundle(path: str | os.PathLike[str]) -> tuple[Manifest, BundleReader]:
     """Validate a bundle and return (its manifest, a reader). Close the reader when done."""
     reader = BundleReader(path)
     return reader.manifest, reader
+
+
+def bundle_member_paths(path: str | os.PathLike[str]) -> set[str]:
+    """Repository paths of the artifacts a bundle holds (a signed manifest may list more)."""
+    with BundleReader(path) as r:
+        return {a.path for a in r.manifest if r.has(a)}
 
 
 def read_bundle_manifest(path: str | os.PathLike[str]) -> bytes:

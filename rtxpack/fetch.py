@@ -11,6 +11,7 @@ concurrent processes download it once. ``RTXPACK_OFFLINE=1`` makes no network ca
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -254,6 +255,21 @@ def _fetch_locked(store: Store, sha: str, size: int, label: str, locations: list
     )
 
 
+def _write_all(f: Any, data: memoryview) -> None:
+    """An unbuffered write may be short (disk full, RLIMIT_FSIZE): write until done or an error."""
+    while data:
+        n = f.write(data)
+        if not n:
+            raise OSError(errno.ENOSPC, "no space left (short write)")
+        data = data[n:]
+
+
+def _disk_error(e: OSError, path: Path, size: int) -> StoreError:
+    return StoreError(f"writing {path}: {e.strerror or e}", path=str(path),
+                      fix=f"free disk space in the rtxpack store (it needs {size} bytes) or set RTXPACK_CACHE_DIR "
+                          "to a larger disk; nothing was installed")
+
+
 def _copy_local(store: Store, sha: str, size: int, src: Path, stats: FetchStats, meta: dict[str, str]) -> Path:
     try:
         actual_size = src.stat().st_size
@@ -273,8 +289,14 @@ def _copy_local(store: Store, sha: str, size: int, src: Path, stats: FetchStats,
         with open(src, "rb", buffering=0) as fin, open(tmp, "wb", buffering=0) as fout:
             while n := fin.readinto(buf):
                 h.update(view[:n])
-                fout.write(view[:n])
+                try:
+                    _write_all(fout, view[:n])
+                except OSError as e:
+                    raise _disk_error(e, tmp, size) from e
                 stats.bytes_downloaded += n
+    except StoreError:
+        tmp.unlink(missing_ok=True)
+        raise
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise _Retry(f"reading {src}: {e}") from e
@@ -350,12 +372,9 @@ def _download_http(store: Store, sha: str, size: int, url: str, session: request
                             f"{url} sent more than the expected {size} bytes", sha256=sha,
                             expected=sha, actual=None, expected_size=size, url=url)
                     try:
-                        rest = view
-                        while rest:  # a raw write may be partial
-                            rest = rest[f.write(rest):]
+                        _write_all(f, view)
                     except OSError as e:
-                        raise StoreError(f"writing {partial}: {e}", path=str(partial),
-                                         fix="check free space and permissions of RTXPACK_CACHE_DIR") from e
+                        raise _disk_error(e, partial, size) from e
                     have += n
                     stats.bytes_downloaded += n
                     if bar is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -116,6 +116,12 @@ def open_repository(repo: str | os.PathLike[str], *, offline: bool | None = None
     manifest = Manifest.from_json(raw, source=f"{spec} ({MANIFEST_NAME})")
     for verify in _verifiers:
         verify(manifest, raw, spec, dict(verify_options))
+    if kind == "bundle":
+        from .bundle import bundle_member_paths
+
+        held = bundle_member_paths(Path(spec))
+        if len(held) < len(manifest.artifacts):   # a signed manifest kept whole: resolve over what is here
+            manifest = replace(manifest, artifacts=tuple(a for a in manifest.artifacts if a.path in held))
     if kind == "url" and not from_cache:
         _remember(spec, raw)
     return Repository(spec=spec, kind=kind, manifest=manifest, raw=raw, from_cache=from_cache)

@@ -254,6 +254,24 @@ def _pick_runtime_cache(store: Any, key: rcs.CacheKey, shipped: list[tuple[Artif
     return payload
 
 
+def _read_verified(repository: Any, art: Artifact, store: Any, progress: Any, prov: Provenance,
+                   rec: dict[str, Any]) -> bytes:
+    """The plan's bytes, hashed as they are read: a store entry damaged since it was installed
+    (same size, other bytes) is removed and fetched again, never loaded."""
+    from .repository import fetch
+
+    for attempt in (1, 2):
+        path = fetch(repository, art, store=store, progress=progress)
+        rec["path"] = str(path)
+        plan = Path(path).read_bytes()
+        if len(plan) == art.size and sha256_bytes(plan) == art.sha256:
+            return plan
+        store.remove(art.sha256)
+        prov.fallback(f"store copy of {art.id}", "damaged since it was installed (sha256 mismatch); fetched again")
+    raise FetchError(f"{art.id}: the fetched plan does not match its sha256 twice in a row",
+                     fix="run `rtxpack cache verify`; check the disk", artifact=art.id)
+
+
 def _load_artifact(cand: Candidate, res: Resolution, repository: Any, manifest: Any, target: Target,
                    onnx: Any, store: Any, prov: Provenance, options: Any, progress: Any, gpu: int) -> Session:
     from .repository import fetch
@@ -261,9 +279,7 @@ def _load_artifact(cand: Candidate, res: Resolution, repository: Any, manifest: 
     art = cand.artifact
     assert art is not None
     with prov.step("fetch", artifact=art.id) as rec:
-        path = fetch(repository, art, store=store, progress=progress)
-        rec["path"] = str(path)
-        plan = Path(path).read_bytes()
+        plan = _read_verified(repository, art, store, progress, prov, rec)
     be = get_backend(art.backend)
     shipped: list[tuple[Artifact, bytes]] = []
     for m in match_caches(manifest, target, art):

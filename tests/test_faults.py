@@ -187,9 +187,7 @@ def _no_limit() -> None:
 @fault("disk full during a download (RLIMIT_FSIZE in the installer process)",
        "exit 1 with a one-line error and a fix; store unchanged: no new entry, temp bytes never an entry; "
        "a rerun with space completes")
-@pytest.mark.parametrize("source", ["http", pytest.param("dir", marks=pytest.mark.xfail(
-    strict=True, reason="fetch._copy_local ignores short writes of its unbuffered FileIO.write: on EFBIG/ENOSPC the "
-    "temp file is short, commit_temp reports a size mismatch and the user is told the repository is damaged"))])
+@pytest.mark.parametrize("source", ["http", "dir"])
 def test_disk_full_during_download(nginx, source: str) -> None:
     e, _ = one_engine(nginx.root, 2 * MiB, seed=6)
     existing = Store().add_bytes(b"an artifact installed earlier")
@@ -370,9 +368,6 @@ def test_runtime_cache_with_wrong_bytes_skipped(runtime_env) -> None:
 
 @fault("plan in the store bit-flipped, then rtxpack.load() without `cache verify`",
        "the damaged plan is detected before use (re-hash) and fetched again")
-@pytest.mark.xfail(strict=True, reason="fetch_artifact trusts a store entry by size only and rtxpack.load does not "
-                   "re-hash the plan it reads: a same-size corruption is loaded and silently gives wrong outputs "
-                   "until `rtxpack cache verify` runs")
 def test_bitflipped_plan_detected_at_load(runtime_env) -> None:
     import rtxpack
 
@@ -645,9 +640,6 @@ def test_bundle_manifest_is_verified(tmp_path: Path, bundle_parts, key) -> None:
 
 @fault("bundle made by `rtxpack bundle` from a signed repository, installed with the key pinned",
        "installs (the bundle carries a manifest the publisher's key verifies)")
-@pytest.mark.xfail(strict=True, raises=SignatureError,
-                   reason="bundle.create_bundle writes a new, unsigned sub-manifest (signatures and expires dropped), "
-                          "so a pinned installer refuses every bundle")
 def test_bundle_of_signed_repository_verifies(tmp_path: Path, key) -> None:
     from rtxpack.bundle import create_bundle
 
