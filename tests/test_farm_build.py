@@ -101,3 +101,95 @@ def test_parallel_processes_into_one_repository_lose_nothing(farm, tmp_path: Pat
     m = Manifest.load(repo)
     assert sorted(a.cell for a in m) == sorted(ids)
     assert not list((repo / ".tmp").iterdir())
+
+
+def test_workers_are_reused_across_cells(farm, tmp_path: Path) -> None:
+    """-j N starts at most N long-lived workers and sends every cell to one of them; the manifest is batched."""
+    cfg = write_config(tmp_path / "rtxpack.toml", farm, MLP, CNN, target("p", ["8.6", "8.9", "12.0"]),
+                       target("b", ["12.0"]), target("a", ["8.6"]))
+    two = build(cfg, tmp_path / "repo2", jobs=2)
+    assert (two.count("built"), two.count("failed")) == (6, 0), two.to_dict()
+    assert two.builder_runs == 6 and two.worker_crashes == 0
+    assert 1 <= two.workers_started <= 2 and two.peak_workers <= 2
+    assert 1 <= two.manifest_writes < 6
+    one = build(cfg, tmp_path / "repo1", jobs=1)
+    assert one.count("built") == 6 and one.builder_runs == 6
+    assert (one.workers_started, one.peak_workers) == (1, 1)
+    for repo in ("repo1", "repo2"):
+        m = Manifest.load(tmp_path / repo)
+        assert len(m) == 6 and all((tmp_path / repo / a.path).is_file() for a in m)
+        assert not list((tmp_path / repo / ".tmp").iterdir())
+
+
+def test_matrix_of_two_toolchains_keeps_at_most_j_workers(matrix_repo) -> None:
+    _, _, report = matrix_repo
+    assert report["builder_runs"] == 8 and report["peak_workers"] <= 2
+    assert report["workers_started"] < 8 and report["worker_crashes"] == 0
+
+
+CRASHY_WORKER = '''
+import ctypes, os, resource, sys
+sys.path.insert(0, {real_dir!r})
+import build_worker as bw
+
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+_real = bw.build_plan
+
+
+def build_plan(onnx_path, **kw):
+    if os.path.basename(onnx_path).startswith("crash"):
+        ctypes.string_at(0)  # a real segfault in the worker process
+    return _real(onnx_path, **kw)
+
+
+bw.build_plan = build_plan
+sys.exit(bw.main())
+'''
+
+
+def test_worker_crash_fails_only_its_cell(farm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker that segfaults fails the cell it was building (with the signal) and is replaced for the next cell."""
+    build_mod = sys.modules["rtxpack.farm.build"]  # the module (rtxpack.farm.build is also the function)
+    wrapper = tmp_path / "crashy_worker.py"
+    wrapper.write_text(CRASHY_WORKER.format(real_dir=str(build_mod._TRT_WORKER.parent)))
+    monkeypatch.setattr(build_mod, "_TRT_WORKER", wrapper)
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "crash.onnx").write_bytes((farm.models / "mlp.onnx").read_bytes())
+    crash = MLP.replace('name = "mlp"', 'name = "crash"').replace("{models}/mlp.onnx", str(models / "crash.onnx"))
+    cfg = write_config(tmp_path / "rtxpack.toml", farm, MLP, crash, CNN, target("p", ["8.6", "8.9", "12.0"]),
+                       target("b", ["12.0"]))
+    report = build(cfg, tmp_path / "repo", jobs=2)
+    d = report.to_dict()
+    assert (d["built"], d["failed"]) == (4, 2), d
+    for c in d["cells"]:
+        if c["model"] == "crash":
+            assert c["status"] == "failed" and "worker crashed" in c["error"] and "SIGSEGV" in c["error"], c
+        else:
+            assert c["status"] == "built", c
+    assert report.worker_crashes == 2 and report.builder_runs == 6
+    assert report.peak_workers <= 2 and report.workers_started <= 2 + 2
+    m = Manifest.load(tmp_path / "repo")
+    assert sorted(a.model for a in m) == ["cnn", "cnn", "mlp", "mlp"]
+    assert not list((tmp_path / "repo" / ".tmp").iterdir())
+
+
+def test_interrupted_build_keeps_finished_cells(farm, tmp_path: Path) -> None:
+    """SIGTERM mid-build: the cells finished so far are in the manifest, and every entry's blob exists."""
+    import os
+    import signal
+
+    cfg = write_config(tmp_path / "rtxpack.toml", farm, MLP, CNN, target("p", ["8.6", "8.9", "12.0"]),
+                       target("b", ["12.0"]), target("a", ["8.6"]), target("z", ["8.9"]))
+    repo = tmp_path / "repo"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "rtxpack.cli", "build", str(cfg), "--repo", str(repo), "-j", "1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    first = proc.stderr.readline()
+    assert "built" in first, first
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    m = Manifest.load(repo)
+    assert len(m) >= 1
+    assert all((repo / a.path).is_file() for a in m)

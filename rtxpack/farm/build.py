@@ -1,31 +1,49 @@
-"""Executing a plan: each cell in its own worker process, in parallel, publishing into a repository.
+"""Executing a plan: cells on a pool of long-lived worker processes, publishing into a repository.
 
 A cell whose id is already in the repository is "up-to-date" and costs no builder work. A cell
 the builder rejects fails alone with the builder's message; the others carry on. Each toolchain
 runs in its own interpreter (see ``toolchains``), so one node builds for several TensorRT-RTX
 versions and CUDA majors.
+
+Workers: ``-j N`` runs N scheduler threads sharing at most N worker processes in total. A worker
+is a subprocess of its toolchain's python in ``--serve`` mode (``backends/tensorrt_rtx/
+build_worker.py`` or ``rtxpack.farm.worker``): it imports the builder once and then takes one JSON
+request per line, so a cell costs its build, not an interpreter start. A thread keeps to one
+toolchain while it has cells; switching toolchains retires an idle worker when N are alive. A
+worker that dies (segfault, OOM kill) or hangs fails only the cell it was building and is
+replaced for the next one.
+
+Publishing: a built cell's blob is moved into ``blobs/`` as soon as it finishes; the manifest
+(read-merge-write under the repository lock) is updated in batches, every ``FLUSH_INTERVAL_S``
+and at the end, also when the build is interrupted (Ctrl-C, SIGTERM). The manifest only ever
+names blobs that exist; a hard kill loses at most the last interval's entries, whose blobs stay
+and are simply rebuilt (same bytes, same path) next time.
 """
 from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import subprocess
-import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
-from ..errors import BuildError, RtxpackError
+from ..errors import RtxpackError
 from ..manifest import Artifact, artifact_id, blob_relpath
 from . import toolchains as tcs
 from .config import FarmConfig, load_config
 from .plan import Cell, DigestCache, Plan, make_plan, select
 from .repo import Repository
 
-WORKER_TIMEOUT_S = 3600
+WORKER_TIMEOUT_S = 3600          # one cell's build
+WORKER_START_TIMEOUT_S = 600     # interpreter start + import of the builder (a cold venv can be slow)
+FLUSH_INTERVAL_S = 2.0           # manifest batch period
+MAX_CELLS_PER_WORKER = 200       # recycle a worker after this many cells (bounds leaks in native code)
 _TRT_WORKER = Path(__file__).resolve().parent.parent / "backends" / "tensorrt_rtx" / "build_worker.py"
 _PKG_PARENT = str(Path(__file__).resolve().parent.parent.parent)
 
@@ -53,7 +71,11 @@ class CellResult:
 class BuildReport:
     repo: str
     results: list[CellResult] = field(default_factory=list)
-    builder_runs: int = 0            # worker processes started: 0 for an unchanged rebuild
+    builder_runs: int = 0            # cells handed to a builder worker: 0 for an unchanged rebuild
+    workers_started: int = 0         # worker processes started (reused across cells; <= jobs unless replaced)
+    worker_crashes: int = 0          # workers that died or hung mid-cell (each failed only that cell)
+    peak_workers: int = 0            # most worker processes alive at once (<= jobs)
+    manifest_writes: int = 0         # locked manifest updates (batched)
     seconds: float = 0.0
 
     def count(self, status: str) -> int:
@@ -66,34 +88,307 @@ class BuildReport:
     def to_dict(self) -> dict[str, Any]:
         return {"repo": self.repo, "built": self.count("built"), "up_to_date": self.count("up-to-date"),
                 "skipped": self.count("skipped"), "failed": self.count("failed"), "builder_runs": self.builder_runs,
+                "workers_started": self.workers_started, "worker_crashes": self.worker_crashes,
+                "peak_workers": self.peak_workers, "manifest_writes": self.manifest_writes,
                 "seconds": round(self.seconds, 3), "cells": [r.to_dict() for r in self.results]}
 
 
+# ---- worker processes --------------------------------------------------------------------------
 def _worker_command(cell: Cell, python: str) -> list[str]:
     if cell.backend == "tensorrt-rtx":
-        return [python, "-I", str(_TRT_WORKER)]
-    return [python, "-m", "rtxpack.farm.worker"]
+        return [python, "-I", str(_TRT_WORKER), "--serve"]
+    return [python, "-m", "rtxpack.farm.worker", "--serve"]
 
 
-def _run_worker(cell: Cell, python: str, out: Path) -> dict[str, Any]:
-    req = {"backend": cell.backend, "onnx": cell.onnx, "out": str(out), "precision": cell.precision,
-           "compute_capabilities": list(cell.compute_capabilities), "strip_weights": cell.strip_weights,
-           "profiles": cell.profiles}
+def _worker_env(cell: Cell) -> dict[str, str]:
     env = dict(os.environ)
     if cell.backend != "tensorrt-rtx":
         env["PYTHONPATH"] = _PKG_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    try:
-        proc = subprocess.run(_worker_command(cell, python), input=json.dumps(req), capture_output=True, text=True,
-                              env=env, timeout=WORKER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"worker timed out after {WORKER_TIMEOUT_S} s"}
-    except OSError as e:
-        return {"ok": False, "error": f"cannot start worker {python}: {e}"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
-        return {"ok": False, "error": f"worker crashed (exit {proc.returncode}): {tail or proc.stdout[-500:]}"}
-    return json.loads(lines[-1])
+    return env
+
+
+class WorkerGone(Exception):
+    """The worker died, hung or spoke garbage; it is unusable (the message says why)."""
+
+
+class WorkerUnusable(Exception):
+    """The worker started but cannot build (e.g. its python has no tensorrt_rtx)."""
+
+
+def _exit_text(rc: int | None) -> str:
+    if rc is None:
+        return "still running"
+    if rc < 0:
+        try:
+            return f"exit {rc}, killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"exit {rc}"
+    return f"exit {rc}"
+
+
+class Worker:
+    """One long-lived ``--serve`` worker process: JSON request lines in, JSON reply lines out."""
+
+    def __init__(self, key: str, cmd: list[str], env: dict[str, str]) -> None:
+        self.key = key
+        self.cells = 0
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, bufsize=1, env=env)
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._err: deque[str] = deque(maxlen=40)
+        self._err_mark = 0
+        self._err_lines = 0
+        self._pumps = [threading.Thread(target=self._pump_out, daemon=True),
+                       threading.Thread(target=self._pump_err, daemon=True)]
+        for t in self._pumps:
+            t.start()
+        hello = self._read(WORKER_START_TIMEOUT_S, starting=True)
+        if not hello.get("ready"):
+            self.kill()
+            raise WorkerUnusable(hello.get("error") or f"worker {cmd[0]} is not ready: {hello}")
+        self.version = hello.get("version")
+
+    def _pump_out(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            for line in self.proc.stdout:
+                self._lines.put(line)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self._lines.put(None)
+            self.proc.stdout.close()
+
+    def _pump_err(self) -> None:
+        assert self.proc.stderr is not None
+        try:
+            for line in self.proc.stderr:
+                self._err.append(line.rstrip())
+                self._err_lines += 1
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.proc.stderr.close()
+
+    def _tail(self, since_mark: bool = True) -> str:
+        self._pumps[1].join(timeout=2)
+        n = min(len(self._err), self._err_lines - self._err_mark) if since_mark else len(self._err)
+        lines = list(self._err)[-n:] if n > 0 else []
+        return "\n".join(lines[-8:])
+
+    def _gone(self, what: str) -> WorkerGone:
+        try:
+            rc = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            rc = self.proc.returncode
+        tail = self._tail()
+        return WorkerGone(f"worker crashed ({_exit_text(rc)}) {what}" + (f": {tail}" if tail else ""))
+
+    def _read(self, timeout: float, *, starting: bool = False) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.kill()
+                raise WorkerGone(f"worker timed out after {timeout:.0f} s" + (" starting" if starting else "")) from None
+            if line is None:
+                raise self._gone("while starting" if starting else "while building this cell")
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                self.kill()
+                raise WorkerGone(f"worker wrote something that is not a JSON reply: {line[:200]!r}") from None
+            if isinstance(msg, dict):
+                return msg
+
+    def request(self, req: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send one build request and wait for its reply (WorkerGone: the worker is unusable)."""
+        assert self.proc.stdin is not None
+        self.cells += 1
+        self._err_mark = self._err_lines
+        try:
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            raise self._gone("before it could take this cell") from None
+        return self._read(timeout)
+
+    def hang_up(self) -> None:
+        """Close the worker's stdin: its request loop ends and it exits."""
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Graceful stop: hang up, then wait briefly (kill if it does not go)."""
+        self.hang_up()
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        for t in self._pumps:
+            t.join(timeout=1)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.kill()
+            except OSError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        for f in (self.proc.stdin,):
+            try:
+                if f:
+                    f.close()
+            except OSError:
+                pass
+
+
+class WorkerPool:
+    """At most ``size`` live workers in total, idle ones kept per toolchain for reuse."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._lock = threading.Lock()
+        self._idle: dict[str, list[Worker]] = {}
+        self._busy: set[Worker] = set()
+        self._live = 0                  # alive + being started
+        self.started = 0
+        self.crashed = 0
+        self.peak = 0
+        self.closed = False
+
+    def idle_keys(self) -> set[str]:
+        with self._lock:
+            return {k for k, v in self._idle.items() if v}
+
+    def acquire(self, key: str, cmd: list[str], env: dict[str, str]) -> Worker:
+        """An idle worker of ``key``, or a new one (retiring an idle worker of another key if at the limit).
+
+        Callers hold at most one worker each and there are at most ``size`` callers, so at the limit
+        some worker is idle."""
+        victim = None
+        with self._lock:
+            if self.closed:
+                raise WorkerGone("the build is stopping")
+            free = self._idle.get(key)
+            if free:
+                w = free.pop()
+                self._busy.add(w)
+                return w
+            if self._live >= self.size:
+                victim = next((ws.pop() for ws in self._idle.values() if ws), None)
+                if victim is None:
+                    raise RuntimeError("worker pool exhausted (more callers than workers)")
+            else:
+                self._live += 1
+            self.started += 1
+            self.peak = max(self.peak, self._live)
+        if victim is not None:
+            victim.close()
+        try:
+            w = Worker(key, cmd, env)
+        except OSError as e:
+            with self._lock:
+                self._live -= 1
+            raise WorkerUnusable(f"cannot start worker {cmd[0]}: {e}") from None
+        except (WorkerGone, WorkerUnusable):
+            with self._lock:
+                self._live -= 1
+            raise
+        with self._lock:
+            self._busy.add(w)
+            if self.closed:
+                self._busy.discard(w)
+                self._live -= 1
+                w.kill()
+                raise WorkerGone("the build is stopping")
+        return w
+
+    def release(self, w: Worker) -> None:
+        with self._lock:
+            self._busy.discard(w)
+            keep = not self.closed and w.cells < MAX_CELLS_PER_WORKER and w.proc.poll() is None
+            if keep:
+                self._idle.setdefault(w.key, []).append(w)
+            else:
+                self._live -= 1
+        if not keep:
+            w.close()
+
+    def discard(self, w: Worker, *, crashed: bool) -> None:
+        with self._lock:
+            self._busy.discard(w)
+            self._live -= 1
+            if crashed:
+                self.crashed += 1
+        w.kill()
+
+    def shutdown(self, *, kill_busy: bool = False) -> None:
+        with self._lock:
+            self.closed = True
+            idle = [w for ws in self._idle.values() for w in ws]
+            self._idle.clear()
+            busy = list(self._busy) if kill_busy else []
+        for w in busy:
+            w.kill()
+        for w in idle:
+            w.hang_up()
+        for w in idle:
+            w.close()
+
+
+class _Publisher:
+    """Finished cells' manifest entries, merged into manifest.json in batches under the repository lock."""
+
+    def __init__(self, repository: Repository, project: dict | None, say: Callable[[str], None]) -> None:
+        self.repository = repository
+        self.project = project
+        self.say = say
+        self._pending: list[tuple[Artifact, CellResult]] = []
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self.last = time.monotonic()
+        self.writes = 0
+
+    def add(self, art: Artifact, res: CellResult) -> None:
+        with self._lock:
+            self._pending.append((art, res))
+
+    def due(self) -> bool:
+        with self._lock:
+            return bool(self._pending) and time.monotonic() - self.last >= FLUSH_INTERVAL_S
+
+    def flush(self) -> None:
+        with self._flush_lock:
+            with self._lock:
+                batch, self._pending = self._pending, []
+                self.last = time.monotonic()
+            if not batch:
+                return
+            try:
+                self.repository.add_artifacts([a for a, _ in batch], project=self.project)
+                self.writes += 1
+                return
+            except RtxpackError:
+                pass
+            for art, res in batch:  # a conflicting entry (e.g. a parallel build of the same cell): fail only it
+                try:
+                    self.repository.add_artifacts([art], project=self.project)
+                    self.writes += 1
+                except RtxpackError as e:
+                    res.status, res.error, res.artifact = "failed", str(e), None
+                    self.say(f"FAILED {_label(res.cell)}: {e}")
 
 
 def _artifact(cell: Cell, cfg: FarmConfig, reply: dict[str, Any], sha: str, size: int, weights: str) -> Artifact:
@@ -160,42 +455,129 @@ def build(config: FarmConfig | str | os.PathLike[str], repo: str | os.PathLike[s
     done = [len(report.results)]
     tmp = repository.tmp_dir()
     project = dict(cfg.project) if cfg.project else None
+    pool = WorkerPool(max(1, jobs))
+    publisher = _Publisher(repository, project, say)
+    broken: dict[str, str] = {}          # toolchain -> why its workers cannot build
+    stop = threading.Event()
+    queues: dict[str, deque[Cell]] = {}  # per toolchain, in plan order
+    for cell in todo:
+        queues.setdefault(cell.toolchain, deque()).append(cell)
+    built: list[CellResult] = []
+
+    def next_cell(prefer: str | None) -> Cell | None:
+        with lock:
+            if stop.is_set():
+                return None
+            if prefer and queues.get(prefer):
+                return queues[prefer].popleft()
+            left = [k for k, q in queues.items() if q]
+            if not left:
+                return None
+            idle = pool.idle_keys()
+            k = next((k for k in left if k in idle), None) or max(left, key=lambda k: len(queues[k]))
+            return queues[k].popleft()
+
+    def failed(cell: Cell, error: str, started: float) -> CellResult:
+        return CellResult(cell, "failed", error=error, seconds=time.monotonic() - started)
 
     def run(cell: Cell) -> CellResult:
         started = time.monotonic()
         py = pythons[cell.toolchain]
         if isinstance(py, BaseException):
-            return CellResult(cell, "failed", error=str(py))
+            return failed(cell, str(py), started)
+        if cell.toolchain in broken:
+            return failed(cell, broken[cell.toolchain], started)
+        try:
+            worker = pool.acquire(cell.toolchain, _worker_command(cell, py), _worker_env(cell))
+        except WorkerUnusable as e:
+            broken[cell.toolchain] = str(e)
+            return failed(cell, str(e), started)
+        except WorkerGone as e:
+            return failed(cell, str(e), started)
         out = tmp / f"{cell.id}.{os.getpid()}.{threading.get_ident()}.plan"
+        req = {"id": cell.id, "backend": cell.backend, "onnx": cell.onnx, "out": str(out),
+               "precision": cell.precision, "compute_capabilities": list(cell.compute_capabilities),
+               "strip_weights": cell.strip_weights, "profiles": cell.profiles}
         with lock:
             report.builder_runs += 1
-        reply = _run_worker(cell, py, out)
+        try:
+            reply = worker.request(req, WORKER_TIMEOUT_S)
+        except WorkerGone as e:
+            pool.discard(worker, crashed=not stop.is_set())
+            out.unlink(missing_ok=True)
+            return failed(cell, str(e), started)
+        pool.release(worker)
         if not reply.get("ok"):
             out.unlink(missing_ok=True)
-            return CellResult(cell, "failed", error=reply.get("error") or "unknown worker error",
-                              seconds=time.monotonic() - started)
+            return failed(cell, reply.get("error") or "unknown worker error", started)
         try:
             sha, size = repository.add_blob_file(out, move=True)
             art = _artifact(cell, cfg, reply, sha, size, weights[cell.onnx])
-            repository.add_artifacts([art], project=project)
-        except RtxpackError as e:
-            return CellResult(cell, "failed", error=str(e), seconds=time.monotonic() - started)
-        return CellResult(cell, "built", artifact=art, seconds=time.monotonic() - started)
+        except (RtxpackError, OSError) as e:
+            out.unlink(missing_ok=True)
+            return failed(cell, str(e), started)
+        res = CellResult(cell, "built", artifact=art, seconds=time.monotonic() - started)
+        publisher.add(art, res)
+        return res
 
-    def finish(res: CellResult) -> CellResult:
+    def finish(res: CellResult) -> None:
         with lock:
             done[0] += 1
             n = done[0]
+            built.append(res)
         if res.status == "built":
             say(f"[{n}/{total}] built {_label(res.cell)} in {res.seconds:.1f} s -> {res.artifact.path} "
                 f"({res.artifact.size} bytes)")
         else:
             say(f"[{n}/{total}] FAILED {_label(res.cell)}: {res.error}")
-        return res
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for res in pool.map(lambda c: finish(run(c)), todo):
-            report.results.append(res)
+    def loop() -> None:
+        prefer = None
+        while True:
+            cell = next_cell(prefer)
+            if cell is None:
+                return
+            prefer = cell.toolchain
+            try:
+                res = run(cell)
+            except Exception as e:  # a bug here must not hang the build: fail the cell, keep going
+                res = CellResult(cell, "failed", error=f"{type(e).__name__}: {e}")
+            finish(res)
+
+    old_term = None
+    if threading.current_thread() is threading.main_thread():
+        def _on_term(signum: int, frame: Any) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+        try:
+            old_term = signal.signal(signal.SIGTERM, _on_term)
+        except (ValueError, OSError):
+            old_term = None
+    threads = [threading.Thread(target=loop, name=f"rtxpack-build-{i}", daemon=True)
+               for i in range(min(max(1, jobs), len(todo)))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.25)
+                if publisher.due():
+                    publisher.flush()
+    except BaseException:
+        stop.set()                       # no new cells; in-flight ones end when their worker is killed
+        pool.shutdown(kill_busy=True)
+        for t in threads:
+            t.join(timeout=10)
+        raise
+    finally:
+        try:
+            publisher.flush()            # finished cells are never lost, also on Ctrl-C / SIGTERM
+        finally:
+            pool.shutdown()
+            if old_term is not None:
+                signal.signal(signal.SIGTERM, old_term)
+            report.workers_started, report.worker_crashes = pool.started, pool.crashed
+            report.peak_workers, report.manifest_writes = pool.peak, publisher.writes
+    report.results.extend(built)
     order = {c.id: i for i, c in enumerate(chosen)}
     report.results.sort(key=lambda r: order.get(r.cell.id, 0))
     report.seconds = time.monotonic() - t0

@@ -1,20 +1,29 @@
 """Standalone TensorRT-RTX AOT build worker: needs only ``tensorrt_rtx`` and the standard library.
 
 The farm runs it with the python of a toolchain's virtual environment (which holds nothing but
-``tensorrt-rtx-cuXX==VERSION``), so it must not import rtxpack. Protocol: one JSON request on
-stdin, one JSON reply on stdout (last line)::
+``tensorrt-rtx-cuXX==VERSION``), so it must not import rtxpack. Requests and replies::
 
     request: {"onnx": path, "out": path, "compute_capabilities": ["8.6", ...] | null,
               "strip_weights": false, "profiles": {"x": {"min": [..], "opt": [..], "max": [..]}}}
-    reply:   {"ok": true, "version": "1.7.1.116", "size": n}
+    reply:   {"ok": true, "version": "1.7.1.116", "size": n, "seconds": s}
              {"ok": false, "error": "<the builder's own messages>", "version": ...}
 
-Exit status 0 in both cases (a rejected cell is an answer, not a crash); anything else is a crash.
+One-shot mode (no arguments): one JSON request on stdin, one JSON reply on stdout (last line).
+
+Serve mode (``--serve``, what the farm uses): a long-lived worker. It imports tensorrt_rtx once,
+announces itself with one line ``{"ready": true, "version": ...}`` (or ``{"ready": false,
+"error": ...}`` and exit), then reads one JSON request per line on stdin and writes one JSON reply
+per line, until stdin closes. Replies go to a private duplicate of the original stdout; fd 1 is
+pointed at stderr so nothing the native libraries print can corrupt the protocol.
+
+Exit status 0 in both modes (a rejected cell is an answer, not a crash); anything else is a crash.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from typing import Any, Mapping, Sequence
 
 
@@ -95,9 +104,53 @@ def installed_version() -> str:
     return tensorrt_rtx.__version__
 
 
+def handle(request: Mapping[str, Any], version: str) -> dict[str, Any]:
+    """Build one request; the reply (never raises for a builder rejection)."""
+    t0 = time.perf_counter()
+    try:
+        data = build_plan(request["onnx"], compute_capabilities=request.get("compute_capabilities"),
+                          strip_weights=bool(request.get("strip_weights")), profiles=request.get("profiles"))
+    except BuildFailed as e:
+        return {"ok": False, "error": str(e), "version": version}
+    except Exception as e:  # the builder's Python bindings raise plain exceptions (TypeError, RuntimeError)
+        return {"ok": False, "error": f"{type(e).__name__}: {e}", "version": version}
+    with open(request["out"], "wb") as f:
+        f.write(data)
+    return {"ok": True, "version": version, "size": len(data), "seconds": round(time.perf_counter() - t0, 4)}
+
+
+def serve() -> int:
+    """Long-lived mode: one JSON request per stdin line, one JSON reply per line (see the module doc)."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1)   # the protocol channel
+    os.dup2(2, 1)                                     # native prints land on stderr
+    sys.stdout = sys.stderr
+    try:
+        import tensorrt_rtx
+
+        version = tensorrt_rtx.__version__
+    except ImportError as e:
+        proto.write(json.dumps({"ready": False, "error": f"tensorrt_rtx is not importable here: {e}"}) + "\n")
+        return 0
+    proto.write(json.dumps({"ready": True, "version": version, "pid": os.getpid()}) + "\n")
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except ValueError as e:
+            reply: dict[str, Any] = {"ok": False, "error": f"bad request: {e}", "version": version}
+        else:
+            reply = handle(request, version)
+            if "id" in request:
+                reply["id"] = request["id"]
+        proto.write(json.dumps(reply) + "\n")
+    return 0
+
+
 def main() -> int:
+    if "--serve" in sys.argv[1:]:
+        return serve()
     request = json.loads(sys.stdin.read())
-    reply: dict[str, Any]
     try:
         import tensorrt_rtx
 
@@ -105,17 +158,7 @@ def main() -> int:
     except ImportError as e:
         print(json.dumps({"ok": False, "error": f"tensorrt_rtx is not importable here: {e}", "version": None}))
         return 0
-    try:
-        data = build_plan(request["onnx"], compute_capabilities=request.get("compute_capabilities"),
-                          strip_weights=bool(request.get("strip_weights")), profiles=request.get("profiles"))
-    except BuildFailed as e:
-        reply = {"ok": False, "error": str(e), "version": version}
-    except Exception as e:  # the builder's Python bindings raise plain exceptions (TypeError, RuntimeError)
-        reply = {"ok": False, "error": f"{type(e).__name__}: {e}", "version": version}
-    else:
-        with open(request["out"], "wb") as f:
-            f.write(data)
-        reply = {"ok": True, "version": version, "size": len(data)}
+    reply = handle(request, version)
     sys.stdout.write("\n" + json.dumps(reply) + "\n")
     return 0
 
