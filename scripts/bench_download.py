@@ -14,6 +14,7 @@ import argparse
 import hashlib
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -80,11 +81,15 @@ http {{
     sys.exit(f"nginx did not start; see {work}/error.log")
 
 
+def _cpu(after: resource.struct_rusage, before: resource.struct_rusage) -> float:
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
 def settle() -> None:
-    """Let the previous run's deletes and dirty pages reach the disk, so neither tool pays for
-    the other's cleanup (the disk is mounted with ``discard`` here; deletes are not free)."""
+    """Let the previous run's dirty pages and deletes reach the disk first, so neither tool pays
+    for the other's (on a disk mounted with ``discard`` freeing 512 MiB is not free)."""
     os.sync()
-    time.sleep(0.5)
+    time.sleep(1.0)
 
 
 def machine() -> str:
@@ -133,27 +138,35 @@ def main() -> None:
         proc, url = start_nginx(repo, work)
         try:
             times: dict[str, list[float]] = {"curl": [], "rtxpack": []}
-            # one untimed warm-up each: page cache, TCP, imports
+            cpu: dict[str, list[float]] = {"curl": [], "rtxpack": []}
+            load_before = os.getloadavg()[0]
+            # one untimed warm-up each: page cache, TCP, imports. Alternating, same conditions.
             for i in range(args.runs + 1):
-                out = scratch / "curl.out"
+                out = scratch / f"curl{i}.out"
                 settle()
+                r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t0 = time.perf_counter()
                 subprocess.run(["curl", "-sS", "--fail", "--noproxy", "*", "-o", str(out), f"{url}/{rel}"], check=True)
                 t_curl = time.perf_counter() - t0
+                c_curl = _cpu(resource.getrusage(resource.RUSAGE_CHILDREN), r0)
                 assert out.stat().st_size == size
                 out.unlink()
 
                 store = Store(scratch / f"store{i}")
                 stats = FetchStats()
                 settle()
+                r0 = resource.getrusage(resource.RUSAGE_SELF)
                 t0 = time.perf_counter()
                 path = fetch_artifact(art, repo=url, store=store, progress=False, stats=stats)
                 t_rtx = time.perf_counter() - t0
+                c_rtx = _cpu(resource.getrusage(resource.RUSAGE_SELF), r0)
                 assert stats.bytes_downloaded == size and path.stat().st_size == size
                 shutil.rmtree(store.root)
                 if i:
                     times["curl"].append(t_curl)
                     times["rtxpack"].append(t_rtx)
+                    cpu["curl"].append(c_curl)
+                    cpu["rtxpack"].append(c_rtx)
         finally:
             proc.send_signal(signal.SIGQUIT)
             proc.wait(timeout=10)
@@ -162,11 +175,15 @@ def main() -> None:
         mbps = {k: size / 1e6 / v for k, v in med.items()}
         print(f"# {args.size_mib} MiB from nginx on 127.0.0.1, median of {args.runs} runs each")
         print(f"# machine: {machine()}")
-        print(f"{'tool':<34} {'median s':>9} {'MB/s':>9} {'vs curl':>8}   runs (s)")
-        rows = [("curl -o (no hashing)", "curl"), ("rtxpack fetch_artifact (sha256+commit)", "rtxpack")]
+        print(f"# load average (1 min) before/after: {load_before:.2f} / {os.getloadavg()[0]:.2f}")
+        print(f"{'tool':<34} {'median s':>9} {'MB/s':>9} {'vs curl':>8} {'CPU s':>6}   runs (s)")
+        rows = [("curl -o (no hashing)", "curl"), ("rtxpack fetch_artifact (sha256)", "rtxpack")]
         for label, key in rows:
             runs = " ".join(f"{t:.3f}" for t in times[key])
-            print(f"{label:<34.34} {med[key]:>9.3f} {mbps[key]:>9.0f} {mbps[key] / mbps['curl']:>7.2f}x   {runs}")
+            print(f"{label:<34.34} {med[key]:>9.3f} {mbps[key]:>9.0f} {mbps[key] / mbps['curl']:>7.2f}x "
+                  f"{statistics.median(cpu[key]):>6.3f}   {runs}")
+        print("# MB/s = 10^6 bytes/s; CPU s = median user+sys seconds of the client process (curl, or")
+        print("# this Python process incl. its hashing thread); nginx's own CPU is not counted.")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
