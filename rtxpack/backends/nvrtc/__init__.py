@@ -26,7 +26,8 @@ WEIGHT_ALIGN = 256
 
 
 def _is_stripped_dtype(arr: np.ndarray) -> bool:
-    """Floating-point initializers are weights (stripped); small integer ones are shape data (kept)."""
+    """Floating-point initializers are weights: a stripped plan omits them and a full plan carries
+    them in device layout (DWGT); integer initializers are shape data, kept in WGHT."""
     return np.issubdtype(arr.dtype, np.floating)
 
 
@@ -66,7 +67,8 @@ class NvrtcBackend:
         from .kernels import COMPILE_OPTIONS, KernelSpec, entry_name, kernel_digest, module_digest, program_source
         from .lowering import kernels_for
         from .onnx_import import import_onnx
-        from .schedule import concrete_input_shapes, device_weight_names, plan_shapes
+        from .schedule import concrete_input_shapes, plan_shapes
+        from .weights import device_weight_names
 
         if precision != "fp32":
             raise UnsupportedModel(f"the nvrtc backend builds fp32 plans only, not {precision!r}",
@@ -115,10 +117,16 @@ class NvrtcBackend:
             "cubins": {f"sm_{sm}": add(c) for sm, c in cubins.items()},
             "ptx": ({"arch": f"compute_{max(sms)}", **add(ptx_blob)} if ptx_blob else None),
         }
+        from .weights import device_tensors, host_weight_names
+
+        host_needed = host_weight_names(graph)
+        dblob = None
+        if not strip_weights:
+            graph["device_tensors"], dblob = device_tensors(graph, weights)
         wblob = bytearray()
         for rec in graph["weights"]:
             arr = weights[rec["name"]]
-            rec["stored"] = not (strip_weights and _is_stripped_dtype(arr))
+            rec["stored"] = not _is_stripped_dtype(arr) or (not strip_weights and rec["name"] in host_needed)
             if rec["stored"]:
                 wblob.extend(b"\0" * ((-len(wblob)) % WEIGHT_ALIGN))
                 rec["offset"] = len(wblob)
@@ -130,7 +138,8 @@ class NvrtcBackend:
         flags = (FLAG_STRIPPED if strip_weights else 0) | (FLAG_PTX if ptx_blob else 0)
         return write_plan(backend_version=NVRTC_BACKEND_VERSION, flags=flags, nvrtc_version=v,
                           n_kernels=len(specs), sms=sms, weights_digest=wdigest, model_name=graph["name"],
-                          graph=graph, kernel_index=index, kernel_blobs=bytes(blobs), weights_blob=bytes(wblob))
+                          graph=graph, kernel_index=index, kernel_blobs=bytes(blobs), weights_blob=bytes(wblob),
+                          device_blob=dblob)
 
     # ------------------------------------------------------------------ inspect (header only)
     def inspect(self, plan: bytes) -> PlanInfo:

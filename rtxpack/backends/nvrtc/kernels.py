@@ -84,12 +84,15 @@ template <int BM, int BN, int BK, int TM, int TN, bool K1>
 __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                            const float* __restrict__ res, float* __restrict__ y, int N, int C, int H, int W, int OC,
                            int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw, int dh, int dw, int G,
-                           int relu) {
+                           int relu, int S, float* __restrict__ ws) {
+  // split-K (S > 1): blockIdx.z = g * S + s; block s sums k in [kb, ke) into ws[s][oc][p] (no epilogue)
   constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
   __shared__ float As[2][BK][BM];
   __shared__ float Bs[2][BK][BN];
-  const int g = blockIdx.z, Cg = C / G, OCg = OC / G;
+  const int g = blockIdx.z / S, split = blockIdx.z - g * S, Cg = C / G, OCg = OC / G;
   const int M = OCg, OHW = OH * OW, P = N * OHW, KK = KH * KW, K = Cg * KK;
+  const int kchunk = ((K + S * BK - 1) / (S * BK)) * BK;
+  const int kb = split * kchunk, ke = min(K, kb + kchunk);
   const int m0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
   const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
   const float* __restrict__ wg = w + (long long)g * OCg * K;
@@ -106,7 +109,7 @@ __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict_
       int e = tid + t * NT;
       int i = e / BK, kk = e % BK;
       int m = m0 + i, k = k0 + kk;
-      ra[t] = (e < BM * BK && m < M && k < K) ? wg[(long long)m * K + k] : 0.f;
+      ra[t] = (e < BM * BK && m < M && k < ke) ? wg[(long long)m * K + k] : 0.f;
     }
 #pragma unroll
     for (int t = 0; t < BL; ++t) {
@@ -114,7 +117,7 @@ __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict_
       int kk = e / BN, j = e % BN;
       int p = p0 + j, k = k0 + kk;
       float v = 0.f;
-      if (e < BK * BN && p < P && k < K) {
+      if (e < BK * BN && p < P && k < ke) {
         int n = p / OHW, r = p - n * OHW;
         if (K1) {
           v = x[((long long)n * C + g * Cg + k) * OHW + r];
@@ -140,12 +143,12 @@ __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict_
       if (e < BK * BN) Bs[buf][e / BN][e % BN] = rb[t];
     }
   };
-  load(0);
+  load(kb);
   store(0);
   __syncthreads();
   int buf = 0;
-  for (int k0 = 0; k0 < K; k0 += BK) {
-    const bool more = k0 + BK < K;
+  for (int k0 = kb; k0 < ke; k0 += BK) {
+    const bool more = k0 + BK < ke;
     if (more) load(k0 + BK);
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
@@ -175,6 +178,10 @@ __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict_
     for (int j = 0; j < TN; ++j) {
       int p = p0 + tx + j * TX;
       if (p >= P) continue;
+      if (S > 1) {
+        ws[((long long)split * OC + oc) * P + p] = acc[i][j];
+        continue;
+      }
       int n = p / OHW, r = p - n * OHW;
       long long o = ((long long)n * OC + oc) * OHW + r;
       float v = acc[i][j] + bv;
@@ -182,6 +189,23 @@ __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict_
       if (relu) v = fmaxf(v, 0.f);
       y[o] = v;
     }
+  }
+}
+
+// Sum split-K partials ws[S][OC][N*OHW] into NCHW y with the conv epilogue.
+__device__ void splitk_reduce(const float* __restrict__ ws, const float* __restrict__ bias, const float* __restrict__ res,
+                              float* __restrict__ y, int N, int OC, int OHW, int S, int relu) {
+  const long long P = (long long)N * OHW, total = P * OC;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+    int r = i % OHW;
+    long long t = i / OHW;
+    int oc = t % OC, n = t / OC;
+    long long p = (long long)n * OHW + r;
+    float v = bias ? bias[oc] : 0.f;
+    for (int s = 0; s < S; ++s) v += ws[((long long)s * OC + oc) * P + p];
+    if (res) v += res[i];
+    if (relu) v = fmaxf(v, 0.f);
+    y[i] = v;
   }
 }
 
@@ -443,7 +467,8 @@ FAMILIES: dict[str, str] = {
     "unary": "const float* x, float* y, long long n, float a, float b",
     "binary": "const float* a, const float* b, float* y, int n, int nd, I6 shape, I6 sa, I6 sb",
     "strided_copy": "const float* x, float* y, int n, int nd, I6 shape, I6 sx, I6 sy, int ox, int oy",
-    "conv_igemm": _CONV_PARAMS,
+    "conv_igemm": _CONV_PARAMS + ", int S, float* ws",
+    "splitk_reduce": "const float* ws, const float* bias, const float* res, float* y, int N, int OC, int OHW, int S, int relu",
     "conv_direct": _CONV_PARAMS,
     "gemm": ("const float* A, const float* B, const float* bias, const float* res, float* Cm, int M, int N, int K, "
              "int sAm, int sAk, int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, "

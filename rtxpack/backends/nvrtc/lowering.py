@@ -120,7 +120,7 @@ def _conv_specs(node, ws: Sequence[int]) -> list[KernelSpec]:
         return [KernelSpec("conv_direct")]
     k1 = (ws[2] == 1 and ws[3] == 1 and list(a.get("strides", [1, 1])) == [1, 1]
           and not any(a.get("pads", [0] * 4)) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"))
-    return [KernelSpec("conv_igemm", TILES[t] + (int(k1),)) for t in ("big", "small")]
+    return [KernelSpec("conv_igemm", TILES[t] + (int(k1),)) for t in ("big", "small")] + [KernelSpec("splitk_reduce")]
 
 
 def conv_weight_names(node) -> tuple[str, str]:
@@ -162,8 +162,16 @@ def kernels_for(node: Mapping[str, Any], weight_shapes: Mapping[str, Sequence[in
 
 
 def plan_node(node: Mapping[str, Any], shapes: Sequence[Shape], hv: HV, num_sms: int = 132
-              ) -> tuple[list[Shape], list[Launch]]:
-    """Output shapes and launches of a device node for concrete input shapes."""
+              ) -> tuple[list[Shape], list[Launch], dict[str, int]]:
+    """Output shapes, launches and scratch buffers (name -> bytes) of a device node."""
+    if node["op"] == "Conv":
+        return _plan_conv(node, shapes, num_sms)
+    out, launches = _plan_node(node, shapes, hv, num_sms)
+    return out, launches, {}
+
+
+def _plan_node(node: Mapping[str, Any], shapes: Sequence[Shape], hv: HV, num_sms: int
+               ) -> tuple[list[Shape], list[Launch]]:
     op, a, ins, outs = node["op"], node["attrs"], node["inputs"], node["outputs"]
     vals = [hv(i) if i else None for i in ins]
     x = shapes[0] if shapes else ()
@@ -201,26 +209,6 @@ def plan_node(node: Mapping[str, Any], shapes: Sequence[Shape], hv: HV, num_sms:
             ls.append(Launch(KernelSpec("binary", (0,)), _blocks(n), 256,
                              [y, name, y, n, len(dims), _i6(dims, node), _i6(sa, node), _i6(sb, node)]))
         return [out], ls
-    if op == "Conv":
-        ws = shapes[1]
-        kh, kw, sh, sw, dh, dw, pads, oh, ow = _conv_geometry(node, x, ws)
-        g = a.get("group", 1)
-        out = (x[0], int(ws[0]), oh, ow)
-        wname, bname = conv_weight_names(node)
-        res = ins[3] if len(ins) > 3 else ""
-        if res and shapes[3] != out:
-            raise UnsupportedModel(f"fused residual of node {node['name']!r} has shape {shapes[3]}, expected {out}",
-                                   fix="report this model to rtxpack")
-        args = [ins[0], wname, bname, res, y, x[0], x[1], x[2], x[3], int(ws[0]), oh, ow, kh, kw, sh, sw,
-                pads[0], pads[1], dh, dw, g, int(a.get("relu", 0))]
-        specs = kernels_for(node, {ins[1]: ws})
-        if specs[0].family == "conv_direct":
-            return [out], [Launch(specs[0], _blocks(int(np.prod(out))), 256, args)]
-        P, M = x[0] * oh * ow, int(ws[0]) // g
-        big = math.ceil(P / 64) * math.ceil(M / 64) * g
-        spec = specs[0] if big >= 2 * num_sms else specs[1]
-        bm, bn = spec.targs[0], spec.targs[1]
-        return [out], [Launch(spec, (math.ceil(P / bn), math.ceil(M / bm), g), spec.block_threads, args)]
     if op in ("Gemm", "MatMul"):
         return _plan_gemm(node, shapes, num_sms)
     if op == "Softmax":
@@ -321,6 +309,46 @@ def plan_node(node: Mapping[str, Any], shapes: Sequence[Shape], hv: HV, num_sms:
         return [out], [Launch(KernelSpec("gather"), _blocks(n), 256,
                               [ins[0], ins[1], y, n, x[axis], int(np.prod(idx)), int(np.prod(x[axis + 1:]))])]
     raise UnsupportedModel(f"{op} (node {node['name']!r}) is not supported on the device", fix="report this model")
+
+
+def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape], list[Launch], dict[str, int]]:
+    """Implicit GEMM (tile size and split-K picked for this shape to fill the GPU) or direct conv."""
+    a, ins, x, ws = node["attrs"], node["inputs"], shapes[0], shapes[1]
+    y = node["outputs"][0]
+    kh, kw, sh, sw, dh, dw, pads, oh, ow = _conv_geometry(node, x, ws)
+    g = a.get("group", 1)
+    oc = int(ws[0])
+    out = (x[0], oc, oh, ow)
+    wname, bname = conv_weight_names(node)
+    res = ins[3] if len(ins) > 3 else ""
+    if res and tuple(shapes[3]) != out:
+        raise UnsupportedModel(f"fused residual of node {node['name']!r} has shape {shapes[3]}, expected {out}",
+                               fix="report this model to rtxpack")
+    relu = int(a.get("relu", 0))
+    args = [ins[0], wname, bname, res, y, x[0], x[1], x[2], x[3], oc, oh, ow, kh, kw, sh, sw, pads[0], pads[1], dh,
+            dw, g, relu]
+    specs = kernels_for(node, {ins[1]: ws})
+    if specs[0].family == "conv_direct":
+        return [out], [Launch(specs[0], _blocks(int(np.prod(out))), 256, args)], {}
+    P, M, K = x[0] * oh * ow, oc // g, int(ws[1]) * kh * kw
+    target = 2 * num_sms
+    spec = specs[0] if math.ceil(P / 64) * math.ceil(M / 64) * g >= target else specs[1]
+    bm, bn, bk = spec.targs[0], spec.targs[1], spec.targs[2]
+    blocks = math.ceil(P / bn) * math.ceil(M / bm) * g
+    splits = 1
+    if blocks < target and g == 1:
+        splits = max(1, min(math.ceil(target / blocks), K // (8 * bk), 16))
+        if splits > 1:   # no empty splits
+            chunk = math.ceil(K / (splits * bk)) * bk
+            splits = math.ceil(K / chunk)
+    grid = (math.ceil(P / bn), math.ceil(M / bm), g * splits)
+    if splits == 1:
+        return [out], [Launch(spec, grid, spec.block_threads, args + [1, ""])], {}
+    scratch = f"{y}#splitk"
+    conv = Launch(spec, grid, spec.block_threads, args + [splits, scratch])
+    total = int(np.prod(out))
+    red = Launch(KernelSpec("splitk_reduce"), _blocks(total), 256, [scratch, bname, res, y, x[0], oc, oh * ow, splits, relu])
+    return [out], [conv, red], {scratch: splits * total * 4}
 
 
 def _rowthreads(n: int) -> int:

@@ -165,7 +165,7 @@ def import_onnx(onnx_path: str | Path) -> tuple[dict[str, Any], dict[str, np.nda
         "outputs": outputs,
         "constants": {k: encode_array(v) for k, v in constants.items()},
         "nodes": nodes,
-        "weights": [{"name": k, "dtype": v.dtype.str.lstrip("<>|="), "shape": list(v.shape),
+        "weights": [{"name": k, "dtype": v.dtype.name, "shape": list(v.shape),
                      "sha256": sha256_bytes(np.ascontiguousarray(v).astype(v.dtype.newbyteorder("<")).tobytes())}
                     for k, v in sorted(weights.items())],
         "device_weights": device_weights,

@@ -8,9 +8,14 @@
                | up to 6 x (4s tag, u64 offset, u64 length, 32s sha256)
     sections   GRPH: graph JSON (utf-8)
                KERN: u32 index length | index JSON | blobs (cubin per SM, optional PTX)
-               WGHT: raw little-endian initializer bytes, each 256-byte aligned (offsets in GRPH)
+               WGHT: raw little-endian initializer bytes, each 256-byte aligned (offsets in GRPH):
+                     every initializer in a full plan's ONNX that the host needs (shape data);
+                     a stripped plan keeps only its non-floating-point (shape) initializers
+               DWGT: (full plans only) the device tensors in device layout, BatchNorm already
+                     folded, 256-byte aligned: one host-to-device copy at load
 
-``inspect`` needs only the header; ``read_plan`` checks every section's sha256.
+``inspect`` needs only the header. ``read_plan`` checks the sha256 of GRPH and KERN always, and of
+the weight sections when asked (they are large; the artifact's own sha256 is checked on fetch).
 """
 from __future__ import annotations
 
@@ -84,7 +89,7 @@ def read_header(data: bytes) -> PlanHeader:
 
 def write_plan(*, backend_version: str, flags: int, nvrtc_version: tuple[int, int], n_kernels: int, sms: list[int],
                weights_digest: str, model_name: str, graph: Mapping[str, Any], kernel_index: Mapping[str, Any],
-               kernel_blobs: bytes, weights_blob: bytes) -> bytes:
+               kernel_blobs: bytes, weights_blob: bytes, device_blob: bytes | None = None) -> bytes:
     """Assemble a plan (sections 256-byte aligned so the weights can be viewed in place)."""
     graph_b = json.dumps(graph, sort_keys=True, separators=(",", ":")).encode()
     idx_b = json.dumps(kernel_index, sort_keys=True, separators=(",", ":")).encode()
@@ -92,7 +97,10 @@ def write_plan(*, backend_version: str, flags: int, nvrtc_version: tuple[int, in
     body = bytearray()
     table = []
     pos = HEADER_SIZE
-    for tag, blob in (("GRPH", graph_b), ("KERN", kern_b), ("WGHT", weights_blob)):
+    sections = [("GRPH", graph_b), ("KERN", kern_b), ("WGHT", weights_blob)]
+    if device_blob is not None:
+        sections.append(("DWGT", device_blob))
+    for tag, blob in sections:
         pad = (-pos) % ALIGN
         body += b"\0" * pad
         pos += pad
@@ -108,23 +116,26 @@ def write_plan(*, backend_version: str, flags: int, nvrtc_version: tuple[int, in
     return bytes(head) + bytes(body)
 
 
-def read_plan(data: bytes) -> tuple[PlanHeader, dict[str, Any], dict[str, Any], memoryview, memoryview]:
-    """Header, graph, kernel index, kernel blobs and weights (views into ``data``); verifies sha256s."""
+def read_plan(data: bytes, *, verify_weights: bool = True
+              ) -> tuple[PlanHeader, dict[str, Any], dict[str, Any], memoryview, dict[str, memoryview]]:
+    """Header, graph, kernel index, kernel blobs and weight sections (views into ``data``)."""
     h = read_header(data)
     mv = memoryview(data)
     secs = {}
-    for tag in ("GRPH", "KERN", "WGHT"):
+    for tag in ("GRPH", "KERN", "WGHT", "DWGT"):
         if tag not in h.sections:
+            if tag == "DWGT":
+                continue
             raise _bad(f"missing section {tag}")
         off, ln, sha = h.sections[tag]
         if off + ln > len(data):
             raise _bad(f"section {tag} runs past the end of the file (truncated?)")
         blob = mv[off:off + ln]
-        if hashlib.sha256(blob).hexdigest() != sha:
+        if (verify_weights or tag in ("GRPH", "KERN")) and hashlib.sha256(blob).hexdigest() != sha:
             raise _bad(f"section {tag} fails its sha256 check (corrupt)")
         secs[tag] = blob
     graph = json.loads(bytes(secs["GRPH"]))
     kern = secs["KERN"]
     (n,) = struct.unpack_from("<I", kern, 0)
     index = json.loads(bytes(kern[4:4 + n]))
-    return h, graph, index, kern[4 + n:], secs["WGHT"]
+    return h, graph, index, kern[4 + n:], {k: v for k, v in secs.items() if k in ("WGHT", "DWGT")}

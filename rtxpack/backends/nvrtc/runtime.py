@@ -22,8 +22,8 @@ from .cache import CacheKey, RuntimeCache
 from .kernels import KernelSpec, param_types
 from .onnx_import import decode_array  # noqa: F401 - re-exported for helpers
 from .plan import read_plan
-from .schedule import (ALIGN, ShapePlan, check_profile, derive_weight, device_bytes, device_weight_names,
-                       plan_shapes)
+from .schedule import ALIGN, ShapePlan, check_profile, device_bytes, plan_shapes
+from .weights import device_tensors
 
 MAX_SHAPES = 8
 
@@ -47,10 +47,21 @@ def _check(result: Any, what: str) -> Any:
     return vals[0] if len(vals) == 1 else (tuple(vals) if vals else None)
 
 
+def cuda_init() -> None:
+    """cuInit, turning "no driver library" into a BackendError that says so."""
+    cu = _driver()
+    try:
+        result = cu.cuInit(0)
+    except Exception as e:  # noqa: BLE001 - cuda.pathfinder raises DynamicLibNotFoundError without a driver
+        raise BackendError(f"no NVIDIA driver on this machine ({type(e).__name__}: {e})",
+                           fix="run on a machine with an NVIDIA GPU and driver (building plans needs neither)") from e
+    _check(result, "cuInit")
+
+
 def driver_version() -> int:
     """cuDriverGetVersion() (e.g. 13000); raises without a driver."""
     cu = _driver()
-    _check(cu.cuInit(0), "cuInit")
+    cuda_init()
     return int(_check(cu.cuDriverGetVersion(), "cuDriverGetVersion"))
 
 
@@ -68,15 +79,21 @@ class NvrtcLoadedPlan:
 
     def __init__(self, plan: bytes, *, device: int = 0, runtime_cache: bytes | None = None,
                  options: Mapping[str, Any] | None = None) -> None:
+        import time
+
         cu = _driver()
+        t0 = time.perf_counter()
         self._opts = dict(options or {})
         self._closed = True
-        self.header, self.graph, self._index, kblobs, wview = read_plan(plan)
+        # GRPH/KERN are always sha256-checked; the (large) weight sections on request: the store
+        # verifies the whole artifact's sha256 when it fetches it
+        self.header, self.graph, self._index, kblobs, wsecs = read_plan(
+            plan, verify_weights=bool(self._opts.get("verify_weights", False)))
         self.input_names = [i["name"] for i in self.graph["inputs"]]
         self.output_names = list(self.graph["outputs"])
         self.stripped = bool(self.graph.get("stripped"))
         self.kernel_sources = {"cubin": 0, "runtime-cache": 0, "ptx-jit": 0, "nvrtc-jit": 0}
-        _check(cu.cuInit(0), "cuInit")
+        cuda_init()
         self._dev = _check(cu.cuDeviceGet(device), f"cuDeviceGet({device})")
         self._ctx = _check(cu.cuDevicePrimaryCtxRetain(self._dev), "cuDevicePrimaryCtxRetain")
         self._closed = False
@@ -92,6 +109,7 @@ class NvrtcLoadedPlan:
             self._cache.status = f"loaded {len(self._cache.entries)} entries"
         self.cache_status = self._cache.status
         self._stream = _check(cu.cuStreamCreate(cu.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
+        t1 = time.perf_counter()
         cubin = self._select_module(bytes(kblobs))
         self._cubin_keep = np.frombuffer(cubin, dtype=np.uint8).copy()
         self._module = _check(cu.cuModuleLoadData(self._cubin_keep.ctypes.data), "cuModuleLoadData")
@@ -99,17 +117,19 @@ class NvrtcLoadedPlan:
         for k in self._index["kernels"]:
             spec = KernelSpec(k["family"], tuple(k["targs"]))
             self._funcs[spec] = _check(cu.cuModuleGetFunction(self._module, k["entry"].encode()), "cuModuleGetFunction")
-        self._host_w: dict[str, np.ndarray] = {}
-        if not self.stripped:
-            self._host_w = self._weights_from_plan(wview)
-        else:
-            self._host_w = self._weights_from_plan(wview, stored_only=True)
+        t2 = time.perf_counter()
+        self._host_w: dict[str, np.ndarray] = self._weights_from_plan(wsecs["WGHT"])
+        self.weights_digest = self.graph.get("weights_digest")
         self._weights_ready = not self.stripped
         self._wbuf = None
         self._waddr: dict[str, int] = {}
         self._states: OrderedDict[tuple, _ShapeState] = OrderedDict()
         if self._weights_ready:
-            self._upload_weights()
+            self._upload_device_tensors(self.graph["device_tensors"], wsecs["DWGT"])
+        t3 = time.perf_counter()
+        #: seconds spent in load(): reading/checking the plan + context, getting kernels, weights
+        self.load_timings = {"read_and_context": t1 - t0, "kernels": t2 - t1, "weights": t3 - t2}
+        self.last_shape_plan_s = 0.0
 
     # ---------------------------------------------------------------- kernels
     def _select_module(self, blobs: bytes) -> bytes:
@@ -195,7 +215,7 @@ class NvrtcLoadedPlan:
             cu.cuLinkDestroy(state)
 
     # ---------------------------------------------------------------- weights
-    def _weights_from_plan(self, wview: memoryview, stored_only: bool = False) -> dict[str, np.ndarray]:
+    def _weights_from_plan(self, wview: memoryview) -> dict[str, np.ndarray]:
         out = {}
         for rec in self.graph["weights"]:
             if not rec.get("stored", True):
@@ -205,29 +225,19 @@ class NvrtcLoadedPlan:
             out[rec["name"]] = np.frombuffer(wview[rec["offset"]:rec["offset"] + n], dtype=dt).reshape(rec["shape"])
         return out
 
-    def _upload_weights(self) -> None:
+    def _upload_device_tensors(self, recs: list[dict[str, Any]], blob: Any) -> None:
+        """One allocation and one host-to-device copy for every weight the kernels read."""
         cu = _driver()
-        nodes = {nd["name"]: nd for nd in self.graph["nodes"]}
-        chunks: list[tuple[str, bytes]] = []
-        for name, recipe in sorted(device_weight_names(self.graph).items()):
-            if recipe == "raw":
-                arr = self._host_w[name]
-            else:
-                arr = derive_weight(nodes[name.split("#")[0]], recipe, self._host_w)
-            chunks.append((name, device_bytes(arr)))
-        total = sum(-(-max(len(b), 1) // ALIGN) * ALIGN for _, b in chunks) or ALIGN
-        host = np.zeros(total, dtype=np.uint8)
-        pos, offs = 0, {}
-        for name, b in chunks:
-            offs[name] = pos
-            host[pos:pos + len(b)] = np.frombuffer(b, dtype=np.uint8)
-            pos += -(-max(len(b), 1) // ALIGN) * ALIGN
+        host = np.frombuffer(blob, dtype=np.uint8)
+        total = max(int(host.size), ALIGN)
         if self._wbuf is not None:
             _check(cu.cuMemFree(self._wbuf), "cuMemFree")
+            self._wbuf = None
         self._wbuf = _check(cu.cuMemAlloc(total), f"cuMemAlloc({total} bytes of weights)")
-        _check(cu.cuMemcpyHtoD(self._wbuf, host.ctypes.data, total), "cuMemcpyHtoD(weights)")
+        if host.size:
+            _check(cu.cuMemcpyHtoD(self._wbuf, host.ctypes.data, host.size), "cuMemcpyHtoD(weights)")
         base = int(self._wbuf)
-        self._waddr = {k: base + v for k, v in offs.items()}
+        self._waddr = {r["name"]: base + r["offset"] for r in recs}
 
     def refit(self, onnx_path: str | Path) -> None:
         """Complete a stripped plan (or replace a full plan's weights) from the app's ONNX.
@@ -245,7 +255,7 @@ class NvrtcLoadedPlan:
             fix = f"refit from the ONNX this plan was built from (weights digest {self.graph['weights_digest'][:16]}...)"
             if arr is None:
                 raise RefitError(f"refit: weight {name!r} is missing from {Path(onnx_path).name}", fix=fix, weight=name)
-            if arr.dtype.str.lstrip("<>|=") != rec["dtype"] or list(arr.shape) != list(rec["shape"]):
+            if arr.dtype.name != rec["dtype"] or list(arr.shape) != list(rec["shape"]):
                 raise RefitError(f"refit: weight {name!r} is {arr.dtype}{list(arr.shape)} in {Path(onnx_path).name}, "
                                  f"the plan expects {rec['dtype']}{rec['shape']}", fix=fix, weight=name)
             sha = sha256_bytes(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes())
@@ -256,7 +266,8 @@ class NvrtcLoadedPlan:
         self._host_w = {rec["name"]: new[rec["name"]] for rec in self.graph["weights"]}
         self.weights_digest = weights_digest_from_arrays(self._host_w)
         self._drop_states()
-        self._upload_weights()
+        recs, blob = device_tensors(self.graph, self._host_w)
+        self._upload_device_tensors(recs, blob)
         self._weights_ready = True
 
     # ---------------------------------------------------------------- per-shape state
@@ -276,7 +287,10 @@ class NvrtcLoadedPlan:
         if st is not None:
             self._states.move_to_end(key)
             return st
+        import time
+
         cu = _driver()
+        t0 = time.perf_counter()
         sp = plan_shapes(self.graph, shapes, self._host_w, set(self._waddr), self.num_sms)
         arena = int(_check(cu.cuMemAlloc(max(sp.arena_bytes, ALIGN)), f"cuMemAlloc({sp.arena_bytes} bytes arena)"))
         for name, val in sp.uploads.items():
@@ -306,6 +320,7 @@ class NvrtcLoadedPlan:
         if self._opts.get("cuda_graph", True) and packed:
             self._capture(state)
         self._states[key] = state
+        self.last_shape_plan_s = time.perf_counter() - t0
         while len(self._states) > MAX_SHAPES:
             self._free_state(self._states.popitem(last=False)[1])
         return state

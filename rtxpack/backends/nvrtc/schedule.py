@@ -14,7 +14,7 @@ import numpy as np
 
 from ...errors import BackendError, UnsupportedModel
 from .host_ops import eval_host
-from .lowering import Launch, Shape, conv_weight_names, plan_node
+from .lowering import Launch, Shape, plan_node
 from .onnx_import import ALIAS_OPS, HOST_INPUTS, decode_array
 
 ALIGN = 256
@@ -31,54 +31,14 @@ class ShapePlan:
     uploads: dict[str, np.ndarray] = field(default_factory=dict)   # host values the GPU reads
 
 
-def device_weight_names(graph: Mapping[str, Any]) -> dict[str, str]:
-    """``{device tensor name: how to make it}`` for weights the kernels read ("raw" or a fold recipe)."""
-    weights = {w["name"] for w in graph["weights"]}
-    out: dict[str, str] = {}
-    for nd in graph["nodes"]:
-        if nd["where"] != "device":
-            continue
-        skip = set(HOST_INPUTS.get(nd["op"], ()))
-        if nd["op"] == "Conv" and "bn" in nd["attrs"]:
-            w, b = conv_weight_names(nd)
-            out[w], out[b] = "conv_bn_w", "conv_bn_b"
-            skip |= {1, 2}
-        if nd["op"] == "BatchNormalization":
-            out[nd["name"] + "#scale"], out[nd["name"] + "#shift"] = "bn_scale", "bn_shift"
-            skip |= {1, 2, 3, 4}
-        for i, t in enumerate(nd["inputs"]):
-            if t in weights and i not in skip:
-                out[t] = "raw"
-    return out
-
-
-def derive_weight(graph_node: Mapping[str, Any], recipe: str, w: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Fold BatchNormalization parameters (computed in float64, stored as float32)."""
-    ins = graph_node["inputs"]
-    if recipe.startswith("conv_bn"):
-        scale_n, bias_n, mean_n, var_n = graph_node["attrs"]["bn"]["params"]
-        eps = graph_node["attrs"]["bn"]["epsilon"]
-    else:
-        scale_n, bias_n, mean_n, var_n = ins[1:5]
-        eps = graph_node["attrs"].get("epsilon", 1e-5)
-    s = w[scale_n].astype(np.float64) / np.sqrt(w[var_n].astype(np.float64) + eps)
-    if recipe == "conv_bn_w":
-        cw = w[ins[1]].astype(np.float64)
-        return (cw * s.reshape(-1, *([1] * (cw.ndim - 1)))).astype(np.float32)
-    if recipe == "conv_bn_b":
-        cb = w[ins[2]].astype(np.float64) if len(ins) > 2 and ins[2] else 0.0
-        return ((cb - w[mean_n]) * s + w[bias_n]).astype(np.float32)
-    if recipe == "bn_scale":
-        return s.astype(np.float32)
-    if recipe == "bn_shift":
-        return (w[bias_n] - w[mean_n] * s).astype(np.float32)
-    raise BackendError(f"unknown weight recipe {recipe!r}", fix="rebuild the plan with this rtxpack version")
-
-
 def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], weights: Mapping[str, np.ndarray],
                 device_resident: set[str], num_sms: int = 132) -> ShapePlan:
-    """Evaluate host nodes, infer shapes, emit launches and assign arena offsets."""
-    shapes: dict[str, Shape] = {k: tuple(int(d) for d in v.shape) for k, v in weights.items()}
+    """Evaluate host nodes, infer shapes, emit launches and assign arena offsets.
+
+    ``weights`` holds the initializers the host needs (at least ``host_weight_names``); the
+    shapes of all others come from the graph's weight records.
+    """
+    shapes: dict[str, Shape] = {w["name"]: tuple(int(d) for d in w["shape"]) for w in graph["weights"]}
     host: dict[str, np.ndarray] = {k: decode_array(v) for k, v in graph["constants"].items()}
     shapes.update({k: tuple(v.shape) for k, v in host.items()})
     shapes.update({k: tuple(v) for k, v in input_shapes.items()})
@@ -93,6 +53,7 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
     born: dict[str, int] = {i["name"]: -1 for i in graph["inputs"]}
     last: dict[str, int] = {}
     uploads: dict[str, np.ndarray] = {}
+    temp_bytes: dict[str, int] = {}
     step = 0
     for nd in graph["nodes"]:
         ins = nd["inputs"]
@@ -107,7 +68,7 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
                 host[name], shapes[name] = val, tuple(val.shape)
             continue
         try:
-            oshapes, ls = plan_node({**nd, "opset": graph.get("opset", 17)}, in_shapes, hv, num_sms)
+            oshapes, ls, temps = plan_node({**nd, "opset": graph.get("opset", 17)}, in_shapes, hv, num_sms)
         except UnsupportedModel:
             raise
         except (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError) as e:
@@ -129,6 +90,8 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
                 root[name] = root.get(ins[0], ins[0])
             else:
                 born[name], last[name] = step, step
+        for name, nbytes in temps.items():   # scratch (e.g. split-K partial sums): alive for this node only
+            born[name], last[name], temp_bytes[name] = step, step, nbytes
         launches.extend(ls)
         step += 1
     for o in graph["outputs"]:
@@ -144,6 +107,8 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
     for name in born:
         if name in uploads:
             nbytes = uploads[name].astype(_device_dtype(uploads[name])).nbytes
+        elif name in temp_bytes:
+            nbytes = temp_bytes[name]
         else:
             nbytes = int(np.prod(shapes[name])) * 4
         sizes[name] = nbytes

@@ -1,0 +1,87 @@
+"""Weights on the device: which tensors the kernels read, BatchNorm folding, and the device layout.
+
+A full plan stores the device tensors ready to copy (DWGT section: one host-to-device copy at
+load); a stripped plan and ``refit`` compute them from the ONNX's own initializers with the very
+same functions here, so both paths give bit-identical device weights.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from ...errors import BackendError
+from .lowering import conv_weight_names
+from .onnx_import import HOST_INPUTS
+
+ALIGN = 256
+
+
+def device_weight_names(graph: Mapping[str, Any]) -> dict[str, str]:
+    """``{device tensor name: how to make it}`` for weights the kernels read ("raw" or a fold recipe)."""
+    weights = {w["name"] for w in graph["weights"]}
+    out: dict[str, str] = {}
+    for nd in graph["nodes"]:
+        if nd["where"] != "device":
+            continue
+        skip = set(HOST_INPUTS.get(nd["op"], ()))
+        if nd["op"] == "Conv" and "bn" in nd["attrs"]:
+            w, b = conv_weight_names(nd)
+            out[w], out[b] = "conv_bn_w", "conv_bn_b"
+            skip |= {1, 2}
+        if nd["op"] == "BatchNormalization":
+            out[nd["name"] + "#scale"], out[nd["name"] + "#shift"] = "bn_scale", "bn_shift"
+            skip |= {1, 2, 3, 4}
+        for i, t in enumerate(nd["inputs"]):
+            if t in weights and i not in skip:
+                out[t] = "raw"
+    return out
+
+
+def derive_weight(graph_node: Mapping[str, Any], recipe: str, w: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Fold BatchNormalization parameters (computed in float64, stored as float32)."""
+    ins = graph_node["inputs"]
+    if recipe.startswith("conv_bn"):
+        scale_n, bias_n, mean_n, var_n = graph_node["attrs"]["bn"]["params"]
+        eps = graph_node["attrs"]["bn"]["epsilon"]
+    else:
+        scale_n, bias_n, mean_n, var_n = ins[1:5]
+        eps = graph_node["attrs"].get("epsilon", 1e-5)
+    s = w[scale_n].astype(np.float64) / np.sqrt(w[var_n].astype(np.float64) + eps)
+    if recipe == "conv_bn_w":
+        cw = w[ins[1]].astype(np.float64)
+        return (cw * s.reshape(-1, *([1] * (cw.ndim - 1)))).astype(np.float32)
+    if recipe == "conv_bn_b":
+        cb = w[ins[2]].astype(np.float64) if len(ins) > 2 and ins[2] else 0.0
+        return ((cb - w[mean_n]) * s + w[bias_n]).astype(np.float32)
+    if recipe == "bn_scale":
+        return s.astype(np.float32)
+    if recipe == "bn_shift":
+        return (w[bias_n] - w[mean_n] * s).astype(np.float32)
+    raise BackendError(f"unknown weight recipe {recipe!r}", fix="rebuild the plan with this rtxpack version")
+
+
+def host_weight_names(graph: Mapping[str, Any]) -> set[str]:
+    """Initializers the host reads while planning shapes (shape data, host-evaluated nodes)."""
+    weights = {w["name"] for w in graph["weights"]}
+    out: set[str] = set()
+    for nd in graph["nodes"]:
+        pos = range(len(nd["inputs"])) if nd["where"] == "host" else HOST_INPUTS.get(nd["op"], ())
+        out |= {nd["inputs"][i] for i in pos if i < len(nd["inputs"]) and nd["inputs"][i] in weights}
+    return out
+
+
+def device_tensors(graph: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> tuple[list[dict[str, Any]], bytes]:
+    """Device layout of every tensor the kernels read: records (name, offset, nbytes) and the bytes."""
+    from .schedule import device_bytes
+
+    nodes = {nd["name"]: nd for nd in graph["nodes"]}
+    recs, parts, pos = [], [], 0
+    for name, recipe in sorted(device_weight_names(graph).items()):
+        arr = weights[name] if recipe == "raw" else derive_weight(nodes[name.split("#")[0]], recipe, weights)
+        b = device_bytes(arr)
+        recs.append({"name": name, "offset": pos, "nbytes": len(b)})
+        pad = (-len(b)) % ALIGN or (ALIGN if not b else 0)
+        parts += [b, b"\0" * pad]
+        pos += len(b) + pad
+    return recs, b"".join(parts)
