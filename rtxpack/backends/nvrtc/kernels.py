@@ -78,17 +78,23 @@ __device__ void strided_copy(const float* __restrict__ x, float* __restrict__ y,
   }
 }
 
+// 4 consecutive floats from 16-byte aligned shared memory in one LDS.128
+__device__ __forceinline__ void load4(float* dst, const float* src) {
+  const float4 v = *reinterpret_cast<const float4*>(src);
+  dst[0] = v.x; dst[1] = v.y; dst[2] = v.z; dst[3] = v.w;
+}
+
 // Implicit-GEMM convolution, one group per blockIdx.z: C[oc, p] = sum_k W[oc, k] * im2col(X)[k, p]
 // with p = (n, oh, ow). Epilogue: + bias[oc] (+ residual) (relu). BatchNorm is folded into W, bias.
 template <int BM, int BN, int BK, int TM, int TN, bool K1>
 __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                            const float* __restrict__ res, float* __restrict__ y, int N, int C, int H, int W, int OC,
                            int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw, int dh, int dw, int G,
-                           int relu, int S, float* __restrict__ ws) {
+                           int relu, int S, float* __restrict__ ws, const int4* __restrict__ ktab) {
   // split-K (S > 1): blockIdx.z = g * S + s; block s sums k in [kb, ke) into ws[s][oc][p] (no epilogue)
   constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
-  __shared__ float As[2][BK][BM];
-  __shared__ float Bs[2][BK][BN];
+  __shared__ __align__(16) float As[2][BK][BM];
+  __shared__ __align__(16) float Bs[2][BK][BN];
   const int g = blockIdx.z / S, split = blockIdx.z - g * S, Cg = C / G, OCg = OC / G;
   const int M = OCg, OHW = OH * OW, P = N * OHW, KK = KH * KW, K = Cg * KK;
   const int kchunk = ((K + S * BK - 1) / (S * BK)) * BK;
@@ -102,7 +108,17 @@ __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict_
 #pragma unroll
     for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
   constexpr int AL = (BM * BK + NT - 1) / NT, BL = (BK * BN + NT - 1) / NT;
+  static_assert(NT % BN == 0, "each thread loads one fixed output column");
+  constexpr int KSTEP = NT / BN;
   float ra[AL], rb[BL];
+  // this thread's im2col column (output pixel) is the same for every k: decode it once
+  const int pcol = p0 + tid % BN, kk0 = tid / BN;
+  const bool pvalid = pcol < P;
+  const int ncol = pvalid ? pcol / OHW : 0, rcol = pvalid ? pcol - ncol * OHW : 0;
+  const int ohc = rcol / OW, owc = rcol - ohc * OW;
+  const int ih0 = ohc * sh - ph, iw0 = owc * sw - pw;
+  const float* __restrict__ xcol = K1 ? x + ((long long)ncol * C + g * Cg) * OHW + rcol
+                                      : x + ((long long)ncol * C + g * Cg) * H * W + (long long)ih0 * W + iw0;
   auto load = [&](int k0) {
 #pragma unroll
     for (int t = 0; t < AL; ++t) {
@@ -113,19 +129,15 @@ __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict_
     }
 #pragma unroll
     for (int t = 0; t < BL; ++t) {
-      int e = tid + t * NT;
-      int kk = e / BN, j = e % BN;
-      int p = p0 + j, k = k0 + kk;
+      int kk = kk0 + t * KSTEP, k = k0 + kk;
       float v = 0.f;
-      if (e < BK * BN && p < P && k < ke) {
-        int n = p / OHW, r = p - n * OHW;
+      if (kk < BK && pvalid && k < ke) {
         if (K1) {
-          v = x[((long long)n * C + g * Cg + k) * OHW + r];
+          v = xcol[(long long)k * OHW];
         } else {
-          int oh = r / OW, ow = r - oh * OW;
-          int c = k / KK, rk = k - c * KK, kh = rk / KW, kw = rk - kh * KW;
-          int ih = oh * sh - ph + kh * dh, iw = ow * sw - pw + kw * dw;
-          if (ih >= 0 && ih < H && iw >= 0 && iw < W) v = x[(((long long)n * C + g * Cg + c) * H + ih) * W + iw];
+          const int4 tb = ktab[k];   // (c*H*W + kh*dh*W + kw*dw, kh*dh, kw*dw): no divisions per element
+          int ih = ih0 + tb.y, iw = iw0 + tb.z;
+          if (ih >= 0 && ih < H && iw >= 0 && iw < W) v = xcol[tb.x];
         }
       }
       rb[t] = v;
@@ -154,9 +166,9 @@ __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict_
     for (int kk = 0; kk < BK; ++kk) {
       float a[TM], b[TN];
 #pragma unroll
-      for (int i = 0; i < TM; ++i) a[i] = As[buf][kk][ty + i * TY];
+      for (int i = 0; i < TM; i += 4) load4(&a[i], &As[buf][kk][ty * TM + i]);
 #pragma unroll
-      for (int j = 0; j < TN; ++j) b[j] = Bs[buf][kk][tx + j * TX];
+      for (int j = 0; j < TN; j += 4) load4(&b[j], &Bs[buf][kk][tx * TN + j]);
 #pragma unroll
       for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -170,13 +182,13 @@ __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict_
   }
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
-    int m = m0 + ty + i * TY;
+    int m = m0 + ty * TM + i;
     if (m >= M) continue;
     int oc = g * OCg + m;
     float bv = bias ? bias[oc] : 0.f;
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-      int p = p0 + tx + j * TX;
+      int p = p0 + tx * TN + j;
       if (p >= P) continue;
       if (S > 1) {
         ws[((long long)split * OC + oc) * P + p] = acc[i][j];
@@ -206,6 +218,23 @@ __device__ void splitk_reduce(const float* __restrict__ ws, const float* __restr
     if (res) v += res[i];
     if (relu) v = fmaxf(v, 0.f);
     y[i] = v;
+  }
+}
+
+// Sum GEMM split-K partials ws[S][M][N] with the GEMM epilogue.
+__device__ void gemm_splitk_reduce(const float* __restrict__ ws, const float* __restrict__ bias,
+                                   const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int S, int sbm,
+                                   int sbn, float alpha, float beta, int relu) {
+  const int total = M * N;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total; i += gridDim.x * blockDim.x) {
+    int m = i / N, n = i - m * N;
+    float v = 0.f;
+    for (int s = 0; s < S; ++s) v += ws[(long long)s * total + i];
+    v *= alpha;
+    if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
+    if (res) v += res[i];
+    if (relu) v = fmaxf(v, 0.f);
+    Cm[i] = v;
   }
 }
 
@@ -250,11 +279,14 @@ template <int BM, int BN, int BK, int TM, int TN>
 __device__ void gemm(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias,
                      const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk,
                      int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, float alpha,
-                     float beta, int relu) {
+                     float beta, int relu, int S, float* __restrict__ ws) {
+  // split-K (S > 1, one batch only): blockIdx.z = split; partial sums go to ws[split][m][n]
   constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
-  __shared__ float As[BK][BM];
-  __shared__ float Bs[BK][BN];
-  const int b = blockIdx.z, b0 = b / nb1, b1 = b - b0 * nb1;
+  __shared__ __align__(16) float As[BK][BM];
+  __shared__ __align__(16) float Bs[BK][BN];
+  const int split = S > 1 ? blockIdx.z : 0;
+  const int kchunk = ((K + S * BK - 1) / (S * BK)) * BK, kb = split * kchunk, ke = min(K, kb + kchunk);
+  const int b = S > 1 ? 0 : blockIdx.z, b0 = b / nb1, b1 = b - b0 * nb1;
   A += (long long)b0 * sA0 + (long long)b1 * sA1;
   B += (long long)b0 * sB0 + (long long)b1 * sB1;
   const long long cofs = (long long)b * M * N;
@@ -265,27 +297,27 @@ __device__ void gemm(const float* __restrict__ A, const float* __restrict__ B, c
   for (int i = 0; i < TM; ++i)
 #pragma unroll
     for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
-  for (int k0 = 0; k0 < K; k0 += BK) {
+  for (int k0 = kb; k0 < ke; k0 += BK) {
     for (int e = tid; e < BM * BK; e += NT) {
       int i, kk;
       if (sAm == 1) { i = e % BM; kk = e / BM; } else { kk = e % BK; i = e / BK; }
       int m = m0 + i, k = k0 + kk;
-      As[kk][i] = (m < M && k < K) ? A[(long long)m * sAm + (long long)k * sAk] : 0.f;
+      As[kk][i] = (m < M && k < ke) ? A[(long long)m * sAm + (long long)k * sAk] : 0.f;
     }
     for (int e = tid; e < BK * BN; e += NT) {
       int j, kk;
       if (sBn == 1) { j = e % BN; kk = e / BN; } else { kk = e % BK; j = e / BK; }
       int n = n0 + j, k = k0 + kk;
-      Bs[kk][j] = (n < N && k < K) ? B[(long long)k * sBk + (long long)n * sBn] : 0.f;
+      Bs[kk][j] = (n < N && k < ke) ? B[(long long)k * sBk + (long long)n * sBn] : 0.f;
     }
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       float a[TM], bb[TN];
 #pragma unroll
-      for (int i = 0; i < TM; ++i) a[i] = As[kk][ty + i * TY];
+      for (int i = 0; i < TM; i += 4) load4(&a[i], &As[kk][ty * TM + i]);
 #pragma unroll
-      for (int j = 0; j < TN; ++j) bb[j] = Bs[kk][tx + j * TX];
+      for (int j = 0; j < TN; j += 4) load4(&bb[j], &Bs[kk][tx * TN + j]);
 #pragma unroll
       for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -295,12 +327,16 @@ __device__ void gemm(const float* __restrict__ A, const float* __restrict__ B, c
   }
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
-    int m = m0 + ty + i * TY;
+    int m = m0 + ty * TM + i;
     if (m >= M) continue;
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-      int n = n0 + tx + j * TX;
+      int n = n0 + tx * TN + j;
       if (n >= N) continue;
+      if (S > 1) {
+        ws[((long long)split * M + m) * N + n] = acc[i][j];
+        continue;
+      }
       float v = alpha * acc[i][j];
       if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
       long long o = cofs + (long long)m * N + n;
@@ -467,12 +503,14 @@ FAMILIES: dict[str, str] = {
     "unary": "const float* x, float* y, long long n, float a, float b",
     "binary": "const float* a, const float* b, float* y, int n, int nd, I6 shape, I6 sa, I6 sb",
     "strided_copy": "const float* x, float* y, int n, int nd, I6 shape, I6 sx, I6 sy, int ox, int oy",
-    "conv_igemm": _CONV_PARAMS + ", int S, float* ws",
+    "conv_igemm": _CONV_PARAMS + ", int S, float* ws, const int4* ktab",
     "splitk_reduce": "const float* ws, const float* bias, const float* res, float* y, int N, int OC, int OHW, int S, int relu",
     "conv_direct": _CONV_PARAMS,
     "gemm": ("const float* A, const float* B, const float* bias, const float* res, float* Cm, int M, int N, int K, "
              "int sAm, int sAk, int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, "
-             "float alpha, float beta, int relu"),
+             "float alpha, float beta, int relu, int S, float* ws"),
+    "gemm_splitk_reduce": ("const float* ws, const float* bias, const float* res, float* Cm, int M, int N, int S, "
+                           "int sbm, int sbn, float alpha, float beta, int relu"),
     "softmax": "const float* x, float* y, int len, int inner",
     "reduce_mean": "const float* x, float* y, int len, int inner",
     "layernorm": "const float* x, const float* scale, const float* bias, float* y, int len, float eps",
@@ -488,7 +526,7 @@ UNARY_OPS = {"Relu": 0, "LeakyRelu": 1, "Sigmoid": 2, "Tanh": 3, "Erf": 4, "Gelu
 BINARY_OPS = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3, "Pow": 4}
 
 # conv/gemm tile configurations: (BM, BN, BK, TM, TN); "small" keeps more SMs busy at batch 1.
-TILES = {"big": (64, 64, 8, 4, 4), "small": (32, 32, 8, 2, 2)}
+TILES = {"big": (64, 64, 8, 4, 4), "small": (32, 32, 8, 4, 4)}   # microtiles are multiples of 4 (LDS.128)
 
 
 def _arg_type(decl: str) -> str:

@@ -138,7 +138,7 @@ def kernels_for(node: Mapping[str, Any], weight_shapes: Mapping[str, Sequence[in
         return _conv_specs(node, weight_shapes[node["inputs"][1]]) if node["inputs"][1] in weight_shapes else \
             [KernelSpec("conv_direct")]
     if op in ("Gemm", "MatMul"):
-        return [KernelSpec("gemm", TILES[t]) for t in ("big", "small")]
+        return [KernelSpec("gemm", TILES[t]) for t in ("big", "small")] + [KernelSpec("gemm_splitk_reduce")]
     if op in BINARY_OPS:
         return [KernelSpec("binary", (BINARY_OPS[op],))]
     if op == "Sum":
@@ -166,6 +166,8 @@ def plan_node(node: Mapping[str, Any], shapes: Sequence[Shape], hv: HV, num_sms:
     """Output shapes, launches and scratch buffers (name -> bytes) of a device node."""
     if node["op"] == "Conv":
         return _plan_conv(node, shapes, num_sms)
+    if node["op"] in ("Gemm", "MatMul"):
+        return _plan_gemm(node, shapes, num_sms)
     out, launches = _plan_node(node, shapes, hv, num_sms)
     return out, launches, {}
 
@@ -331,24 +333,31 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     if specs[0].family == "conv_direct":
         return [out], [Launch(specs[0], _blocks(int(np.prod(out))), 256, args)], {}
     P, M, K = x[0] * oh * ow, oc // g, int(ws[1]) * kh * kw
-    target = 2 * num_sms
-    spec = specs[0] if math.ceil(P / 64) * math.ceil(M / 64) * g >= target else specs[1]
+    spec = specs[0] if math.ceil(P / 64) * math.ceil(M / 64) * g >= num_sms else specs[1]
     bm, bn, bk = spec.targs[0], spec.targs[1], spec.targs[2]
     blocks = math.ceil(P / bn) * math.ceil(M / bm) * g
     splits = 1
-    if blocks < target and g == 1:
-        splits = max(1, min(math.ceil(target / blocks), K // (8 * bk), 16))
+    if blocks < 2 * num_sms and g == 1:
+        splits = max(1, min(math.ceil(2 * num_sms / blocks), K // (8 * bk), 16))
         if splits > 1:   # no empty splits
             chunk = math.ceil(K / (splits * bk)) * bk
             splits = math.ceil(K / chunk)
+    extra: dict[str, Any] = {}
+    ktab = ""
+    if not spec.targs[5]:   # im2col offsets per k for this input size: the kernel does no divisions
+        ktab = f"{y}#ktab"
+        c, r = np.divmod(np.arange(K), kh * kw)
+        dkh, dkw = (r // kw) * dh, (r % kw) * dw
+        extra[ktab] = np.stack([c * x[2] * x[3] + dkh * x[3] + dkw, dkh, dkw, np.zeros_like(c)], 1).astype(np.int32)
     grid = (math.ceil(P / bn), math.ceil(M / bm), g * splits)
     if splits == 1:
-        return [out], [Launch(spec, grid, spec.block_threads, args + [1, ""])], {}
+        return [out], [Launch(spec, grid, spec.block_threads, args + [1, "", ktab])], extra
     scratch = f"{y}#splitk"
-    conv = Launch(spec, grid, spec.block_threads, args + [splits, scratch])
+    conv = Launch(spec, grid, spec.block_threads, args + [splits, scratch, ktab])
     total = int(np.prod(out))
     red = Launch(KernelSpec("splitk_reduce"), _blocks(total), 256, [scratch, bname, res, y, x[0], oc, oh * ow, splits, relu])
-    return [out], [conv, red], {scratch: splits * total * 4}
+    extra[scratch] = splits * total * 4
+    return [out], [conv, red], extra
 
 
 def _rowthreads(n: int) -> int:
@@ -379,7 +388,7 @@ def _plan_pool(node, x: Shape) -> tuple[list[Shape], list[Launch]]:
                            pads[0], pads[1], pads[2], pads[3], dh, dw, int(a.get("count_include_pad", 0))])]
 
 
-def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape], list[Launch]]:
+def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape], list[Launch], dict[str, Any]]:
     a, ins = node["attrs"], node["inputs"]
     sa, sb = list(shapes[0]), list(shapes[1])
     bias = ins[2] if len(ins) > 2 else ""
@@ -427,11 +436,27 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
         raise UnsupportedModel(f"fused residual of node {node['name']!r} has shape {shapes[3]}, expected {out}",
                                fix="report this model to rtxpack")
     big = math.ceil(M / 64) * math.ceil(N / 64) * nbatch
-    spec = KernelSpec("gemm", TILES["big" if big >= 2 * num_sms else "small"])
-    bm, bn = spec.targs[0], spec.targs[1]
-    args = [ins[0], ins[1], bias, res, node["outputs"][0], M, N, K, sAm, sAk, sBk, sBn, nb1, sA0, sA1, sB0, sB1,
+    spec = KernelSpec("gemm", TILES["big" if big >= num_sms else "small"])
+    bm, bn, bk = spec.targs[0], spec.targs[1], spec.targs[2]
+    blocks = math.ceil(N / bn) * math.ceil(M / bm) * nbatch
+    splits = 1
+    if nbatch == 1 and blocks < 2 * num_sms:
+        splits = max(1, min(math.ceil(2 * num_sms / blocks), K // (8 * bk), 16))
+        if splits > 1:
+            chunk = math.ceil(K / (splits * bk)) * bk
+            splits = math.ceil(K / chunk)
+    y = node["outputs"][0]
+    args = [ins[0], ins[1], bias, res, y, M, N, K, sAm, sAk, sBk, sBn, nb1, sA0, sA1, sB0, sB1,
             sbm, sbn, alpha, beta, int(a.get("relu", 0))]
-    return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), nbatch), spec.block_threads, args)]
+    if splits == 1:
+        return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), nbatch), spec.block_threads,
+                              args + [1, ""])], {}
+    scratch = f"{y}#splitk"
+    return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), splits), spec.block_threads,
+                          args + [splits, scratch]),
+                   Launch(KernelSpec("gemm_splitk_reduce"), _blocks(M * N), 256,
+                          [scratch, bias, res, y, M, N, splits, sbm, sbn, alpha, beta, int(a.get("relu", 0))])], \
+        {scratch: splits * M * N * 4}
 
 
 def _bstrides_unit(shape: Sequence[int], out: Sequence[int]) -> list[int]:

@@ -151,9 +151,9 @@ class NvrtcLoadedPlan:
         ptx_ok = bool(ptx) and int(ptx["arch"].split("_")[1]) <= self.sm and tuple(self.header.nvrtc_version) <= drv
         local = None
         try:
-            from .compile import nvrtc_version
+            from .compile import nvrtc_version_probe
 
-            local = nvrtc_version()
+            local = nvrtc_version_probe()   # no NVRTC library load: a warm cache stays NVRTC-free
         except Exception:  # noqa: BLE001
             local = None
         keys = []
@@ -183,10 +183,11 @@ class NvrtcLoadedPlan:
         if not local:
             raise BackendNotInstalled(f"{why}, and NVRTC is not installed to compile for {exact}",
                                       fix="pip install nvidia-cuda-nvrtc (or use a plan built for this GPU)")
-        from .compile import compile_program
+        from .compile import compile_program, nvrtc_version
 
         cubin = compile_program(self._blob(blobs, idx["source"]).decode(), self.sm, options=idx["options"])
-        self._cache.put(keys[-1], cubin)
+        local = nvrtc_version() or local   # the library that actually compiled (now loaded anyway)
+        self._cache.put(CacheKey(module, exact, "nvrtc", "%d.%d" % local, self.driver_version), cubin)
         self.kernel_sources["nvrtc-jit"] = n
         self.provenance = f"{why}; NVRTC {local[0]}.{local[1]} compiled the plan's kernels for {exact}"
         return cubin

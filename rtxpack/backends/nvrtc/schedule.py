@@ -78,8 +78,8 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
         for i, t in enumerate(ins):
             if not t or i in skip:
                 continue
-            if t in host and t not in device_resident:
-                uploads.setdefault(t, host[t])
+            if t in host and t not in device_resident and t not in uploads:
+                uploads[t] = _as_device(host[t])
             r = root.get(t, t)
             last[r] = step
         for name, s in zip(nd["outputs"], oshapes):
@@ -90,8 +90,11 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
                 root[name] = root.get(ins[0], ins[0])
             else:
                 born[name], last[name] = step, step
-        for name, nbytes in temps.items():   # scratch (e.g. split-K partial sums): alive for this node only
-            born[name], last[name], temp_bytes[name] = step, step, nbytes
+        for name, v in temps.items():
+            if isinstance(v, np.ndarray):    # per-shape tables (im2col offsets): written once, read every run
+                uploads[name] = v
+            else:                            # scratch (split-K partial sums): alive for this node only
+                born[name], last[name], temp_bytes[name] = step, step, v
         launches.extend(ls)
         step += 1
     for o in graph["outputs"]:
@@ -106,7 +109,7 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
     sizes = {}
     for name in born:
         if name in uploads:
-            nbytes = uploads[name].astype(_device_dtype(uploads[name])).nbytes
+            nbytes = len(device_bytes(uploads[name]))
         elif name in temp_bytes:
             nbytes = temp_bytes[name]
         else:
@@ -116,12 +119,16 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
     return ShapePlan(shapes, host, launches, root, offsets, total, uploads)
 
 
-def _device_dtype(arr: np.ndarray) -> type:
-    return np.int64 if np.issubdtype(arr.dtype, np.integer) else np.float32
+def _as_device(arr: np.ndarray) -> np.ndarray:
+    """Host values the kernels read: integers as int64 (Gather indices), everything else float32."""
+    return np.asarray(arr).astype(np.int64 if np.issubdtype(np.asarray(arr).dtype, np.integer) else np.float32)
 
 
 def device_bytes(arr: np.ndarray) -> bytes:
-    return np.ascontiguousarray(arr.astype(_device_dtype(arr))).tobytes()
+    arr = np.asarray(arr)
+    if arr.dtype not in (np.float32, np.int64, np.int32):
+        arr = _as_device(arr)
+    return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
 
 
 def _assign(born: Mapping[str, int], last: Mapping[str, int], sizes: Mapping[str, int]) -> tuple[dict[str, int], int]:
