@@ -69,7 +69,13 @@ def test_cuda_graph_and_direct_launch_agree(tmp_path: Path, backend: NvrtcBacken
     plan = backend.build(path, compute_capabilities=[local_cc()])
     x = rand(2, 3, 32, 32)
     with backend.load(plan) as a, backend.load(plan, options={"cuda_graph": False}) as b:
-        np.testing.assert_array_equal(a.run({"x": x})["y"], b.run({"x": x})["y"])
+        first = a.run({"x": x})["y"]           # first run of a shape: direct launches
+        graphed = a.run({"x": x})["y"]         # from the second run: one CUDA graph launch
+        assert next(iter(a._states.values())).graph_exec is not None
+        np.testing.assert_array_equal(first, graphed)
+        np.testing.assert_array_equal(graphed, b.run({"x": x})["y"])
+        np.testing.assert_array_equal(graphed, b.run({"x": x})["y"])
+        assert next(iter(b._states.values())).graph_exec is None
 
 
 def test_profile_rejects_out_of_range_shape(tmp_path: Path, backend: NvrtcBackend) -> None:
@@ -174,3 +180,29 @@ def test_plans_built_by_another_nvrtc(backend: NvrtcBackend) -> None:
         with backend.load(f.read_bytes()) as p:
             print(f.name, p.provenance, p.kernel_sources)
             assert_close(p.run({"x": x})["y"], reference(onnx_path, {"x": x})["y"])
+
+
+def test_warm_runtime_cache_never_loads_nvrtc(tmp_path: Path, backend: NvrtcBackend) -> None:
+    """In a fresh process, a plan with no cubin for this GPU + a warm cache: NVRTC is not even imported."""
+    import json
+    import subprocess
+    import sys
+
+    path, _ = _models(tmp_path)["small_cnn"]
+    plan = backend.build(path, compute_capabilities=[_other_arch(local_cc())], ptx=False)
+    with backend.load(plan) as p:
+        (tmp_path / "cache.bin").write_bytes(p.runtime_cache())
+    (tmp_path / "p.plan").write_bytes(plan)
+    code = (
+        "import json, sys, numpy as np\n"
+        "from rtxpack.backends.nvrtc import NvrtcBackend\n"
+        f"d = {str(tmp_path)!r}\n"
+        "p = NvrtcBackend().load(open(d + '/p.plan', 'rb').read(), runtime_cache=open(d + '/cache.bin', 'rb').read())\n"
+        "p.run({'x': np.zeros((1, 3, 32, 32), np.float32)})\n"
+        "print(json.dumps({'sources': p.kernel_sources, 'nvrtc': 'cuda.bindings.nvrtc' in sys.modules}))\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["sources"]["runtime-cache"] > 0 and res["sources"]["nvrtc-jit"] == 0
+    assert res["nvrtc"] is False, "a warm runtime cache must not need NVRTC"

@@ -72,6 +72,7 @@ class _ShapeState:
         self.plan, self.arena, self.launches = plan, arena, launches
         self.graph = None
         self.graph_exec = None
+        self.runs = 0
 
 
 class NvrtcLoadedPlan:
@@ -227,7 +228,9 @@ class NvrtcLoadedPlan:
         return out
 
     def _upload_device_tensors(self, recs: list[dict[str, Any]], blob: Any) -> None:
-        """One allocation and one host-to-device copy for every weight the kernels read."""
+        """One allocation for every weight the kernels read, filled through two pinned staging
+        buffers so the host copy of one chunk overlaps the DMA of the previous one (a pageable
+        copy of a ResNet-50's 100 MB runs at about a third of the speed)."""
         cu = _driver()
         host = np.frombuffer(blob, dtype=np.uint8)
         total = max(int(host.size), ALIGN)
@@ -235,9 +238,32 @@ class NvrtcLoadedPlan:
             _check(cu.cuMemFree(self._wbuf), "cuMemFree")
             self._wbuf = None
         self._wbuf = _check(cu.cuMemAlloc(total), f"cuMemAlloc({total} bytes of weights)")
-        if host.size:
-            _check(cu.cuMemcpyHtoD(self._wbuf, host.ctypes.data, host.size), "cuMemcpyHtoD(weights)")
         base = int(self._wbuf)
+        chunk = 8 << 20
+        if host.size <= chunk:
+            if host.size:
+                _check(cu.cuMemcpyHtoD(self._wbuf, host.ctypes.data, host.size), "cuMemcpyHtoD(weights)")
+        else:
+            bufs, events = [], []
+            try:
+                for _ in range(2):
+                    ptr = int(_check(cu.cuMemHostAlloc(chunk, 0), "cuMemHostAlloc"))
+                    bufs.append((ptr, np.ctypeslib.as_array((ctypes.c_uint8 * chunk).from_address(ptr))))
+                    events.append(_check(cu.cuEventCreate(0), "cuEventCreate"))
+                for i, off in enumerate(range(0, host.size, chunk)):
+                    ptr, view = bufs[i % 2]
+                    if i >= 2:
+                        _check(cu.cuEventSynchronize(events[i % 2]), "cuEventSynchronize")
+                    n = min(chunk, host.size - off)
+                    view[:n] = host[off:off + n]
+                    _check(cu.cuMemcpyHtoDAsync(base + off, ptr, n, self._stream), "cuMemcpyHtoDAsync(weights)")
+                    _check(cu.cuEventRecord(events[i % 2], self._stream), "cuEventRecord")
+                _check(cu.cuStreamSynchronize(self._stream), "cuStreamSynchronize")
+            finally:
+                for ev in events:
+                    cu.cuEventDestroy(ev)
+                for ptr, _ in bufs:
+                    cu.cuMemFreeHost(ptr)
         self._waddr = {r["name"]: base + r["offset"] for r in recs}
 
     def refit(self, onnx_path: str | Path) -> None:
@@ -318,8 +344,6 @@ class NvrtcLoadedPlan:
             ptrs = np.array([a.ctypes.data for a in arrs], dtype=np.uint64)
             packed.append((fn, ln.grid, ln.block, ptrs, arrs))
         state = _ShapeState(sp, arena, packed)
-        if self._opts.get("cuda_graph", True) and packed:
-            self._capture(state)
         self._states[key] = state
         self.last_shape_plan_s = time.perf_counter() - t0
         while len(self._states) > MAX_SHAPES:
@@ -376,10 +400,15 @@ class NvrtcLoadedPlan:
             if a.nbytes:
                 _check(cu.cuMemcpyHtoDAsync(self._addr(st.plan, st.arena, n), a.ctypes.data, a.nbytes, self._stream),
                        "cuMemcpyHtoDAsync")
+        # the first run of a shape launches directly (lowest time to first inference); the second
+        # captures the whole run into a CUDA graph, replayed from then on with one launch
+        if st.graph_exec is None and st.runs >= 1 and st.launches and self._opts.get("cuda_graph", True):
+            self._capture(st)
         if st.graph_exec is not None:
             _check(cu.cuGraphLaunch(st.graph_exec, self._stream), "cuGraphLaunch")
         else:
             self._launch_all(st)
+        st.runs += 1
         outs: dict[str, Any] = {}
         for n in self.output_names:
             if n in st.plan.host:
