@@ -420,24 +420,28 @@ def _stream_body(resp: requests.Response, h: Any, sink: Callable[[memoryview], N
 
     Hashing overlaps the socket reads and file writes (hashlib releases the GIL), which is what
     keeps up with curl. Buffers are reused (no allocation per read) and small (256 KiB: still in
-    cache when hashed; measured faster than 1-2 MiB), and a killed download keeps nearly
-    everything it received.
+    cache when hashed; measured faster than 1-2 MiB). A cut connection loses nothing already
+    received; a killed process or a read timeout loses at most the read in flight (< 256 KiB),
+    which the resume fetches again.
     """
     fp = getattr(resp.raw, "_fp", None)
     encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
     free: queue.Queue[bytearray] = queue.Queue()
-    full: queue.Queue[tuple[Any, int] | None] = queue.Queue()
+    # bounded: the read1 path hands over fresh bytes objects, which must not pile up in memory
+    full: queue.Queue[tuple[Any, int] | None] = queue.Queue(maxsize=_NBUFFERS)
     failed: list[BaseException] = []
 
     def hasher() -> None:
-        try:
-            while (item := full.get()) is not None:
-                buf, n = item
-                h.update(memoryview(buf)[:n])
-                if isinstance(buf, bytearray):
-                    free.put(buf)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the reading thread
-            failed.append(e)
+        # Never dies early: after an error it keeps draining, so the reader cannot block on it.
+        while (item := full.get()) is not None:
+            buf, n = item
+            if not failed:
+                try:
+                    h.update(memoryview(buf)[:n])
+                except BaseException as e:  # noqa: BLE001 - re-raised in the reading thread
+                    failed.append(e)
+            if isinstance(buf, bytearray):
+                free.put(buf)
 
     worker = threading.Thread(target=hasher, name="rtxpack-sha256", daemon=True)
     worker.start()

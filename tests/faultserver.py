@@ -8,6 +8,7 @@ script runs out, ``default`` applies (normally ``"ok"``). Behaviours:
     "wrong"        serve bytes of the right length but different content
     "status:CODE"  answer CODE with an empty body (500, 404, 416...)
     "hang"         accept the request and never answer (until the server stops)
+    "stall:N"      send headers and N body bytes, then go silent (until the server stops)
     "ignore-range" answer 200 with the whole file even to a Range request
 
 Every request is recorded in ``server.log`` as :class:`Hit` (path, range header, status, body
@@ -123,7 +124,7 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             if start:
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-            if behaviour.startswith("cut:"):
+            if behaviour.startswith(("cut:", "stall:")):
                 n = int(behaviour.split(":", 1)[1])
                 self.send_response(status)
                 for k, v in headers.items():
@@ -133,6 +134,8 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body[:n])
                 self.wfile.flush()
                 server._record(Hit(path, rng, status, min(n, len(body)), behaviour))
+                if behaviour.startswith("stall:"):
+                    server._stopped.wait(30)
                 self.close_connection = True
                 return
             self._send(status, body, headers, path, rng, behaviour)

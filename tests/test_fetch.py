@@ -291,6 +291,24 @@ def test_hung_server_times_out_then_mirror(faultserver, nginx, make_artifact, mo
     assert_installed(fetch_artifact(art, repo=faultserver.url), art)
 
 
+@pytest.mark.timeout(20)
+def test_body_that_stalls_times_out_and_resumes(faultserver, make_artifact, monkeypatch) -> None:
+    """A body that goes silent hits the read timeout; the retry resumes. Bytes of the read in
+    flight when the timeout fired (at most one 256 KiB buffer) are fetched again."""
+    import rtxpack.fetch
+
+    monkeypatch.setenv("RTXPACK_READ_TIMEOUT", "0.3")
+    art = make_artifact(random_bytes(900_000, seed=20))
+    path = on_fault(faultserver, art, ["stall:600000"])
+    stats = FetchStats()
+    assert_installed(fetch_artifact(art, repo=faultserver.url, stats=stats), art)
+    first, second = faultserver.hits(path)
+    assert (first.range, first.sent) == (None, 600_000)
+    assert 0 < stats.resumed_from <= 600_000 < stats.resumed_from + rtxpack.fetch._BUFFER
+    assert (second.range, second.sent) == (f"bytes={stats.resumed_from}-", art.size - stats.resumed_from)
+    assert "timeout" in stats.errors[0].lower()
+
+
 def test_connection_refused_is_a_fetch_error(make_artifact, monkeypatch) -> None:
     import socket
 
