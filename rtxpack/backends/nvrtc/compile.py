@@ -7,7 +7,6 @@ tests can prove that a warm runtime cache needs none.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from ...errors import BackendError, BackendNotInstalled
@@ -134,6 +133,8 @@ def compile_targets(source: str, sms: Sequence[int], ptx_sm: int | None,
         raise BackendError(f"NVRTC {v} cannot target {', '.join('sm_%d' % s for s in bad)}",
                            fix=f"use compute capabilities this NVRTC supports ({', '.join(sm_to_cc(s) for s in sorted(supported))})"
                                " or install another nvidia-cuda-nvrtc", archs=bad)
+    from concurrent.futures import ThreadPoolExecutor
+
     jobs = [(s, False) for s in sms] + ([(ptx_sm, True)] if ptx_sm else [])
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
         results = list(pool.map(lambda j: compile_program(source, j[0], ptx=j[1]), jobs))

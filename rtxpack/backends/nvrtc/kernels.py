@@ -526,7 +526,9 @@ UNARY_OPS = {"Relu": 0, "LeakyRelu": 1, "Sigmoid": 2, "Tanh": 3, "Erf": 4, "Gelu
 BINARY_OPS = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3, "Pow": 4}
 
 # conv/gemm tile configurations: (BM, BN, BK, TM, TN); "small" keeps more SMs busy at batch 1.
-TILES = {"big": (64, 64, 8, 4, 4), "small": (32, 32, 8, 4, 4)}   # microtiles are multiples of 4 (LDS.128)
+# (BM, BN, BK, TM, TN), BM over output channels and BN over output pixels; microtiles are multiples
+# of 4 (LDS.128). "large" for big layers (more FMAs per load), "small" keeps SMs busy at batch 1.
+TILES = {"large": (128, 64, 8, 8, 4), "big": (64, 64, 8, 4, 4), "small": (32, 32, 8, 4, 4)}
 
 
 def _arg_type(decl: str) -> str:

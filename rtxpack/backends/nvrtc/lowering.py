@@ -120,7 +120,8 @@ def _conv_specs(node, ws: Sequence[int]) -> list[KernelSpec]:
         return [KernelSpec("conv_direct")]
     k1 = (ws[2] == 1 and ws[3] == 1 and list(a.get("strides", [1, 1])) == [1, 1]
           and not any(a.get("pads", [0] * 4)) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"))
-    return [KernelSpec("conv_igemm", TILES[t] + (int(k1),)) for t in ("big", "small")] + [KernelSpec("splitk_reduce")]
+    return [KernelSpec("conv_igemm", TILES[t] + (int(k1),)) for t in ("large", "big", "small")] + \
+        [KernelSpec("splitk_reduce")]
 
 
 def conv_weight_names(node) -> tuple[str, str]:
@@ -333,7 +334,12 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     if specs[0].family == "conv_direct":
         return [out], [Launch(specs[0], _blocks(int(np.prod(out))), 256, args)], {}
     P, M, K = x[0] * oh * ow, oc // g, int(ws[1]) * kh * kw
-    spec = specs[0] if math.ceil(P / 64) * math.ceil(M / 64) * g >= num_sms else specs[1]
+    if M >= 128 and math.ceil(P / 64) * math.ceil(M / 128) * g >= num_sms:
+        spec = specs[0]
+    elif math.ceil(P / 64) * math.ceil(M / 64) * g >= num_sms:
+        spec = specs[1]
+    else:
+        spec = specs[2]
     bm, bn, bk = spec.targs[0], spec.targs[1], spec.targs[2]
     blocks = math.ceil(P / bn) * math.ceil(M / bm) * g
     splits = 1
