@@ -61,9 +61,14 @@ def child(plan_path: str, cache_in: str, cache_out: str, batch: int) -> None:
     p.close()
 
 
-def fresh(plan: Path, cache_in: Path | None = None, cache_out: Path | None = None) -> dict:
+def fresh(plan: Path, cache_in: Path | None = None, cache_out: Path | None = None, cold: bool = False) -> dict:
+    """Run ``child`` in a new process. ``cold``: CUDA_CACHE_DISABLE=1, so the driver's own JIT cache
+    (~/.nv/ComputeCache) cannot answer a PTX JIT from an earlier run."""
     cmd = [sys.executable, __file__, "--child", str(plan), str(cache_in or ""), str(cache_out or ""), "1"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if cold:
+        env["CUDA_CACHE_DISABLE"] = "1"
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -153,7 +158,7 @@ def main() -> None:
     res["plan_mb"] = (work / "aot.plan").stat().st_size / 1e6
     firsts: dict = {}
     for mode in ("jit_nvrtc", "jit_ptx"):
-        cold = [fresh(work / f"{mode}.plan", None, work / f"{mode}.cache") for _ in range(max(1, args.reps - 1))]
+        cold = [fresh(work / f"{mode}.plan", None, work / f"{mode}.cache", cold=True) for _ in range(args.reps)]
         warm = [fresh(work / f"{mode}.plan", work / f"{mode}.cache") for _ in range(args.reps)]
         firsts[f"cold_{mode}"] = cold
         firsts[f"warm_{mode}"] = warm
@@ -225,7 +230,8 @@ def markdown(r: dict) -> str:
              "", "### Time to first inference (fresh process; load() + first run(), batch 1; median)", "",
              "Each figure starts after cuInit, the CUDA context and importing the backend (done before the timer "
              "in every path: median {:.0f} ms for cuInit + context, {:.0f} ms for the imports, reported apart) and "
-             "ends when the first output is on the host; the plan file is already in memory.".format(
+             "ends when the first output is on the host; the plan file is already in memory. Cold runs set "
+             "CUDA_CACHE_DISABLE=1 so the driver's own JIT cache cannot serve them.".format(
                  statistics.median(v["median_context_s"] for v in fi.values()) * 1e3,
                  statistics.median(r["import_s"] for v in fi.values() for r in v["runs"]) * 1e3), "",
              "| path | first inference | of which load() | of which getting kernels | kernels from |",

@@ -334,12 +334,12 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     if specs[0].family == "conv_direct":
         return [out], [Launch(specs[0], _blocks(int(np.prod(out))), 256, args)], {}
     P, M, K = x[0] * oh * ow, oc // g, int(ws[1]) * kh * kw
-    if M >= 128 and math.ceil(P / 64) * math.ceil(M / 128) * g >= num_sms:
-        spec = specs[0]
-    elif math.ceil(P / 64) * math.ceil(M / 64) * g >= num_sms:
-        spec = specs[1]
-    else:
-        spec = specs[2]
+    # the biggest tile that still gives half a wave of blocks; split-K then fills the GPU
+    spec = specs[2]
+    for cand in specs[:2]:
+        if M >= cand.targs[0] and math.ceil(P / cand.targs[1]) * math.ceil(M / cand.targs[0]) * g >= num_sms // 2:
+            spec = cand
+            break
     bm, bn, bk = spec.targs[0], spec.targs[1], spec.targs[2]
     blocks = math.ceil(P / bn) * math.ceil(M / bm) * g
     splits = 1
