@@ -64,7 +64,7 @@ class NvrtcBackend:
         """Import, validate (plan every shape once on the CPU), compile all kernels for every SM, pack."""
         from ...digest import weights_digest_from_arrays
         from .compile import cc_to_sm, compile_targets, nvrtc_version
-        from .kernels import COMPILE_OPTIONS, KernelSpec, entry_name, kernel_digest, module_digest, program_source
+        from .kernels import COMPILE_OPTIONS, entry_name, kernel_digest, module_digest, program_source
         from .lowering import kernels_for
         from .onnx_import import import_onnx
         from .schedule import concrete_input_shapes, plan_shapes

@@ -418,9 +418,9 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
         M, K, N = sa[-2], sa[-1], sb[-1]
         bshape = broadcast(sa[:-2], sb[:-2])
         sAm, sAk, sBk, sBn = K, 1, N, 1
-        as_, bs_ = _bstrides(sa[:-2], bshape), _bstrides(sb[:-2], bshape)
-        as_ = [s * M * K for s in _bstrides_unit(sa[:-2], bshape)]
-        bs_ = [s * K * N for s in _bstrides_unit(sb[:-2], bshape)]
+        # batch strides in elements (whole matrices; 0 where an operand is broadcast)
+        as_ = [s * M * K for s in _bstrides(sa[:-2], bshape)]
+        bs_ = [s * K * N for s in _bstrides(sb[:-2], bshape)]
         batch, bstr = _collapse(bshape, as_, bs_) if bshape else ([1], [[0], [0]])
         if len(batch) > 2:
             raise UnsupportedModel(f"MatMul (node {node['name']!r}) with batch broadcasting over {len(batch)} "
@@ -463,8 +463,3 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
                    Launch(KernelSpec("gemm_splitk_reduce"), _blocks(M * N), 256,
                           [scratch, bias, res, y, M, N, splits, sbm, sbn, alpha, beta, int(a.get("relu", 0))])], \
         {scratch: splits * M * N * 4}
-
-
-def _bstrides_unit(shape: Sequence[int], out: Sequence[int]) -> list[int]:
-    """Batch strides counted in whole matrices (0 where broadcast)."""
-    return _bstrides(shape, out)

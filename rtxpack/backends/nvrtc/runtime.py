@@ -21,7 +21,6 @@ import numpy as np
 from ...errors import BackendError, BackendNotInstalled, RefitError
 from .cache import CacheKey, RuntimeCache
 from .kernels import KernelSpec, param_types
-from .onnx_import import decode_array  # noqa: F401 - re-exported for helpers
 from .plan import read_plan
 from .schedule import ALIGN, ShapePlan, check_profile, device_bytes, plan_shapes
 from .weights import device_tensors

@@ -8,7 +8,7 @@ validate a model end to end, and at run time to drive the GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -178,5 +178,3 @@ def check_profile(graph: Mapping[str, Any], profiles: Mapping[str, Any], shapes:
                                fix="pass an input of an allowed shape (or rebuild with a wider profile)",
                                input=inp["name"], shape=list(s))
 
-
-ShapeCallback = Callable[[str], Any]
