@@ -506,6 +506,10 @@ def build(config: FarmConfig | str | os.PathLike[str], repo: str | os.PathLike[s
             pool.discard(worker, crashed=not stop.is_set())
             out.unlink(missing_ok=True)
             return failed(cell, str(e), started)
+        except BaseException:
+            pool.discard(worker, crashed=False)   # never leave a worker counted as busy
+            out.unlink(missing_ok=True)
+            raise
         pool.release(worker)
         if not reply.get("ok"):
             out.unlink(missing_ok=True)
