@@ -364,23 +364,21 @@ def _download_http(store: Store, sha: str, size: int, url: str, session: request
         bar = _progress_bar(progress, size, have, url)
         try:
             with open(partial, mode, buffering=0) as f:
-                def sink(view: memoryview) -> None:
+                def received(n: int) -> None:
                     nonlocal have
-                    n = len(view)
                     if have + n > size:
                         raise ChecksumMismatch(
                             f"{url} sent more than the expected {size} bytes", sha256=sha,
                             expected=sha, actual=None, expected_size=size, url=url)
-                    try:
-                        _write_all(f, view)
-                    except OSError as e:
-                        raise _disk_error(e, partial, size) from e
                     have += n
                     stats.bytes_downloaded += n
                     if bar is not None:
                         bar.update(n)
 
-                _stream_body(resp, h, sink)
+                try:
+                    _stream_body(resp, h, f, received)
+                except _WriteFailed as e:
+                    raise _disk_error(e.error, partial, size) from e.error
         except ChecksumMismatch:
             _drop(partial, info_path)
             raise
@@ -412,64 +410,108 @@ def _download_http(store: Store, sha: str, size: int, url: str, session: request
 #: it off to cover the portable urllib3 read1 path too
 FAST_BODY = True
 _BUFFER = 256 << 10   # small enough that the hasher and write() find the bytes still in L2/L3
-_NBUFFERS = 16        # 4 MiB in flight between the reading and the hashing thread
+_NBUFFERS = 16        # at most 4 MiB in flight between the reading, writing and hashing threads
 
 
-def _stream_body(resp: requests.Response, h: Any, sink: Callable[[memoryview], None]) -> None:
-    """Pass the body to ``sink`` (write, count) in order while ``h`` hashes it in another thread.
+class _WriteFailed(Exception):
+    """Writing the partial file failed (disk full...): not a network problem, never retried."""
 
-    Hashing overlaps the socket reads and file writes (hashlib releases the GIL), which is what
-    keeps up with curl. Buffers are reused (no allocation per read) and small (256 KiB: still in
-    cache when hashed; measured faster than 1-2 MiB). A cut connection loses nothing already
-    received; a killed process or a read timeout loses at most the read in flight (< 256 KiB),
-    which the resume fetches again.
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _stream_body(resp: requests.Response, h: Any, f: Any, received: Callable[[int], None]) -> None:
+    """Write the body to ``f`` and hash it into ``h``, each in its own thread, while this thread
+    reads from the socket; ``received(n)`` is called (here) for every piece before it is handed on.
+
+    hashlib and file writes release the GIL, so on two cores socket reads, the disk write and the
+    sha256 overlap; measured, a write in the reading thread (even with hashing moved off it)
+    stays well behind curl on ext4, this does not. Buffers are reused (no allocation per read) and
+    small (256 KiB: still in cache when written and hashed; measured faster than 1-2 MiB). A cut
+    connection loses nothing already received; a killed process or a read timeout loses at most
+    the reads in flight, which the resume fetches again. Both workers are joined before returning,
+    so the partial file then holds every byte passed to ``received`` unless a write failed.
     """
     fp = getattr(resp.raw, "_fp", None)
     encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
+    fast = FAST_BODY and isinstance(fp, http.client.HTTPResponse) and not encoded
     free: queue.Queue[bytearray] = queue.Queue()
     # bounded: the read1 path hands over fresh bytes objects, which must not pile up in memory
-    full: queue.Queue[tuple[Any, int] | None] = queue.Queue(maxsize=_NBUFFERS)
-    failed: list[BaseException] = []
+    to_hash: queue.Queue[tuple[Any, int] | None] = queue.Queue(maxsize=_NBUFFERS)
+    to_write: queue.Queue[tuple[Any, int] | None] = queue.Queue(maxsize=_NBUFFERS)
+    pending: dict[int, int] = {}
+    pending_lock = threading.Lock()
+    hash_failed: list[BaseException] = []
+    write_failed: list[OSError] = []
 
+    def done_with(buf: Any) -> None:
+        if not fast:
+            return
+        with pending_lock:
+            pending[id(buf)] -= 1
+            last = pending[id(buf)] == 0
+        if last:
+            free.put(buf)
+
+    # Neither worker dies early: after an error it keeps draining, so the reader never blocks on it.
     def hasher() -> None:
-        # Never dies early: after an error it keeps draining, so the reader cannot block on it.
-        while (item := full.get()) is not None:
+        while (item := to_hash.get()) is not None:
             buf, n = item
-            if not failed:
+            if not hash_failed:
                 try:
                     h.update(memoryview(buf)[:n])
                 except BaseException as e:  # noqa: BLE001 - re-raised in the reading thread
-                    failed.append(e)
-            if isinstance(buf, bytearray):
-                free.put(buf)
+                    hash_failed.append(e)
+            done_with(buf)
 
-    worker = threading.Thread(target=hasher, name="rtxpack-sha256", daemon=True)
-    worker.start()
+    def writer() -> None:
+        while (item := to_write.get()) is not None:
+            buf, n = item
+            if not write_failed:
+                try:
+                    _write_all(f, memoryview(buf)[:n])
+                except OSError as e:
+                    write_failed.append(e)
+            done_with(buf)
+
+    workers = [threading.Thread(target=hasher, name="rtxpack-sha256", daemon=True),
+               threading.Thread(target=writer, name="rtxpack-write", daemon=True)]
+    for w in workers:
+        w.start()
     try:
-        if FAST_BODY and isinstance(fp, http.client.HTTPResponse) and not encoded:
+        if fast:
             for _ in range(_NBUFFERS):
                 free.put(bytearray(_BUFFER))
-            while True:
+            while not write_failed:
                 buf = free.get()
                 n = fp.readinto(buf)  # honours Content-Length / chunked; IncompleteRead if cut
                 if not n:
                     break
-                sink(memoryview(buf)[:n])
-                full.put((buf, n))
+                received(n)
+                with pending_lock:
+                    pending[id(buf)] = 2
+                to_write.put((buf, n))
+                to_hash.put((buf, n))
         else:
             raw = resp.raw
             read1 = getattr(raw, "read1", None)
-            while True:
+            while not write_failed:
                 chunk = read1(_BUFFER * 4, decode_content=False) if read1 else raw.read(_BUFFER, decode_content=False)
                 if not chunk:
                     break
-                sink(memoryview(chunk))
-                full.put((chunk, len(chunk)))
+                received(len(chunk))
+                to_write.put((chunk, len(chunk)))
+                to_hash.put((chunk, len(chunk)))
     finally:
-        full.put(None)
-        worker.join()
-    if failed:
-        raise failed[0]
+        to_write.put(None)
+        to_hash.put(None)
+        for w in workers:
+            w.join()
+    if write_failed:
+        raise _WriteFailed(write_failed[0])
+    if hash_failed:
+        raise hash_failed[0]
 
 
 def _iter_body(resp: requests.Response) -> Iterator[bytes]:

@@ -429,3 +429,23 @@ def test_more_bytes_than_declared_are_never_installed(nginx, make_artifact) -> N
         fetch_artifact(art, repo=nginx.url)
     assert_nothing_installed(art)
     assert list(Store().tmp_dir.iterdir()) == []
+
+
+def test_disk_full_while_downloading_is_a_store_error_not_retried(nginx, make_artifact, monkeypatch) -> None:
+    import errno
+
+    import rtxpack.fetch
+    from rtxpack.errors import StoreError
+
+    def full(f, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rtxpack.fetch, "_write_all", full)
+    monkeypatch.setenv("RTXPACK_RETRIES", "3")
+    art = make_artifact(random_bytes(MiB, seed=21), nginx.root)
+    stats = FetchStats()
+    with pytest.raises(StoreError, match="No space left") as info:
+        fetch_artifact(art, repo=nginx.url, stats=stats)
+    assert not isinstance(info.value, FetchError) and "RTXPACK_CACHE_DIR" in str(info.value)
+    assert stats.requests == 1  # a full disk is not retried
+    assert_nothing_installed(art)
