@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from .device import Device, detect
-from .digest import weights_digest as _weights_digest
 from .errors import ChecksumMismatch, FetchError
 from .repository import Repository, fetch, open_repository
 from .resolve import Resolution, Target, no_match_error, resolve
@@ -48,7 +47,12 @@ def local_weights_digest(onnx: str | os.PathLike[str] | None) -> str | None:
         from .errors import ConfigError
 
         raise ConfigError(f"ONNX file {p} does not exist", fix="pass the path of the model the app ships", path=str(p))
-    return _weights_digest(p)
+    from .digest_cache import DigestCache
+
+    cache = DigestCache()
+    digest = cache.weights(p)
+    cache.save()
+    return digest
 
 
 def install(repo: str | os.PathLike[str] | None, model: str, *, onnx: str | os.PathLike[str] | None = None,

@@ -24,7 +24,7 @@ from typing import Any, Iterator, Mapping, Sequence
 from . import runtime_cache_store as rcs
 from .backends import get_backend
 from .device import Device, detect
-from .digest import json_digest, model_digest, sha256_bytes
+from .digest import json_digest, sha256_bytes
 from .errors import BackendError, FetchError, OfflineError, ResolveError, RtxpackError
 from .manifest import Artifact
 from .resolve import Candidate, Resolution, Target, jit_backend, match_caches, no_match_error, resolve
@@ -204,8 +204,11 @@ def load(model: str, *, repo: str | os.PathLike[str] | None = None, onnx: str | 
                 raise
             prov.fallback(f"repository {repo}", f"{e}; continuing with the local ONNX")
 
+    wd = None
+    if onnx is not None:
+        with prov.step("weights-digest"):
+            wd = local_weights_digest(onnx)
     with prov.step("resolve") as rec:
-        wd = local_weights_digest(onnx)
         res = resolve(manifest, target, model, weights_digest=wd, have_onnx=onnx is not None, backend=backend)
         prov.resolution = res.to_dict()
         rec["candidates"] = [c.id for c in res.candidates]
@@ -326,7 +329,11 @@ def _load_jit(cand: Candidate, target: Target, onnx: Any, store: Any, prov: Prov
     be = get_backend(backend)
     version = be.info().version or "0"
     with prov.step("digest-onnx"):
-        mdigest = model_digest(onnx)
+        from .digest_cache import DigestCache
+
+        digests = DigestCache()
+        mdigest = digests.model(Path(onnx))
+        digests.save()
     key = _jit_key(mdigest, backend, version, target.cc_str, precision)
     rec = _load_jit_record(store, key)
     plan = None

@@ -54,8 +54,9 @@ def test_unchanged_rebuild_does_no_builder_work(matrix_repo, farm, monkeypatch: 
     def no_hashing(path):  # type: ignore[no-untyped-def]
         raise AssertionError(f"{path} was hashed again although size and mtime did not change")
 
-    monkeypatch.setattr(plan_mod, "model_digest", no_hashing)
-    monkeypatch.setattr(plan_mod, "weights_digest", no_hashing)
+    import rtxpack.digest_cache as digest_cache
+    monkeypatch.setattr(digest_cache, "model_digest", no_hashing)
+    monkeypatch.setattr(digest_cache, "weights_digest", no_hashing)
     again = build(cfg, repo, jobs=2)
     assert again.builder_runs == 0
     assert (again.count("built"), again.count("up-to-date"), again.count("failed")) == (0, 8, 0)

@@ -207,3 +207,21 @@ def _key_for(path, env):
                        driver_major=13, backend="nvrtc", backend_version="1.0.0")
     assert rcs.path_for(rtxpack.store.Store(), key) == path
     return key
+
+
+def test_onnx_digests_are_cached_by_file_identity(env, monkeypatch):
+    """Apps start often: the second start does not hash the app's ONNX again, unless it changed."""
+    refbackend.publish(env.repo, "mlp", env.onnx, stripped=True)
+    with rtxpack.load("mlp", repo=env.repo, onnx=env.onnx):
+        pass
+    import rtxpack.digest_cache as dc
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} was hashed again")
+
+    monkeypatch.setattr(dc, "weights_digest", no_hashing)
+    with rtxpack.load("mlp", repo=env.repo, onnx=env.onnx) as s:
+        assert s.provenance.plan["stripped"]
+    examples.mlp(env.onnx, seed=3)                       # the app's model changed: hashed again
+    with pytest.raises(AssertionError, match="hashed again"):
+        rtxpack.load("mlp", repo=env.repo, onnx=env.onnx)

@@ -11,12 +11,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import filelock
 
-from .. import config as env_config
-from ..digest import json_digest, model_digest, weights_digest
+from ..digest import json_digest
+from ..digest_cache import DigestCache
 from ..manifest import parse_cc
 from . import toolchains as tcs
 from .config import FarmConfig, ModelSpec, TargetSpec
@@ -80,61 +80,6 @@ class Plan:
 
 
 # ---- model digest cache ------------------------------------------------------------------------
-class DigestCache:
-    """sha256 digests of files keyed by (path, size, mtime_ns), persisted under the cache dir."""
-
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path or env_config.cache_dir() / "farm" / "digests.json"
-        self._data: dict[str, dict[str, str]] | None = None
-        self._dirty = False
-
-    def _load(self) -> dict[str, dict[str, str]]:
-        if self._data is None:
-            try:
-                self._data = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self._data = {}
-        return self._data
-
-    @staticmethod
-    def _key(path: Path) -> str:
-        st = path.stat()
-        return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-
-    def _get(self, path: Path, kind: str, compute: Callable[[Path], str]) -> str:
-        data = self._load()
-        key = self._key(path)
-        entry = data.setdefault(key, {})
-        if kind not in entry:
-            entry[kind] = compute(path)
-            self._dirty = True
-        return entry[kind]
-
-    def model(self, path: Path) -> str:
-        return self._get(path, "model", model_digest)
-
-    def weights(self, path: Path) -> str:
-        return self._get(path, "weights", weights_digest)
-
-    def save(self) -> None:
-        if not self._dirty:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with filelock.FileLock(str(self.path) + ".lock"):
-            try:
-                on_disk = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                on_disk = {}
-            live = {k for k in on_disk if os.path.exists(k.split("|", 1)[0])}
-            merged = {k: v for k, v in on_disk.items() if k in live}
-            for k, v in (self._data or {}).items():
-                merged.setdefault(k, {}).update(v)
-            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(merged))
-            os.replace(tmp, self.path)
-        self._dirty = False
-
-
 # ---- rules -------------------------------------------------------------------------------------
 def skip_reason(model: ModelSpec, target: TargetSpec, tc: tcs.Toolchain, gpu_ccs: Sequence[str]) -> str | None:
     """Why this cell cannot be built here (None: buildable). Pure; ``gpu_ccs`` are this node's GPUs."""
