@@ -63,7 +63,11 @@ def main() -> int:
             table[p] = {"first_inference_s": fi, "process_wall_s": statistics.median(r["process_wall_s"] for r in runs[p]),
                         "load_s": statistics.median(r["load_s"] for r in runs[p]),
                         "max_err": max(r["max_err"] for r in runs[p]), "path": runs[p][0]["path"],
-                        "kernels": runs[p][0]["kernels"], "runtime_cache": runs[p][0]["runtime_cache"]}
+                        "kernels": runs[p][0]["kernels"], "runtime_cache": runs[p][0]["runtime_cache"],
+                        "import_s": statistics.median(r["import_s"] for r in runs[p]),
+                        "steps": {name: statistics.median(
+                            sum(st["seconds"] for st in r["steps"] if st["step"] == name) for r in runs[p])
+                            for name in sorted({st["step"] for r in runs[p] for st in r["steps"]})}}
         base = table["c_offline_jit"]["first_inference_s"]
         for p in PATHS:
             table[p]["ratio_vs_c"] = base / table[p]["first_inference_s"]
@@ -80,6 +84,11 @@ def main() -> int:
                 t = table[p]
                 print(f"{p:<24}{t['first_inference_s']:>18.3f}{t['ratio_vs_c']:>16.1f}x{t['max_err']:>10.1e}  "
                       f"{t['path']}; cache: {t['runtime_cache'][:60]}; kernels {t['kernels']}")
+            print("\nwhere the time goes (median seconds; import = python + numpy + rtxpack):")
+            for p in PATHS:
+                t = table[p]
+                parts = [f"import {t['import_s']:.2f}"] + [f"{k} {v:.3f}" for k, v in t["steps"].items() if v >= 0.005]
+                print(f"  {p:<22} " + ", ".join(parts))
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
