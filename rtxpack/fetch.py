@@ -255,10 +255,17 @@ def _fetch_locked(store: Store, sha: str, size: int, label: str, locations: list
     )
 
 
+#: write() size. Measured on this project's VMs (ext4, 512 MiB from loopback nginx): 32 KiB writes
+#: ran 1.3-1.5x curl's speed where 256 KiB writes ran 0.5-0.7x, with half the CPU time; curl
+#: itself writes 16 KiB at a time. Large writes into fresh page-cache pages are the slow part.
+WRITE_SLICE = 32 << 10
+
+
 def _write_all(f: Any, data: memoryview) -> None:
-    """An unbuffered write may be short (disk full, RLIMIT_FSIZE): write until done or an error."""
+    """Write ``data`` in WRITE_SLICE pieces; a short write (disk full, RLIMIT_FSIZE) is retried
+    until it is complete or raises, and a zero-length write is reported as disk full."""
     while data:
-        n = f.write(data)
+        n = f.write(data[:WRITE_SLICE])
         if not n:
             raise OSError(errno.ENOSPC, "no space left (short write)")
         data = data[n:]
