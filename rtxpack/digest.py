@@ -22,12 +22,19 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
+def file_hasher(path: str | os.PathLike[str]) -> "hashlib._Hash":
+    """A sha256 object fed with the file's bytes (one reused buffer, no per-chunk allocation)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    return file_hasher(path).hexdigest()
 
 
 def json_digest(obj: Any) -> str:

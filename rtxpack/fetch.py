@@ -30,6 +30,7 @@ import requests
 import urllib3.exceptions
 
 from . import config
+from .digest import file_hasher
 from .errors import ChecksumMismatch, FetchError, ManifestError, OfflineError, StoreError
 from .store import Store, check_sha256
 
@@ -566,13 +567,7 @@ def _content_range_start(value: str | None) -> int | None:
 
 
 def _rehash(path: Path) -> "hashlib._Hash":
-    h = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h
+    return file_hasher(path)
 
 
 def _read_info(path: Path) -> dict[str, Any]:

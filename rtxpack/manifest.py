@@ -336,25 +336,13 @@ class Manifest:
         return cls.from_json(text, source=str(p))
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (temp file + os.replace)."""
-        import os
-        import tempfile
+        """Write atomically (temp file + fsync + os.replace)."""
+        from .fsutil import atomic_write
 
         p = Path(path)
         if p.is_dir():
             p = p / MANIFEST_NAME
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=p.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(self.to_json())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return p
+        return atomic_write(p, self.to_json().encode(), mode=0o644)
 
     # ---- editing -------------------------------------------------------------------------------
     def with_artifacts(self, artifacts: Iterable[Artifact], **changes: Any) -> "Manifest":

@@ -66,14 +66,9 @@ def _manifest_cache_path(spec: str) -> Path:
 
 
 def _remember(spec: str, raw: bytes) -> None:
-    import tempfile
+    from .fsutil import atomic_write
 
-    p = _manifest_cache_path(spec)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".m.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(raw)
-    os.replace(tmp, p)
+    atomic_write(_manifest_cache_path(spec), raw)
 
 
 def open_repository(repo: str | os.PathLike[str], *, offline: bool | None = None, **verify_options: Any) -> Repository:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from . import runtime_cache_store as rcs
 from .backends import get_backend
 from .device import Device, detect
 from .digest import json_digest, sha256_bytes
+from .fsutil import atomic_write
 from .errors import BackendError, FetchError, OfflineError, ResolveError, RtxpackError
 from .manifest import Artifact
 from .resolve import Candidate, Resolution, Target, jit_backend, match_caches, no_match_error, resolve
@@ -137,11 +137,7 @@ def _jit_key(mdigest: str, backend: str, version: str | None, cc: str, precision
 
 
 def _remember_jit(store: Any, key: str, record: dict[str, Any]) -> None:
-    p = _jit_index_path(store, key)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".jit.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f)
-    os.replace(tmp, p)
+    atomic_write(_jit_index_path(store, key), json.dumps(record).encode())
 
 
 def _load_jit_record(store: Any, key: str) -> dict[str, Any] | None:

@@ -7,14 +7,13 @@ recognised before a backend ever sees it, ignored, and replaced on the next save
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
 from .digest import json_digest
+from .fsutil import atomic_write
 
 MAGIC = b"RTXPRC01"
 HEADER = len(MAGIC) + 32 + 32
@@ -70,14 +69,5 @@ def write(store, key: CacheKey, payload: bytes) -> Path:
     p = path_for(store, key)
     blob = MAGIC + hashlib.sha256(payload).digest() + bytes.fromhex(key.digest) + payload
     with FileLock(str(p) + ".lock"):
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".rc.")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(blob)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(p, blob)
     return p

@@ -29,6 +29,8 @@ from typing import Any, Mapping, NamedTuple
 import filelock
 
 from . import config
+from .digest import sha256_file
+from .fsutil import atomic_write
 from .errors import ChecksumMismatch, ConfigError, StoreError
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -177,14 +179,7 @@ class Store:
         """Record what the blob is (kind, model, original name...); written atomically."""
         path = self._meta_path(sha256)
         self._mkdir(path.parent)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(dict(meta), f, sort_keys=True, default=str)
-            os.replace(tmp, path)
-        except BaseException:
-            _unlink(Path(tmp))
-            raise
+        atomic_write(path, json.dumps(dict(meta), sort_keys=True, default=str).encode(), mode=0o644)
 
     # -- writes --------------------------------------------------------------------------------
     def ensure_free_space(self, nbytes: int, what: str = "artifact") -> None:
@@ -406,13 +401,7 @@ class Store:
 
 
 def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def _unlink(path: Path) -> bool:

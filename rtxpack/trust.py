@@ -35,13 +35,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from .fsutil import atomic_write
 from . import config
 from .errors import ConfigError, ManifestError, SignatureError
 from .manifest import MANIFEST_NAME, Manifest, parse_time
@@ -206,17 +206,7 @@ def keygen(out_dir: str | os.PathLike[str], *, force: bool = False) -> tuple[Pat
 
 
 def _atomic_write(path: Path, data: bytes, *, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp: 0600 from the start
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data, mode=mode)
 
 
 # ---- signing -------------------------------------------------------------------------------------
