@@ -64,9 +64,9 @@ def install(repo: str | os.PathLike[str] | None, model: str, *, onnx: str | os.P
     A candidate whose download fails verification is skipped (recorded) and the next one is tried.
     When only the JIT tier remains, nothing is fetched: the caller builds from ``onnx``.
     """
+    repository = open_repository(repo, offline=offline, **verify_options) if repo is not None else None
     device = device or detect()
     target = Target.from_device(device, gpu_index)
-    repository = open_repository(repo, offline=offline, **verify_options) if repo is not None else None
     wd = local_weights_digest(onnx)
     res = resolve(repository.manifest if repository else None, target, model, weights_digest=wd,
                   have_onnx=onnx is not None, backend=backend)
