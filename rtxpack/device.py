@@ -71,19 +71,30 @@ class Device:
 
 
 # ---- backends --------------------------------------------------------------------------------------
-_TRT_DISTS = ("tensorrt-rtx", "tensorrt_rtx_cu13", "tensorrt_rtx_cu12", "tensorrt-rtx-cu12")
+_TRT_DISTS = ("tensorrt_rtx", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "tensorrt_rtx_cu13", "tensorrt_rtx_cu12")
+
+
+def tensorrt_rtx_installed() -> tuple[str | None, str | None]:
+    """(exact version, CUDA major) of the tensorrt-rtx installed here, from package metadata
+    (no import of the 238 MB library)."""
+    from importlib import metadata
+
+    version = cuda = None
+    for dist in _TRT_DISTS:
+        try:
+            found = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        version = version or found
+        if "cu13" in dist:
+            cuda = "13"
+        elif "cu12" in dist:
+            cuda = "12"
+    return version, cuda
 
 
 def tensorrt_rtx_version() -> str | None:
-    """Installed TensorRT-RTX version from package metadata (no heavy import)."""
-    from importlib import metadata
-
-    for dist in _TRT_DISTS:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
+    return tensorrt_rtx_installed()[0]
 
 
 def nvrtc_backend_version() -> str | None:

@@ -15,8 +15,8 @@ def driver() -> Any:
     return cu
 
 
-def check(result: Any) -> Any:
-    """Unwrap a cuda-python ``(err, *values)`` tuple, raising BackendError on failure."""
+def check(result: Any, what: str = "CUDA driver call") -> Any:
+    """Unwrap a cuda-python ``(err, *values)`` tuple, raising BackendError naming ``what`` on failure."""
     err, *rest = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:
         cu = driver()
@@ -25,7 +25,8 @@ def check(result: Any) -> Any:
             name = name.decode() if isinstance(name, bytes) else str(name)
         except Exception:
             name = str(err)
-        raise BackendError(f"CUDA driver call failed: {name}", fix="run `rtxpack detect` to check the driver and GPU",
+        raise BackendError(f"{what} failed: {name}",
+                           fix="check the GPU driver (`rtxpack detect`, nvidia-smi) and that the plan fits this GPU",
                            cuda_error=int(err))
     if not rest:
         return None

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ...errors import BackendError, BackendNotInstalled, RefitError
+from ..cuda_util import check
 from .cache import CacheKey, RuntimeCache
 from .kernels import KernelSpec, param_types
 from .plan import read_plan
@@ -39,14 +40,9 @@ def _driver():
 
 
 def _check(result: Any, what: str) -> Any:
-    """Unwrap a cuda.bindings ``(err, *values)`` tuple, raising BackendError on failure."""
-    cu = _driver()
-    err, *vals = result if isinstance(result, tuple) else (result,)
-    if err != cu.CUresult.CUDA_SUCCESS:
-        _, name = cu.cuGetErrorName(err)
-        raise BackendError(f"{what} failed: {name.decode() if isinstance(name, bytes) else name}",
-                           fix="check the GPU driver (nvidia-smi) and that the plan fits this GPU", cuda_error=int(err))
-    return vals[0] if len(vals) == 1 else (tuple(vals) if vals else None)
+    """Unwrap a cuda.bindings ``(err, *values)`` tuple (shared helper; BackendError on failure)."""
+    _driver()  # BackendNotInstalled naming the extra when cuda-python is missing
+    return check(result, what)
 
 
 def cuda_init() -> None:

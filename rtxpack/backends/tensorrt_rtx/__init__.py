@@ -13,25 +13,12 @@ from ..base import BackendInfo, LoadedPlan, PlanInfo
 from .header import PlanHeader, is_tensorrt_rtx_plan, parse_header
 
 NAME = "tensorrt-rtx"
-_DISTS = ("tensorrt_rtx", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "tensorrt_rtx_cu13", "tensorrt_rtx_cu12")
-
 
 def installed_version() -> tuple[str | None, str | None]:
     """(exact version, CUDA major) of the tensorrt-rtx installed in this interpreter, without importing it."""
-    from importlib import metadata
+    from ...device import tensorrt_rtx_installed
 
-    version = cuda = None
-    for dist in _DISTS:
-        try:
-            found = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-        version = version or found
-        if "cu13" in dist:
-            cuda = "13"
-        elif "cu12" in dist:
-            cuda = "12"
-    return version, cuda
+    return tensorrt_rtx_installed()
 
 
 class TensorRTRTXBackend:
