@@ -28,8 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rtxpack.fetch import FetchStats, fetch_artifact  # noqa: E402
-from rtxpack.store import Store  # noqa: E402
+from rtxpack.installer.fetch import FetchStats, fetch_artifact  # noqa: E402
+from rtxpack.installer.store import Store  # noqa: E402
 
 
 @dataclass

@@ -27,14 +27,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rtxpack import examples  # noqa: E402
+from rtxpack.demo import models as examples  # noqa: E402
 from rtxpack.farm import build, load_config, make_plan  # noqa: E402
-from rtxpack.manifest import Manifest  # noqa: E402
+from rtxpack.core.manifest import Manifest  # noqa: E402
 
 MLP_PROFILE = "[models.inputs.x]\nmin = [1, 64]\nopt = [4, 64]\nmax = [16, 64]\n"
 IMG_PROFILE = "[models.inputs.x]\nmin = [1, 3, 224, 224]\nopt = [1, 3, 224, 224]\nmax = [8, 3, 224, 224]\n"
 THREE = [["8.6", "8.9", "12.0"], ["12.0"], ["8.9"]]
-#: realistic models (rtxpack.examples.resnet, bottleneck blocks, 224x224, dynamic batch): name -> layers
+#: realistic models (rtxpack.demo.models.resnet, bottleneck blocks, 224x224, dynamic batch): name -> layers
 RESNETS = {"resnet50": (3, 4, 6, 3), "resnet26": (2, 2, 2, 2), "resnet14": (1, 1, 1, 1)}
 
 

@@ -33,8 +33,8 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
-    from rtxpack import examples
-    from rtxpack.device import detect_gpus
+    from rtxpack.demo import models as examples
+    from rtxpack.core.device import detect_gpus
 
     gpus, notes = detect_gpus()
     if not gpus:

@@ -131,7 +131,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--iters", type=int, default=200)
     args = ap.parse_args()
-    from rtxpack import examples
+    from rtxpack.demo import models as examples
     from rtxpack.backends.nvrtc import NvrtcBackend
     from rtxpack.backends.nvrtc.compile import nvrtc_version
 

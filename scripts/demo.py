@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from make_models import make_demo
 
-    from rtxpack.errors import RtxpackError
+    from rtxpack.core.errors import RtxpackError
     from rtxpack.farm import build, load_config, make_plan
 
     step("1. generate the example ONNX models (scripts/make_models.py)")
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{d['failed']} failed -> {args.repo.relative_to(ROOT) if args.repo.is_relative_to(ROOT) else args.repo}")
 
     step("4. sign the manifest (ed25519; a throw-away key for the demo, `rtxpack keygen` / `rtxpack sign`)")
-    from rtxpack.trust import keygen, sign_repository
+    from rtxpack.installer.trust import keygen, sign_repository
 
     key_dir = Path(tempfile.mkdtemp(prefix="rtxpack-demo-key-"))
     private, public, keyid = keygen(key_dir)
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     step(f"6. install '{args.model}' on a PC with a GPU of compute capability {args.gpu} (RTXPACK_DEVICE={args.gpu})")
     os.environ["RTXPACK_DEVICE"] = args.gpu
     os.environ.setdefault("RTXPACK_CACHE_DIR", tempfile.mkdtemp(prefix="rtxpack-demo-store-"))
-    from rtxpack.install import install
-    from rtxpack.resolve import explain
+    from rtxpack.installer.pipeline import install
+    from rtxpack.core.resolve import explain
 
     try:
         result = install(url, args.model, progress=False, trusted_keys=[public])  # the pinned key

@@ -29,7 +29,7 @@ t_start = time.perf_counter()
 import numpy as np
 args = json.loads(sys.argv[1])
 import rtxpack
-from rtxpack import examples
+from rtxpack.demo import models as examples
 t_import = time.perf_counter()
 s = rtxpack.load(args["model"], repo=args.get("repo"), onnx=args.get("onnx"), backend="nvrtc")
 t_loaded = time.perf_counter()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Generate the small example ONNX models (rtxpack.examples) -- no downloads.
+"""Generate the small example ONNX models (rtxpack.demo.models) -- no downloads.
 
     python scripts/make_models.py mlp models/mlp.onnx            # dynamic batch input x [N, 64]
     python scripts/make_models.py mlp models/mlp16.onnx --fp16   # the same MLP in fp16 (Turing-capable)
@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rtxpack import examples  # noqa: E402
-from rtxpack.farm.models import fp16_variant  # noqa: E402
+from rtxpack.demo import models as examples  # noqa: E402
+from rtxpack.demo.models import fp16_variant  # noqa: E402
 
 
 def make(kind: str, out: Path, fp16: bool = False) -> Path:

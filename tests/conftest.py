@@ -255,3 +255,15 @@ def faultserver() -> Iterator[FaultServer]:
 
 
 # -- fixtures from other areas go below this line ------------------------------------------------
+
+
+@pytest.fixture
+def reference_backend() -> Iterator[object]:
+    """The CPU reference backend (tests/refbackend.py) registered as backend ``reference`` for one test."""
+    import refbackend
+
+    backend = refbackend.install()
+    try:
+        yield backend
+    finally:
+        refbackend.uninstall()

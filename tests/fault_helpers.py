@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from rtxpack.manifest import Artifact, Manifest, artifact_id, blob_relpath
+from rtxpack.core.manifest import Artifact, Manifest, artifact_id, blob_relpath
 
 ROOT = Path(__file__).resolve().parent.parent
 MD = "cd" * 32

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from rtxpack.manifest import Artifact, Manifest, artifact_id, blob_relpath
+from rtxpack.core.manifest import Artifact, Manifest, artifact_id, blob_relpath
 
 WD = "ab" * 32
 MD = "cd" * 32

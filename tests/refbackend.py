@@ -17,8 +17,10 @@ from typing import Any, Mapping
 import numpy as np
 
 from rtxpack.backends.base import BackendInfo, PlanInfo
-from rtxpack.digest import initializers, weights_digest_from_arrays
-from rtxpack.errors import BackendError, RefitError
+from rtxpack.core import registry
+from rtxpack.core.registry import BackendSpec
+from rtxpack.core.digest import initializers, weights_digest_from_arrays
+from rtxpack.core.errors import BackendError, RefitError
 
 MAGIC = b"REFPLAN1"
 CACHE_MAGIC = b"REFCACHE"
@@ -26,8 +28,11 @@ VERSION = "1.0.0"
 STATS = {"builds": 0, "loads": 0}
 
 
+NAME = "reference"
+
+
 class RefBackend:
-    name = "nvrtc"   # poses as the portable backend in manifests
+    name = NAME
 
     def info(self) -> BackendInfo:
         return BackendInfo(name=self.name, version=VERSION)
@@ -134,29 +139,28 @@ class RefLoaded:
         self._sess = None
 
 
-def install(monkeypatch=None) -> RefBackend:
-    """Route rtxpack.runtime's backend lookup for 'nvrtc' to the reference backend."""
-    import rtxpack.runtime as rt
+SPEC = BackendSpec(name=NAME, display="reference", factory=lambda: RefBackend(), magic=MAGIC,
+                   probe=lambda: VERSION, extra="test", supported_ccs=None, exact_version=False, jit_target="exact")
 
-    backend = RefBackend()
-    real = rt.get_backend
 
-    def get(name: str):
-        return backend if name == "nvrtc" else real(name)
+def install() -> RefBackend:
+    """Register the reference backend, as any backend is registered: one BackendSpec (the
+    ``reference_backend`` fixture in conftest.py unregisters it after the test)."""
+    registry.register(SPEC, replace=True)
+    return RefBackend()
 
-    if monkeypatch is not None:
-        monkeypatch.setattr(rt, "get_backend", get)
-    else:
-        rt.get_backend = get
-    return backend
+
+def uninstall() -> None:
+    registry.unregister(NAME)
 
 
 def publish(repo_dir: Path, model: str, onnx_path: Path, *, ccs=("7.5", "8.6", "8.9", "9.0", "12.0"),
-            stripped: bool = False, extra_artifacts=()) -> Any:
-    """Build a reference plan and publish it into a repository directory (farm.repo API)."""
-    from rtxpack.digest import model_digest, sha256_bytes, weights_digest
-    from rtxpack.farm.repo import Repository
-    from rtxpack.manifest import Artifact, artifact_id, blob_relpath
+            stripped: bool = False, extra_artifacts=(), backend: str = NAME) -> Any:
+    """Build a reference plan and publish it into a repository directory (farm.repo API); ``backend``
+    is the name the manifest entry gives (a plan that is never loaded may pose as another backend's)."""
+    from rtxpack.core.digest import model_digest, sha256_bytes, weights_digest
+    from rtxpack.farm.repo import RepositoryWriter as Repository
+    from rtxpack.core.manifest import Artifact, artifact_id, blob_relpath
 
     plan = RefBackend().build(onnx_path, compute_capabilities=list(ccs), strip_weights=stripped)
     sha = sha256_bytes(plan)
@@ -166,7 +170,7 @@ def publish(repo_dir: Path, model: str, onnx_path: Path, *, ccs=("7.5", "8.6", "
     tmp.write_bytes(plan)
     repo.add_blob_file(tmp, move=True)
     art = Artifact(id=artifact_id("engine", model, sha), kind="engine", model=model, model_digest=model_digest(onnx_path),
-                   weights_digest=weights_digest(onnx_path), backend="nvrtc", backend_version=VERSION,
+                   weights_digest=weights_digest(onnx_path), backend=backend, backend_version=VERSION,
                    compute_capabilities=tuple(ccs), ptx=True, size=len(plan), sha256=sha, path=blob_relpath(sha),
                    stripped=stripped)
     repo.add_artifacts([art, *extra_artifacts])

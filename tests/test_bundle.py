@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from rtxpack.bundle import bundle_source, create_bundle, extract_bundle, install_from_bundle, open_bundle
-from rtxpack.errors import BundleError, ChecksumMismatch
-from rtxpack.manifest import Artifact, Manifest, artifact_id, blob_relpath
-from rtxpack.store import Store
+from rtxpack.farm.bundle import create_bundle
+from rtxpack.installer.bundle import bundle_source, extract_bundle, install_from_bundle, open_bundle
+from rtxpack.core.errors import BundleError, ChecksumMismatch
+from rtxpack.core.manifest import Artifact, Manifest, artifact_id, blob_relpath
+from rtxpack.installer.store import Store
 
 D = "d" * 64
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from rtxpack import device
-from rtxpack.errors import DeviceError
+from rtxpack.core import device
+from rtxpack.core.errors import DeviceError
 
 
 def test_detect_never_raises_and_reports_gpus_list(monkeypatch):

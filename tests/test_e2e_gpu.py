@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def gpu():
-    from rtxpack.device import detect_gpus
+    from rtxpack.core.device import detect_gpus
 
     gpus, notes = detect_gpus()
     if not gpus:
@@ -23,7 +23,7 @@ def gpu():
 
 def test_farm_to_pc_four_paths(gpu, tmp_path):
     import load_flow
-    from rtxpack import examples
+    from rtxpack.demo import models as examples
 
     onnx = examples.small_cnn(tmp_path / "models" / "net.onnx", channels=16, size=32)
     repo, built, warmed = load_flow.build_repo(tmp_path, onnx, gpu.compute_capability, [1, 3, 32, 32])

@@ -2,6 +2,7 @@
 workers, the repository layout and manifest entries, no-op rebuilds, a cell the builder rejects."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from rtxpack.backends.tensorrt_rtx.header import parse_header
+from rtxpack.core import registry
 from rtxpack.farm import build, load_config, make_plan
 from rtxpack.farm import plan as plan_mod
-from rtxpack.manifest import Manifest, blob_relpath
+from rtxpack.core.manifest import Manifest, blob_relpath
 from test_farm_common import (CNN, LOCAL, MLP, OTHER, ROOT, cli, farm, farm_env, matrix_repo,  # noqa: F401
                               target, toolchain, write_config)
 
@@ -54,7 +56,7 @@ def test_unchanged_rebuild_does_no_builder_work(matrix_repo, farm, monkeypatch: 
     def no_hashing(path):  # type: ignore[no-untyped-def]
         raise AssertionError(f"{path} was hashed again although size and mtime did not change")
 
-    import rtxpack.digest_cache as digest_cache
+    import rtxpack.core.digest_cache as digest_cache
     monkeypatch.setattr(digest_cache, "model_digest", no_hashing)
     monkeypatch.setattr(digest_cache, "weights_digest", no_hashing)
     again = build(cfg, repo, jobs=2)
@@ -148,12 +150,15 @@ sys.exit(bw.main())
 '''
 
 
-def test_worker_crash_fails_only_its_cell(farm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_crash_fails_only_its_cell(farm, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """A worker that segfaults fails the cell it was building (with the signal) and is replaced for the next cell."""
-    build_mod = sys.modules["rtxpack.farm.build"]  # the module (rtxpack.farm.build is also the function)
+    real = registry.get("tensorrt-rtx")
+    real_worker = Path(real.worker_argv(sys.executable)[2])
     wrapper = tmp_path / "crashy_worker.py"
-    wrapper.write_text(CRASHY_WORKER.format(real_dir=str(build_mod._TRT_WORKER.parent)))
-    monkeypatch.setattr(build_mod, "_TRT_WORKER", wrapper)
+    wrapper.write_text(CRASHY_WORKER.format(real_dir=str(real_worker.parent)))
+    # the same backend, registered again with a builder that crashes on model "crash"
+    registry.register(dataclasses.replace(real, worker_argv=lambda py: [py, "-I", str(wrapper), "--serve"]), replace=True)
+    request.addfinalizer(lambda: registry.register(real, replace=True))
     models = tmp_path / "models"
     models.mkdir()
     (models / "crash.onnx").write_bytes((farm.models / "mlp.onnx").read_bytes())

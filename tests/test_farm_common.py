@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from rtxpack import examples
-from rtxpack.farm.models import fp16_variant
+from rtxpack.demo import models as examples
+from rtxpack.demo.models import fp16_variant
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = "1.7.1.116"     # the tensorrt-rtx of this interpreter (CI installs it)

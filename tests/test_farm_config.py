@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from rtxpack.errors import ConfigError
+from rtxpack.core.errors import ConfigError
 from rtxpack.farm.config import load_config
 
 FULL = """
@@ -77,7 +77,7 @@ def test_errors_name_file_key_and_fix(tmp_path: Path, old: str, new: str, key: s
         load_config(p)
     e = ei.value
     assert str(p) in str(e) and key in str(e), str(e)
-    assert e.key == key and e.file == str(p)
+    assert e.key == key and e.path == str(p)
     assert fix in (e.fix or "") or fix in str(e), str(e)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rtxpack.farm import load_config, make_plan
-from rtxpack.manifest import Manifest
+from rtxpack.core.manifest import Manifest
 from test_farm_common import CNN, LOCAL, MLP16, cli, farm, farm_env, target, write_config  # noqa: F401
 
 

@@ -27,13 +27,15 @@ import numpy as np
 import pytest
 
 from fault_helpers import cache_for, child_env, cli, data_of, engine_for, write_repo
-from rtxpack import trust
-from rtxpack.device import parse_override
-from rtxpack.errors import (BundleError, ChecksumMismatch, FetchError, ManifestError, SignatureError, StoreError)
-from rtxpack.install import install
-from rtxpack.manifest import MAX_MANIFEST_BYTES, Manifest
-from rtxpack.repository import open_repository
-from rtxpack.store import Store
+from rtxpack.installer import trust
+from rtxpack.core.signing import load_private_key, sign_manifest
+from rtxpack.farm.sign import keygen, sign_repository
+from rtxpack.core.device import parse_override
+from rtxpack.core.errors import (BundleError, ChecksumMismatch, FetchError, ManifestError, SignatureError, StoreError)
+from rtxpack.installer.pipeline import install
+from rtxpack.core.manifest import MAX_MANIFEST_BYTES, Manifest
+from rtxpack.installer.repository import open_repository
+from rtxpack.installer.store import Store
 
 MiB = 1 << 20
 DEVICE = "8.9"
@@ -81,7 +83,7 @@ def one_engine(root: Path, size: int, seed: int = 0, **kw):
 
 @pytest.fixture
 def key(tmp_path: Path) -> dict[str, Any]:
-    k, pub, kid = trust.keygen(tmp_path / "keys")
+    k, pub, kid = keygen(tmp_path / "keys")
     return {"key": k, "pub": pub, "id": kid}
 
 
@@ -214,7 +216,7 @@ def test_disk_full_during_download(nginx, source: str) -> None:
        "all succeed; the blob is downloaded once (per-blob lock); one store entry; rollback state valid")
 def test_eight_concurrent_installers(nginx, key) -> None:
     e, _ = one_engine(nginx.root, 2 * MiB, seed=8)
-    trust.sign_repository(nginx.root, key["key"])
+    sign_repository(nginx.root, key["key"])
     cmd = [sys.executable, "-m", "rtxpack.cli", "install", "--repo", nginx.url, "--model", "mlp",
            "--trusted-key", str(key["pub"]), "--json"]
     env = child_env(RTXPACK_DEVICE=DEVICE)
@@ -296,16 +298,16 @@ def test_truncated_plan_refetched_by_next_install(nginx) -> None:
 
 H100 = {"os": "linux", "gpus": [{"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
                                  "driver_version": "13.0", "memory_bytes": 80 << 30}],
-        "backends": {"nvrtc": "1.0.0", "tensorrt-rtx": None}}
+        "backends": {"reference": "1.0.0", "nvrtc": None, "tensorrt-rtx": None}}
 
 
 @pytest.fixture
-def runtime_env(tmp_path: Path, monkeypatch):
+def runtime_env(tmp_path: Path, monkeypatch, reference_backend):
     import refbackend
-    from rtxpack import examples
+    from rtxpack.demo import models as examples
 
     monkeypatch.setenv("RTXPACK_DEVICE", json.dumps(H100))
-    backend = refbackend.install(monkeypatch)
+    backend = reference_backend
     onnx = examples.mlp(tmp_path / "app" / "mlp.onnx")
     x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
     ref = examples.reference_run(onnx, {"x": x})["y"]
@@ -334,10 +336,10 @@ def test_garbage_persisted_runtime_cache_ignored(runtime_env) -> None:
        "the backend gets no usable cache (checksum), the model still runs correctly")
 def test_garbage_shipped_runtime_cache_in_store_ignored(runtime_env) -> None:
     import rtxpack
-    from rtxpack.farm.repo import Repository
+    from rtxpack.farm.repo import RepositoryWriter as Repository
 
     garbage = b"RTXPRC01" + os.urandom(200)
-    rc = cache_for(runtime_env.art, garbage, gpu_name="NVIDIA H100 80GB HBM3", cc="9.0", backend="nvrtc",
+    rc = cache_for(runtime_env.art, garbage, gpu_name="NVIDIA H100 80GB HBM3", cc="9.0", backend="reference",
                    backend_version=runtime_env.art.backend_version, os="linux", driver_version="13.0")
     (runtime_env.repo / rc.path).parent.mkdir(parents=True, exist_ok=True)
     (runtime_env.repo / rc.path).write_bytes(garbage)
@@ -352,10 +354,10 @@ def test_garbage_shipped_runtime_cache_in_store_ignored(runtime_env) -> None:
        "the cache is skipped (fallback recorded), the plan still loads and runs")
 def test_runtime_cache_with_wrong_bytes_skipped(runtime_env) -> None:
     import rtxpack
-    from rtxpack.farm.repo import Repository
+    from rtxpack.farm.repo import RepositoryWriter as Repository
 
     good = b"RTXPRC01" + os.urandom(100)
-    rc = cache_for(runtime_env.art, good, gpu_name="NVIDIA H100 80GB HBM3", cc="9.0", backend="nvrtc",
+    rc = cache_for(runtime_env.art, good, gpu_name="NVIDIA H100 80GB HBM3", cc="9.0", backend="reference",
                    backend_version=runtime_env.art.backend_version, os="linux", driver_version="13.0")
     (runtime_env.repo / rc.path).parent.mkdir(parents=True, exist_ok=True)
     (runtime_env.repo / rc.path).write_bytes(os.urandom(len(good)))       # not what the manifest says
@@ -395,7 +397,7 @@ def test_bitflipped_plan_detected_at_load(runtime_env) -> None:
        "SignatureError naming repo and keyid; exit 1; the foreign blob is never fetched; offline copy unchanged")
 def test_tampered_manifest_over_http(nginx, key) -> None:
     e, _ = one_engine(nginx.root, 100_000, seed=12)
-    trust.sign_repository(nginx.root, key["key"])
+    sign_repository(nginx.root, key["key"])
     r = cli("install", "--repo", nginx.url, "--model", "mlp", "--trusted-key", str(key["pub"]), RTXPACK_DEVICE=DEVICE)
     assert r.returncode == 0, r.stderr
     evil = b"evil engine" * 1000
@@ -421,7 +423,7 @@ def test_tampered_manifest_over_http(nginx, key) -> None:
 def test_load_refuses_tampered_repository(runtime_env, key) -> None:
     import rtxpack
 
-    trust.sign_repository(runtime_env.repo, key["key"])
+    sign_repository(runtime_env.repo, key["key"])
     with rtxpack.load("mlp", repo=runtime_env.repo, trusted_keys=[key["pub"]]) as s:
         assert s.provenance.path == "repository"
     Store().remove(runtime_env.art.sha256)
@@ -441,7 +443,7 @@ def test_load_refuses_tampered_repository(runtime_env, key) -> None:
 def test_expired_manifest_refused(nginx, key) -> None:
     e, _ = one_engine(nginx.root, 10_000, seed=13)
     past = datetime.now(timezone.utc) - timedelta(days=10)
-    m = trust.sign_manifest(Manifest.load(nginx.root), trust.load_private_key(key["key"]), expires_in_days=3, now=past)
+    m = sign_manifest(Manifest.load(nginx.root), load_private_key(key["key"]), expires_in_days=3, now=past)
     m.save(nginx.root)
     r = cli("install", "--repo", nginx.url, "--model", "mlp", "--trusted-key", str(key["pub"]), RTXPACK_DEVICE=DEVICE)
     assert r.returncode == 1 and "expired" in r.stderr and "rtxpack sign" in r.stderr
@@ -452,9 +454,9 @@ def test_expired_manifest_refused(nginx, key) -> None:
        "SignatureError 'rollback' naming both versions; exit 1; accepted version unchanged")
 def test_rollback_refused(nginx, key) -> None:
     one_engine(nginx.root, 10_000, seed=14)
-    trust.sign_repository(nginx.root, key["key"])                       # v2
+    sign_repository(nginx.root, key["key"])                       # v2
     old = (nginx.root / "manifest.json").read_bytes()
-    trust.sign_repository(nginx.root, key["key"])                       # v3
+    sign_repository(nginx.root, key["key"])                       # v3
     args = ("install", "--repo", nginx.url, "--model", "mlp", "--trusted-key", str(key["pub"]))
     assert cli(*args, RTXPACK_DEVICE=DEVICE).returncode == 0
     (nginx.root / "manifest.json").write_bytes(old)
@@ -588,7 +590,7 @@ def test_hostile_bundle_refused(tmp_path: Path, bundle_parts, case: str, gz: boo
     e, data, raw = bundle_parts
     members, name = _hostile(case, e, data, raw, tmp_path)
     b = _tar(tmp_path / ("hostile.tar.gz" if gz else "hostile.tar"), members, gz=gz)
-    from rtxpack.bundle import bundle_source, extract_bundle
+    from rtxpack.installer.bundle import bundle_source, extract_bundle
 
     for attempt in (lambda: open_repository(b), lambda: extract_bundle(b, tmp_path / "out"),
                     lambda: bundle_source(b)):
@@ -617,7 +619,7 @@ def test_bundle_member_wrong_bytes(tmp_path: Path, bundle_parts) -> None:
        "unsigned + require_signed -> refused")
 def test_bundle_manifest_is_verified(tmp_path: Path, bundle_parts, key) -> None:
     e, data, _ = bundle_parts
-    signed = trust.sign_manifest(Manifest(artifacts=(e,)), trust.load_private_key(key["key"]))
+    signed = sign_manifest(Manifest(artifacts=(e,)), load_private_key(key["key"]))
     good = _tar(tmp_path / "good.tar", [_file("manifest.json", signed.to_json().encode()), _file(e.path, data)])
     res = install(str(good), "mlp", device=dev(), progress=False, trusted_keys=[key["pub"]])
     assert res.files and blob_ok(e)
@@ -628,7 +630,7 @@ def test_bundle_manifest_is_verified(tmp_path: Path, bundle_parts, key) -> None:
     bad = _tar(tmp_path / "bad.tar", [_file("manifest.json", json.dumps(doc).encode()), _file(e.path, data)])
     with pytest.raises(SignatureError, match="does not verify"):
         open_repository(bad, trusted_keys=[key["pub"]])
-    other = trust.keygen(tmp_path / "other")
+    other = keygen(tmp_path / "other")
     with pytest.raises(SignatureError, match="none of which is trusted"):
         open_repository(good, trusted_keys=[other[1]])
     unsigned = _tar(tmp_path / "unsigned.tar", [_file("manifest.json", Manifest(artifacts=(e,)).to_json().encode()),
@@ -641,10 +643,10 @@ def test_bundle_manifest_is_verified(tmp_path: Path, bundle_parts, key) -> None:
 @fault("bundle made by `rtxpack bundle` from a signed repository, installed with the key pinned",
        "installs (the bundle carries a manifest the publisher's key verifies)")
 def test_bundle_of_signed_repository_verifies(tmp_path: Path, key) -> None:
-    from rtxpack.bundle import create_bundle
+    from rtxpack.farm.bundle import create_bundle
 
     e, _ = one_engine(tmp_path / "repo", 5000, seed=21)
-    trust.sign_repository(tmp_path / "repo", key["key"])
+    sign_repository(tmp_path / "repo", key["key"])
     create_bundle(tmp_path / "repo", tmp_path / "b.tar")
     install(str(tmp_path / "b.tar"), "mlp", device=dev(), progress=False, trusted_keys=[key["pub"]])
     blob_ok(e)

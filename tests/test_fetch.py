@@ -15,9 +15,10 @@ import pytest
 import requests
 
 from conftest import Art, random_bytes
-from rtxpack.errors import ChecksumMismatch, FetchError, ManifestError, OfflineError
-from rtxpack.fetch import FetchStats, Source, fetch_artifact, fetch_bytes
-from rtxpack.store import Store
+from rtxpack.core.errors import ChecksumMismatch, FetchError, ManifestError, OfflineError
+from rtxpack.core.location import Location
+from rtxpack.installer.fetch import FetchStats, fetch_artifact, fetch_bytes
+from rtxpack.installer.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
@@ -77,7 +78,7 @@ def test_repository_as_directory_and_file_url(tmp_path: Path, make_artifact) -> 
     Store().remove(art.sha256)
     path = fetch_artifact(art, repo=(repo.as_uri()))  # file:// with a quoted space
     assert_installed(path, art)
-    assert Source(repo).url_for(art.path) == str(repo / art.path)
+    assert Location.parse(repo).join(art.path) == str(repo.resolve() / art.path)
 
 
 def test_directory_repository_with_missing_or_wrong_file(tmp_path: Path, make_artifact) -> None:
@@ -97,10 +98,10 @@ def test_directory_repository_with_missing_or_wrong_file(tmp_path: Path, make_ar
 def test_artifact_path_cannot_escape_the_repository(tmp_path: Path) -> None:
     for bad in ("../secret", "/etc/passwd", "blobs/../../x", "C:/x", ""):
         with pytest.raises(ManifestError):
-            Source(tmp_path).url_for(bad)
+            Location.parse(tmp_path).join(bad)
         with pytest.raises(ManifestError):
-            Source("http://127.0.0.1:1/repo").url_for(bad)
-    assert Source("http://127.0.0.1:1/repo/").url_for("a/b") == "http://127.0.0.1:1/repo/a/b"
+            Location.parse("http://127.0.0.1:1/repo").join(bad)
+    assert Location.parse("http://127.0.0.1:1/repo/").join("a/b") == "http://127.0.0.1:1/repo/a/b"
 
 
 # -- resume --------------------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def test_killed_download_resumes_and_fetches_only_missing_bytes(slow_nginx, ngin
     ``Range: bytes=N-`` and nginx's access log shows exactly size - N body bytes sent."""
     art = make_artifact(random_bytes(3 * MiB, seed=1), nginx.root)
     code = textwrap.dedent(f"""
-        from rtxpack.fetch import fetch_artifact
+        from rtxpack.installer.fetch import fetch_artifact
         from conftest import Art
         fetch_artifact(Art(sha256={art.sha256!r}, size={art.size}, path={art.path!r}), repo={slow_nginx.url!r},
                        progress=False)
@@ -141,9 +142,9 @@ def test_killed_download_resumes_and_fetches_only_missing_bytes(slow_nginx, ngin
 
 @pytest.mark.parametrize("fast_body", [True, False], ids=["readinto", "urllib3-read1"])
 def test_cut_connection_is_retried_with_range(faultserver, make_artifact, monkeypatch, fast_body) -> None:
-    import rtxpack.fetch
+    import rtxpack.installer.fetch
 
-    monkeypatch.setattr(rtxpack.fetch, "FAST_BODY", fast_body)
+    monkeypatch.setattr(rtxpack.installer.fetch, "FAST_BODY", fast_body)
     art = make_artifact(random_bytes(MiB, seed=2))
     path = on_fault(faultserver, art, ["cut:300000"])
     stats = FetchStats()
@@ -223,7 +224,7 @@ def test_wrong_bytes_are_never_installed(faultserver, make_artifact) -> None:
     with pytest.raises(ChecksumMismatch) as info:
         fetch_artifact(art, repo=faultserver.url)
     err = info.value
-    assert err.expected == art.sha256 and err.actual not in (None, art.sha256)
+    assert err.expected_sha256 == art.sha256 and err.actual_sha256 not in (None, art.sha256)
     assert len(faultserver.hits(path)) == 1 and len(faultserver.hits("/mirror/" + art.path)) == 1
     assert_nothing_installed(art)
     assert list(Store().tmp_dir.iterdir()) == []
@@ -295,7 +296,7 @@ def test_hung_server_times_out_then_mirror(faultserver, nginx, make_artifact, mo
 def test_body_that_stalls_times_out_and_resumes(faultserver, make_artifact, monkeypatch) -> None:
     """A body that goes silent hits the read timeout; the retry resumes. Bytes of the read in
     flight when the timeout fired (at most one 256 KiB buffer) are fetched again."""
-    import rtxpack.fetch
+    import rtxpack.installer.fetch
 
     monkeypatch.setenv("RTXPACK_READ_TIMEOUT", "0.3")
     art = make_artifact(random_bytes(900_000, seed=20))
@@ -304,7 +305,7 @@ def test_body_that_stalls_times_out_and_resumes(faultserver, make_artifact, monk
     assert_installed(fetch_artifact(art, repo=faultserver.url, stats=stats), art)
     first, second = faultserver.hits(path)
     assert (first.range, first.sent) == (None, 600_000)
-    assert 0 < stats.resumed_from <= 600_000 < stats.resumed_from + rtxpack.fetch._BUFFER
+    assert 0 < stats.resumed_from <= 600_000 < stats.resumed_from + rtxpack.installer.fetch._BUFFER
     assert (second.range, second.sent) == (f"bytes={stats.resumed_from}-", art.size - stats.resumed_from)
     assert "timeout" in stats.errors[0].lower()
 
@@ -364,7 +365,7 @@ def test_eight_processes_download_once(slow_nginx, make_artifact, tmp_path: Path
     go = tmp_path / "go"
     code = textwrap.dedent(f"""
         import hashlib, os, sys, time
-        from rtxpack.fetch import FetchStats, fetch_artifact
+        from rtxpack.installer.fetch import FetchStats, fetch_artifact
         from conftest import Art
         while not os.path.exists({str(go)!r}):
             time.sleep(0.005)
@@ -400,7 +401,7 @@ def test_fetch_bytes_http_dir_and_caps(nginx, tmp_path: Path, faultserver) -> No
         fetch_bytes(nginx.root / "manifest.json", max_size=5)
     with pytest.raises(FetchError) as info:
         fetch_bytes(f"{nginx.url}/missing.json", max_size=100)
-    assert info.value.status == 404
+    assert info.value.http_status == 404
     with pytest.raises(FetchError):
         fetch_bytes(tmp_path / "missing.json", max_size=100)
 
@@ -434,13 +435,13 @@ def test_more_bytes_than_declared_are_never_installed(nginx, make_artifact) -> N
 def test_disk_full_while_downloading_is_a_store_error_not_retried(nginx, make_artifact, monkeypatch) -> None:
     import errno
 
-    import rtxpack.fetch
-    from rtxpack.errors import StoreError
+    import rtxpack.installer.fetch
+    from rtxpack.core.errors import StoreError
 
     def full(f, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(rtxpack.fetch, "_write_all", full)
+    monkeypatch.setattr(rtxpack.installer.fetch, "_write_all", full)
     monkeypatch.setenv("RTXPACK_RETRIES", "3")
     art = make_artifact(random_bytes(MiB, seed=21), nginx.root)
     stats = FetchStats()

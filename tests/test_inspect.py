@@ -6,17 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from rtxpack.backends import get_backend
+from rtxpack.core.registry import create as get_backend
 from rtxpack.backends.tensorrt_rtx.header import mask_from_ccs, parse_header
-from rtxpack.errors import BackendError
-from rtxpack.inspect import inspect_file
-from rtxpack.manifest import Manifest
+from rtxpack.core.errors import BackendError
+from rtxpack.backends.inspect import inspect_file
+from rtxpack.core.manifest import Manifest
 from test_farm_common import LOCAL, MLP, cli, farm, farm_env, target, write_config  # noqa: F401
 
 
 @pytest.fixture(scope="module")
 def plans(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    from rtxpack import examples
+    from rtxpack.demo import models as examples
 
     d = tmp_path_factory.mktemp("inspect")
     onnx = examples.small_cnn(d / "cnn.onnx")
@@ -49,7 +49,7 @@ def test_cross_check_with_repository(farm, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     cli("build", str(cfg), "--repo", str(repo))
     (a,) = Manifest.load(repo).artifacts
-    info = inspect_file(repo / a.path, repo=repo)
+    info = inspect_file(repo / a.path, Manifest.load(repo), repo=str(repo))
     assert info["backend"] == "tensorrt-rtx" and info["compute_capabilities"] == ["8.6", "8.9", "12.0"]
     assert info["manifest"] == {"repo": str(repo), "artifact": a.id, "mismatches": []}
     # a manifest that lies about the CCs and version is caught
@@ -64,7 +64,7 @@ def test_cross_check_with_repository(farm, tmp_path: Path) -> None:
     # a file the manifest does not know
     other = tmp_path / "other.plan"
     other.write_bytes((repo / a.path).read_bytes() + b"\0")
-    assert inspect_file(other, repo=repo)["manifest"]["artifact"] is None
+    assert inspect_file(other, Manifest.load(repo))["manifest"]["artifact"] is None
 
 
 def test_nvrtc_plans_when_the_backend_is_there(tmp_path: Path) -> None:
@@ -73,7 +73,7 @@ def test_nvrtc_plans_when_the_backend_is_there(tmp_path: Path) -> None:
         from rtxpack.backends.nvrtc import NvrtcBackend, is_nvrtc_plan  # noqa: F401
     except ImportError as e:
         pytest.skip(f"nvrtc backend not importable here: {e}")
-    from rtxpack import examples
+    from rtxpack.demo import models as examples
 
     onnx = examples.mlp(tmp_path / "mlp.onnx")
     try:

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from rtxpack.errors import ManifestError
-from rtxpack.manifest import Manifest, parse_cc
+from rtxpack.core.errors import ManifestError
+from rtxpack.core.manifest import Manifest, parse_cc
 
 from manifest_factory import engine, manifest, runtime_cache
 

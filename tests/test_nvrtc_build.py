@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtxpack import examples
-from rtxpack.backends import get_backend
+from rtxpack.demo import models as examples
+from rtxpack.core.registry import create as get_backend
 from rtxpack.backends.nvrtc import DEFAULT_CCS, NVRTC_BACKEND_VERSION, NvrtcBackend, is_nvrtc_plan
 from rtxpack.backends.nvrtc import compile as nv_compile
 from rtxpack.backends.nvrtc.cache import CacheKey, RuntimeCache
@@ -19,8 +19,8 @@ from rtxpack.backends.nvrtc.onnx_import import import_onnx
 from rtxpack.backends.nvrtc.plan import read_plan
 from rtxpack.backends.nvrtc.schedule import plan_shapes
 from rtxpack.backends.nvrtc.weights import device_weight_names
-from rtxpack.digest import weights_digest
-from rtxpack.errors import BackendError, UnsupportedModel
+from rtxpack.core.digest import weights_digest
+from rtxpack.core.errors import BackendError, UnsupportedModel
 
 from nvrtc_helpers import local_cc, op_cases
 
@@ -177,7 +177,7 @@ def test_corrupt_and_foreign_plans_are_rejected(models) -> None:
 def test_stripped_plan_records_every_weight(models) -> None:
     import onnx
 
-    from rtxpack.digest import initializers, sha256_bytes
+    from rtxpack.core.digest import initializers, sha256_bytes
 
     b = NvrtcBackend()
     full = b.build(models["resnet_small"], compute_capabilities=["8.6"])

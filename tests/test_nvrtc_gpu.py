@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtxpack import examples
+from rtxpack.demo import models as examples
 from rtxpack.backends.nvrtc import NvrtcBackend
-from rtxpack.errors import BackendError, RefitError
+from rtxpack.core.errors import BackendError, RefitError
 
 from nvrtc_helpers import assert_close, local_cc, op_cases, rand, reference, softmax_coerced_2d
 

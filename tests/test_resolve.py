@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from rtxpack.errors import ResolveError
-from rtxpack.resolve import Target, explain, no_match_error, resolve
+from rtxpack.core.errors import ResolveError
+from rtxpack.core.resolve import Target, explain, no_match_error, resolve
 
 from manifest_factory import WD, engine, manifest, runtime_cache
 

@@ -11,21 +11,21 @@ import numpy as np
 import pytest
 
 import rtxpack
-from rtxpack import examples
-from rtxpack import runtime_cache_store as rcs
-from rtxpack.errors import ResolveError
+from rtxpack.demo import models as examples
+from rtxpack.installer import runtime_caches as rcs
+from rtxpack.core.errors import ResolveError
 
 import refbackend
 
 H100 = {"os": "linux", "gpus": [{"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
                                  "driver_version": "13.0", "memory_bytes": 80 << 30}],
-        "backends": {"nvrtc": "1.0.0", "tensorrt-rtx": None}}
+        "backends": {"reference": "1.0.0", "nvrtc": None, "tensorrt-rtx": None}}
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
+def env(tmp_path, monkeypatch, reference_backend):
     monkeypatch.setenv("RTXPACK_DEVICE", json.dumps(H100))
-    backend = refbackend.install(monkeypatch)
+    backend = reference_backend
     onnx = examples.mlp(tmp_path / "app" / "mlp.onnx")
     x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
     ref = examples.reference_run(onnx, {"x": x})["y"]
@@ -76,7 +76,7 @@ def test_runtime_cache_persists_and_is_used_on_the_next_start(env):
     with rtxpack.load("mlp", repo=env.repo) as s:
         s.run({"x": env.x})
         assert "no runtime cache" in s.provenance.runtime_cache
-    files = list((Path(rtxpack.config.cache_dir()) / "state" / "runtime-caches").glob("*.rtcache"))
+    files = list((Path(rtxpack.core.config.cache_dir()) / "state" / "runtime-caches").glob("*.rtcache"))
     assert len(files) == 1
     with rtxpack.load("mlp", repo=env.repo) as s:
         assert s.provenance.runtime_cache.startswith("runtime cache persisted on this machine")
@@ -89,7 +89,7 @@ def test_corrupt_persisted_cache_is_ignored_and_replaced(env):
     refbackend.publish(env.repo, "mlp", env.onnx)
     with rtxpack.load("mlp", repo=env.repo) as s:
         s.run({"x": env.x})
-    (f,) = (Path(rtxpack.config.cache_dir()) / "state" / "runtime-caches").glob("*.rtcache")
+    (f,) = (Path(rtxpack.core.config.cache_dir()) / "state" / "runtime-caches").glob("*.rtcache")
     good = f.read_bytes()
     f.write_bytes(good[:-5] + b"XXXXX")           # flipped payload bytes: checksum fails
     with rtxpack.load("mlp", repo=env.repo) as s:
@@ -108,15 +108,15 @@ def test_shipped_runtime_cache_is_used(env):
     loaded = env.backend.load(plan)
     loaded.run({"x": env.x})
     blob = loaded.runtime_cache()
-    from rtxpack.digest import sha256_bytes
-    from rtxpack.farm.repo import Repository
-    from rtxpack.manifest import Artifact, artifact_id, blob_relpath
+    from rtxpack.core.digest import sha256_bytes
+    from rtxpack.farm.repo import RepositoryWriter as Repository
+    from rtxpack.core.manifest import Artifact, artifact_id, blob_relpath
 
     sha = sha256_bytes(blob)
     (env.repo / ".rc").write_bytes(blob)
     Repository(env.repo).add_blob_file(env.repo / ".rc", move=True)
     rc = Artifact(id=artifact_id("runtime-cache", "mlp", sha), kind="runtime-cache", model="mlp",
-                  model_digest=art.model_digest, weights_digest=art.weights_digest, backend="nvrtc",
+                  model_digest=art.model_digest, weights_digest=art.weights_digest, backend="reference",
                   backend_version=art.backend_version, compute_capabilities=("9.0",), size=len(blob), sha256=sha,
                   path=blob_relpath(sha), gpu_name="NVIDIA H100 80GB HBM3", os="linux", driver_version="13.0",
                   engine=art.sha256)
@@ -144,16 +144,16 @@ def test_offline_with_only_the_onnx_builds_then_reuses(env, monkeypatch):
 def test_invalid_artifact_falls_back_to_next_candidate(env):
     good = refbackend.publish(env.repo, "mlp", env.onnx, ccs=("8.9", "9.0", "12.0"))
     # an exact-CC "plan" that the backend refuses to load (bad magic) ranks first
-    from rtxpack.digest import sha256_bytes
-    from rtxpack.farm.repo import Repository
-    from rtxpack.manifest import Artifact, artifact_id, blob_relpath
+    from rtxpack.core.digest import sha256_bytes
+    from rtxpack.farm.repo import RepositoryWriter as Repository
+    from rtxpack.core.manifest import Artifact, artifact_id, blob_relpath
 
     junk = b"NOTAPLAN" * 100
     sha = sha256_bytes(junk)
     (env.repo / ".j").write_bytes(junk)
     Repository(env.repo).add_blob_file(env.repo / ".j", move=True)
     bad = Artifact(id=artifact_id("engine", "mlp", sha), kind="engine", model="mlp", model_digest=good.model_digest,
-                   weights_digest=good.weights_digest, backend="nvrtc", backend_version="1.0.0",
+                   weights_digest=good.weights_digest, backend="reference", backend_version="1.0.0",
                    compute_capabilities=("9.0",), size=len(junk), sha256=sha, path=blob_relpath(sha))
     Repository(env.repo).add_artifacts([bad])
     with rtxpack.load("mlp", repo=env.repo) as s:
@@ -167,7 +167,7 @@ def test_nothing_can_run_is_one_clear_error(env, monkeypatch):
     with pytest.raises(ResolveError) as ei:
         rtxpack.load("mlp", repo=env.repo)
     msg = str(ei.value)
-    assert "CC 8.0" in msg and "offers nvrtc CC 8.6/8.9" in msg and ei.value.fix
+    assert "CC 8.0" in msg and "offers reference CC 8.6/8.9" in msg and ei.value.fix
 
 
 def test_two_processes_closing_at_once_leave_a_valid_cache(env, tmp_path):
@@ -193,19 +193,19 @@ def test_two_processes_closing_at_once_leave_a_valid_cache(env, tmp_path):
         p.stdin.flush()
     for p in procs:
         assert p.wait(timeout=60) == 0
-    (f,) = (Path(rtxpack.config.cache_dir()) / "state" / "runtime-caches").glob("*.rtcache")
-    payload, why = rcs.read(rtxpack.store.Store(), _key_for(f, env))
+    (f,) = (Path(rtxpack.core.config.cache_dir()) / "state" / "runtime-caches").glob("*.rtcache")
+    payload, why = rcs.read(rtxpack.installer.store.Store(), _key_for(f, env))
     assert payload is not None, why
     assert not list(f.parent.glob(".rc.*"))          # no temp files left behind
 
 
 def _key_for(path, env):
     # the key digest is in the file name; rebuild the key from the repo's engine
-    from rtxpack.manifest import Manifest
+    from rtxpack.core.manifest import Manifest
     art = Manifest.load(env.repo).artifacts[0]
     key = rcs.CacheKey(model="mlp", plan_sha256=art.sha256, gpu_name="NVIDIA H100 80GB HBM3", cc="9.0", os="linux",
-                       driver_major=13, backend="nvrtc", backend_version="1.0.0")
-    assert rcs.path_for(rtxpack.store.Store(), key) == path
+                       driver_major=13, backend="reference", backend_version="1.0.0")
+    assert rcs.path_for(rtxpack.installer.store.Store(), key) == path
     return key
 
 
@@ -214,7 +214,7 @@ def test_onnx_digests_are_cached_by_file_identity(env, monkeypatch):
     refbackend.publish(env.repo, "mlp", env.onnx, stripped=True)
     with rtxpack.load("mlp", repo=env.repo, onnx=env.onnx):
         pass
-    import rtxpack.digest_cache as dc
+    import rtxpack.core.digest_cache as dc
 
     def no_hashing(path):
         raise AssertionError(f"{path} was hashed again")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rtxpack.errors import ChecksumMismatch, ConfigError, StoreError
-from rtxpack.store import Store, parse_size
+from rtxpack.core.errors import ChecksumMismatch, ConfigError, StoreError
+from rtxpack.installer.store import Store, parse_size
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ def test_add_bytes_with_wrong_sha_installs_nothing() -> None:
     store = Store()
     with pytest.raises(ChecksumMismatch) as info:
         store.add_bytes(b"abc", sha256=sha(b"abd"))
-    assert info.value.expected == sha(b"abd") and info.value.actual == sha(b"abc")
+    assert info.value.expected_sha256 == sha(b"abd") and info.value.actual_sha256 == sha(b"abc")
     assert store.entries() == [] and not store.has(sha(b"abd"))
     assert list((store.root / "tmp").iterdir()) == []
 
@@ -86,21 +86,20 @@ def test_commit_temp_checks_size_and_digest() -> None:
     store = Store()
     data = os.urandom(10_000)
     s = sha(data)
-    tmp = store.temp_file(s)
-    assert tmp.parent == store.root / "tmp" and tmp.exists()
+    tmp = store.tmp_dir / "t1"
     tmp.write_bytes(data[:-1])
     with pytest.raises(ChecksumMismatch) as info:
         store.commit_temp(tmp, s, len(data))
     assert info.value.expected_size == len(data) and info.value.actual_size == len(data) - 1
     assert not tmp.exists() and not store.has(s)
 
-    tmp = store.temp_file(s)
+    tmp = store.tmp_dir / "t2"
     tmp.write_bytes(bytes([data[0] ^ 1]) + data[1:])
     with pytest.raises(ChecksumMismatch) as info:
         store.commit_temp(tmp, s, len(data))
-    assert info.value.actual != s and not tmp.exists() and not store.has(s)
+    assert info.value.actual_sha256 != s and not tmp.exists() and not store.has(s)
 
-    tmp = store.temp_file(s)
+    tmp = store.tmp_dir / "t3"
     tmp.write_bytes(data)
     assert store.commit_temp(tmp, s, len(data)).read_bytes() == data
     assert not tmp.exists()
@@ -109,7 +108,8 @@ def test_commit_temp_checks_size_and_digest() -> None:
 def test_temp_files_are_unique_and_partial_path_is_stable() -> None:
     store = Store()
     s = "ab" * 32
-    assert store.temp_file(s) != store.temp_file(s)
+    with store.new_blob(s) as a, store.new_blob(s) as b:
+        assert a.tmp != b.tmp and a.tmp.parent == b.tmp.parent == store.root / "tmp"
     assert store.partial_path(s) == store.partial_path(s) == store.root / "tmp" / f"{s}.partial"
 
 
@@ -120,14 +120,13 @@ def test_half_written_temp_file_is_never_an_entry() -> None:
     s = sha(data)
     code = textwrap.dedent(f"""
         import os, sys
-        from rtxpack.store import Store
+        from rtxpack.installer.store import Store
         store = Store()
-        tmp = store.temp_file({s!r})
-        with open(tmp, "wb") as f:
-            f.write(bytes(20_000)); f.flush()
-            with open(store.partial_path({s!r}), "wb") as p:
-                p.write(bytes(1000))
-            os._exit(9)   # killed before commit_temp
+        f = store.new_blob({s!r})
+        f.write(bytes(20_000))
+        with open(store.partial_path({s!r}), "wb") as p:
+            p.write(bytes(1000))
+        os._exit(9)   # killed before commit_blob
     """)
     proc = subprocess.run([sys.executable, "-c", code], env=child_env())
     assert proc.returncode == 9
@@ -199,7 +198,7 @@ def test_prune_never_removes_a_locked_blob() -> None:
 def test_lock_excludes_other_processes() -> None:
     store = Store()
     s = "cd" * 32
-    code = f"from rtxpack.store import Store; import filelock, sys\n" \
+    code = f"from rtxpack.installer.store import Store; import filelock, sys\n" \
            f"l = Store().lock({s!r})\n" \
            f"try:\n    l.acquire(timeout=0.2); sys.exit(0)\nexcept filelock.Timeout:\n    sys.exit(3)\n"
     with store.lock(s):
@@ -214,7 +213,7 @@ def test_free_space_is_checked_before_writing(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(StoreError) as info:
         store.add_bytes(b"x" * 1000)
     err = info.value
-    assert err.needed == 1000 and err.free == 100
+    assert err.needed_bytes == 1000 and err.free_bytes == 100
     assert "1000 bytes needed" in str(err) and "prune" in str(err) and "RTXPACK_CACHE_DIR" in str(err)
     assert store.entries() == []
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from rtxpack.backends.tensorrt_rtx import runtime as rt
-from rtxpack.errors import BackendError, ConfigError, RefitError
+from rtxpack.core.errors import BackendError, ConfigError, RefitError
 
 
 class Enum:
@@ -170,9 +170,9 @@ def test_refit_success_and_failure():
 def test_real_validity_check_on_a_real_aot_plan(tmp_path):
     """The real module: an AOT plan for SM89 built here, checked by the real Runtime."""
     trt = pytest.importorskip("tensorrt_rtx")
-    from rtxpack import examples
+    from rtxpack.demo import models as examples
     from rtxpack.backends.tensorrt_rtx import TensorRTRTXBackend
-    from rtxpack.device import detect_gpus
+    from rtxpack.core.device import detect_gpus
 
     onnx = examples.mlp(tmp_path / "mlp.onnx")
     plan = TensorRTRTXBackend().build(onnx, compute_capabilities=["8.9"],

@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 
 from fault_helpers import cache_for, cli, data_of, engine_for, write_repo
-from rtxpack import trust
-from rtxpack.errors import ConfigError, SignatureError
-from rtxpack.install import install
-from rtxpack.manifest import Manifest
-from rtxpack.repository import open_repository
-from rtxpack.store import Store
+from rtxpack.installer import trust
+from rtxpack.core.signing import load_private_key, load_public_key, sign_manifest
+from rtxpack.farm.sign import keygen, sign_repository
+from rtxpack.core.errors import ConfigError, SignatureError
+from rtxpack.installer.pipeline import install
+from rtxpack.core.manifest import Manifest
+from rtxpack.installer.repository import open_repository
+from rtxpack.installer.store import Store
 
 DEVICE = {"RTXPACK_DEVICE": "8.9"}
 
@@ -35,13 +37,13 @@ def repo(tmp_path: Path) -> Path:
 @pytest.fixture
 def keys(tmp_path: Path) -> dict[str, Path]:
     """Two key pairs, made with the library (the CLI path has its own test)."""
-    a = trust.keygen(tmp_path / "key-a")
-    b = trust.keygen(tmp_path / "key-b")
+    a = keygen(tmp_path / "key-a")
+    b = keygen(tmp_path / "key-b")
     return {"a.key": a[0], "a.pub": a[1], "a.id": a[2], "b.key": b[0], "b.pub": b[1], "b.id": b[2]}
 
 
 def signed(repo: Path, key: Path, **kw) -> Manifest:
-    return trust.sign_repository(repo, key, **kw)
+    return sign_repository(repo, key, **kw)
 
 
 # -- round trip through the real CLI ----------------------------------------------------------------
@@ -233,12 +235,12 @@ def test_trusted_keys_from_environment(repo: Path, keys, monkeypatch) -> None:
 def test_trusted_keys_as_bytes_and_install_api(repo: Path, keys) -> None:
     """trusted_keys= accepts key bytes (PEM or raw 32 bytes); install() passes it through."""
     signed(repo, keys["a.key"])
-    from rtxpack.device import parse_override
+    from rtxpack.core.device import parse_override
 
     pem = keys["a.pub"].read_bytes()
     res = install(str(repo), "mlp", device=parse_override("8.9"), progress=False, trusted_keys=[pem])
     assert res.files
-    raw = trust.load_public_key(pem).key.public_bytes_raw()
+    raw = load_public_key(pem).key.public_bytes_raw()
     assert open_repository(repo, trusted_keys=[raw]).manifest.version == 2
     with pytest.raises(ConfigError, match="not an ed25519 public key"):
         open_repository(repo, trusted_keys=[b"hello"])
@@ -247,7 +249,7 @@ def test_trusted_keys_as_bytes_and_install_api(repo: Path, keys) -> None:
 
 
 def test_misspelled_option_does_not_disable_verification(repo: Path, keys) -> None:
-    with pytest.raises(ConfigError, match="unknown verification option"):
+    with pytest.raises(ConfigError, match="unknown option"):
         open_repository(repo, trusted_key=[keys["a.pub"]])
 
 
@@ -255,15 +257,15 @@ def test_co_signing_keeps_both_signatures(repo: Path, keys) -> None:
     """Signing the same content (same version, expiry) with a second key keeps the first signature."""
     now = datetime(2030, 1, 1, tzinfo=timezone.utc)
     m = Manifest.load(repo)
-    a = trust.sign_manifest(m, trust.load_private_key(keys["a.key"]), now=now)
-    ab = trust.sign_manifest(a, trust.load_private_key(keys["b.key"]), version=a.version, now=now)
+    a = sign_manifest(m, load_private_key(keys["a.key"]), now=now)
+    ab = sign_manifest(a, load_private_key(keys["b.key"]), version=a.version, now=now)
     assert [s["keyid"] for s in ab.signatures] == [keys["a.id"], keys["b.id"]]
     for pub in ("a.pub", "b.pub"):
         v = trust.verify_manifest(ab, trusted_keys=[keys[pub]], require_signed=True, repo="co",
                                   now=now, record=False)
         assert v.keyid == keys[pub[0] + ".id"]
     # changed content drops the stale signature instead of carrying it along
-    bumped = trust.sign_manifest(ab, trust.load_private_key(keys["b.key"]), now=now)
+    bumped = sign_manifest(ab, load_private_key(keys["b.key"]), now=now)
     assert [s["keyid"] for s in bumped.signatures] == [keys["b.id"]]
 
 
@@ -273,5 +275,5 @@ def test_sign_writes_atomically_and_keeps_artifacts(repo: Path, keys) -> None:
     assert after.artifacts == before.artifacts and after.version == before.version + 1
     assert [p.name for p in repo.iterdir() if p.name.startswith(".manifest.")] == []
     with pytest.raises(ConfigError, match="not an unencrypted ed25519 private key"):
-        trust.sign_repository(repo, keys["a.pub"])               # the public key by mistake
+        sign_repository(repo, keys["a.pub"])               # the public key by mistake
     assert Manifest.load(repo) == after

@@ -7,19 +7,16 @@ import numpy as np
 import pytest
 
 import rtxpack
-from rtxpack import examples
-from rtxpack.manifest import Manifest
-from rtxpack.warm import warm
+from rtxpack.demo import models as examples
+from rtxpack.core.manifest import Manifest
+from rtxpack.farm.warm import warm
 
 import refbackend
 from test_runtime import H100
 
 
-def test_warm_adds_a_runtime_cache_that_load_then_uses(tmp_path, monkeypatch):
+def test_warm_adds_a_runtime_cache_that_load_then_uses(tmp_path, monkeypatch, reference_backend):
     monkeypatch.setenv("RTXPACK_DEVICE", json.dumps(H100))
-    refbackend.install(monkeypatch)
-    import rtxpack.warm as w
-    monkeypatch.setattr(w, "get_backend", lambda name: refbackend.RefBackend())
     onnx = examples.mlp(tmp_path / "models" / "mlp.onnx")
     cfg = tmp_path / "rtxpack.toml"
     cfg.write_text('[project]\nname = "t"\nversion = "1"\n[[models]]\nname = "mlp"\nonnx = "models/mlp.onnx"\n'
@@ -45,8 +42,8 @@ def test_warm_without_gpu_is_a_clear_error(tmp_path):
     examples.mlp(tmp_path / "m.onnx")
     cfg.write_text('[project]\nname = "t"\nversion = "1"\n[[models]]\nname = "mlp"\nonnx = "m.onnx"\n'
                    '[[targets]]\nname = "p"\nbackend = "nvrtc"\ncompute_capabilities = ["9.0"]\n')
-    refbackend.publish(tmp_path / "repo", "mlp", tmp_path / "m.onnx")
-    from rtxpack.device import detect_gpus
+    refbackend.publish(tmp_path / "repo", "mlp", tmp_path / "m.onnx", backend="nvrtc")
+    from rtxpack.core.device import detect_gpus
     if detect_gpus()[0]:
         pytest.skip("this machine has a GPU")
     r = subprocess.run([sys.executable, "-m", "rtxpack.cli", "warm", str(cfg), "--repo", str(tmp_path / "repo")],

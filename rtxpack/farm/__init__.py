@@ -1,15 +1,16 @@
-"""The build farm: rtxpack.toml -> plan (cells) -> build (workers, toolchain venvs) -> repository.
+"""The publisher side (the build farm): rtxpack.toml -> plan (cells) -> build -> repository -> publish.
 
-Modules: ``config`` (parse rtxpack.toml), ``toolchains`` (venv per TensorRT-RTX version),
-``plan`` (cells, stable ids, skips), ``build`` (parallel workers), ``repo`` (publish, merge),
-``ci`` (GitHub Actions matrix), ``cli`` (subcommands registered into ``rtxpack.cli``).
+Modules: ``config`` (parse rtxpack.toml), ``toolchains`` (venv per pinned backend version),
+``plan`` (cells, stable ids, skips), ``build`` (parallel workers), ``worker`` (in-interpreter
+builder), ``repo`` (the repository directory: write, merge), ``bundle`` (offline archives),
+``sign`` (keygen, sign), ``warm`` (runtime caches on farm GPUs), ``ci`` (GitHub Actions matrix).
 """
 from __future__ import annotations
 
 from .build import BuildReport, CellResult, build
 from .config import FarmConfig, ModelSpec, TargetSpec, ToolchainSpec, load_config
 from .plan import Cell, Plan, make_plan
-from .repo import Repository, merge_repositories
+from .repo import RepositoryWriter, merge_repositories
 
-__all__ = ["BuildReport", "Cell", "CellResult", "FarmConfig", "ModelSpec", "Plan", "Repository", "TargetSpec",
+__all__ = ["BuildReport", "Cell", "CellResult", "FarmConfig", "ModelSpec", "Plan", "RepositoryWriter", "TargetSpec",
            "ToolchainSpec", "build", "load_config", "make_plan", "merge_repositories"]

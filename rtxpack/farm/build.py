@@ -33,18 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..errors import RtxpackError
-from ..manifest import Artifact, artifact_id, blob_relpath
+from ..core import registry
+from ..core.digest_cache import DigestCache
+from ..core.errors import RtxpackError
+from ..core.manifest import Artifact, artifact_id, blob_relpath
 from . import toolchains as tcs
 from .config import FarmConfig, load_config
-from .plan import Cell, DigestCache, Plan, make_plan, select
-from .repo import Repository
+from .plan import Cell, Plan, make_plan, select
+from .repo import RepositoryWriter
 
 WORKER_TIMEOUT_S = 3600          # one cell's build
 WORKER_START_TIMEOUT_S = 600     # interpreter start + import of the builder (a cold venv can be slow)
 FLUSH_INTERVAL_S = 2.0           # manifest batch period
 MAX_CELLS_PER_WORKER = 200       # recycle a worker after this many cells (bounds leaks in native code)
-_TRT_WORKER = Path(__file__).resolve().parent.parent / "backends" / "tensorrt_rtx" / "build_worker.py"
 _PKG_PARENT = str(Path(__file__).resolve().parent.parent.parent)
 
 
@@ -95,14 +96,15 @@ class BuildReport:
 
 # ---- worker processes --------------------------------------------------------------------------
 def _worker_command(cell: Cell, python: str) -> list[str]:
-    if cell.backend == "tensorrt-rtx":
-        return [python, "-I", str(_TRT_WORKER), "--serve"]
-    return [python, "-m", "rtxpack.farm.worker", "--serve"]
+    spec = registry.get(cell.backend)
+    if spec.worker_argv is None:
+        raise WorkerUnusable(f"the {cell.backend} backend has no farm builder")
+    return spec.worker_argv(python)
 
 
 def _worker_env(cell: Cell) -> dict[str, str]:
     env = dict(os.environ)
-    if cell.backend != "tensorrt-rtx":
+    if registry.get(cell.backend).worker_needs_rtxpack:
         env["PYTHONPATH"] = _PKG_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 
@@ -351,7 +353,7 @@ class WorkerPool:
 class _Publisher:
     """Finished cells' manifest entries, merged into manifest.json in batches under the repository lock."""
 
-    def __init__(self, repository: Repository, project: dict | None, say: Callable[[str], None]) -> None:
+    def __init__(self, repository: RepositoryWriter, project: dict | None, say: Callable[[str], None]) -> None:
         self.repository = repository
         self.project = project
         self.say = say
@@ -401,7 +403,7 @@ def _artifact(cell: Cell, cfg: FarmConfig, reply: dict[str, Any], sha: str, size
         id=artifact_id("engine", cell.model, cell.id), kind="engine", model=cell.model,
         model_digest=cell.model_digest or "", weights_digest=weights, backend=cell.backend,
         backend_version=backend_version, compute_capabilities=cell.compute_capabilities, size=size, sha256=sha,
-        path=blob_relpath(sha), ptx=bool(reply.get("ptx", cell.ptx if cell.backend == "nvrtc" else False)),
+        path=blob_relpath(sha), ptx=bool(reply.get("ptx", False)),
         os=cell.os,
         # CUDA minor-version compatibility: a toolchain of CUDA major N runs on any driver of major >= N
         min_driver_version=f"{cell.cuda}.0" if cell.cuda else None,
@@ -418,7 +420,7 @@ def build(config: FarmConfig | str | os.PathLike[str], repo: str | os.PathLike[s
     digests = DigestCache()
     plan = plan or make_plan(cfg, digests=digests)
     chosen = select(plan, list(cells) if cells else None)
-    repository = Repository(repo)
+    repository = RepositoryWriter(repo)
     have = repository.cells()
     report = BuildReport(repo=str(repository.root))
     say = progress or (lambda s: None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .plan import Plan
 
 
@@ -22,4 +22,4 @@ def github_matrix(plan: Plan, *, per: str = "cell") -> dict[str, Any]:
         for c in cells:
             groups.setdefault(c.toolchain, []).append(c.id)
         return {"include": [{"toolchain": t, "cells": " ".join(ids), "count": len(ids)} for t, ids in sorted(groups.items())]}
-    raise ConfigError(f"--per {per!r} is not supported", fix="use --per cell or --per toolchain", per=per)
+    raise ConfigError(f"--per {per!r} is not supported", fix="use --per cell or --per toolchain", value=per, option="--per")

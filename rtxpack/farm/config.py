@@ -10,16 +10,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import ConfigError
-from ..manifest import OS_FAMILIES, format_cc, parse_cc
+from ..core import registry
+from ..core.errors import ConfigError
+from ..core.manifest import OS_FAMILIES, PRECISIONS
+from ..core.versions import format_cc, parse_cc
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-BACKENDS = ("tensorrt-rtx", "nvrtc")
-PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8", "fp4", "int4")
 CUDA_MAJORS = ("12", "13")
 
 
@@ -79,7 +79,7 @@ class _Reader:
         self.path = path
 
     def err(self, key: str, problem: str, fix: str) -> ConfigError:
-        return ConfigError(f"{self.path}: {key}: {problem}", fix=fix, file=str(self.path), key=key)
+        return ConfigError(f"{self.path}: {key}: {problem}", fix=fix, path=str(self.path), key=key)
 
     def table(self, d: Any, key: str) -> dict[str, Any]:
         if not isinstance(d, dict):
@@ -180,7 +180,7 @@ def _target(r: _Reader, i: int, d: Any, seen: set[str]) -> TargetSpec:
     if name in seen:
         raise r.err(f"{key}.name", f"target {name!r} is defined twice", "give every [[targets]] a unique name")
     seen.add(name)
-    backend = r.string(d, key, "backend", required=False, choices=BACKENDS) or "tensorrt-rtx"
+    backend = r.string(d, key, "backend", required=False, choices=registry.names()) or "tensorrt-rtx"
     if "compute_capabilities" not in d:
         raise r.err(f"{key}.compute_capabilities", "is missing", "add compute_capabilities = [\"8.6\", \"8.9\", \"12.0\"]")
     ccs = _ccs(r, f"{key}.compute_capabilities", d["compute_capabilities"])
@@ -193,7 +193,7 @@ def _toolchain(r: _Reader, i: int, d: Any) -> ToolchainSpec:
     key = f"toolchains[{i}]"
     d = r.table(d, key)
     r.known(d, key, {"backend", "version", "cuda"})
-    backend = r.string(d, key, "backend", required=False, choices=BACKENDS) or "tensorrt-rtx"
+    backend = r.string(d, key, "backend", required=False, choices=registry.names()) or "tensorrt-rtx"
     version = r.string(d, key, "version", required=False)
     if version is not None and not all(p.isdigit() for p in version.split(".")):
         raise r.err(f"{key}.version", f"{version!r} is not an exact version", "write an exact version such as \"1.7.1.116\"")
@@ -214,9 +214,9 @@ def load_config(path: str | Path) -> FarmConfig:
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise ConfigError(f"{p}: no such config file", fix="pass the path of your rtxpack.toml", file=str(p)) from e
+        raise ConfigError(f"{p}: no such config file", fix="pass the path of your rtxpack.toml", path=str(p)) from e
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML ({e})", fix="fix the syntax at the line shown", file=str(p)) from e
+        raise ConfigError(f"{p}: not valid TOML ({e})", fix="fix the syntax at the line shown", path=str(p)) from e
     r.known(data, "(top level)", {"project", "models", "targets", "toolchains"})
     project = r.table(data.get("project", {}), "project")
     for name in ("models", "targets"):

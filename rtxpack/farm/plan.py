@@ -15,18 +15,15 @@ from typing import Any, Iterable, Sequence
 
 import filelock
 
-from ..digest import json_digest
-from ..digest_cache import DigestCache
-from ..manifest import parse_cc
+from ..core import registry
+from ..core.device import detect_gpus
+from ..core.digest import json_digest
+from ..core.digest_cache import DigestCache
+from ..core.errors import ConfigError
 from . import toolchains as tcs
 from .config import FarmConfig, ModelSpec, TargetSpec
 
 CELL_FORMAT = "rtxpack-cell-v1"
-#: compute capabilities TensorRT-RTX can target (ComputeCapability enum; 9.0/Hopper is not supported)
-TRT_RTX_CCS = ("7.5", "8.0", "8.6", "8.9", "12.0", "12.1")
-#: lowest compute capability per precision (support matrix)
-PRECISION_FLOOR = {"fp8": (8, 9), "fp4": (12, 0)}
-NOT_ON_TURING = ("bf16", "int8", "int4")
 
 
 @dataclass(frozen=True)
@@ -83,36 +80,12 @@ class Plan:
 # ---- rules -------------------------------------------------------------------------------------
 def skip_reason(model: ModelSpec, target: TargetSpec, tc: tcs.Toolchain, gpu_ccs: Sequence[str]) -> str | None:
     """Why this cell cannot be built here (None: buildable). Pure; ``gpu_ccs`` are this node's GPUs."""
-    ccs = target.compute_capabilities
     if tc.problem:
         return tc.problem
     if not model.onnx.is_file():
         return f"ONNX file {model.onnx} (models '{model.name}'.onnx) does not exist; generate or fix the path"
-    floor = PRECISION_FLOOR.get(model.precision)
-    if floor:
-        low = [cc for cc in ccs if parse_cc(cc) < floor]
-        if low:
-            return (f"{model.precision} needs compute capability {floor[0]}.{floor[1]} or newer; target "
-                    f"'{target.name}' includes {', '.join(low)}: drop them or use another precision")
-    if tc.backend == "tensorrt-rtx":
-        bad = [cc for cc in ccs if cc not in TRT_RTX_CCS]
-        if bad:
-            return (f"TensorRT-RTX cannot target compute capability {', '.join(bad)} (supported: "
-                    f"{', '.join(TRT_RTX_CCS)}; Hopper 9.0 is not an RTX GPU)")
-        if "7.5" in ccs and len(ccs) > 1:
-            return ("Turing (7.5) must be its own engine: TensorRT-RTX does not support mixing 7.5 with other "
-                    f"compute capabilities; split target '{target.name}' into a 7.5-only target")
-        if "7.5" in ccs and model.precision in NOT_ON_TURING:
-            return f"{model.precision} is not supported on Turing (7.5)"
-        if target.strip_weights:
-            if len(ccs) != 1:
-                return ("weight-stripped TensorRT-RTX engines are built for one compute capability on a GPU of it; "
-                        f"target '{target.name}' lists {len(ccs)}")
-            if ccs[0] not in gpu_ccs:
-                have = ", ".join(gpu_ccs) or "no GPU"
-                return (f"weight stripping (STRIP_PLAN) needs a GPU of compute capability {ccs[0]} on the build node "
-                        f"(this node: {have}); run this cell on such a node (--cell) or set strip_weights = false")
-    return None
+    return registry.get(tc.backend).plan_problem(target.compute_capabilities, model.precision, target.strip_weights,
+                                                 gpu_ccs, target.name)
 
 
 def cell_id(*, model_digest_: str, model: ModelSpec, target: TargetSpec, tc: tcs.Toolchain) -> str:
@@ -126,10 +99,6 @@ def cell_id(*, model_digest_: str, model: ModelSpec, target: TargetSpec, tc: tcs
 
 def local_gpu_ccs() -> tuple[str, ...]:
     """Compute capabilities of this node's real GPUs (RTXPACK_DEVICE is ignored: it cannot build)."""
-    try:
-        from ..device import detect_gpus
-    except ImportError:
-        return ()
     gpus, _notes = detect_gpus()
     return tuple(g.compute_capability for g in gpus)
 
@@ -139,7 +108,7 @@ def make_plan(cfg: FarmConfig, *, gpu_ccs: Sequence[str] | None = None, digests:
     """Expand the config into cells (buildable or skipped with the reason)."""
     digests = digests or DigestCache()
     if gpu_ccs is None:
-        needs_gpu = any(t.strip_weights and t.backend == "tensorrt-rtx" for t in cfg.targets)
+        needs_gpu = any(t.strip_weights and registry.get(t.backend).strip_needs_gpu for t in cfg.targets)
         gpu_ccs = local_gpu_ccs() if needs_gpu else ()
     resolved: dict[Any, tcs.Toolchain] = {}
     for backend in sorted({t.backend for t in cfg.targets}):
@@ -165,8 +134,6 @@ def make_plan(cfg: FarmConfig, *, gpu_ccs: Sequence[str] | None = None, digests:
 
 def select(plan: Plan, ids: Iterable[str] | None) -> list[Cell]:
     """Cells named by id or unique id prefix (``--cell``); ConfigError for unknown ones."""
-    from ..errors import ConfigError
-
     if not ids:
         return list(plan.cells)
     out = []

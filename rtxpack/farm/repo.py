@@ -11,26 +11,28 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import filelock
 
-from ..errors import ChecksumMismatch, ManifestError
-from ..manifest import MANIFEST_NAME, Artifact, Manifest, blob_relpath, utcnow_iso
+from ..core.digest import file_hasher
+from ..core.errors import ChecksumMismatch, ManifestError
+from ..core.fsutil import AtomicFile, atomic_write, replace_into
+from ..core.manifest import MANIFEST_NAME, Artifact, Manifest, blob_relpath, utcnow_iso
 
 LOCK_NAME = ".rtxpack.lock"
 _CHUNK = 1 << 20
 
 
-class Repository:
+class RepositoryWriter:
+    """A repository directory the farm writes (blobs first, then the manifest, under one lock)."""
+
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
 
     def __repr__(self) -> str:
-        return f"Repository({str(self.root)!r})"
+        return f"RepositoryWriter({str(self.root)!r})"
 
     # ---- reading ------------------------------------------------------------------------------
     def manifest_path(self) -> Path:
@@ -65,12 +67,8 @@ class Repository:
 
     def add_blob_file(self, src: Path, *, move: bool = False) -> tuple[str, int]:
         """Put ``src`` in ``blobs/`` by content; returns (sha256, size). ``move`` consumes ``src``."""
-        h = hashlib.sha256()
-        size = 0
-        with open(src, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-                size += len(chunk)
+        h = file_hasher(src)
+        size = Path(src).stat().st_size
         sha = h.hexdigest()
         dest = self.root / blob_relpath(sha)
         if dest.is_file() and dest.stat().st_size == size:
@@ -79,19 +77,20 @@ class Repository:
             return sha, size
         dest.parent.mkdir(parents=True, exist_ok=True)
         if move and src.parent.resolve() == self.tmp_dir().resolve():
-            os.replace(src, dest)
+            replace_into(src, dest, mode=0o644)
         else:
-            fd, tmp = tempfile.mkstemp(prefix=".blob.", dir=dest.parent)
-            try:
-                with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-                    shutil.copyfileobj(f, out, _CHUNK)
-                os.replace(tmp, dest)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            copy_verified(src, dest, sha, size)
             if move:
                 src.unlink()
         return sha, size
+
+    def add_blob_bytes(self, data: bytes) -> tuple[str, int]:
+        """Put ``data`` in ``blobs/`` by content; returns (sha256, size)."""
+        sha = hashlib.sha256(data).hexdigest()
+        dest = self.root / blob_relpath(sha)
+        if not (dest.is_file() and dest.stat().st_size == len(data)):
+            atomic_write(dest, data)
+        return sha, len(data)
 
     def add_artifacts(self, artifacts: Iterable[Artifact], *, project: dict | None = None) -> Manifest:
         """Merge entries into manifest.json under the lock (ManifestError on a conflicting id)."""
@@ -109,27 +108,18 @@ class Repository:
 
 
 def copy_verified(src: Path, dest: Path, sha256: str, size: int) -> None:
-    """Copy ``src`` to ``dest`` through a temp file, checking size and sha256 before os.replace."""
+    """Copy ``src`` to ``dest`` atomically, checking size and sha256 before the rename."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.is_file() and dest.stat().st_size == size:
         return
-    fd, tmp = tempfile.mkstemp(prefix=".blob.", dir=dest.parent)
-    h = hashlib.sha256()
-    n = 0
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-                n += len(chunk)
-                out.write(chunk)
-        if n != size or h.hexdigest() != sha256:
-            raise ChecksumMismatch(f"{src}: expected {size} bytes with sha256 {sha256}, got {n} bytes with {h.hexdigest()}",
-                                   fix="rebuild that repository part; its blob is corrupt", path=str(src),
-                                   expected=sha256, actual=h.hexdigest())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with AtomicFile(dest, hash=True) as out, open(src, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            out.write(chunk)
+        if out.size != size or out.sha256 != sha256:
+            raise ChecksumMismatch(f"{src}: expected {size} bytes with sha256 {sha256}, got {out.size} bytes with "
+                                   f"{out.sha256}", fix="rebuild that repository part; its blob is corrupt",
+                                   path=str(src), expected_sha256=sha256, actual_sha256=out.sha256)
+        out.commit()
 
 
 def merge_repositories(parts: Sequence[str | os.PathLike[str]], dest: str | os.PathLike[str]) -> Manifest:
@@ -139,13 +129,13 @@ def merge_repositories(parts: Sequence[str | os.PathLike[str]], dest: str | os.P
     refused before anything is copied; then every blob is copied with its sha256 verified, and
     only then is the manifest written.
     """
-    repo = Repository(dest)
+    repo = RepositoryWriter(dest)
     manifests = []
     for p in parts:
-        part = Repository(p)
+        part = RepositoryWriter(p)
         if not part.exists():
             raise ManifestError(f"{p}: no manifest.json; not an rtxpack repository part",
-                                fix="pass the directories `rtxpack build --repo` wrote", source=str(p))
+                                fix="pass the directories `rtxpack build --repo` wrote", path=str(p))
         manifests.append((part, part.load()))
     with repo.lock():
         merged = repo.load()
@@ -153,14 +143,14 @@ def merge_repositories(parts: Sequence[str | os.PathLike[str]], dest: str | os.P
             try:
                 merged = merged.merge(m)
             except ManifestError as e:
-                raise ManifestError(f"merging {part.root}: {e.args[0]}", fix=e.fix, source=str(part.root),
-                                    entry=e.details.get("entry"), fields=e.details.get("fields")) from e
+                raise ManifestError(f"merging {part.root}: {e.message}", fix=e.fix, path=str(part.root),
+                                    artifact=e.artifact, differing_fields=e.differing_fields) from e
         for part, m in manifests:
             for a in m:
                 src = part.root / a.path
                 if not src.is_file():
                     raise ManifestError(f"{part.root}: artifact {a.id} names {a.path}, which is missing",
-                                        fix="rebuild that part; its blob was not uploaded", source=str(part.root), entry=a.id)
+                                        fix="rebuild that part; its blob was not uploaded", path=str(part.root), artifact=a.id)
                 copy_verified(src, repo.root / a.path, a.sha256, a.size)
         project = merged.project or next((m.project for _, m in manifests if m.project), None)
         merged = merged.with_artifacts(merged.artifacts, created=utcnow_iso(), project=project)

@@ -1,9 +1,10 @@
 """Toolchains: one virtual environment per (backend, exact version, CUDA major), created and reused.
 
-The default toolchain is this interpreter with the tensorrt-rtx (or NVRTC) it already has. Any
-other ``[[toolchains]]`` entry gets ``<toolchains_dir>/tensorrt-rtx-<version>-cu<cuda>/``, a venv
-holding nothing but ``tensorrt-rtx-cu<cuda>==<version>``; the build worker
-(``backends/tensorrt_rtx/build_worker.py``) needs nothing else. A venv counts as installed only
+The default toolchain is this interpreter with the backend it already has. For a backend whose
+registry spec names a ``toolchain_package`` (TensorRT-RTX), any other ``[[toolchains]]`` entry
+gets ``<toolchains_dir>/<backend>-<version>-cu<cuda>/``, a venv holding nothing but that package
+(e.g. ``tensorrt-rtx-cu<cuda>==<version>``); its build worker (``backends/tensorrt_rtx/build_worker.py``)
+needs nothing else. Backends without one (nvrtc) build with what this interpreter has. A venv counts as installed only
 once ``rtxpack-toolchain.json`` is written (after a verified import), so a half-made venv is
 rebuilt, and a file lock keeps two builds on one node from installing it twice.
 """
@@ -20,8 +21,10 @@ from pathlib import Path
 
 import filelock
 
-from .. import config as env_config
-from ..errors import BuildError
+from ..core import config as env_config
+from ..core import registry
+from ..core.errors import BuildError
+from ..core.fsutil import atomic_write
 from .config import ToolchainSpec
 
 MARKER = "rtxpack-toolchain.json"
@@ -46,7 +49,8 @@ class Toolchain:
 
     @property
     def package(self) -> str:
-        return f"tensorrt-rtx-cu{self.cuda}"
+        pattern = registry.get(self.backend).toolchain_package or self.backend
+        return pattern.format(cuda=self.cuda)
 
     def venv_dir(self) -> Path:
         return env_config.toolchains_dir() / self.name
@@ -60,20 +64,13 @@ def _venv_python(d: Path) -> Path:
     return d / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def _local_trt() -> tuple[str | None, str | None]:
-    from ..backends.tensorrt_rtx import installed_version
-
-    return installed_version()
-
-
-def _local_nvrtc() -> tuple[str | None, str | None]:
+def _local(backend: str) -> tuple[str | None, str | None, str | None]:
+    """(version, CUDA major, why not) of ``backend`` as this interpreter has it."""
     try:
-        from ..backends import get_backend
-
-        info = get_backend("nvrtc").info()
-    except Exception as e:  # the nvrtc backend package may not be there yet
-        return None, f"{type(e).__name__}: {e}"
-    return info.version, None
+        info = registry.create(backend).info()
+    except Exception as e:  # noqa: BLE001 - the backend's package may not be importable here
+        return None, None, f"{type(e).__name__}: {e}"
+    return info.version, (info.details or {}).get("cuda"), None
 
 
 def available_versions(package: str) -> tuple[list[str] | None, str | None]:
@@ -109,9 +106,7 @@ def available_versions(package: str) -> tuple[list[str] | None, str | None]:
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         data[package] = {"at": time.time(), "versions": versions}
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, cache)
+        atomic_write(cache, json.dumps(data).encode())
     except OSError:
         pass
     return versions, None
@@ -119,24 +114,25 @@ def available_versions(package: str) -> tuple[list[str] | None, str | None]:
 
 def resolve(spec: ToolchainSpec, *, check_index: bool = True) -> Toolchain:
     """What ``spec`` means on this node, without installing anything (plan time)."""
-    if spec.backend == "nvrtc":
-        version, why = _local_nvrtc()
-        if version is None:
-            return Toolchain("nvrtc", None, spec.cuda, None, True,
-                             problem=f"the nvrtc backend is not usable here ({why}); pip install rtxpack[gpu]")
-        if spec.version and spec.version != version:
-            return Toolchain("nvrtc", spec.version, spec.cuda, None, False,
-                             problem=f"nvrtc toolchains use the NVRTC installed here ({version}), not {spec.version}; "
-                                     "pin it with pip install nvidia-cuda-nvrtc==... or drop version")
-        return Toolchain("nvrtc", version, spec.cuda, sys.executable, True)
-    local_version, local_cuda = _local_trt()
+    bspec = registry.get(spec.backend)
+    local_version, local_cuda, why = _local(spec.backend)
+    if bspec.toolchain_package is None:     # builds with what this interpreter has
+        if local_version is None:
+            return Toolchain(spec.backend, None, spec.cuda, None, True,
+                             problem=f"the {spec.backend} backend is not usable here ({why or 'not installed'}); "
+                                     f"pip install rtxpack[{bspec.extra}]")
+        if spec.version and spec.version != local_version:
+            return Toolchain(spec.backend, spec.version, spec.cuda, None, False,
+                             problem=f"{spec.backend} toolchains use what is installed here ({local_version}), not "
+                                     f"{spec.version}; pin it with pip or drop version")
+        return Toolchain(spec.backend, local_version, spec.cuda, sys.executable, True)
     if spec.version is None or (spec.version == local_version and (spec.cuda or local_cuda) == local_cuda):
         if local_version is None:
-            return Toolchain("tensorrt-rtx", None, spec.cuda, None, True,
-                             problem="tensorrt-rtx is not installed in this Python; pip install rtxpack[rtx] "
+            return Toolchain(spec.backend, None, spec.cuda, None, True,
+                             problem=f"{spec.backend} is not installed in this Python; pip install rtxpack[{bspec.extra}] "
                                      "or list an exact version under [[toolchains]]")
-        return Toolchain("tensorrt-rtx", local_version, local_cuda, sys.executable, True)
-    tc = Toolchain("tensorrt-rtx", spec.version, spec.cuda or "13", None, False)
+        return Toolchain(spec.backend, local_version, local_cuda, sys.executable, True)
+    tc = Toolchain(spec.backend, spec.version, spec.cuda or "13", None, False)
     d = tc.venv_dir()
     if (d / MARKER).is_file() and _venv_python(d).exists():
         return Toolchain(tc.backend, tc.version, tc.cuda, str(_venv_python(d)), False)
@@ -185,12 +181,13 @@ def ensure(tc: Toolchain, *, log=None) -> str:
                 raise BuildError(f"installing toolchain {tc.name} failed: {' '.join(cmd[:4])}...: {tail}",
                                  fix="check the version exists (pip index versions " + tc.package + ") and the network",
                                  toolchain=tc.name)
-        check = subprocess.run([str(py), "-c", "import tensorrt_rtx; print(tensorrt_rtx.__version__)"],
+        mod = registry.get(tc.backend).toolchain_module
+        check = subprocess.run([str(py), "-c", f"import {mod}; print({mod}.__version__)"],
                                capture_output=True, text=True)
         got = check.stdout.strip()
         if check.returncode != 0 or got != tc.version:
-            raise BuildError(f"toolchain {tc.name}: tensorrt_rtx in the new venv reports {got or check.stderr.strip()!r}",
+            raise BuildError(f"toolchain {tc.name}: {mod} in the new venv reports {got or check.stderr.strip()!r}",
                              fix=f"remove {d} and retry", toolchain=tc.name)
-        (d / MARKER).write_text(json.dumps({"backend": tc.backend, "version": tc.version, "cuda": tc.cuda,
-                                            "package": f"{tc.package}=={tc.version}", "created": time.time()}))
+        atomic_write(d / MARKER, json.dumps({"backend": tc.backend, "version": tc.version, "cuda": tc.cuda,
+                                             "package": f"{tc.package}=={tc.version}", "created": time.time()}).encode())
     return str(py)

@@ -1,4 +1,4 @@
-"""Generic cell worker for backends that run in this interpreter (nvrtc): JSON in on stdin, JSON out.
+"""Generic cell worker for backends that build in this interpreter (nvrtc): JSON in on stdin, JSON out.
 
 Same protocol as ``backends/tensorrt_rtx/build_worker.py``; used as ``python -m rtxpack.farm.worker``
 (one request on stdin, one reply) or ``python -m rtxpack.farm.worker --serve`` (a long-lived worker:
@@ -12,10 +12,11 @@ import sys
 import time
 from typing import Any
 
+from ..core import registry
+from ..core.errors import RtxpackError
+
 
 def handle(backend: Any, version: str, req: dict[str, Any]) -> dict[str, Any]:
-    from ..errors import RtxpackError
-
     t0 = time.perf_counter()
     try:
         data = backend.build(req["onnx"], compute_capabilities=req.get("compute_capabilities"),
@@ -34,8 +35,6 @@ def serve() -> int:
     proto = os.fdopen(os.dup(1), "w", buffering=1)   # the protocol channel; fd 1 -> stderr
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    from ..backends import get_backend
-
     backends: dict[str, tuple[Any, str]] = {}
     proto.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     for line in sys.stdin:
@@ -45,7 +44,7 @@ def serve() -> int:
             req = json.loads(line)
             name = req["backend"]
             if name not in backends:
-                b = get_backend(name)
+                b = registry.create(name)
                 backends[name] = (b, b.info().version)
             backend, version = backends[name]
         except Exception as e:  # bad request or unusable backend: an answer, not a crash
@@ -60,9 +59,7 @@ def main() -> int:
     if "--serve" in sys.argv[1:]:
         return serve()
     req = json.loads(sys.stdin.read())
-    from ..backends import get_backend
-
-    backend = get_backend(req["backend"])
+    backend = registry.create(req["backend"])
     reply = handle(backend, backend.info().version, req)
     sys.stdout.write("\n" + json.dumps(reply) + "\n")
     return 0

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ...errors import UnsupportedModel
+from ...core.errors import UnsupportedModel
 from ..base import BackendInfo, PlanInfo
 from .plan import FLAG_PTX, FLAG_STRIPPED, FORMAT_VERSION, is_nvrtc_plan, read_header, write_plan
 
@@ -62,7 +62,7 @@ class NvrtcBackend:
               precision: str = "fp32", strip_weights: bool = False,
               profiles: Mapping[str, Mapping[str, Sequence[int]]] | None = None, ptx: bool = True) -> bytes:
         """Import, validate (plan every shape once on the CPU), compile all kernels for every SM, pack."""
-        from ...digest import weights_digest_from_arrays
+        from ...core.digest import weights_digest_from_arrays
         from .compile import cc_to_sm, compile_targets, nvrtc_version
         from .kernels import COMPILE_OPTIONS, entry_name, kernel_digest, module_digest, program_source
         from .lowering import kernels_for

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Sequence
 
-from ...errors import BackendError, BackendNotInstalled
+from ...core.errors import BackendError, BackendNotInstalled, ConfigError
 from .kernels import COMPILE_OPTIONS
 
 #: number of NVRTC programs compiled in this process (tests assert on it)
@@ -75,9 +75,7 @@ def cc_to_sm(cc: str) -> int:
         major, minor = cc.split(".")
         return int(major) * 10 + int(minor)
     except ValueError as e:
-        from ...errors import ConfigError
-
-        raise ConfigError(f"bad compute capability {cc!r}", fix='write it as "8.6", "9.0" or "12.0"', cc=cc) from e
+        raise ConfigError(f"bad compute capability {cc!r}", fix='write it as "8.6", "9.0" or "12.0"', value=cc) from e
 
 
 def sm_to_cc(sm: int) -> str:
@@ -106,7 +104,7 @@ def compile_program(source: str, sm: int, *, ptx: bool = False,
             nvrtc.nvrtcGetProgramLog(prog, log)
             raise BackendError(f"NVRTC failed to compile kernels for sm_{sm}: {log.decode(errors='replace')[:4000]}",
                                fix="report this model to rtxpack (a kernel generator bug) or use another backend",
-                               arch=sm)
+                               compute_capability=sm_to_cc(sm))
         if ptx:
             err, n = nvrtc.nvrtcGetPTXSize(prog)
             buf = b" " * n
@@ -132,7 +130,7 @@ def compile_targets(source: str, sms: Sequence[int], ptx_sm: int | None,
         v = nvrtc_version()
         raise BackendError(f"NVRTC {v} cannot target {', '.join('sm_%d' % s for s in bad)}",
                            fix=f"use compute capabilities this NVRTC supports ({', '.join(sm_to_cc(s) for s in sorted(supported))})"
-                               " or install another nvidia-cuda-nvrtc", archs=bad)
+                               " or install another nvidia-cuda-nvrtc", value=[sm_to_cc(s) for s in bad])
     from concurrent.futures import ThreadPoolExecutor
 
     jobs = [(s, False) for s in sms] + ([(ptx_sm, True)] if ptx_sm else [])

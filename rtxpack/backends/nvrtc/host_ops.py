@@ -5,7 +5,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ...errors import UnsupportedModel
+from ...core.errors import UnsupportedModel
 from .onnx_import import decode_array
 
 _ONNX_NP = {1: np.float32, 6: np.int32, 7: np.int64, 9: np.bool_, 11: np.float64, 10: np.float16}

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ...errors import UnsupportedModel
+from ...core.errors import UnsupportedModel
 from .host_ops import attr_or_input, flatten_shape, reshape_target, slice_params, squeeze_shape, unsqueeze_shape
 from .kernels import BINARY_OPS, TILES, UNARY_OPS, KernelSpec
 

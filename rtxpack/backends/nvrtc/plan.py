@@ -25,7 +25,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ...errors import BackendError
+from ...core.errors import BackendError
 
 MAGIC = b"RTXPNVRT"
 FORMAT_VERSION = 1

@@ -18,8 +18,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ...errors import BackendError, BackendNotInstalled, RefitError
-from ..cuda_util import check
+from ...core.errors import BackendError, BackendNotInstalled, RefitError
+from ...core.cuda import check, driver as _driver, init as cuda_init
 from .cache import CacheKey, RuntimeCache
 from .kernels import KernelSpec, param_types
 from .plan import read_plan
@@ -31,36 +31,11 @@ MAX_SHAPES = 8
 _ARG_FORMATS = {"p": ("<Q", 8), "q": ("<q", 8), "i": ("<i", 4), "f": ("<f", 4), "I6": ("<6i", 4)}
 
 
-def _driver():
-    try:
-        from cuda.bindings import driver
-    except ImportError as e:
-        raise BackendNotInstalled("the nvrtc backend needs cuda-python to run plans", fix="pip install rtxpack[gpu]") from e
-    return driver
-
-
-def _check(result: Any, what: str) -> Any:
-    """Unwrap a cuda.bindings ``(err, *values)`` tuple (shared helper; BackendError on failure)."""
-    _driver()  # BackendNotInstalled naming the extra when cuda-python is missing
-    return check(result, what)
-
-
-def cuda_init() -> None:
-    """cuInit, turning "no driver library" into a BackendError that says so."""
-    cu = _driver()
-    try:
-        result = cu.cuInit(0)
-    except Exception as e:  # noqa: BLE001 - cuda.pathfinder raises DynamicLibNotFoundError without a driver
-        raise BackendError(f"no NVIDIA driver on this machine ({type(e).__name__}: {e})",
-                           fix="run on a machine with an NVIDIA GPU and driver (building plans needs neither)") from e
-    _check(result, "cuInit")
-
-
 def driver_version() -> int:
     """cuDriverGetVersion() (e.g. 13000); raises without a driver."""
     cu = _driver()
     cuda_init()
-    return int(_check(cu.cuDriverGetVersion(), "cuDriverGetVersion"))
+    return int(check(cu.cuDriverGetVersion(), "cuDriverGetVersion"))
 
 
 class _ShapeState:
@@ -93,29 +68,29 @@ class NvrtcLoadedPlan:
         self.stripped = bool(self.graph.get("stripped"))
         self.kernel_sources = {"cubin": 0, "runtime-cache": 0, "ptx-jit": 0, "nvrtc-jit": 0}
         cuda_init()
-        self._dev = _check(cu.cuDeviceGet(device), f"cuDeviceGet({device})")
-        self._ctx = _check(cu.cuDevicePrimaryCtxRetain(self._dev), "cuDevicePrimaryCtxRetain")
+        self._dev = check(cu.cuDeviceGet(device), f"cuDeviceGet({device})")
+        self._ctx = check(cu.cuDevicePrimaryCtxRetain(self._dev), "cuDevicePrimaryCtxRetain")
         self._closed = False
-        _check(cu.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")
+        check(cu.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")
         A = cu.CUdevice_attribute
-        major = _check(cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, self._dev), "cc")
-        minor = _check(cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self._dev), "cc")
-        self.num_sms = int(_check(cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, self._dev), "sms"))
+        major = check(cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, self._dev), "cc")
+        minor = check(cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, self._dev), "cc")
+        self.num_sms = int(check(cu.cuDeviceGetAttribute(A.CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, self._dev), "sms"))
         self.sm = int(major) * 10 + int(minor)
-        self.driver_version = int(_check(cu.cuDriverGetVersion(), "cuDriverGetVersion"))
+        self.driver_version = int(check(cu.cuDriverGetVersion(), "cuDriverGetVersion"))
         self._cache = RuntimeCache.parse(runtime_cache)
         if runtime_cache and not self._cache.status.startswith("ignored"):
             self._cache.status = f"loaded {len(self._cache.entries)} entries"
         self.cache_status = self._cache.status
-        self._stream = _check(cu.cuStreamCreate(cu.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
+        self._stream = check(cu.cuStreamCreate(cu.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
         t1 = time.perf_counter()
         cubin = self._select_module(bytes(kblobs))
         self._cubin_keep = np.frombuffer(cubin, dtype=np.uint8).copy()
-        self._module = _check(cu.cuModuleLoadData(self._cubin_keep.ctypes.data), "cuModuleLoadData")
+        self._module = check(cu.cuModuleLoadData(self._cubin_keep.ctypes.data), "cuModuleLoadData")
         self._funcs: dict[KernelSpec, Any] = {}
         for k in self._index["kernels"]:
             spec = KernelSpec(k["family"], tuple(k["targs"]))
-            self._funcs[spec] = _check(cu.cuModuleGetFunction(self._module, k["entry"].encode()), "cuModuleGetFunction")
+            self._funcs[spec] = check(cu.cuModuleGetFunction(self._module, k["entry"].encode()), "cuModuleGetFunction")
         t2 = time.perf_counter()
         self._host_w: dict[str, np.ndarray] = self._weights_from_plan(wsecs["WGHT"])
         self.weights_digest = self.graph.get("weights_digest")
@@ -205,11 +180,11 @@ class NvrtcLoadedPlan:
         if not ptx.endswith(b"\0"):
             ptx += b"\0"
         buf = np.frombuffer(ptx, dtype=np.uint8).copy()
-        state = _check(cu.cuLinkCreate(0, [], []), "cuLinkCreate")
+        state = check(cu.cuLinkCreate(0, [], []), "cuLinkCreate")
         try:
-            _check(cu.cuLinkAddData(state, cu.CUjitInputType.CU_JIT_INPUT_PTX, buf.ctypes.data, len(ptx), b"plan.ptx",
+            check(cu.cuLinkAddData(state, cu.CUjitInputType.CU_JIT_INPUT_PTX, buf.ctypes.data, len(ptx), b"plan.ptx",
                                     0, [], []), "cuLinkAddData (PTX JIT)")
-            ptr, size = _check(cu.cuLinkComplete(state), "cuLinkComplete")
+            ptr, size = check(cu.cuLinkComplete(state), "cuLinkComplete")
             return ctypes.string_at(int(ptr), int(size))
         finally:
             cu.cuLinkDestroy(state)
@@ -232,11 +207,11 @@ class NvrtcLoadedPlan:
         host = np.frombuffer(blob, dtype=np.uint8)
         total = max(int(host.size), ALIGN)
         if self._wbuf is not None:
-            _check(cu.cuMemFree(self._wbuf), "cuMemFree")
+            check(cu.cuMemFree(self._wbuf), "cuMemFree")
             self._wbuf = None
-        self._wbuf = _check(cu.cuMemAlloc(total), f"cuMemAlloc({total} bytes of weights)")
+        self._wbuf = check(cu.cuMemAlloc(total), f"cuMemAlloc({total} bytes of weights)")
         if host.size:
-            _check(cu.cuMemcpyHtoD(self._wbuf, host.ctypes.data, host.size), "cuMemcpyHtoD(weights)")
+            check(cu.cuMemcpyHtoD(self._wbuf, host.ctypes.data, host.size), "cuMemcpyHtoD(weights)")
         base = int(self._wbuf)
         self._waddr = {r["name"]: base + r["offset"] for r in recs}
 
@@ -246,7 +221,7 @@ class NvrtcLoadedPlan:
         Every weight is checked (name, dtype, shape and, for stripped plans, sha256) before any
         byte is uploaded; the first mismatch raises RefitError naming the weight.
         """
-        from ...digest import initializers, sha256_bytes, weights_digest_from_arrays
+        from ...core.digest import initializers, sha256_bytes, weights_digest_from_arrays
         from .onnx_import import load_model
 
         new = initializers(load_model(onnx_path))
@@ -293,11 +268,11 @@ class NvrtcLoadedPlan:
         cu = _driver()
         t0 = time.perf_counter()
         sp = plan_shapes(self.graph, shapes, self._host_w, set(self._waddr), self.num_sms)
-        arena = int(_check(cu.cuMemAlloc(max(sp.arena_bytes, ALIGN)), f"cuMemAlloc({sp.arena_bytes} bytes arena)"))
+        arena = int(check(cu.cuMemAlloc(max(sp.arena_bytes, ALIGN)), f"cuMemAlloc({sp.arena_bytes} bytes arena)"))
         for name, val in sp.uploads.items():
             b = np.frombuffer(device_bytes(val), dtype=np.uint8).copy()
             if b.size:
-                _check(cu.cuMemcpyHtoD(arena + sp.offsets[name], b.ctypes.data, b.size), "cuMemcpyHtoD(constants)")
+                check(cu.cuMemcpyHtoD(arena + sp.offsets[name], b.ctypes.data, b.size), "cuMemcpyHtoD(constants)")
         packed = []
         for ln in sp.launches:
             fn = self._funcs.get(ln.spec)
@@ -327,19 +302,19 @@ class NvrtcLoadedPlan:
     def _launch_all(self, state: _ShapeState) -> None:
         cu = _driver()
         for fn, grid, block, ptrs, _ in state.launches:
-            _check(cu.cuLaunchKernel(fn, grid[0], grid[1], grid[2], block, 1, 1, 0, self._stream, ptrs.ctypes.data, 0),
+            check(cu.cuLaunchKernel(fn, grid[0], grid[1], grid[2], block, 1, 1, 0, self._stream, ptrs.ctypes.data, 0),
                    "cuLaunchKernel")
 
     def _capture(self, state: _ShapeState) -> None:
         cu = _driver()
-        _check(cu.cuStreamBeginCapture(self._stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+        check(cu.cuStreamBeginCapture(self._stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
                "cuStreamBeginCapture")
         try:
             self._launch_all(state)
         finally:
-            graph = _check(cu.cuStreamEndCapture(self._stream), "cuStreamEndCapture")
+            graph = check(cu.cuStreamEndCapture(self._stream), "cuStreamEndCapture")
         state.graph = graph
-        state.graph_exec = _check(cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
+        state.graph_exec = check(cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
 
     def _free_state(self, st: _ShapeState) -> None:
         cu = _driver()
@@ -362,7 +337,7 @@ class NvrtcLoadedPlan:
             raise BackendError("this plan is weight-stripped and has no weights yet",
                                fix="call refit(onnx_path) with the model's ONNX before run()")
         cu = _driver()
-        _check(cu.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")
+        check(cu.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")
         missing = [n for n in self.input_names if n not in inputs]
         if missing:
             raise BackendError(f"missing input(s) {missing}", fix=f"pass every input: {self.input_names}")
@@ -372,14 +347,14 @@ class NvrtcLoadedPlan:
         st = self._state(shapes)
         for n, a in arrays.items():
             if a.nbytes:
-                _check(cu.cuMemcpyHtoDAsync(self._addr(st.plan, st.arena, n), a.ctypes.data, a.nbytes, self._stream),
+                check(cu.cuMemcpyHtoDAsync(self._addr(st.plan, st.arena, n), a.ctypes.data, a.nbytes, self._stream),
                        "cuMemcpyHtoDAsync")
         # the first run of a shape launches directly (lowest time to first inference); the second
         # captures the whole run into a CUDA graph, replayed from then on with one launch
         if st.graph_exec is None and st.runs >= 1 and st.launches and self._opts.get("cuda_graph", True):
             self._capture(st)
         if st.graph_exec is not None:
-            _check(cu.cuGraphLaunch(st.graph_exec, self._stream), "cuGraphLaunch")
+            check(cu.cuGraphLaunch(st.graph_exec, self._stream), "cuGraphLaunch")
         else:
             self._launch_all(st)
         st.runs += 1
@@ -390,10 +365,10 @@ class NvrtcLoadedPlan:
                 continue
             o = np.empty(st.plan.shapes[n], dtype=np.float32)
             if o.nbytes:
-                _check(cu.cuMemcpyDtoHAsync(o.ctypes.data, self._addr(st.plan, st.arena, n), o.nbytes, self._stream),
+                check(cu.cuMemcpyDtoHAsync(o.ctypes.data, self._addr(st.plan, st.arena, n), o.nbytes, self._stream),
                        "cuMemcpyDtoHAsync")
             outs[n] = o
-        _check(cu.cuStreamSynchronize(self._stream), "cuStreamSynchronize")
+        check(cu.cuStreamSynchronize(self._stream), "cuStreamSynchronize")
         return outs
 
     def runtime_cache(self) -> bytes:

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ...errors import BackendError, UnsupportedModel
+from ...core.errors import BackendError, UnsupportedModel
 from .host_ops import eval_host
 from .lowering import Launch, Shape, plan_node
 from .onnx_import import ALIAS_OPS, HOST_INPUTS, decode_array

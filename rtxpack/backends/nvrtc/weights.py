@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ...errors import BackendError
+from ...core.errors import BackendError
 from .lowering import conv_weight_names
 from .onnx_import import HOST_INPUTS
 

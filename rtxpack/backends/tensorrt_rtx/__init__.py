@@ -8,16 +8,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ...errors import BackendError, BackendNotInstalled, UnsupportedModel
+from ...core.errors import BackendNotInstalled, UnsupportedModel
+from ...core.registry import tensorrt_rtx_installed
 from ..base import BackendInfo, LoadedPlan, PlanInfo
 from .header import PlanHeader, is_tensorrt_rtx_plan, parse_header
 
 NAME = "tensorrt-rtx"
 
+
 def installed_version() -> tuple[str | None, str | None]:
     """(exact version, CUDA major) of the tensorrt-rtx installed in this interpreter, without importing it."""
-    from ...device import tensorrt_rtx_installed
-
     return tensorrt_rtx_installed()
 
 
@@ -49,12 +49,13 @@ class TensorRTRTXBackend:
             raise UnsupportedModel(f"TensorRT-RTX could not build {onnx_path}: {e}",
                                    fix="act on the builder's message; dynamic inputs need [models.inputs.NAME] min/opt/max, "
                                        "Turing (7.5) needs an fp16 model and an engine of its own",
-                                   onnx=str(onnx_path)) from e
+                                   path=str(onnx_path)) from e
 
     def inspect(self, plan: bytes) -> PlanInfo:
         h = parse_header(plan)
         return PlanInfo(backend=NAME, backend_version=h.version, compute_capabilities=h.compute_capabilities,
-                        ptx=False, details={"cc_mask": h.cc_mask, "unknown_cc_bits": h.unknown_bits})
+                        ptx=False, details={"cc_mask": h.cc_mask, "unknown_cc_bits": h.unknown_bits,
+                                            "header": {"cc_mask": f"0x{h.cc_mask:02x}", "unknown_cc_bits": h.unknown_bits}})
 
     def load(self, plan: bytes, *, device: int = 0, runtime_cache: bytes | None = None,
              options: Mapping[str, Any] | None = None) -> LoadedPlan:

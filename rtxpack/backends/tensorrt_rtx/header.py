@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...errors import BackendError
+from ...core.errors import BackendError
+from ...core.registry import TRT_RTX_CC_BITS
 
 MAGIC = b"vtrt"
 HEADER_SIZE = 64
-#: bit -> compute capability, in bit order
-CC_BITS: tuple[tuple[int, str], ...] = ((0, "7.5"), (1, "8.0"), (2, "8.6"), (3, "8.9"), (4, "12.0"), (5, "12.1"))
+#: bit -> compute capability, in bit order (the registry's table)
+CC_BITS = TRT_RTX_CC_BITS
 #: the mask a plan built with no compute capability set carries (8.0, 8.6, 8.9, 12.0, 12.1)
 PORTABLE_DEFAULT_MASK = 0x3E
 
@@ -48,11 +49,11 @@ def parse_header(data: bytes, *, source: str = "plan") -> PlanHeader:
     """Parse the first 64 bytes of a plan; BackendError if it is not a TensorRT-RTX plan."""
     if len(data) < HEADER_SIZE:
         raise BackendError(f"{source}: {len(data)} bytes is shorter than a TensorRT-RTX plan header ({HEADER_SIZE})",
-                           fix="pass a complete .plan/.engine file", source=source)
+                           fix="pass a complete .plan/.engine file", path=source)
     if data[:4] != MAGIC:
         raise BackendError(f"{source}: does not start with the TensorRT-RTX magic 'vtrt' (got {data[:4]!r})",
                            fix="pass a TensorRT-RTX engine; classic TensorRT and other formats are not read here",
-                           source=source)
+                           path=source)
     version = f"{data[24]}.{data[25]}.{data[26]}"
     mask = data[32]
     known = 0

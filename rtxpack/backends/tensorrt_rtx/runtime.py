@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from ...errors import BackendError, ConfigError, RefitError
+from ...core.errors import BackendError, ConfigError, RefitError
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +119,11 @@ class TensorRTRTXLoaded:
         parser_refitter = trt.OnnxParserRefitter(refitter, self._logger)
         if not parser_refitter.refit_from_file(str(onnx_path)):
             raise RefitError(f"TensorRT-RTX could not take the weights of {onnx_path}",
-                             fix="pass the exact ONNX the engine was built from", onnx=str(onnx_path))
+                             fix="pass the exact ONNX the engine was built from", path=str(onnx_path))
         if not refitter.refit_cuda_engine():
             missing = list(refitter.get_missing_weights()) if hasattr(refitter, "get_missing_weights") else []
             raise RefitError(f"refit of the engine failed (missing weights: {missing or 'unknown'})",
-                             fix="pass the exact ONNX the engine was built from", onnx=str(onnx_path))
+                             fix="pass the exact ONNX the engine was built from", path=str(onnx_path))
         # a new context picks up the refitted weights with the same runtime cache
         self.context = self.engine.create_execution_context(self.config)
 
@@ -131,7 +131,7 @@ class TensorRTRTXLoaded:
         import numpy as np
         from cuda.bindings import driver as cu
 
-        from ..cuda_util import check, device_context
+        from ...core.cuda import check, device_context
 
         trt = self._trt
         with device_context(self._device):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .digest import json_digest
-from .fsutil import atomic_write
+from ..core.digest import json_digest
+from ..core.fsutil import atomic_write
 
 MAGIC = b"RTXPRC01"
 HEADER = len(MAGIC) + 32 + 32

@@ -1,38 +1,39 @@
-"""Farm subcommands for ``rtxpack``: plan, build, merge, bundle, inspect.
+"""Publisher commands: plan, build, merge, bundle, inspect, warm.
 
-``rtxpack.cli`` calls :func:`register`; handlers call the library, print text or JSON, return an
-exit code, and raise RtxpackError subclasses that ``rtxpack.cli`` turns into one line + the fix.
+Handlers call the library, print text or JSON, return an exit code, and raise RtxpackError
+subclasses that :func:`rtxpack.cli.main` turns into one line + the fix.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+from pathlib import Path
 from typing import Any
 
+from ..backends.inspect import inspect_file
+from ..core.manifest import Manifest
+from ..farm.build import build
+from ..farm.bundle import create_bundle
+from ..farm.ci import github_matrix
+from ..farm.config import load_config
+from ..farm.plan import make_plan
+from ..farm.repo import merge_repositories
+from ..farm.warm import warm
+from ..installer.context import InstallContext
+from ..installer.repository import open_repository
+from .output import add_json, emit, say, wants_json
 
-def _json(args: argparse.Namespace, data: Any) -> bool:
-    if getattr(args, "json", False):
-        print(json.dumps(data, indent=2, default=str))
-        return True
-    return False
 
-
-def _add_json(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
 
 
 # ---- plan --------------------------------------------------------------------------------------
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .ci import github_matrix
-    from .config import load_config
-    from .plan import make_plan
-
     plan = make_plan(load_config(args.config))
     if args.ci:
         print(json.dumps(github_matrix(plan, per=args.per)))
         return 0
-    if _json(args, plan.to_dict()):
+    if wants_json(args):
+        emit(args, plan.to_dict())
         return 0
     print(f"{plan.config.path}: {len(plan.cells)} cells, {len(plan.buildable)} to build, {len(plan.skipped)} skipped")
     for c in plan.cells:
@@ -44,11 +45,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 # ---- build -------------------------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace) -> int:
-    from .build import build
-
-    progress = None if args.json else (lambda s: print(s, file=sys.stderr, flush=True))
+    progress = say(args)
     report = build(args.config, args.repo, jobs=args.jobs, cells=args.cell or None, progress=progress)
-    if not _json(args, report.to_dict()):
+    emit(args, report.to_dict())
+    if not wants_json(args):
         d = report.to_dict()
         print(f"{report.repo}: {d['built']} built, {d['up_to_date']} up to date, {d['skipped']} skipped, "
               f"{d['failed']} failed ({d['seconds']:.1f} s)")
@@ -60,32 +60,32 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 # ---- merge -------------------------------------------------------------------------------------
 def cmd_merge(args: argparse.Namespace) -> int:
-    from .repo import merge_repositories
-
     m = merge_repositories(args.parts, args.repo)
-    if not _json(args, {"repo": args.repo, "artifacts": len(m), "parts": args.parts}):
-        print(f"{args.repo}: {len(m)} artifacts after merging {len(args.parts)} part(s)")
+    emit(args, {"repo": args.repo, "artifacts": len(m), "parts": args.parts},
+         f"{args.repo}: {len(m)} artifacts after merging {len(args.parts)} part(s)")
     return 0
 
 
 # ---- bundle ------------------------------------------------------------------------------------
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from ..bundle import create_bundle
-
     ccs = [c.strip() for c in args.cc.split(",") if c.strip()] if args.cc else None
     res = create_bundle(args.repo, args.output, models=args.model or None, compute_capabilities=ccs, os=args.os,
                         compress=args.gzip)
-    if not _json(args, res):
-        print(f"{res['path']}: {res['artifacts']} artifact(s), {res['bytes']} bytes of blobs")
+    emit(args, res, f"{res['path']}: {res['artifacts']} artifact(s), {res['bytes']} bytes of blobs")
     return 0
 
 
 # ---- inspect -----------------------------------------------------------------------------------
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ..inspect import inspect_file
-
-    info = inspect_file(args.file, repo=args.repo)
-    if not _json(args, info):
+    manifest = None
+    if args.repo is not None:
+        # a local repository directory is read directly (the farm's own output); URLs and bundles go
+        # through the installer (signature checks, bundle validation)
+        manifest = (Manifest.load(args.repo) if Path(args.repo).is_dir()
+                    else open_repository(args.repo, InstallContext.create(progress=False)).manifest)
+    info = inspect_file(args.file, manifest, repo=args.repo)
+    emit(args, info)
+    if not wants_json(args):
         print(f"{info['file']}: {info['backend']} {info['backend_version']}, "
               f"compute capabilities {', '.join(info['compute_capabilities']) or '(none)'}"
               + (", PTX" if info.get("ptx") else "") + f", {info['size']} bytes, sha256 {info['sha256'][:16]}")
@@ -100,12 +100,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0 if not info.get("manifest", {}).get("mismatches") else 1
 
 
+# ---- warm --------------------------------------------------------------------------------------
+def cmd_warm(args: argparse.Namespace) -> int:
+    results = warm(args.config, args.repo, progress=say(args))
+    data = {"warmed": sum(r.status == "warmed" for r in results), "skipped": sum(r.status == "skipped" for r in results),
+            "failed": sum(r.status == "failed" for r in results), "engines": [r.to_dict() for r in results]}
+    emit(args, data, lambda: "\n".join([f"{r.status:<8} {r.engine}: {r.reason}" for r in results]
+                                       + [f"{data['warmed']} warmed, {data['skipped']} skipped, {data['failed']} failed"]))
+    return 1 if data["failed"] else 0
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("plan", help="expand rtxpack.toml into build cells (and the skipped ones)")
     p.add_argument("config", help="path to rtxpack.toml")
     p.add_argument("--ci", choices=["github"], help="print a CI job matrix instead")
     p.add_argument("--per", choices=["cell", "toolchain"], default="cell", help="one CI job per cell or per toolchain")
-    _add_json(p)
+    add_json(p)
     p.set_defaults(func=cmd_plan)
 
     p = subparsers.add_parser("build", help="build the cells of rtxpack.toml into a repository")
@@ -113,13 +123,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--repo", required=True, help="repository directory to publish into")
     p.add_argument("-j", "--jobs", type=int, default=1, help="cells built in parallel (processes)")
     p.add_argument("--cell", action="append", default=[], help="build only this cell id (or prefix); repeatable")
-    _add_json(p)
+    add_json(p)
     p.set_defaults(func=cmd_build)
 
     p = subparsers.add_parser("merge", help="merge repository parts built on different machines")
     p.add_argument("parts", nargs="+", help="repository directories to merge")
     p.add_argument("--repo", required=True, help="destination repository directory")
-    _add_json(p)
+    add_json(p)
     p.set_defaults(func=cmd_merge)
 
     p = subparsers.add_parser("bundle", help="write an offline bundle (tar) of selected artifacts")
@@ -129,11 +139,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--os", choices=["linux", "windows"], help="only artifacts usable on this OS")
     p.add_argument("--gzip", action="store_true", default=None, help="gzip the tar (default: by .gz/.tgz suffix)")
     p.add_argument("-o", "--output", required=True, help="bundle file to write (.tar or .tar.gz)")
-    _add_json(p)
+    add_json(p)
     p.set_defaults(func=cmd_bundle)
 
     p = subparsers.add_parser("inspect", help="backend, version and compute capabilities of a plan file")
     p.add_argument("file", help="engine / plan file")
     p.add_argument("--repo", help="cross-check against this repository's manifest (directory or URL)")
-    _add_json(p)
+    add_json(p)
     p.set_defaults(func=cmd_inspect)
+
+    p = subparsers.add_parser("warm", help="run warm-up shapes on this GPU and add runtime caches to a repository")
+    p.add_argument("config", help="rtxpack.toml (for the ONNX files and warm-up shapes)")
+    p.add_argument("--repo", required=True, help="repository directory to add runtime caches to")
+    add_json(p)
+    p.set_defaults(func=cmd_warm)

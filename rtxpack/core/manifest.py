@@ -19,7 +19,10 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from . import registry
 from .errors import ManifestError
+from .fsutil import atomic_write
+from .versions import format_cc, parse_cc, version_tuple
 
 SCHEMA_ID = "rtxpack-manifest"
 SCHEMA_VERSION = 1
@@ -33,35 +36,6 @@ OS_FAMILIES = ("linux", "windows")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _CC = re.compile(r"^\d{1,2}\.\d$")
 _VERSION = re.compile(r"^\d+(\.\d+)*$")
-
-
-def parse_cc(cc: str | float | Sequence[int]) -> tuple[int, int]:
-    """``"8.9"`` / ``8.9`` / ``(8, 9)`` / ``"sm_89"`` -> ``(8, 9)``."""
-    if isinstance(cc, (tuple, list)) and len(cc) == 2:
-        return int(cc[0]), int(cc[1])
-    s = str(cc).strip().lower()
-    if s.startswith("sm_") or s.startswith("sm"):
-        digits = s.lstrip("sm_")
-        if digits.isdigit() and len(digits) >= 2:
-            return int(digits[:-1]), int(digits[-1])
-    m = re.fullmatch(r"(\d{1,2})\.(\d)", s)
-    if not m:
-        raise ValueError(f"{cc!r} is not a compute capability such as '8.9'")
-    return int(m.group(1)), int(m.group(2))
-
-
-def format_cc(cc: tuple[int, int]) -> str:
-    return f"{cc[0]}.{cc[1]}"
-
-
-def version_tuple(v: str | None) -> tuple[int, ...]:
-    if not v:
-        return ()
-    out = []
-    for part in str(v).split("."):
-        digits = re.match(r"\d+", part)
-        out.append(int(digits.group()) if digits else 0)
-    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -114,18 +88,18 @@ class Artifact:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str = "artifact") -> "Artifact":
         if not isinstance(d, Mapping):
-            raise ManifestError(f"{where}: not a JSON object", fix="see manifests/manifest-v1.schema.json", entry=where)
+            raise ManifestError(f"{where}: not a JSON object", fix="see manifests/manifest-v1.schema.json", artifact=where)
         unknown = set(d) - _ARTIFACT_FIELDS
         if unknown:
             raise ManifestError(f"{where}: unknown field(s) {sorted(unknown)}",
-                                fix="remove them or upgrade rtxpack", entry=where)
+                                fix="remove them or upgrade rtxpack", artifact=where)
         kw = dict(d)
         kw["compute_capabilities"] = tuple(kw.get("compute_capabilities", ()))
         kw["mirrors"] = tuple(kw.get("mirrors", ()))
         try:
             art = cls(**kw)
         except TypeError as e:
-            raise ManifestError(f"{where}: {e}", fix="see manifests/manifest-v1.schema.json", entry=where) from e
+            raise ManifestError(f"{where}: {e}", fix="see manifests/manifest-v1.schema.json", artifact=where) from e
         validate_artifact(art, where=where)
         return art
 
@@ -136,16 +110,16 @@ _ARTIFACT_FIELDS = frozenset(f.name for f in fields(Artifact))
 def validate_relpath(path: str, *, where: str) -> None:
     """A repository path must be relative, POSIX, and stay inside the repository."""
     if not isinstance(path, str) or not path:
-        raise ManifestError(f"{where}: path is empty", fix="give a path relative to the repository root", entry=where)
+        raise ManifestError(f"{where}: path is empty", fix="give a path relative to the repository root", artifact=where)
     if "\\" in path or "\0" in path:
         raise ManifestError(f"{where}: path {path!r} contains a backslash or NUL",
-                            fix="use '/' separated relative paths", entry=where, path=path)
+                            fix="use '/' separated relative paths", artifact=where, path=path)
     if path.startswith("/") or (len(path) > 1 and path[1] == ":" and path[0].isalpha()):
         raise ManifestError(f"{where}: path {path!r} is absolute",
-                            fix="artifact paths must be relative to the repository root", entry=where, path=path)
+                            fix="artifact paths must be relative to the repository root", artifact=where, path=path)
     if ".." in path.split("/"):
         raise ManifestError(f"{where}: path {path!r} contains '..'",
-                            fix="artifact paths must stay inside the repository", entry=where, path=path)
+                            fix="artifact paths must stay inside the repository", artifact=where, path=path)
 
 
 _STR, _OPT_STR = (str,), (str, type(None))
@@ -162,7 +136,7 @@ PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "fp4", "int8", "int4")
 def validate_artifact(a: Artifact, *, where: str) -> None:
     """The schema's per-entry rules, in code (jsonschema costs ~200 us an entry; this ~5 us)."""
     def bad(problem: str, fix: str = "see manifests/manifest-v1.schema.json") -> ManifestError:
-        return ManifestError(f"{where} ({a.id or '?'}): {problem}", fix=fix, entry=a.id or where)
+        return ManifestError(f"{where} ({a.id or '?'}): {problem}", fix=fix, artifact=a.id or where)
 
     for name, types in _FIELD_TYPES.items():
         value = getattr(a, name)
@@ -170,8 +144,8 @@ def validate_artifact(a: Artifact, *, where: str) -> None:
             raise bad(f"{name} {value!r} has the wrong type (expected {' or '.join(t.__name__ for t in types)})")
     if not a.id or len(a.id) > 512 or not a.model or len(a.model) > 256:
         raise bad("id and model must be non-empty (id <= 512, model <= 256 characters)")
-    if a.backend not in ("tensorrt-rtx", "nvrtc"):
-        raise bad(f"backend {a.backend!r} is not one of tensorrt-rtx, nvrtc")
+    if not registry.known(a.backend):
+        raise bad(f"backend {a.backend!r} is not one of {', '.join(registry.names())}")
     if a.precision not in PRECISIONS:
         raise bad(f"precision {a.precision!r} is not one of {', '.join(PRECISIONS)}")
     if len(a.mirrors) > 16 or len(a.compute_capabilities) > 32:
@@ -277,18 +251,18 @@ class Manifest:
     @classmethod
     def from_dict(cls, d: Any, *, source: str = "manifest") -> "Manifest":
         if not isinstance(d, dict):
-            raise ManifestError(f"{source}: top level is not a JSON object", fix="check the repository URL", source=source)
+            raise ManifestError(f"{source}: top level is not a JSON object", fix="check the repository URL", url=source)
         # the only places a manifest nests freely (entries are otherwise flat)
         _check_depth([d.get("project"), d.get("signatures")] + [
             [a.get("profiles"), a.get("extra")] for a in d.get("artifacts") or () if isinstance(a, dict)])
         if d.get("schema") != SCHEMA_ID:
             raise ManifestError(f"{source}: not an rtxpack manifest (schema={d.get('schema')!r})",
                                 fix="point --repo at a directory or URL that contains an rtxpack manifest.json",
-                                source=source)
+                                url=source)
         sv = d.get("schema_version")
         if sv != SCHEMA_VERSION:
             raise ManifestError(f"{source}: unknown schema_version {sv!r} (this rtxpack reads {SCHEMA_VERSION})",
-                                fix="upgrade rtxpack (`pip install -U rtxpack`)", source=source, schema_version=sv)
+                                fix="upgrade rtxpack (`pip install -U rtxpack`)", url=source, schema_version=sv)
         arts = d.get("artifacts", [])
         _validate_schema(d, source)
         artifacts = tuple(Artifact.from_dict(a, where=f"{source}: artifacts[{i}]") for i, a in enumerate(arts))
@@ -296,7 +270,7 @@ class Manifest:
         for a in artifacts:
             if a.id in ids:
                 raise ManifestError(f"{source}: duplicate artifact id {a.id!r}", fix="artifact ids must be unique",
-                                    entry=a.id, source=source)
+                                    artifact=a.id, url=source)
             ids.add(a.id)
         return cls(
             artifacts=artifacts,
@@ -312,11 +286,11 @@ class Manifest:
     def from_json(cls, text: str | bytes, *, source: str = "manifest") -> "Manifest":
         if len(text) > MAX_MANIFEST_BYTES:
             raise ManifestError(f"{source}: {len(text)} bytes is larger than the {MAX_MANIFEST_BYTES}-byte limit",
-                                fix="split the repository or check the URL", source=source)
+                                fix="split the repository or check the URL", url=source)
         try:
             data = json.loads(text)
         except (ValueError, RecursionError) as e:
-            raise ManifestError(f"{source}: not valid JSON ({e})", fix="re-publish the repository", source=source) from e
+            raise ManifestError(f"{source}: not valid JSON ({e})", fix="re-publish the repository", url=source) from e
         return cls.from_dict(data, source=source)
 
     @classmethod
@@ -328,17 +302,15 @@ class Manifest:
             size = p.stat().st_size
             if size > MAX_MANIFEST_BYTES:
                 raise ManifestError(f"{p}: {size} bytes is larger than the {MAX_MANIFEST_BYTES}-byte limit",
-                                    fix="check the repository", source=str(p))
+                                    fix="check the repository", path=str(p))
             text = p.read_bytes()
         except FileNotFoundError as e:
             raise ManifestError(f"no manifest at {p}", fix="build or publish the repository first (`rtxpack build`)",
-                                source=str(p)) from e
+                                path=str(p)) from e
         return cls.from_json(text, source=str(p))
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file + fsync + os.replace)."""
-        from .fsutil import atomic_write
-
         p = Path(path)
         if p.is_dir():
             p = p / MANIFEST_NAME
@@ -358,7 +330,7 @@ class Manifest:
                               if mine.to_dict().get(k) != a.to_dict().get(k))
                 raise ManifestError(f"conflicting entries for artifact {a.id!r}: they differ in {', '.join(diff)}",
                                     fix="rebuild one side, or remove the stale repository part before merging",
-                                    entry=a.id, fields=diff)
+                                    artifact=a.id, differing_fields=diff)
             merged[a.id] = a
         return self.with_artifacts(merged.values(), version=max(self.version, other.version))
 
@@ -387,7 +359,7 @@ _SCHEMA_CACHE: dict[str, Any] = {}
 
 def schema() -> dict[str, Any]:
     if "v1" not in _SCHEMA_CACHE:
-        here = Path(__file__).parent / "schemas" / "manifest-v1.schema.json"
+        here = Path(__file__).resolve().parent.parent / "schemas" / "manifest-v1.schema.json"
         _SCHEMA_CACHE["v1"] = json.loads(here.read_text())
     return _SCHEMA_CACHE["v1"]
 
@@ -421,4 +393,4 @@ def _validate_schema(d: Mapping[str, Any], source: str) -> None:
                 entry = arts[path[1]].get("id")
         where = f"{source}: {loc}" + (f" (artifact {entry})" if entry else "")
         raise ManifestError(f"{where}: {error.message}", fix="see manifests/manifest-v1.schema.json",
-                            source=source, entry=entry, location=loc)
+                            url=source, artifact=entry, json_path=loc)

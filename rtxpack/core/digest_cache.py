@@ -16,6 +16,7 @@ import filelock
 
 from . import config
 from .digest import model_digest, weights_digest
+from .fsutil import atomic_write
 
 
 class DigestCache:
@@ -75,7 +76,5 @@ class DigestCache:
             merged = {k: v for k, v in on_disk.items() if k in live}
             for k, v in (self._data or {}).items():
                 merged.setdefault(k, {}).update(v)
-            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(merged))
-            os.replace(tmp, self.path)
+            atomic_write(self.path, json.dumps(merged).encode())
         self._dirty = False

@@ -14,9 +14,10 @@ import sys
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from . import config
+from . import config, registry
+from .cuda import check
 from .errors import DeviceError
-from .manifest import format_cc, parse_cc
+from .versions import format_cc, parse_cc
 
 log = logging.getLogger(__name__)
 
@@ -71,57 +72,12 @@ class Device:
 
 
 # ---- backends --------------------------------------------------------------------------------------
-_TRT_DISTS = ("tensorrt_rtx", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "tensorrt_rtx_cu13", "tensorrt_rtx_cu12")
-
-
-def tensorrt_rtx_installed() -> tuple[str | None, str | None]:
-    """(exact version, CUDA major) of the tensorrt-rtx installed here, from package metadata
-    (no import of the 238 MB library)."""
-    from importlib import metadata
-
-    version = cuda = None
-    for dist in _TRT_DISTS:
-        try:
-            found = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-        version = version or found
-        if "cu13" in dist:
-            cuda = "13"
-        elif "cu12" in dist:
-            cuda = "12"
-    return version, cuda
-
-
-def tensorrt_rtx_version() -> str | None:
-    return tensorrt_rtx_installed()[0]
-
-
-def nvrtc_backend_version() -> str | None:
-    """Our nvrtc plan-format version when cuda-python is importable, else None."""
-    try:
-        import cuda.bindings  # noqa: F401
-    except Exception:
-        return None
-    try:
-        from .backends.nvrtc import NVRTC_BACKEND_VERSION
-    except Exception:
-        return None
-    return NVRTC_BACKEND_VERSION
-
-
 def installed_backends() -> tuple[tuple[str, str | None], ...]:
-    return tuple(sorted({"tensorrt-rtx": tensorrt_rtx_version(), "nvrtc": nvrtc_backend_version()}.items()))
+    """(name, installed version or None) of every registered backend (see ``core.registry``)."""
+    return registry.installed()
 
 
 # ---- detection -------------------------------------------------------------------------------------
-def _check(result: Any) -> Any:
-    err, *rest = result
-    if int(err) != 0:
-        raise RuntimeError(f"CUDA driver error {err}")
-    return rest[0] if len(rest) == 1 else tuple(rest)
-
-
 def detect_gpus() -> tuple[tuple[GPU, ...], list[str]]:
     """GPUs through the CUDA driver API; ``((), [why])`` when there is no usable driver."""
     try:
@@ -129,20 +85,20 @@ def detect_gpus() -> tuple[tuple[GPU, ...], list[str]]:
     except Exception as e:  # cuda-python missing or broken
         return (), [f"cuda-python not available ({type(e).__name__}): pip install rtxpack[gpu]"]
     try:
-        _check(cu.cuInit(0))
-        count = _check(cu.cuDeviceGetCount())
-        drv = _check(cu.cuDriverGetVersion())
+        check(cu.cuInit(0))
+        count = check(cu.cuDeviceGetCount())
+        drv = check(cu.cuDriverGetVersion())
         driver_version = f"{drv // 1000}.{(drv % 1000) // 10}"
         gpus = []
         for i in range(count):
-            dev = _check(cu.cuDeviceGet(i))
-            name = _check(cu.cuDeviceGetName(256, dev))
+            dev = check(cu.cuDeviceGet(i))
+            name = check(cu.cuDeviceGetName(256, dev))
             name = name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(name, bytes) else str(name)
-            major = _check(cu.cuDeviceGetAttribute(cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev))
-            minor = _check(cu.cuDeviceGetAttribute(cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev))
-            mem = _check(cu.cuDeviceTotalMem(dev))
+            major = check(cu.cuDeviceGetAttribute(cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev))
+            minor = check(cu.cuDeviceGetAttribute(cu.CUdevice_attribute.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev))
+            mem = check(cu.cuDeviceTotalMem(dev))
             try:
-                raw = _check(cu.cuDeviceGetUuid(dev)).bytes
+                raw = check(cu.cuDeviceGetUuid(dev)).bytes
                 h = bytes(raw).hex()
                 uuid = f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
             except Exception:
@@ -160,9 +116,11 @@ def _gpu_from_obj(obj: Mapping[str, Any], index: int) -> GPU:
         raise DeviceError("RTXPACK_DEVICE: a GPU entry has no compute_capability",
                           fix='e.g. RTXPACK_DEVICE=\'{"gpus":[{"name":"RTX 4090","compute_capability":"8.9"}]}\'')
     try:
-        cc_s = format_cc(parse_cc(cc))
+        # a JSON number (8.9) is accepted here: the override is typed by hand
+        cc_s = format_cc(parse_cc(str(cc) if isinstance(cc, (int, float)) and not isinstance(cc, bool) else cc))
     except ValueError as e:
-        raise DeviceError(f"RTXPACK_DEVICE: {e}", fix="use a compute capability such as 8.9") from e
+        raise DeviceError(f"RTXPACK_DEVICE: {e}", fix="use a compute capability such as 8.9",
+                          variable="RTXPACK_DEVICE") from e
     return GPU(name=str(obj.get("name") or f"forced sm_{cc_s.replace('.', '')}"), compute_capability=cc_s,
                memory_bytes=int(obj.get("memory_bytes", 0) or 0), driver_version=obj.get("driver_version"),
                uuid=obj.get("uuid"), index=int(obj.get("index", index)))

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +27,10 @@ from typing import Any, Mapping, NamedTuple
 
 import filelock
 
-from . import config
-from .digest import sha256_file
-from .fsutil import atomic_write
-from .errors import ChecksumMismatch, ConfigError, StoreError
+from ..core import config
+from ..core.digest import sha256_file
+from ..core.errors import ChecksumMismatch, ConfigError, StoreError
+from ..core.fsutil import AtomicFile, atomic_write, replace_into
 
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
@@ -73,7 +72,7 @@ def check_sha256(sha256: str) -> str:
     """``sha256`` lower-cased, or :class:`ConfigError` if it is not 64 hex digits."""
     s = str(sha256).strip().lower()
     if not _SHA_RE.match(s):
-        raise ConfigError(f"{sha256!r} is not a sha256 hex digest", fix="pass 64 hexadecimal digits", sha256=str(sha256))
+        raise ConfigError(f"{sha256!r} is not a sha256 hex digest", fix="pass 64 hexadecimal digits", value=str(sha256))
     return s
 
 
@@ -120,17 +119,53 @@ class Store:
         """Where a resumable download of ``sha256`` keeps its bytes so far (inside ``tmp/``)."""
         return self.tmp_dir / f"{check_sha256(sha256)}.partial"
 
-    def temp_file(self, sha256: str) -> Path:
-        """A new, empty, uniquely named file inside the store for a streaming writer."""
-        fd, name = tempfile.mkstemp(prefix=f"{check_sha256(sha256)}.", suffix=".tmp", dir=self.tmp_dir)
-        os.close(fd)
-        return Path(name)
+    def new_blob(self, sha256: str | None = None) -> AtomicFile:
+        """A streaming writer for a blob (a new temp file in ``tmp/``, hashed as it is written); finish it
+        with :meth:`commit_blob` (leaving its ``with`` block otherwise removes the temp file)."""
+        prefix = check_sha256(sha256)[:16] if sha256 else "blob"
+        return AtomicFile(self.tmp_dir / prefix, tmp_dir=self.tmp_dir, hash=True, prefix=prefix)
+
+    def commit_blob(self, writer: AtomicFile, sha256: str, size: int, *, meta: Mapping[str, Any] | None = None) -> Path:
+        """Check a :meth:`new_blob` writer's size and sha256, then move it into place (ChecksumMismatch
+        and nothing installed when they differ)."""
+        sha = check_sha256(sha256)
+        if writer.size != size or writer.sha256 != sha:
+            writer.abort()
+            raise self._mismatch(sha, size, writer.size, writer.sha256 if writer.size == size else None)
+        dest = self.blob_path(sha)
+        self._mkdir(dest.parent)
+        try:
+            writer.commit(dest)
+        except OSError as e:
+            raise StoreError(f"cannot move a download into {dest}: {e.strerror or e}",
+                             fix="check permissions of RTXPACK_CACHE_DIR", path=str(dest)) from e
+        if meta:
+            self.set_meta(sha, meta)
+        return dest
+
+    @staticmethod
+    def _mismatch(sha: str, size: int, actual_size: int, digest: str | None) -> ChecksumMismatch:
+        if actual_size != size:
+            return ChecksumMismatch(
+                f"size mismatch for {sha[:16]}…: expected {size} bytes, got {actual_size}; not installed",
+                fix="retry; if it persists the repository entry or mirror is corrupt",
+                sha256=sha, expected_size=size, actual_size=actual_size, expected_sha256=sha)
+        return ChecksumMismatch(
+            f"sha256 mismatch: expected {sha}, got {digest}; not installed",
+            fix="retry; if it persists the repository entry or mirror is corrupt",
+            sha256=sha, expected_sha256=sha, actual_sha256=digest, expected_size=size, actual_size=actual_size)
 
     def state_dir(self, name: str) -> Path:
         """A directory for small mutable files owned by another module (created on demand)."""
         if not name or "/" in name or "\\" in name or name in (".", ".."):
             raise ConfigError(f"{name!r} is not a valid state name", fix="use a plain name such as 'runtime-caches'")
         return self._mkdir(self.root / "state" / name)
+
+    def state_path(self, filename: str) -> Path:
+        """A small state file directly under ``state/`` (e.g. the digest cache)."""
+        if not filename or "/" in filename or "\\" in filename or filename in (".", ".."):
+            raise ConfigError(f"{filename!r} is not a valid state file name", fix="use a plain file name")
+        return self._mkdir(self.root / "state") / filename
 
     def _mkdir(self, path: Path) -> Path:
         try:
@@ -193,7 +228,7 @@ class Store:
                 f"not enough disk space for {what}: {nbytes} bytes needed, {free} free in {self.root}",
                 fix="free disk space, run `rtxpack cache prune --max-size <size>`, "
                 "or set RTXPACK_CACHE_DIR to a larger disk",
-                needed=nbytes, free=free, path=str(self.root),
+                needed_bytes=nbytes, free_bytes=free, path=str(self.root),
             )
 
     def commit_temp(
@@ -205,7 +240,8 @@ class Store:
         actual_sha256: str | None = None,
         meta: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Check ``tmp_path`` (a file inside the store) and move it to its blob path.
+        """Check ``tmp_path`` (a finished file inside the store's ``tmp/``, e.g. a resumed download)
+        and move it to its blob path.
 
         ``actual_sha256`` is the digest the caller computed while writing the same bytes (saves
         re-reading a large file); without it the file is hashed here. On a wrong size or digest the
@@ -217,30 +253,14 @@ class Store:
             actual_size = tmp.stat().st_size
         except FileNotFoundError as e:
             raise StoreError(f"temp file {tmp} vanished before commit", fix="retry the download", path=str(tmp)) from e
-        if actual_size != size:
+        digest = (actual_sha256.lower() if actual_sha256 else _hash_file(tmp)) if actual_size == size else None
+        if actual_size != size or digest != sha:
             _unlink(tmp)
-            raise ChecksumMismatch(
-                f"size mismatch for {sha[:16]}…: expected {size} bytes, got {actual_size}; not installed",
-                fix="retry; if it persists the repository entry or mirror is corrupt",
-                sha256=sha, expected_size=size, actual_size=actual_size,
-                expected=sha, actual=None,
-            )
-        digest = actual_sha256.lower() if actual_sha256 else _hash_file(tmp)
-        if digest != sha:
-            _unlink(tmp)
-            raise ChecksumMismatch(
-                f"sha256 mismatch: expected {sha}, got {digest}; not installed",
-                fix="retry; if it persists the repository entry or mirror is corrupt",
-                sha256=sha, expected=sha, actual=digest, expected_size=size, actual_size=actual_size,
-            )
+            raise self._mismatch(sha, size, actual_size, digest)
         dest = self.blob_path(sha)
         self._mkdir(dest.parent)
         try:
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; blobs are plain readable files
-        except OSError:
-            pass
-        try:
-            os.replace(tmp, dest)
+            replace_into(tmp, dest, mode=0o644)   # mkstemp-style temps are 0600; blobs are plain readable files
         except OSError as e:
             _unlink(tmp)
             raise StoreError(f"cannot move {tmp} to {dest}: {e}", fix="check permissions of RTXPACK_CACHE_DIR",
@@ -261,13 +281,9 @@ class Store:
                 self.set_meta(sha, meta)
             return path
         self.ensure_free_space(len(data))
-        tmp = self.temp_file(sha)
-        try:
-            tmp.write_bytes(data)
-        except BaseException:
-            _unlink(tmp)
-            raise
-        return self.commit_temp(tmp, sha, len(data), actual_sha256=digest, meta=meta)
+        with self.new_blob(sha) as w:
+            w.write(data)
+            return self.commit_blob(w, sha, len(data), meta=meta)
 
     def add_file(
         self,
@@ -286,33 +302,24 @@ class Store:
             if move:
                 _unlink(src)
             return path
-        sha_hint = check_sha256(sha256) if sha256 else "0" * 64
-        tmp: Path | None = None
         if move:
-            tmp = self.temp_file(sha_hint)
+            tmp = self.tmp_dir / f".{os.urandom(8).hex()}.move"
             try:
                 os.replace(src, tmp)  # same filesystem: instant; otherwise fall back to copying
             except OSError:
-                _unlink(tmp)
-                tmp = None
-        if tmp is None:
-            self.ensure_free_space(size)
-            tmp = self.temp_file(sha_hint)
-            h = hashlib.sha256()
-            try:
-                with open(src, "rb") as fin, open(tmp, "wb") as fout:
-                    while chunk := fin.read(_CHUNK):
-                        h.update(chunk)
-                        fout.write(chunk)
-            except BaseException:
-                _unlink(tmp)
-                raise
-            digest = h.hexdigest()
-            if move:
-                _unlink(src)
-        else:
-            digest = _hash_file(tmp)
-        return self.commit_temp(tmp, sha256 or digest, size, actual_sha256=digest, meta=meta)
+                pass
+            else:
+                digest = _hash_file(tmp)
+                return self.commit_temp(tmp, sha256 or digest, size, actual_sha256=digest, meta=meta)
+        self.ensure_free_space(size)
+        with self.new_blob(sha256) as w:
+            with open(src, "rb") as fin:
+                while chunk := fin.read(_CHUNK):
+                    w.write(chunk)
+            path = self.commit_blob(w, sha256 or w.sha256, size, meta=meta)
+        if move:
+            _unlink(src)
+        return path
 
     def remove(self, sha256: str) -> bool:
         """Delete a blob and its sidecar; True if the blob existed."""

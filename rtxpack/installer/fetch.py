@@ -24,14 +24,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
-from urllib.parse import unquote, urlsplit
 
 import requests
 import urllib3.exceptions
 
-from . import config
-from .digest import file_hasher
-from .errors import ChecksumMismatch, FetchError, ManifestError, OfflineError, StoreError
+from ..core import config
+from ..core.digest import file_hasher
+from ..core.errors import ChecksumMismatch, FetchError, OfflineError, StoreError
+from ..core.fsutil import atomic_write
+from ..core.location import Location, redact
 from .store import Store, check_sha256
 
 #: bytes per read from the socket / file; large reads keep Python overhead per byte low
@@ -59,61 +60,14 @@ class FetchStats:
     errors: list[str] = field(default_factory=list)  # every failed attempt, "source: reason"
 
 
-class Source:
-    """A repository root: an ``http(s)://`` URL, a ``file://`` URL or a local directory."""
-
-    def __init__(self, location: str | os.PathLike[str]) -> None:
-        loc = os.fspath(location)
-        scheme = urlsplit(loc).scheme.lower() if isinstance(loc, str) else ""
-        if scheme in ("http", "https"):
-            self.kind = "http"
-            self.base = loc.rstrip("/") + "/"
-            self.dir: Path | None = None
-        elif scheme == "file":
-            self.kind = "dir"
-            self.dir = Path(unquote(urlsplit(loc).path))
-            self.base = str(self.dir)
-        else:
-            self.kind = "dir"
-            self.dir = Path(loc).expanduser()
-            self.base = str(self.dir)
-
-    def __repr__(self) -> str:
-        return f"Source({self.base!r})"
-
-    @property
-    def is_local(self) -> bool:
-        return self.kind == "dir"
-
-    def url_for(self, relpath: str) -> str:
-        """Full URL (http) or filesystem path (dir) of ``relpath`` inside this repository."""
-        rel = _safe_relpath(relpath)
-        if self.kind == "http":
-            return self.base + rel
-        assert self.dir is not None
-        return str(self.dir.joinpath(*rel.split("/")))
-
-
-def _safe_relpath(relpath: str) -> str:
-    rel = str(relpath).replace("\\", "/")
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or ":" in parts[0]:
-        raise ManifestError(
-            f"artifact path {relpath!r} is not a plain relative path inside the repository",
-            fix="fix the manifest entry (paths look like blobs/sha256/ab/abcd...)",
-            path=str(relpath),
-        )
-    return rel
-
-
 def _is_http(location: str) -> bool:
-    return urlsplit(location).scheme.lower() in ("http", "https")
+    return Location.parse(location).is_http
 
 
 def _local_path(location: str) -> Path:
-    if urlsplit(location).scheme.lower() == "file":
-        return Path(unquote(urlsplit(location).path))
-    return Path(location).expanduser()
+    path = Location.parse(location).path
+    assert path is not None
+    return path
 
 
 def _label(artifact: Any) -> str:
@@ -145,11 +99,12 @@ class _NextSource(Exception):
 def fetch_artifact(
     artifact: Any,
     *,
-    repo: str | os.PathLike[str] | None,
+    repo: str | os.PathLike[str] | Location | None,
     store: Store | None = None,
     progress: bool | None = None,
     session: requests.Session | None = None,
     stats: FetchStats | None = None,
+    offline: bool | None = None,
 ) -> Path:
     """Make ``artifact`` (attributes ``sha256``, ``size``, ``path``, ``mirrors``) present and
     verified in the local store; return its path there.
@@ -158,7 +113,7 @@ def fetch_artifact(
     ``--json`` pass False. Raises :class:`OfflineError`, :class:`ChecksumMismatch` (some source
     served wrong bytes and none served right ones) or :class:`FetchError`.
     """
-    store = store or Store()
+    store = store if store is not None else Store()
     stats = stats if stats is not None else FetchStats()
     sha = check_sha256(artifact.sha256)
     size = int(artifact.size)
@@ -170,10 +125,10 @@ def fetch_artifact(
             stats.from_store = True
             return path
 
-    offline = config.offline()
+    offline = config.offline() if offline is None else offline
     locations: list[str] = []
     if repo is not None:
-        locations.append(Source(repo).url_for(artifact.path))
+        locations.append(Location.parse(repo).join(artifact.path))
     locations.extend(str(m) for m in (getattr(artifact, "mirrors", None) or ()))
     if offline:
         locations = [loc for loc in locations if not _is_http(loc)]
@@ -246,13 +201,13 @@ def _fetch_locked(store: Store, sha: str, size: int, label: str, locations: list
             f"{label}: every source failed and at least one served wrong bytes; nothing was installed. "
             + "; ".join(errors),
             fix="the repository or mirror is corrupt or was changed after publishing; re-publish it or use another mirror",
-            sha256=sha, expected=sha, actual=mismatch.details.get("actual"), url=str(mismatch.details.get("url")),
-            sources=locations, errors=errors,
+            sha256=sha, expected_sha256=sha, actual_sha256=mismatch.actual_sha256, url=mismatch.url,
+            sources=[redact(x) for x in locations], errors=errors,
         )
     raise FetchError(
         f"could not fetch {label} from any source: " + "; ".join(errors),
         fix="check the repository URL and your network, or " + _BUNDLE_FIX.split(", or ")[-1],
-        sha256=sha, sources=locations, errors=errors,
+        sha256=sha, sources=[redact(x) for x in locations], errors=errors,
     )
 
 
@@ -287,33 +242,27 @@ def _copy_local(store: Store, sha: str, size: int, src: Path, stats: FetchStats,
         raise _NextSource(f"{src}: {e}") from e
     if actual_size != size:
         raise ChecksumMismatch(f"{src} has {actual_size} bytes, expected {size}", sha256=sha,
-                               expected=sha, actual=None, url=str(src))
+                               expected_sha256=sha, expected_size=size, actual_size=actual_size, url=str(src))
     store.ensure_free_space(size, what=f"sha256 {sha[:12]}…")
-    tmp = store.temp_file(sha)
-    h = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    try:
-        with open(src, "rb", buffering=0) as fin, open(tmp, "wb", buffering=0) as fout:
-            while n := fin.readinto(buf):
-                h.update(view[:n])
-                try:
-                    _write_all(fout, view[:n])
-                except OSError as e:
-                    raise _disk_error(e, tmp, size) from e
-                stats.bytes_downloaded += n
-    except StoreError:
-        tmp.unlink(missing_ok=True)
-        raise
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise _Retry(f"reading {src}: {e}") from e
-    try:
-        return store.commit_temp(tmp, sha, size, actual_sha256=h.hexdigest(), meta=meta)
-    except ChecksumMismatch as e:
-        e.details["url"] = str(src)
-        e.url = str(src)  # type: ignore[attr-defined]
-        raise
+    with store.new_blob(sha) as out:
+        try:
+            with open(src, "rb", buffering=0) as fin:
+                while n := fin.readinto(buf):
+                    try:
+                        _write_all(out, view[:n])
+                    except OSError as e:
+                        raise _disk_error(e, out.tmp, size) from e
+                    stats.bytes_downloaded += n
+        except StoreError:
+            raise
+        except OSError as e:
+            raise _Retry(f"reading {src}: {e}") from e
+        try:
+            return store.commit_blob(out, sha, size, meta=meta)
+        except ChecksumMismatch as e:
+            raise e.with_details(url=str(src))
 
 
 def _download_http(store: Store, sha: str, size: int, url: str, session: requests.Session,
@@ -376,8 +325,8 @@ def _download_http(store: Store, sha: str, size: int, url: str, session: request
                     nonlocal have
                     if have + n > size:
                         raise ChecksumMismatch(
-                            f"{url} sent more than the expected {size} bytes", sha256=sha,
-                            expected=sha, actual=None, expected_size=size, url=url)
+                            f"{redact(url)} sent more than the expected {size} bytes", sha256=sha,
+                            expected_sha256=sha, expected_size=size, url=redact(url))
                     have += n
                     stats.bytes_downloaded += n
                     if bar is not None:
@@ -407,9 +356,7 @@ def _download_http(store: Store, sha: str, size: int, url: str, session: request
             # The bad bytes may be the old partial's (e.g. written from another server): one clean try.
             stats.restarts += 1
             return _download_http(store, sha, size, url, session, progress, stats, meta)
-        e.details["url"] = url
-        e.url = url  # type: ignore[attr-defined]
-        raise
+        raise e.with_details(url=redact(url))
     info_path.unlink(missing_ok=True)
     return path
 
@@ -579,7 +526,7 @@ def _read_info(path: Path) -> dict[str, Any]:
 
 def _write_info(path: Path, url: str, etag: str | None) -> None:
     try:
-        path.write_text(json.dumps({"url": url, "etag": etag}))
+        atomic_write(path, json.dumps({"url": redact(url), "etag": etag}).encode(), mode=0o600)
     except OSError:
         pass
 
@@ -607,6 +554,7 @@ def fetch_bytes(
     max_size: int,
     session: requests.Session | None = None,
     stats: FetchStats | None = None,
+    offline: bool | None = None,
 ) -> bytes:
     """The bytes of a small document (``manifest.json``...) at a URL, ``file://`` URL or path.
 
@@ -621,15 +569,15 @@ def fetch_bytes(
             with open(path, "rb") as f:
                 data = f.read(max_size + 1)
         except FileNotFoundError as e:
-            raise FetchError(f"{path} does not exist", fix="check the --repo path", url=str(path), status=404) from e
+            raise FetchError(f"{path} does not exist", fix="check the --repo path", path=str(path), http_status=404) from e
         except OSError as e:
             raise FetchError(f"cannot read {path}: {e}", fix="check the --repo path and its permissions",
-                             url=str(path)) from e
+                             path=str(path)) from e
         _check_cap(len(data), max_size, str(path))
         stats.bytes_downloaded += len(data)
         return data
-    if config.offline():
-        raise OfflineError(f"RTXPACK_OFFLINE=1 forbids fetching {loc}", fix=_BUNDLE_FIX, url=loc)
+    if config.offline() if offline is None else offline:
+        raise OfflineError(f"RTXPACK_OFFLINE=1 forbids fetching {redact(loc)}", fix=_BUNDLE_FIX, url=redact(loc))
     own = session is None
     sess = session or requests.Session()
     errors: list[str] = []
@@ -659,21 +607,22 @@ def fetch_bytes(
                 finally:
                     resp.close()
             except _NextSource as e:
-                raise FetchError(f"{loc}: {e}", fix="check the repository URL", url=loc, status=e.status) from e
+                raise FetchError(f"{redact(loc)}: {e}", fix="check the repository URL", url=redact(loc),
+                                 http_status=e.status) from e
             except _Retry as e:
                 errors.append(str(e))
                 stats.errors.append(f"{loc}: {e}")
     finally:
         if own:
             sess.close()
-    raise FetchError(f"could not fetch {loc}: " + "; ".join(errors),
-                     fix="check the repository URL and your network", url=loc, errors=errors)
+    raise FetchError(f"could not fetch {redact(loc)}: " + "; ".join(errors),
+                     fix="check the repository URL and your network", url=redact(loc), errors=errors)
 
 
 def _check_cap(n: int, max_size: int, where: str) -> None:
     if n > max_size:
-        raise FetchError(f"{where} is larger than the {max_size}-byte limit for this document",
-                         fix="check that the URL points at the right document", url=where, max_size=max_size)
+        raise FetchError(f"{redact(where)} is larger than the {max_size}-byte limit for this document",
+                         fix="check that the URL points at the right document", url=redact(where), max_bytes=max_size)
 
 
-__all__ = ["CHUNK", "FetchStats", "Source", "fetch_artifact", "fetch_bytes"]
+__all__ = ["CHUNK", "FetchStats", "fetch_artifact", "fetch_bytes"]

@@ -8,20 +8,21 @@ serialized runtime cache into the repository keyed by GPU name, CC, OS, driver a
 from __future__ import annotations
 
 import logging
-import sys
-import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from .backends import get_backend
-from .device import Device, detect
-from .digest import sha256_bytes
-from .errors import BackendError, RtxpackError
-from .manifest import Artifact, Manifest, artifact_id, blob_relpath
-from .resolve import Target, _classify
+from ..core import registry
+from ..core.device import Device, detect
+from ..core.errors import BackendError, RtxpackError
+from ..core.manifest import Artifact, Manifest, artifact_id, blob_relpath
+from ..core.onnxinfo import model_inputs
+from ..core.resolve import Target, classify
+from .config import load_config
+from .repo import RepositoryWriter
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +40,10 @@ class WarmResult:
         return dict(self.__dict__, shapes=[dict(s) for s in self.shapes])
 
 
-def _onnx_inputs(onnx_path: Path) -> dict[str, tuple[list[Any], Any]]:
-    import onnx
-    from onnx import helper
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    init = {i.name for i in model.graph.initializer}
-    out = {}
-    for i in model.graph.input:
-        if i.name in init:
-            continue
-        t = i.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-        out[i.name] = (dims, helper.tensor_dtype_to_np_dtype(t.elem_type))
-    return out
-
-
 def warmup_shapes(model_spec: Any) -> list[dict[str, tuple[int, ...]]]:
     if model_spec.warmup:
         return [dict(w) for w in model_spec.warmup]
-    inputs = _onnx_inputs(model_spec.onnx)
+    inputs = model_inputs(model_spec.onnx)
     shape = {}
     for name, (dims, _) in inputs.items():
         prof = (model_spec.inputs or {}).get(name)
@@ -68,13 +53,8 @@ def warmup_shapes(model_spec: Any) -> list[dict[str, tuple[int, ...]]]:
 
 def warm(config_path: str | Path, repo_dir: str | Path, *, device: Device | None = None,
          progress: Callable[[str], None] | None = None) -> list[WarmResult]:
-    import time
-
-    from .farm.config import load_config
-    from .farm.repo import Repository
-
     cfg = load_config(config_path)
-    repo = Repository(repo_dir)
+    repo = RepositoryWriter(repo_dir)
     manifest: Manifest = repo.load()
     device = device or detect()
     if not device.gpus:
@@ -90,7 +70,7 @@ def warm(config_path: str | Path, repo_dir: str | Path, *, device: Device | None
         if spec is None:
             results.append(WarmResult(art.id, "skipped", "model not in the config"))
             continue
-        cand = _classify(art, target, weights_digest=art.weights_digest if art.stripped else None, backend=None)
+        cand = classify(art, target, weights_digest=art.weights_digest if art.stripped else None, backend=None)
         if not cand.ok:
             results.append(WarmResult(art.id, "skipped", cand.reason))
             continue
@@ -99,12 +79,12 @@ def warm(config_path: str | Path, repo_dir: str | Path, *, device: Device | None
             continue
         t0 = time.perf_counter()
         try:
-            loaded = get_backend(art.backend).load((repo.root / art.path).read_bytes())
+            loaded = registry.create(art.backend).load((repo.root / art.path).read_bytes())
             try:
                 if art.stripped:
                     loaded.refit(spec.onnx)
                 shapes = warmup_shapes(spec)
-                dtypes = {n: dt for n, (_, dt) in _onnx_inputs(spec.onnx).items()}
+                dtypes = {n: dt for n, (_, dt) in model_inputs(spec.onnx).items()}
                 rng = np.random.default_rng(0)
                 for shape in shapes:
                     loaded.run({n: rng.standard_normal(s).astype(dtypes.get(n, np.float32)) for n, s in shape.items()})
@@ -114,10 +94,7 @@ def warm(config_path: str | Path, repo_dir: str | Path, *, device: Device | None
         except RtxpackError as e:
             results.append(WarmResult(art.id, "failed", str(e), seconds=time.perf_counter() - t0))
             continue
-        sha = sha256_bytes(blob)
-        with tempfile.NamedTemporaryFile(dir=repo.root, prefix=".warm.", delete=False) as f:
-            f.write(blob)
-        repo.add_blob_file(Path(f.name), move=True)
+        sha, _ = repo.add_blob_bytes(blob)
         rc = Artifact(id=artifact_id("runtime-cache", art.model, sha), kind="runtime-cache", model=art.model,
                       model_digest=art.model_digest, weights_digest=art.weights_digest, backend=art.backend,
                       backend_version=art.backend_version, compute_capabilities=(gpu.compute_capability,),

@@ -1,4 +1,7 @@
-"""Small ONNX models generated in code (no downloads): the embedded example, test and bench models.
+"""Small ONNX models generated in code (no downloads): the demo's example, test and bench models.
+
+Not part of the library: nothing under ``rtxpack/core``, ``backends``, ``installer`` or ``farm``
+imports this; the demo, the tests and the benchmarks do.
 
 Every generator is deterministic for a given ``seed`` so digests are stable across runs.
 """
@@ -289,3 +292,25 @@ def transformer_block(path: str | Path, *, seq: int = 16, dim: int = 64, heads: 
     model = _model(nodes, inits, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, seq, dim])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, seq, dim])], "transformer_block", opset)
     return _save(model, path)
+
+
+# ---- fp16 variant: TensorRT-RTX is strongly typed, so precision comes from the model's own types, and
+# Turing (7.5) refuses FP32 GEMM in TensorRT-RTX 1.7 -- a Turing engine needs an fp16 model.
+def fp16_variant(src: str | Path, dst: str | Path) -> Path:
+    """Write ``dst``: ``src`` with float32 initializers, inputs and outputs turned into float16."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    model = onnx.load(str(src))
+    for init in model.graph.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    for v in list(model.graph.input) + list(model.graph.output) + list(model.graph.value_info):
+        if v.type.tensor_type.elem_type == TensorProto.FLOAT:
+            v.type.tensor_type.elem_type = TensorProto.FLOAT16
+    onnx.checker.check_model(model)
+    out = Path(dst)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out))
+    return out

@@ -12,7 +12,7 @@ Tiers, best first::
     jit        build on this machine from the app's local ONNX
     (nothing)  ResolveError naming the GPU, what the repository offers, and what to do
 
-Inside a tier: preferred backend first (tensorrt-rtx where this GPU supports it, else nvrtc),
+Inside a tier: preferred backend first (registry order, among the backends that support this GPU),
 then newer backend version, then a weight-stripped engine when the app's ONNX can refit it
 (smaller download), then smaller size, then id (deterministic).
 """
@@ -21,15 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping, Sequence
 
+from . import registry
 from .device import Device
 from .errors import ResolveError
-from .manifest import Artifact, Manifest, format_cc, parse_cc, version_tuple
-
-TIERS = ("exact-cc", "portable", "ptx", "jit")
-#: compute capabilities TensorRT-RTX supports (support matrix; FACTS.md)
-TRT_RTX_CCS = frozenset({(7, 5), (8, 0), (8, 6), (8, 7), (8, 9), (12, 0), (12, 1)})
-BACKEND_PREFERENCE = ("tensorrt-rtx", "nvrtc")
-PRECISION_FLOOR = {"fp8": (8, 9), "fp4": (12, 0), "bf16": (8, 0)}
+from .manifest import Artifact, Manifest
+from .registry import TIERS
+from .versions import format_cc, version_tuple
 
 
 @dataclass(frozen=True)
@@ -150,59 +147,42 @@ def _index(manifest: Manifest) -> Mapping[str, tuple[tuple[Artifact, ...], tuple
 
 
 def backend_supports(backend: str, cc: tuple[int, int]) -> bool:
-    return cc in TRT_RTX_CCS if backend == "tensorrt-rtx" else True
+    return registry.get(backend).supports(cc)
 
 
-def _backend_rank(backend: str, target: Target) -> int:
-    order = [b for b in BACKEND_PREFERENCE if backend_supports(b, target.cc)] + list(BACKEND_PREFERENCE)
-    return order.index(backend) if backend in order else len(order)
-
-
-def _version_ok(a: Artifact, target: Target) -> tuple[bool, str, tuple[str, ...]]:
-    installed = target.backend_version(a.backend)
-    if installed is None:
-        return True, "", (f"{a.backend} is not installed here; it needs {a.backend} {a.backend_version}",)
-    if a.backend == "tensorrt-rtx":
-        if version_tuple(installed) != version_tuple(a.backend_version):
-            return False, (f"built with tensorrt-rtx {a.backend_version}, this machine has {installed} "
-                           "(engines load only in the exact version)"), ()
-    else:  # our plan format: same major, not newer than the runtime
-        iv, av = version_tuple(installed), version_tuple(a.backend_version)
-        if av[:1] != iv[:1] or av > iv:
-            return False, f"plan format {a.backend_version} is not readable by nvrtc backend {installed}", ()
-    return True, "", ()
-
-
-def _classify(a: Artifact, target: Target, *, weights_digest: str | None, backend: str | None) -> Candidate:
+def classify(a: Artifact, target: Target, *, weights_digest: str | None, backend: str | None) -> Candidate:
+    """One engine against ``target``: accepted with its tier, or rejected with the reason."""
     def reject(reason: str) -> Candidate:
         return Candidate(tier=None, ok=False, reason=reason, artifact=a, backend=a.backend)
 
     if backend is not None and a.backend != backend:
         return reject(f"backend {a.backend}, {backend} was asked for")
-    ccs = a.ccs
+    spec = registry.get(a.backend)
     cc = target.cc
-    if cc in ccs:
-        tier = "exact-cc" if len(ccs) == 1 else "portable"
-    elif a.ptx and any(c < cc for c in ccs):
-        tier = "ptx"
-    else:
+    tier = spec.coverage(a.ccs, a.ptx, cc)
+    if tier is None:
         why = f"built for CC {', '.join(a.compute_capabilities)}, this GPU is {target.cc_str}"
         if a.ptx:
             why += " (its PTX only runs on newer GPUs)"
         return reject(why)
-    if not backend_supports(a.backend, cc):
+    if not spec.supports(cc):
         return reject(f"{a.backend} does not support CC {target.cc_str}")
     if a.os and a.os != target.os:
         return reject(f"built for {a.os}, this machine runs {target.os}")
     if a.min_driver_version and target.driver and version_tuple(a.min_driver_version) > target.driver:
         return reject(f"needs CUDA driver {a.min_driver_version} or newer, this machine has "
                       f"{'.'.join(map(str, target.driver))} (update the NVIDIA driver)")
-    floor = PRECISION_FLOOR.get(a.precision)
-    if floor and cc < floor:
-        return reject(f"{a.precision} needs CC {format_cc(floor)} or newer")
-    ok, why, notes = _version_ok(a, target)
-    if not ok:
+    why = spec.precision_problem(a.precision, cc)
+    if why:
         return reject(why)
+    notes: tuple[str, ...] = ()
+    installed = target.backend_version(a.backend)
+    if installed is None:
+        notes = (f"{a.backend} is not installed here; it needs {a.backend} {a.backend_version}",)
+    else:
+        why = spec.version_compatible(a.backend_version, installed)
+        if why:
+            return reject(why)
     if a.stripped and weights_digest is None:
         return reject("weight-stripped engine and no local ONNX to refit it from (pass onnx=...)")
     if weights_digest is not None and a.weights_digest != weights_digest:
@@ -219,7 +199,7 @@ def _classify(a: Artifact, target: Target, *, weights_digest: str | None, backen
 def _sort_key(c: Candidate, target: Target) -> tuple:
     a = c.artifact
     assert a is not None
-    return (TIERS.index(c.tier or "jit"), _backend_rank(a.backend, target),
+    return (TIERS.index(c.tier or "jit"), registry.rank(a.backend, target.cc),
             tuple(-x for x in version_tuple(a.backend_version)), 0 if a.stripped else 1, a.size, a.id)
 
 
@@ -227,17 +207,19 @@ def candidates(manifest: Manifest, target: Target, model: str, *, weights_digest
                backend: str | None = None) -> Iterator[Candidate]:
     """Every engine of ``model``, classified; accepted ones best first, then the rejected ones."""
     engines, _ = _index(manifest).get(model, ((), ()))
-    classified = [_classify(a, target, weights_digest=weights_digest, backend=backend) for a in engines]
+    classified = [classify(a, target, weights_digest=weights_digest, backend=backend) for a in engines]
     yield from sorted((c for c in classified if c.ok), key=lambda c: _sort_key(c, target))
     yield from sorted((c for c in classified if not c.ok), key=lambda c: c.artifact.id if c.artifact else "")
 
 
 def jit_backend(target: Target, backend: str | None = None) -> str | None:
     """The backend a JIT build on this machine would use, or None."""
-    for name in ([backend] if backend else BACKEND_PREFERENCE):
-        if target.backend_version(name) and backend_supports(name, target.cc):
-            return name
-    return None
+    return registry.jit_backend(target.cc, dict(target.backends), backend)
+
+
+def fallback_backend(cc: tuple[int, int]) -> str | None:
+    """The first registered backend that supports ``cc`` (what to name when another one does not)."""
+    return next((s.name for s in registry.specs() if s.supports(cc)), None)
 
 
 def match_caches(manifest: Manifest, target: Target, engine: Artifact) -> tuple[CacheMatch, ...]:
@@ -288,11 +270,14 @@ def resolve(manifest: Manifest | None, target: Target, model: str, *, weights_di
         accepted.append(Candidate(tier="jit", ok=True, backend=jb,
                                   reason=f"build on this machine from the local ONNX with {jb} (cached for the next start)"))
     elif have_onnx:
+        hints = ", ".join(f"rtxpack[{s.extra}] for {s.name}" for s in registry.specs())
         rejected.append(Candidate(tier=None, ok=False, backend=backend,
                                   reason=f"no backend installed here can build for CC {target.cc_str} "
-                                         "(pip install rtxpack[gpu] for nvrtc, rtxpack[rtx] for tensorrt-rtx)"))
-    if not backend_supports("tensorrt-rtx", target.cc):
-        notes.append(f"TensorRT-RTX does not support CC {target.cc_str}; the nvrtc backend is the fallback")
+                                         f"(pip install {hints})"))
+    fb = fallback_backend(target.cc)
+    for spec in registry.specs():
+        if not spec.supports(target.cc) and fb:
+            notes.append(f"{spec.label} does not support CC {target.cc_str}; the {fb} backend is the fallback")
     caches: tuple[CacheMatch, ...] = ()
     if accepted and accepted[0].artifact is not None and manifest is not None:
         caches = match_caches(manifest, target, accepted[0].artifact)
@@ -305,12 +290,11 @@ def no_match_error(res: Resolution, *, repo: str | None = None) -> ResolveError:
     t = res.target
     offered = sorted({f"{c.artifact.backend} CC {'/'.join(c.artifact.compute_capabilities)}"
                       for c in res.rejected if c.artifact is not None})
-    trt_any = any(c.artifact is not None and c.artifact.backend == "tensorrt-rtx" for c in res.rejected)
-    head = (f"no TensorRT-RTX artifact for this GPU {t.describe()}" if trt_any and not any(
-        c.artifact is not None and c.artifact.backend != "tensorrt-rtx" for c in res.rejected)
-        else f"no artifact of model {res.model!r} fits this GPU {t.describe()}")
+    backends = {c.artifact.backend for c in res.rejected if c.artifact is not None}
+    head = (f"no {registry.get(backends.pop()).label} artifact for this GPU {t.describe()}" if len(backends) == 1
+            else f"no artifact of model {res.model!r} fits this GPU {t.describe()}")
     offers = f"; the repository offers {', '.join(offered)}" if offered else ""
-    nb = "nvrtc" if not backend_supports("tensorrt-rtx", t.cc) else jit_backend(t) or "nvrtc"
+    nb = jit_backend(t) or fallback_backend(t.cc) or "nvrtc"
     fix = (f"next fallback: a JIT build with the {nb} backend from the app's ONNX "
            f"(rtxpack.load(..., onnx='model.onnx') or `rtxpack install --onnx model.onnx`), "
            f"or ask the publisher to add CC {t.cc_str} to the repository")

@@ -12,7 +12,8 @@ manifest does not list, duplicates, members larger than declared and totals beyo
 manifest's. Bytes are then streamed with a hard cap of the declared size and must hash to the
 declared sha256 before they are moved into place (temp file + ``os.replace``).
 
-Installer API (used by ``rtxpack.repository`` for ``install --repo bundle.tar``):
+Installer API (used by :mod:`rtxpack.installer.repository` for ``install --repo bundle.tar``;
+bundles are written by :mod:`rtxpack.farm.bundle`):
 
 * :func:`read_bundle_manifest(path) -> bytes` -- the validated manifest.json bytes.
 * :func:`install_from_bundle(path, artifact, store=None) -> Path` -- copy one member into the
@@ -24,134 +25,23 @@ Installer API (used by ``rtxpack.repository`` for ``install --repo bundle.tar``)
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
 import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, Iterable, Sequence
+from typing import IO, Any
 
-from .errors import BundleError, ChecksumMismatch, ManifestError
-from .manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Artifact, Manifest, format_cc, parse_cc, utcnow_iso
+import filelock
+
+from ..core.errors import BundleError, ChecksumMismatch, ManifestError
+from ..core.fsutil import AtomicFile, atomic_write
+from ..core.manifest import MANIFEST_NAME, MAX_MANIFEST_BYTES, Artifact, Manifest
+from .store import Store
 
 _CHUNK = 1 << 20
 #: members beyond the listed artifacts that a bundle may hold (just manifest.json)
 _EXTRA_MEMBERS = 1
-
-
-# ---- writing -----------------------------------------------------------------------------------
-def _selected(m: Manifest, models: Sequence[str] | None, ccs: Sequence[str] | None, os_: str | None) -> list[Artifact]:
-    want = {format_cc(parse_cc(c)) for c in ccs} if ccs else None
-
-    def cc_ok(a: Artifact) -> bool:
-        if want is None or not a.compute_capabilities:
-            return True
-        if want & set(a.compute_capabilities):
-            return True
-        # a PTX plan also runs on newer GPUs than it lists
-        return a.ptx and any(parse_cc(w) > min(a.ccs) for w in want)
-
-    base = [a for a in m if (not models or a.model in models) and (os_ is None or a.os in (None, os_)) and cc_ok(a)]
-    engines = {a.sha256 for a in base if a.kind == "engine"}
-    # caches belong to an engine: without their engine they are useless, so they are dropped
-    return [a for a in base if a.kind not in ("runtime-cache", "timing-cache") or (a.engine in engines)]
-
-
-class _HashingReader(io.RawIOBase):
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f, self.h, self.n = f, hashlib.sha256(), 0
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.f.read(size)
-        self.h.update(data)
-        self.n += len(data)
-        return data
-
-
-def create_bundle(repo: str | os.PathLike[str], output: str | os.PathLike[str], *, models: Sequence[str] | None = None,
-                  compute_capabilities: Sequence[str] | None = None, os: str | None = None,
-                  compress: bool | None = None) -> dict[str, Any]:
-    """Write an offline bundle of the matching artifacts of the directory repository ``repo``.
-
-    ``compress``: gzip (None: when ``output`` ends in .gz/.tgz). Every blob is verified against
-    its sha256 while it is written; the bundle appears at ``output`` only when complete.
-    """
-    src = Path(repo)
-    m = Manifest.load(src)
-    if models:
-        unknown = sorted(set(models) - set(m.models()))
-        if unknown:
-            raise BundleError(f"{src}: no model named {', '.join(unknown)} (models: {', '.join(m.models())})",
-                              fix="pass --model with one of the repository's models", repo=str(src))
-    chosen = _selected(m, models, compute_capabilities, os)
-    if not chosen:
-        raise BundleError(f"{src}: no artifact matches the selection (models={models}, cc={compute_capabilities}, os={os})",
-                          fix="widen --model/--cc/--os", repo=str(src))
-    out = Path(output)
-    if compress is None:
-        compress = out.name.endswith((".gz", ".tgz"))
-    sub = Manifest(artifacts=tuple(sorted(chosen, key=lambda a: a.id)), name=f"{m.name} (bundle)", version=m.version,
-                   created=utcnow_iso(), project=m.project)
-    if m.signatures:
-        # a signed repository's manifest goes in unchanged, so installers verify the publisher's
-        # signature; the bundle holds a subset of its artifacts (see bundle_member_paths)
-        raw = (src / MANIFEST_NAME).read_bytes()
-    else:
-        raw = sub.to_json().encode()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".bundle.", dir=out.parent)
-    total = 0
-    try:
-        with os_fdopen(fd) as f, tarfile.open(fileobj=f, mode="w:gz" if compress else "w", format=tarfile.PAX_FORMAT) as tar:
-            _add(tar, MANIFEST_NAME, io.BytesIO(raw), len(raw))
-            for a in sub:
-                blob = src / a.path
-                try:
-                    size = blob.stat().st_size
-                except FileNotFoundError as e:
-                    raise BundleError(f"{src}: artifact {a.id} names {a.path}, which is missing",
-                                      fix="rebuild or re-merge the repository", repo=str(src), member=a.path) from e
-                if size != a.size:
-                    raise ChecksumMismatch(f"{blob}: {size} bytes, the manifest says {a.size}",
-                                           fix="rebuild the repository; the blob is corrupt", path=str(blob))
-                with open(blob, "rb") as bf:
-                    hr = _HashingReader(bf)
-                    _add(tar, a.path, hr, size)
-                if hr.h.hexdigest() != a.sha256:
-                    raise ChecksumMismatch(f"{blob}: sha256 {hr.h.hexdigest()} but the manifest says {a.sha256}",
-                                           fix="rebuild the repository; the blob is corrupt", path=str(blob))
-                total += size
-        os_replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return {"path": str(out), "artifacts": len(sub), "bytes": total, "compressed": bool(compress),
-            "models": sub.models(), "ids": [a.id for a in sub]}
-
-
-def os_fdopen(fd: int) -> IO[bytes]:
-    import os as _os
-
-    return _os.fdopen(fd, "wb")
-
-
-def os_replace(a: str, b: Path) -> None:
-    import os as _os
-
-    _os.replace(a, b)
-
-
-def _add(tar: tarfile.TarFile, name: str, f: IO[bytes], size: int) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mode = 0o644
-    info.mtime = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, f)
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -192,7 +82,7 @@ class BundleReader:
             self._tar = tarfile.open(self.path, mode="r:*")
         except (tarfile.TarError, OSError, EOFError) as e:
             raise BundleError(f"{where}: not a readable tar bundle ({e})",
-                              fix="pass a file written by `rtxpack bundle` (.tar or .tar.gz)", bundle=where) from e
+                              fix="pass a file written by `rtxpack bundle` (.tar or .tar.gz)", path=where) from e
         try:
             self.manifest, self.raw_manifest, self._members = self._validate(where)
         except BaseException:
@@ -215,11 +105,11 @@ class BundleReader:
                                       fix="do not use this bundle; recreate it with `rtxpack bundle`", member=name)
                 members[name] = ti
         except tarfile.TarError as e:
-            raise BundleError(f"{where}: corrupt tar ({e})", fix="download or copy the bundle again", bundle=where) from e
+            raise BundleError(f"{where}: corrupt tar ({e})", fix="download or copy the bundle again", path=where) from e
         mi = members.get(MANIFEST_NAME)
         if mi is None:
             raise BundleError(f"{where}: no {MANIFEST_NAME} inside", fix="pass a file written by `rtxpack bundle`",
-                              bundle=where)
+                              path=where)
         if mi.size > MAX_MANIFEST_BYTES:
             raise BundleError(f"{where}: member {MANIFEST_NAME!r} is {mi.size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit",
                               fix="do not use this bundle", member=MANIFEST_NAME)
@@ -244,12 +134,12 @@ class BundleReader:
                                   f"for {a.id}", fix="do not use this bundle; recreate it", member=name)
         if len(members) > len(declared) + _EXTRA_MEMBERS:
             raise BundleError(f"{where}: {len(members)} members for {len(declared)} artifacts",
-                              fix="do not use this bundle", bundle=where)
+                              fix="do not use this bundle", path=where)
         total = sum(ti.size for n, ti in members.items() if n != MANIFEST_NAME)
         limit = sum(a.size for a in manifest)
         if total > limit:
             raise BundleError(f"{where}: members hold {total} bytes, beyond the {limit} its manifest declares",
-                              fix="do not use this bundle", bundle=where)
+                              fix="do not use this bundle", path=where)
         return manifest, raw, members
 
     # -- access ----------------------------------------------------------------------------------
@@ -294,20 +184,13 @@ class BundleReader:
             raise ChecksumMismatch(f"{self.path}: member {ti.name!r} has {n} bytes with sha256 {h.hexdigest()}, "
                                    f"declared {artifact.size} bytes with {artifact.sha256}",
                                    fix="the bundle is corrupt: copy it again or recreate it", member=ti.name,
-                                   expected=artifact.sha256, actual=h.hexdigest())
+                                   expected_sha256=artifact.sha256, actual_sha256=h.hexdigest())
         return h.hexdigest()
 
     def extract_to(self, artifact: Any, dest: Path) -> Path:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".member.", dir=dest.parent)
-        try:
-            with os_fdopen(fd) as out:
-                self.copy_to(artifact, out)
-            os_replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return dest
+        with AtomicFile(dest) as out:
+            self.copy_to(artifact, out)
+            return out.commit()
 
 
 def open_bundle(path: str | os.PathLike[str]) -> tuple[Manifest, BundleReader]:
@@ -339,21 +222,16 @@ def extract_bundle(path: str | os.PathLike[str], dest: str | os.PathLike[str]) -
                                   member=a.path)
             r.extract_to(a, target)
         d.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=d)
-        with os_fdopen(fd) as out:
-            out.write(r.raw_manifest)
-        os_replace(tmp, d / MANIFEST_NAME)
+        atomic_write(d / MANIFEST_NAME, r.raw_manifest)
         return r.manifest
 
 
-def install_from_bundle(path: str | os.PathLike[str], artifact: Any, *, store: Any = None) -> Path:
+def install_from_bundle(path: str | os.PathLike[str], artifact: Any, *, store: Store | None = None) -> Path:
     """Copy one artifact from the bundle into the local store (by sha256, verified); its store path.
 
     No network: this is what ``rtxpack install --repo bundle.tar`` uses, also with RTXPACK_OFFLINE=1.
     """
-    from .store import Store
-
-    store = store or Store()
+    store = store if store is not None else Store()
     if store.has(artifact.sha256, artifact.size):
         p = store.get(artifact.sha256)
         if p is not None:
@@ -364,32 +242,23 @@ def install_from_bundle(path: str | os.PathLike[str], artifact: Any, *, store: A
             if p is not None:
                 return p
         store.ensure_free_space(artifact.size, what=str(getattr(artifact, "id", artifact.sha256)))
-        tmp = store.temp_file(artifact.sha256)
-        try:
-            with BundleReader(path) as r, open(tmp, "wb") as out:
-                sha = r.copy_to(artifact, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         meta = {k: str(getattr(artifact, k)) for k in ("id", "model", "kind") if getattr(artifact, k, None)}
         meta["source"] = f"bundle:{path}"
-        return store.commit_temp(tmp, artifact.sha256, artifact.size, actual_sha256=sha, meta=meta)
+        with store.new_blob(artifact.sha256) as out, BundleReader(path) as r:
+            r.copy_to(artifact, out)
+            return store.commit_blob(out, artifact.sha256, artifact.size, meta=meta)
 
 
-def bundle_source(path: str | os.PathLike[str], *, store: Any = None) -> Path:
+def bundle_source(path: str | os.PathLike[str], *, store: Store | None = None) -> Path:
     """A local directory repository holding the bundle's contents (extracted safely, once).
 
     The directory lives in the store (``state/bundles/<key>``), keyed by the bundle's path, size
     and mtime, so repeated installs from the same bundle reuse it.
     """
-    import filelock
-
-    from .store import Store
-
     p = Path(path).resolve()
     st = p.stat()
     key = hashlib.sha256(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:32]
-    store = store or Store()
+    store = store if store is not None else Store()
     base = store.state_dir("bundles")
     dest = base / key
     with filelock.FileLock(str(base / f"{key}.lock")):
@@ -398,12 +267,12 @@ def bundle_source(path: str | os.PathLike[str], *, store: Any = None) -> Path:
         work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=base))
         try:
             extract_bundle(p, work)
-            os_replace(str(work), dest)
+            os.replace(work, dest)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
     return dest
 
 
-__all__ = ["BundleReader", "bundle_source", "create_bundle", "extract_bundle", "install_from_bundle", "open_bundle",
+__all__ = ["BundleReader", "bundle_source", "extract_bundle", "install_from_bundle", "open_bundle",
            "read_bundle_manifest"]

@@ -20,14 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from . import runtime_cache_store as rcs
-from .backends import get_backend
-from .device import Device, detect
-from .digest import json_digest, sha256_bytes
-from .fsutil import atomic_write
-from .errors import BackendError, FetchError, OfflineError, ResolveError, RtxpackError
-from .manifest import Artifact
-from .resolve import Candidate, Resolution, Target, jit_backend, match_caches, no_match_error, resolve
+from ..core import registry
+from ..core.device import Device
+from ..core.digest import json_digest, sha256_bytes
+from ..core.errors import BackendError, FetchError, OfflineError, ResolveError
+from ..core.fsutil import atomic_write
+from ..core.manifest import Artifact
+from ..core.onnxinfo import default_profiles
+from ..core.resolve import Candidate, Resolution, Target, jit_backend
+from . import runtime_caches as rcs
+from .context import InstallContext
+from .pipeline import Prepared, fetch_candidates, prepare
 
 log = logging.getLogger(__name__)
 
@@ -148,82 +151,43 @@ def _load_jit_record(store: Any, key: str) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) and isinstance(rec.get("sha256"), str) else None
 
 
-def default_profiles(onnx: Any, max_dim: int = 64) -> dict[str, dict[str, list[int]]] | None:
-    """A JIT build's optimization profile: each dynamic dimension from 1 to ``max_dim`` (opt 1)."""
-    from .warm import _onnx_inputs
-
-    out = {}
-    for name, (dims, _) in _onnx_inputs(Path(onnx)).items():
-        if any(d is None for d in dims):
-            out[name] = {"min": [d or 1 for d in dims], "opt": [d or 1 for d in dims],
-                         "max": [d or max_dim for d in dims]}
-    return out or None
-
-
 # ---- load ----------------------------------------------------------------------------------------
 def load(model: str, *, repo: str | os.PathLike[str] | None = None, onnx: str | os.PathLike[str] | None = None,
          backend: str | None = None, offline: bool | None = None, trusted_keys: Sequence[Any] | None = None,
          require_signed: bool | None = None, device: Device | None = None, gpu: int = 0, store: Any = None,
-         precision: str = "fp32", options: Mapping[str, Any] | None = None, progress: bool | None = False) -> Session:
+         precision: str = "fp32", options: Mapping[str, Any] | None = None, progress: bool | None = False,
+         clock: Any = None) -> Session:
     """Load ``model`` for this machine: from ``repo`` when something there fits, else JIT from ``onnx``.
 
-    ``options`` go to the backend's ``load`` (e.g. TensorRT-RTX's ``dynamic_shapes_kernel_specialization_strategy``
-    and ``cuda_graph_strategy``).
+    ``store`` (a Store or a directory) holds everything this writes: blobs, manifest copies, the
+    rollback state, the digest cache, runtime caches and JIT plans. ``options`` go to the
+    backend's ``load`` (e.g. TensorRT-RTX's ``dynamic_shapes_kernel_specialization_strategy`` and
+    ``cuda_graph_strategy``).
     """
-    from .install import local_weights_digest
-    from .store import Store
-
-    store = store or Store()
+    ctx = InstallContext.create(store=store, trusted_keys=trusted_keys, require_signed=require_signed,
+                                offline=offline, progress=progress, clock=clock)
     prov = Provenance(model=model)
-    with prov.step("detect") as rec:
-        device = device or detect()
-        target = Target.from_device(device, gpu)
-        prov.device = target.describe()
-        rec["device"] = prov.device
+    prepared = prepare(ctx, repo, model, onnx=onnx, backend=backend, device=device, gpu_index=gpu,
+                       tolerate_repo_errors=True, step=prov.step)
+    prov.device = prepared.target.describe()
+    prov.resolution = prepared.resolution.to_dict()
+    if prepared.repo_error is not None:
+        prov.fallback(f"repository {repo}", f"{prepared.repo_error}; continuing with the local ONNX")
+    def skipped(cand: Candidate, e: Exception) -> None:
+        if isinstance(e, OfflineError):
+            prov.fallback(cand.id, f"offline and not in the local store ({e.__class__.__name__})")
+        else:
+            prov.fallback(cand.id, str(e))
 
-    repository = None
-    manifest = None
-    if repo is not None:
-        verify: dict[str, Any] = {}
-        if trusted_keys is not None:
-            verify["trusted_keys"] = list(trusted_keys)
-        if require_signed is not None:
-            verify["require_signed"] = require_signed
-        from .repository import open_repository
-
-        try:
-            with prov.step("open-repository", repo=str(repo)):
-                repository = open_repository(repo, offline=offline, **verify)
-                manifest = repository.manifest
-        except (OfflineError, FetchError) as e:
-            if onnx is None:
-                raise
-            prov.fallback(f"repository {repo}", f"{e}; continuing with the local ONNX")
-
-    wd = None
-    if onnx is not None:
-        with prov.step("weights-digest"):
-            wd = local_weights_digest(onnx)
-    with prov.step("resolve") as rec:
-        res = resolve(manifest, target, model, weights_digest=wd, have_onnx=onnx is not None, backend=backend)
-        prov.resolution = res.to_dict()
-        rec["candidates"] = [c.id for c in res.candidates]
-    if not res.candidates:
-        raise no_match_error(res, repo=repository.spec if repository else None)
-
-    for cand in res.candidates:
+    for cand, res, files in fetch_candidates(ctx, prepared, progress=progress, skip=(FetchError,),
+                                             on_skip=skipped, step=prov.step):
         try:
             if cand.artifact is not None:
-                session = _load_artifact(cand, res, repository, manifest, target, onnx, store, prov, options, progress, gpu)
-            else:
-                session = _load_jit(cand, target, onnx, store, prov, options, precision, gpu)
-            return session
+                return _load_artifact(ctx, cand, res, prepared, files[0][1], prov, options, gpu)
+            return _load_jit(ctx, cand, prepared, prov, options, precision, gpu)
         except (BackendError, FetchError) as e:
-            if isinstance(e, OfflineError) and cand.artifact is not None:
-                prov.fallback(cand.id, f"offline and not in the local store ({e.__class__.__name__})")
-            else:
-                prov.fallback(cand.id, str(e))
-            continue
+            skipped(cand, e)
+    target = prepared.target
     raise ResolveError(
         f"nothing could run model {model!r} on {target.describe()}: "
         + "; ".join(f"{f['from']}: {f['reason']}" for f in prov.fallbacks),
@@ -253,51 +217,49 @@ def _pick_runtime_cache(store: Any, key: rcs.CacheKey, shipped: list[tuple[Artif
     return payload
 
 
-def _read_verified(repository: Any, art: Artifact, store: Any, progress: Any, prov: Provenance,
-                   rec: dict[str, Any]) -> bytes:
+def _read_verified(ctx: InstallContext, prepared: Prepared, art: Artifact, path: Path, prov: Provenance) -> bytes:
     """The plan's bytes, hashed as they are read: a store entry damaged since it was installed
     (same size, other bytes) is removed and fetched again, never loaded."""
-    from .repository import fetch
-
+    assert prepared.repository is not None
     for attempt in (1, 2):
-        path = fetch(repository, art, store=store, progress=progress)
-        rec["path"] = str(path)
+        if attempt == 2:
+            with prov.step("fetch", artifact=art.id) as rec:
+                path = prepared.repository.fetch(art, ctx)
+                rec["path"] = str(path)
         plan = Path(path).read_bytes()
         if len(plan) == art.size and sha256_bytes(plan) == art.sha256:
             return plan
-        store.remove(art.sha256)
+        ctx.store.remove(art.sha256)
         prov.fallback(f"store copy of {art.id}", "damaged since it was installed (sha256 mismatch); fetched again")
     raise FetchError(f"{art.id}: the fetched plan does not match its sha256 twice in a row",
                      fix="run `rtxpack cache verify`; check the disk", artifact=art.id)
 
 
-def _load_artifact(cand: Candidate, res: Resolution, repository: Any, manifest: Any, target: Target,
-                   onnx: Any, store: Any, prov: Provenance, options: Any, progress: Any, gpu: int) -> Session:
-    from .repository import fetch
-
+def _load_artifact(ctx: InstallContext, cand: Candidate, res: Resolution, prepared: Prepared, path: Path,
+                   prov: Provenance, options: Any, gpu: int) -> Session:
     art = cand.artifact
-    assert art is not None
-    with prov.step("fetch", artifact=art.id) as rec:
-        plan = _read_verified(repository, art, store, progress, prov, rec)
-    be = get_backend(art.backend)
+    assert art is not None and prepared.repository is not None
+    plan = _read_verified(ctx, prepared, art, path, prov)
+    be = registry.create(art.backend)
     shipped: list[tuple[Artifact, bytes]] = []
-    for m in match_caches(manifest, target, art):
+    for m in res.caches:
         if m.ok and m.artifact.kind == "runtime-cache":
             try:
                 with prov.step("fetch-runtime-cache", artifact=m.artifact.id):
-                    shipped.append((m.artifact, Path(fetch(repository, m.artifact, store=store, progress=progress)).read_bytes()))
+                    shipped.append((m.artifact, Path(prepared.repository.fetch(m.artifact, ctx)).read_bytes()))
             except FetchError as e:
                 prov.fallback(m.artifact.id, f"shipped runtime cache not usable: {e}")
         elif not m.ok:
             prov.fallback(m.artifact.id, f"runtime cache near miss: {m.reason}")
+    target = prepared.target
     key = _cache_key(art.model, art.sha256, target, art.backend, art.backend_version)
-    cache = _pick_runtime_cache(store, key, shipped, prov)
+    cache = _pick_runtime_cache(ctx.store, key, shipped, prov)
     with prov.step("backend-load", backend=art.backend):
         loaded = be.load(plan, device=gpu, runtime_cache=cache, options=options)
     try:
         if art.stripped:
-            with prov.step("refit", onnx=str(onnx)):
-                loaded.refit(onnx)
+            with prov.step("refit", onnx=str(prepared.onnx)):
+                loaded.refit(prepared.onnx)
     except BaseException:
         loaded.close()
         raise
@@ -305,7 +267,7 @@ def _load_artifact(cand: Candidate, res: Resolution, repository: Any, manifest: 
     prov.plan = {"id": art.id, "sha256": art.sha256, "tier": cand.tier, "reason": cand.reason,
                  "stripped": art.stripped, "backend_version": art.backend_version}
     _note_cache_use(loaded, prov)
-    return Session(loaded, prov, store=store, cache_key=key)
+    return Session(loaded, prov, store=ctx.store, cache_key=key)
 
 
 def _note_cache_use(loaded: Any, prov: Provenance) -> None:
@@ -317,19 +279,17 @@ def _note_cache_use(loaded: Any, prov: Provenance) -> None:
         prov.runtime_cache += f" ({ignored})"
 
 
-def _load_jit(cand: Candidate, target: Target, onnx: Any, store: Any, prov: Provenance, options: Any,
+def _load_jit(ctx: InstallContext, cand: Candidate, prepared: Prepared, prov: Provenance, options: Any,
               precision: str, gpu: int) -> Session:
+    target, onnx, store = prepared.target, prepared.onnx, ctx.store
     backend = cand.backend or jit_backend(target)
     if backend is None or onnx is None:
         raise BackendError("no backend can build on this machine", fix="pip install rtxpack[gpu]")
-    be = get_backend(backend)
+    spec = registry.get(backend)
+    be = spec.create()
     version = be.info().version or "0"
     with prov.step("digest-onnx"):
-        from .digest_cache import DigestCache
-
-        digests = DigestCache()
-        mdigest = digests.model(Path(onnx))
-        digests.save()
+        mdigest = ctx.model_digest(onnx)
     key = _jit_key(mdigest, backend, version, target.cc_str, precision)
     rec = _load_jit_record(store, key)
     plan = None
@@ -344,10 +304,9 @@ def _load_jit(cand: Candidate, target: Target, onnx: Any, store: Any, prov: Prov
                 prov.path = "jit-cached"
     if plan is None:
         with prov.step("jit-build", backend=backend, cc=target.cc_str):
-            # TensorRT-RTX on the device builds for ComputeCapability.CURRENT; nvrtc for this exact arch
-            ccs = ["current"] if backend == "tensorrt-rtx" else [target.cc_str]
-            profiles = default_profiles(onnx) if backend == "tensorrt-rtx" else None
-            plan = be.build(onnx, compute_capabilities=ccs, precision=precision, profiles=profiles)
+            # the registry's JIT rule: e.g. TensorRT-RTX builds for CURRENT, nvrtc for this exact arch
+            profiles = default_profiles(onnx) if spec.jit_needs_profiles else None
+            plan = be.build(onnx, compute_capabilities=spec.jit_ccs(target.cc), precision=precision, profiles=profiles)
         sha = sha256_bytes(plan)
         with prov.step("store-jit-plan"):
             store.add_bytes(plan, sha256=sha)
