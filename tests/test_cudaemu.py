@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cudaemu import EmuLoadedPlan, build_plan, compile_source, compiler, plan_kernel_specs
+from cudaemu import EmuError, EmuLoadedPlan, build_plan, compile_source, compiler, plan_kernel_specs
 from nvrtc_helpers import assert_close, op_cases, rand, reference, softmax_coerced_2d
 from rtxpack.backends.nvrtc import runtime as nv_runtime
 from rtxpack.backends.nvrtc.kernels import FAMILIES, TILES, KernelSpec, program_source
@@ -202,19 +202,22 @@ def test_refit_stripped_plan_and_interface(corpus, program) -> None:
 
 # ------------------------------------------------------------------ the oracle can fail
 def _mutated_program(program_src: str) -> str:
-    """Two deliberate kernel bugs: gemm loses the barrier that protects its shared tiles from the
-    next k-step's loads; warp_sum loses its last butterfly step (xor 1)."""
+    """Three deliberate kernel bugs: gemm loses the barrier that protects its shared tiles from
+    the next k-step's loads; warp_sum loses its last butterfly step (xor 1); unary writes past
+    the end of its output."""
     barrier = ("for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], bb[j], acc[i][j]);\n    }\n    __syncthreads();\n")
     assert program_src.count(barrier) == 1
     shuffle = "for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);"
     assert program_src.count(shuffle) == 1
+    store = "y[i] = unary_op<OP>(x[i], a, b);"
+    assert program_src.count(store) == 1
     return (program_src.replace(barrier, barrier.replace("    __syncthreads();\n", ""))
-            .replace(shuffle, shuffle.replace("o > 0", "o > 1")))
+            .replace(shuffle, shuffle.replace("o > 0", "o > 1")).replace(store, store.replace("y[i]", "y[i + n]")))
 
 
 @pytest.fixture(scope="module")
 def broken_program(corpus):
-    specs = sorted({s for cid in ("gemm_activations", "softmax_last") for s in plan_kernel_specs(corpus[cid][2])},
+    specs = sorted({s for cid in ("gemm_activations", "softmax_last", "relu") for s in plan_kernel_specs(corpus[cid][2])},
                    key=lambda s: s.key())
     return compile_source(_mutated_program(program_source(specs)))
 
@@ -227,6 +230,13 @@ def test_oracle_catches_kernel_bugs(corpus, program, broken_program, cid: str) -
         assert_close(good.run(inputs)["y0"], ref)
         with pytest.raises(AssertionError, match="max abs error"):
             assert_close(bad.run(inputs)["y0"], ref)
+
+
+def test_oracle_catches_out_of_bounds_writes(corpus, broken_program) -> None:
+    path, inputs, plan = corpus["relu"]
+    with EmuLoadedPlan(plan, module=broken_program) as p:
+        with pytest.raises(EmuError, match="unary<0>.*red zone"):
+            p.run(inputs)
 
 
 def test_oracle_catches_corrupted_weights(corpus, program) -> None:

@@ -340,8 +340,15 @@ def test_deadlock_is_an_error_not_a_hang(emu_only) -> None:
 
 
 def test_bad_launches_are_errors(emu_only) -> None:
+    out = np.zeros(64, np.float32)
     with pytest.raises(EmuError, match="invalid launch"):
-        emu_only.run("barrier_after_exit", (1, 1, 1), (2048, 1, 1), np.zeros(64, np.float32))
+        emu_only.run("barrier_after_exit", (1, 1, 1), (2048, 1, 1), out)
+    with pytest.raises(EmuError, match="invalid launch"):
+        emu_only.run("barrier_after_exit", (1, 65536, 1), (32, 1, 1), out)
+    mod = compile_source('extern "C" __global__ void __launch_bounds__(64) k(float* y) { y[threadIdx.x] = 1.f; }')
+    mod.run("k", (1, 1, 1), (64, 1, 1), out)
+    with pytest.raises(EmuError, match="__launch_bounds__"):
+        mod.run("k", (1, 1, 1), (128, 1, 1), np.zeros(128, np.float32))
     with pytest.raises(KeyError):
         emu_only.function("no_such_kernel")
 

@@ -625,6 +625,14 @@ static Worker* worker() {
   return g_worker;
 }
 
+static int launch_error(const char* why, dim3 grid, dim3 block) {
+  Worker* w = worker();
+  snprintf(g_error, sizeof g_error, "invalid launch, %s: grid (%u,%u,%u) block (%u,%u,%u)", why, grid.x, grid.y, grid.z,
+           block.x, block.y, block.z);
+  w->error = g_error;
+  return -1;
+}
+
 static int run_grid_locked(dim3 grid, dim3 block, Thunk fn, void* closure);
 // one launch at a time per loaded program (ctypes releases the GIL): blocks and fibers share globals
 static int run_grid(dim3 grid, dim3 block, Thunk fn, void* closure) {
@@ -638,11 +646,10 @@ static int run_grid_locked(dim3 grid, dim3 block, Thunk fn, void* closure) {
   Worker* w = worker();
   w->error = nullptr;
   const long long n = (long long)block.x * block.y * block.z;
-  if (n < 1 || n > kMaxThreads || grid.x < 1 || grid.y < 1 || grid.z < 1) {
-    snprintf(g_error, sizeof g_error, "invalid launch: grid (%u,%u,%u) block (%u,%u,%u)", grid.x, grid.y, grid.z,
-             block.x, block.y, block.z);
-    w->error = g_error;
-    return -1;
+  // the limits of every GPU since sm_30: a launch beyond them fails on the device too
+  if (n < 1 || n > kMaxThreads || block.z > 64 || grid.x < 1 || grid.y < 1 || grid.z < 1 || grid.x > 2147483647u ||
+      grid.y > 65535 || grid.z > 65535) {
+    return launch_error("beyond CUDA's grid/block limits (1024 threads, block.z 64, grid.y/z 65535)", grid, block);
   }
   if (!ensure_fibers(w, (int)n)) {
     snprintf(g_error, sizeof g_error, "cannot allocate %lld fiber stacks", n);

@@ -36,8 +36,8 @@ MMA_DEVICE = HERE / "mma_device.cuh"
 DEFAULT_FLAGS: tuple[str, ...] = ("-std=c++17", "-O2", "-march=native", "-fno-strict-aliasing", "-fPIC", "-shared",
                                   "-fvisibility=hidden", "-w")
 
-_ENTRY_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(([^)]*)\)',
-                       re.S)
+_ENTRY_RE = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\(\s*(\d+)[^)]*\)\s*)?(\w+)\s*'
+                       r'\(([^)]*)\)', re.S)
 _LOCK = threading.Lock()
 _MODULES: dict[str, "EmuModule"] = {}
 
@@ -63,20 +63,29 @@ class Param:
 
 def parse_entries(source: str) -> dict[str, tuple[Param, ...]]:
     """``{entry: parameters}`` of every ``extern "C" __global__ void`` function in ``source``."""
-    out: dict[str, tuple[Param, ...]] = {}
+    return {e: params for e, (params, _) in _parse(source).items()}
+
+
+def launch_bounds(source: str) -> dict[str, int]:
+    """``{entry: maximum threads per block}`` for the entries declared with ``__launch_bounds__``."""
+    return {e: b for e, (_, b) in _parse(source).items() if b}
+
+
+def _parse(source: str) -> dict[str, tuple[tuple[Param, ...], int]]:
+    out: dict[str, tuple[tuple[Param, ...], int]] = {}
     for m in _ENTRY_RE.finditer(source):
         params = []
-        for decl in (d.strip() for d in m.group(2).split(",") if d.strip() and d.strip() != "void"):
+        for decl in (d.strip() for d in m.group(3).split(",") if d.strip() and d.strip() != "void"):
             decl = re.sub(r"\b__restrict(__)?\b", " ", decl)
             pm = re.match(r"^(.*?[\s*&])(\w+)\s*$", decl)
             if not pm:
-                raise EmuError(f"cannot parse parameter {decl!r} of kernel {m.group(1)}")
+                raise EmuError(f"cannot parse parameter {decl!r} of kernel {m.group(2)}")
             params.append(Param(" ".join(pm.group(1).split()).replace(" *", "*"), pm.group(2)))
-        out[m.group(1)] = tuple(params)
+        out[m.group(2)] = (tuple(params), int(m.group(1) or 0))
     return out
 
 
-def _launcher(entry: str, params: Sequence[Param]) -> str:
+def _launcher(entry: str, params: Sequence[Param], bound: int = 0) -> str:
     fields = "".join(f"  {p.type} a{i};\n" for i, p in enumerate(params))
     unpack = ", ".join(f"*reinterpret_cast<{p.type}*>(args[{i}])" for i, p in enumerate(params))
     call = ", ".join(f"a->a{i}" for i in range(len(params)))
@@ -84,15 +93,18 @@ def _launcher(entry: str, params: Sequence[Param]) -> str:
             f"void rtx_thunk_{entry}(void* p) {{\n  rtx_args_{entry}* a = (rtx_args_{entry}*)p;\n  (void)a;\n"
             f"  {entry}({call});\n}}\n}}\n"
             f'extern "C" __attribute__((visibility("default"))) int launch_{entry}(int gx, int gy, int gz, int bx, '
-            f"int by, int bz, void** args) {{\n  (void)args;\n  rtx_args_{entry} a{{{unpack}}};\n"
+            f"int by, int bz, void** args) {{\n  (void)args;\n"
+            + (f"  if ((long long)bx * by * bz > {bound}) return rtx_emu::launch_error(\"{bound} threads at most "
+               f"(__launch_bounds__)\", dim3(gx, gy, gz), dim3(bx, by, bz));\n" if bound else "")
+            + f"  rtx_args_{entry} a{{{unpack}}};\n"
             f"  return rtx_emu::run_grid(dim3(gx, gy, gz), dim3(bx, by, bz), rtx_thunk_{entry}, &a);\n}}\n")
 
 
 def translation_unit(source: str) -> str:
     """The C++ that g++ compiles: the shim, the program source as is, one launcher per entry."""
-    entries = parse_entries(source)
+    entries = _parse(source)
     return ('#include "cuda_shim.h"\n#line 1 "program.cu"\n' + source + "\n// ---- launchers (cudaemu/emu.py)\n"
-            + "".join(_launcher(e, p) for e, p in entries.items()))
+            + "".join(_launcher(e, p, b) for e, (p, b) in entries.items()))
 
 
 def compiler() -> str | None:

@@ -27,23 +27,36 @@ from rtxpack.backends.nvrtc.kernels import FAMILIES, KernelSpec, param_types
 from rtxpack.backends.nvrtc.plan import read_plan
 from rtxpack.backends.nvrtc.schedule import ALIGN, ShapePlan, check_profile, device_bytes, plan_shapes
 
-from .emu import EmuModule, compile_source
+from .emu import EmuError, EmuModule, compile_source
 
 #: 0xFF bytes are float32 NaN: a kernel that reads memory nothing wrote produces NaN, not luck
 POISON = 0xFF
+#: bytes of NaN before and after every buffer, checked after each launch (out-of-bounds writes)
+REDZONE = 4096
 
 
-def aligned_buffer(nbytes: int, align: int = ALIGN, fill: int | None = None) -> tuple[np.ndarray, int]:
-    """A host buffer of ``nbytes`` whose address is ``align``-aligned: (owner array, address)."""
-    raw = np.empty(max(nbytes, 1) + align, dtype=np.uint8)
-    if fill is not None:
-        raw.fill(fill)
-    off = (-raw.ctypes.data) % align
-    return raw, raw.ctypes.data + off
+class HostBuffer:
+    """``nbytes`` of ``ALIGN``-aligned host memory at ``addr``, between two red zones."""
+
+    def __init__(self, nbytes: int, fill: int | None = None) -> None:
+        self.nbytes = max(int(nbytes), 1)
+        self.raw = np.full(self.nbytes + 2 * REDZONE + ALIGN, POISON, dtype=np.uint8)
+        base = self.raw.ctypes.data
+        self.addr = base + REDZONE + (-(base + REDZONE)) % ALIGN
+        self._lo, self._hi = self.addr - base, self.addr - base + self.nbytes
+        if fill is not None and fill != POISON:
+            self.raw[self._lo:self._hi] = fill
+
+    @property
+    def view(self) -> np.ndarray:
+        return self.raw[self._lo:self._hi]
+
+    def redzones_intact(self) -> bool:
+        return not ((self.raw[:self._lo] != POISON).any() or (self.raw[self._hi:] != POISON).any())
 
 
 class _EmuState:
-    def __init__(self, plan: ShapePlan, arena: int, keep: np.ndarray, launches: list[tuple]) -> None:
+    def __init__(self, plan: ShapePlan, arena: int, keep: HostBuffer, launches: list[tuple]) -> None:
         self.plan, self.arena, self.keep, self.launches = plan, arena, keep, launches
         self.runs = 0
 
@@ -54,7 +67,7 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
     ``module``: an already compiled ``EmuModule`` holding every kernel of the plan (e.g. one
     program with the kernels of many plans, compiled once); default: compile the plan's own
     KERN source. ``num_sms``: the SM count planning assumes. ``poison``: fill each arena with
-    NaN bytes before first use.
+    NaN bytes before first use. Every buffer has NaN red zones, checked after each launch.
     """
 
     def __init__(self, plan: bytes, *, runtime_cache: bytes | None = None, options: Mapping[str, Any] | None = None,
@@ -86,7 +99,7 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
         self._host_w = self._weights_from_plan(wsecs["WGHT"])
         self.weights_digest = self.graph.get("weights_digest")
         self._weights_ready = not self.stripped
-        self._wmem: np.ndarray | None = None
+        self._wmem: HostBuffer | None = None
         self._waddr: dict[str, int] = {}
         self._states: OrderedDict[tuple, _EmuState] = OrderedDict()
         if self._weights_ready:
@@ -101,10 +114,9 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
     # ---------------------------------------------------------------- "device" memory
     def _upload_device_tensors(self, recs: list[dict[str, Any]], blob: Any) -> None:
         host = np.frombuffer(blob, dtype=np.uint8)
-        self._wmem, base = aligned_buffer(max(int(host.size), ALIGN))
-        if host.size:
-            np.frombuffer((ctypes_buffer(base, host.size)), dtype=np.uint8)[:] = host
-        self._waddr = {r["name"]: base + r["offset"] for r in recs}
+        self._wmem = HostBuffer(max(int(host.size), ALIGN), fill=0)
+        self._wmem.view[:host.size] = host
+        self._waddr = {r["name"]: self._wmem.addr + r["offset"] for r in recs}
 
     def pack_launches(self, sp: ShapePlan, arena: int) -> list[tuple[KernelSpec, tuple, int, bytes, list[int]]]:
         """(spec, grid, block, argument bytes, offset of each argument): the bytes runtime.py's
@@ -136,8 +148,8 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
             return st
         t0 = time.perf_counter()
         sp = plan_shapes(self.graph, shapes, self._host_w, set(self._waddr), self.num_sms)
-        keep, arena = aligned_buffer(max(sp.arena_bytes, ALIGN), fill=POISON if self.poison else 0)
-        view = ctypes_buffer(arena, max(sp.arena_bytes, ALIGN))
+        keep = HostBuffer(max(sp.arena_bytes, ALIGN), fill=POISON if self.poison else 0)
+        arena, view = keep.addr, keep.view
         for name, val in sp.uploads.items():
             b = np.frombuffer(device_bytes(val), dtype=np.uint8)
             view[sp.offsets[name]:sp.offsets[name] + b.size] = b
@@ -174,9 +186,12 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
         for n, a in arrays.items():
             if a.nbytes:
                 ctypes_buffer(self._addr(st.plan, st.arena, n), a.nbytes)[:] = a.view(np.uint8).reshape(-1)
-        for label, entry, grid, block, ptrs, _ in st.launches:
+        for i, (label, entry, grid, block, ptrs, _) in enumerate(st.launches):
             self.module.launch(entry, grid, (block, 1, 1), ptrs.ctypes.data)
             self.launch_counts[label] += 1
+            if not (st.keep.redzones_intact() and self._wmem.redzones_intact()):
+                raise EmuError(f"launch {i} ({label}, grid {grid}, block {block}) wrote outside the arena or the "
+                               "weights (red zone overwritten)")
         st.runs += 1
         outs: dict[str, Any] = {}
         for n in self.output_names:
