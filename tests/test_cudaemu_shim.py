@@ -134,6 +134,14 @@ extern "C" __global__ void deadlock(int* out) {
   out[threadIdx.x] = v;
 }
 
+extern "C" __global__ void traps(float* out, int which) {
+  unsigned a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
+  float c[4] = {0, 0, 0, 0}, d[4];
+  if (which == 0 && threadIdx.x == 5) __trap();
+  if (which == 1 && threadIdx.x < 16) mma_m16n8k16_f16f32(d, a, b, c);   // half a warp: not allowed
+  out[threadIdx.x] = 1.f;
+}
+
 // threads that have exited no longer count at a barrier (sm_70+ behaviour)
 extern "C" __global__ void barrier_after_exit(float* out) {
   __shared__ float s[64];
@@ -337,6 +345,16 @@ def test_deadlock_is_an_error_not_a_hang(emu_only) -> None:
     out = np.zeros(64, np.float32)                   # the module still works after an abandoned launch
     emu_only.run("barrier_after_exit", (1, 1, 1), (64, 1, 1), out)
     np.testing.assert_array_equal(out[:40], np.arange(39, -1, -1, dtype=np.float32))
+
+
+def test_trap_and_partial_warp_mma_fail_the_launch(emu_only) -> None:
+    out = np.zeros(32, np.float32)
+    with pytest.raises(EmuError, match="__trap"):
+        emu_only.run("traps", (1, 1, 1), (32, 1, 1), out, 0)
+    with pytest.raises(EmuError, match="all 32 lanes"):
+        emu_only.run("traps", (1, 1, 1), (32, 1, 1), out, 1)
+    emu_only.run("traps", (1, 1, 1), (32, 1, 1), out, 2)
+    assert (out == 1).all()
 
 
 def test_bad_launches_are_errors(emu_only) -> None:

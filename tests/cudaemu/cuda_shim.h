@@ -213,7 +213,7 @@ static inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) { return __half2{
 namespace rtx_emu {
 
 typedef void (*Thunk)(void* closure);
-enum FiberState { F_RUNNABLE, F_WAIT_BAR, F_WAIT_WARP, F_DONE };
+enum FiberState { F_RUNNABLE, F_WAIT_BAR, F_WAIT_WARP, F_DONE, F_PARKED };
 enum WarpKind { W_SYNC, W_SHFL, W_VOTE, W_MMA16816, W_LDMATRIX };
 static constexpr int kMaxThreads = 1024;
 static constexpr size_t kStackBytes = 256 * 1024;
@@ -310,11 +310,13 @@ extern "C" __attribute__((visibility("hidden"), used, noreturn)) void rtx_emu_fi
 static void thread_exit(Worker* w, Fiber* f);
 
 static inline void to_scheduler(Worker* w, Fiber* f) {
+  asm volatile("" ::: "memory");             // shared memory is re-read after every barrier
 #if defined(__x86_64__)
   rtx_emu_switch(&f->sp, w->sched_sp);
 #else
   swapcontext(&f->uc, &w->sched_uc);
 #endif
+  asm volatile("" ::: "memory");
 }
 static inline void to_fiber(Worker* w, Fiber* f) {
 #if defined(__x86_64__)
@@ -369,6 +371,9 @@ static bool ensure_fibers(Worker* w, int n) {
   }
   return true;
 }
+
+// the launch fails: the calling fiber stops here for good (run_block abandons the block)
+static void fail_and_park(Worker* w, const char* msg);
 
 static void fail(Worker* w, const char* msg) {
   if (!w->error) {
@@ -512,6 +517,7 @@ static WarpSlot& warp_collective(int kind, unsigned mask) {
   s.mask = mask | (1u << lane);
   ws.arrived |= 1u << lane;
   try_complete_warp(w, wi);
+  if (w->error) fail_and_park(w, w->error);
   if (ws.arrived >> lane & 1) {
     f->state = F_WAIT_WARP;
     to_scheduler(w, f);
@@ -561,6 +567,13 @@ static inline void ldmatrix(unsigned* r, int num, bool trans, const void* row_pt
   s.flags = trans;
   warp_collective(W_LDMATRIX, 0xffffffffu);
   for (int j = 0; j < num; ++j) r[j] = s.out[j];
+}
+
+static void fail_and_park(Worker* w, const char* msg) {
+  fail(w, msg);
+  Fiber* f = w->cur;
+  f->state = F_PARKED;
+  for (;;) to_scheduler(w, f);                 // never resumed: fiber_reset() restarts it
 }
 
 static void thread_exit(Worker* w, Fiber* f) {
@@ -689,10 +702,8 @@ static inline void __syncwarp(unsigned mask = 0xffffffffu) {
 static inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 static inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 static inline unsigned __activemask() { return rtx_emu::g_worker->warps[rtx_emu::g_worker->cur->lin >> 5].live; }
-static inline void __trap() {
-  rtx_emu::fail(rtx_emu::g_worker, "__trap() called");
-  abort();
-}
+static inline void __trap() { rtx_emu::fail_and_park(rtx_emu::g_worker, "__trap() called"); }
+static inline void __brkpt() { __trap(); }
 
 template <class T> static inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
   const int lane = (int)rtx_emu::lane_id();
