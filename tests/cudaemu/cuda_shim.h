@@ -22,6 +22,12 @@
 //              result, then all of them resume. Lanes really exchange values; a lane that reads an
 //              inactive/exited lane gets its own value back (undefined in CUDA).
 //   * memory - device pointers are host pointers. Global atomics are real (__atomic builtins).
+//   * errors - a deadlock, __trap(), a warp collective that needs all 32 lanes (mma, ldmatrix)
+//              met by fewer, a launch beyond CUDA's grid/block limits or the kernel's
+//              __launch_bounds__: the launch fails (launch_<entry> returns -1, the message is in
+//              rtx_emu_last_error(); EmuError in Python), the failing thread stops where it is,
+//              the rest of the block is abandoned, the program stays usable.
+//   * __CUDA_ARCH__ is 900 (sm_90), so arch-guarded device code takes its newest path.
 //
 // What a kernel may use: the qualifiers (__global__, __device__, __host__, __forceinline__,
 // __noinline__, __restrict__, __launch_bounds__(...), __align__(n), __shared__, __constant__);
@@ -38,7 +44,7 @@
 // <cuda_fp16.h>` and `#include <mma.h>` resolve to this file (tests/cudaemu/include).
 //
 // Not emulated: dynamic shared memory (extern __shared__), cooperative groups, device printf
-// ordering guarantees, texture/surface objects, clock() realism, memory-model weakness
+// ordering guarantees, texture/surface objects, clock()/clock64(), memory-model weakness
 // (everything is sequentially consistent), independent thread scheduling inside a warp (a
 // warp-synchronous kernel that omits __syncwarp still gets lockstep-free fiber order: it is
 // a bug the emulator may or may not expose).

@@ -12,6 +12,7 @@ parameter's bytes) and runs the grid (see cuda_shim.h for the execution model).
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import re
@@ -117,6 +118,7 @@ def cache_dir() -> Path:
     return Path(d) if d else Path(tempfile.gettempdir()) / f"rtxpack-cudaemu-{os.getuid()}"
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_signature() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -129,6 +131,7 @@ def _cpu_signature() -> str:
     return platform.machine()
 
 
+@functools.lru_cache(maxsize=None)
 def _compiler_version(cxx: str) -> str:
     return subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout.splitlines()[0]
 
