@@ -102,15 +102,22 @@ def test_operator_matches_reference(corpus, program, cid: str) -> None:
         out = p.run(inputs)
     for name, r in ref.items():
         assert_close(out[name], r)
+    # every output element is computed in a fixed order whatever order the threads run in: any
+    # difference is a race between the threads of a block
+    with EmuLoadedPlan(plan, module=program, schedule="reverse") as p:
+        rev = p.run(inputs)
+    for name in ref:
+        np.testing.assert_array_equal(rev[name], out[name], err_msg="thread order changed the result")
 
 
-@pytest.mark.parametrize("num_sms", [132, 8])
+@pytest.mark.parametrize("num_sms,schedule", [(132, "forward"), (8, "reverse"), (132, "random")])
 @pytest.mark.parametrize("name", list(FEATURES))
-def test_whole_model(corpus, program, name: str, num_sms: int) -> None:
-    """132 SMs (an H100: the launches a GPU run makes) and 8 (other tiles and split-K choices)."""
+def test_whole_model(corpus, program, name: str, num_sms: int, schedule: str) -> None:
+    """132 SMs (an H100: the launches a GPU run makes) and 8 (other tiles and split-K choices);
+    threads of a block run in index, reverse or random order between barriers."""
     path, _, plan = corpus["model:" + name]
     feature = FEATURES[name]
-    with EmuLoadedPlan(plan, module=program, num_sms=num_sms) as p:
+    with EmuLoadedPlan(plan, module=program, num_sms=num_sms, schedule=schedule, seed=7) as p:
         for batch in BATCHES:                                   # dynamic batch: a runtime argument
             x = rand(batch, *feature)
             out = p.run({"x": x})

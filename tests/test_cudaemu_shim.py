@@ -142,6 +142,14 @@ extern "C" __global__ void traps(float* out, int which) {
   out[threadIdx.x] = 1.f;
 }
 
+// reads a neighbour's shared value, with or without the barrier that makes it safe
+extern "C" __global__ void racy(float* out, int barrier) {
+  __shared__ float s[64];
+  s[threadIdx.x] = (float)(threadIdx.x + 100 * blockIdx.x);
+  if (barrier) __syncthreads();
+  out[blockIdx.x * 64 + threadIdx.x] = s[63 - threadIdx.x];
+}
+
 // threads that have exited no longer count at a barrier (sm_70+ behaviour)
 extern "C" __global__ void barrier_after_exit(float* out) {
   __shared__ float s[64];
@@ -336,6 +344,22 @@ def test_half_and_float_atomics(emu_only) -> None:
     np.testing.assert_array_equal(h[:, 2], (a64 * b64).astype(np.float16).astype(np.float32))
     fma = (a64 * b64 + 1.0).astype(np.float16).astype(np.float32)
     np.testing.assert_array_equal(h[:, 3], fma)
+
+
+def test_thread_order_exposes_a_race(emu_only) -> None:
+    want = (63 - np.arange(64) + 100 * np.arange(3)[:, None]).astype(np.float32).reshape(-1)
+    results = {}
+    for schedule in ("forward", "reverse", "random"):
+        for barrier in (0, 1):
+            out = np.zeros(3 * 64, np.float32)
+            emu_only.set_schedule(schedule, seed=1)
+            emu_only.run("racy", (3, 1, 1), (64, 1, 1), out, barrier)
+            results[schedule, barrier] = out
+        np.testing.assert_array_equal(results[schedule, 1], want)
+    emu_only.set_schedule("forward")
+    racy = [results[s, 0] for s in ("forward", "reverse", "random")]
+    assert not all(np.array_equal(r, want) for r in racy)
+    assert not np.array_equal(racy[0], racy[1])
 
 
 def test_deadlock_is_an_error_not_a_hang(emu_only) -> None:

@@ -9,7 +9,8 @@
 //   * block  - every CUDA thread is a fiber with its own stack (a few-instruction context switch
 //              on x86-64, ucontext elsewhere), all fibers of a block on one OS thread. A fiber runs
 //              until it blocks (barrier / warp collective) or exits; the scheduler then resumes
-//              the next runnable fiber in thread-index order.
+//              the next runnable fiber in thread-index order (or reverse, or random: see
+//              rtx_emu_set_schedule - results must not depend on it, races usually do).
 //   * __shared__ - `static`: one copy per kernel, shared by the threads of the (single) running
 //              block. NOT zeroed between blocks (CUDA leaves it undefined too).
 //   * __syncthreads() - a real barrier over the block's live threads (threads that have exited
@@ -258,6 +259,7 @@ struct Worker {
 #endif
   WarpState warps[kMaxThreads / 32];
   int nthreads = 0, live = 0, bar_arrived = 0;
+  int order[kMaxThreads];
   Fiber* cur = nullptr;
   Thunk fn = nullptr;
   void* closure = nullptr;
@@ -265,6 +267,11 @@ struct Worker {
 };
 
 static Worker* g_worker;
+// the order in which the scheduler resumes runnable threads, each round (between barriers):
+// 0 thread-index order, 1 reverse, 2 random (xorshift, seeded by rtx_emu_set_schedule). Kernel
+// results must not depend on it; a race between threads of a block usually shows up under 1 or 2.
+static int g_schedule = 0;
+static unsigned long long g_rng = 0x9E3779B97F4A7C15ull;
 static pthread_mutex_t g_launch_lock = PTHREAD_MUTEX_INITIALIZER;
 static char g_error[512];
 
@@ -613,7 +620,16 @@ static int run_block(Worker* w, dim3 block) {
   w->bar_arrived = 0;
   while (w->live > 0 && !w->error) {
     bool progress = false;
-    for (int t = 0; t < n && !w->error; ++t) {
+    if (g_schedule == 2) {                     // a fresh random order for every round
+      for (int t = 0; t < n; ++t) w->order[t] = t;
+      for (int t = n - 1; t > 0; --t) {
+        g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
+        const int j = (int)(g_rng % (unsigned long long)(t + 1)), tmp = w->order[t];
+        w->order[t] = w->order[j], w->order[j] = tmp;
+      }
+    }
+    for (int k = 0; k < n && !w->error; ++k) {
+      const int t = g_schedule == 0 ? k : g_schedule == 1 ? n - 1 - k : w->order[k];
       Fiber* f = &w->fibers[t];
       if (f->state != F_RUNNABLE) continue;
       w->cur = f;
@@ -695,6 +711,11 @@ static int run_grid_locked(dim3 grid, dim3 block, Thunk fn, void* closure) {
 }
 
 }  // namespace rtx_emu
+
+extern "C" __attribute__((visibility("default"))) void rtx_emu_set_schedule(int mode, unsigned long long seed) {
+  rtx_emu::g_schedule = mode;
+  rtx_emu::g_rng = seed ? seed : 0x9E3779B97F4A7C15ull;
+}
 
 extern "C" __attribute__((visibility("default"))) const char* rtx_emu_last_error() {
   return rtx_emu::g_worker && rtx_emu::g_worker->error ? rtx_emu::g_worker->error : "";

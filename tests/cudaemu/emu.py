@@ -191,6 +191,7 @@ class EmuModule:
         self.compile_seconds = compile_seconds
         self._lib = ctypes.CDLL(str(self.path))
         self._lib.rtx_emu_last_error.restype = ctypes.c_char_p
+        self._lib.rtx_emu_set_schedule.argtypes = [ctypes.c_int, ctypes.c_ulonglong]
         self._fns: dict[str, Any] = {}
 
     def function(self, entry: str) -> Any:
@@ -204,6 +205,14 @@ class EmuModule:
             fn.restype = ctypes.c_int
             self._fns[entry] = fn
         return fn
+
+    SCHEDULES = {"forward": 0, "reverse": 1, "random": 2}
+
+    def set_schedule(self, schedule: str = "forward", seed: int = 0) -> None:
+        """Order in which the threads of a block run between barriers: "forward" (thread index),
+        "reverse" or "random" (reseeded here). Correct kernels give the same result for all three;
+        a missing barrier or a race on shared memory usually does not."""
+        self._lib.rtx_emu_set_schedule(self.SCHEDULES[schedule], ctypes.c_ulonglong(seed))
 
     def launch(self, entry: str, grid: Sequence[int], block: Sequence[int], kernel_params: int) -> None:
         """Run ``entry`` like ``cuLaunchKernel(f, *grid, *block, 0, stream, kernel_params, 0)``."""

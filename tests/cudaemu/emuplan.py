@@ -68,10 +68,13 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
     program with the kernels of many plans, compiled once); default: compile the plan's own
     KERN source. ``num_sms``: the SM count planning assumes. ``poison``: fill each arena with
     NaN bytes before first use. Every buffer has NaN red zones, checked after each launch.
+    ``schedule``: the order the threads of a block run in between barriers ("forward", "reverse",
+    "random" with ``seed``; see ``EmuModule.set_schedule``).
     """
 
     def __init__(self, plan: bytes, *, runtime_cache: bytes | None = None, options: Mapping[str, Any] | None = None,
-                 num_sms: int = 132, module: EmuModule | None = None, poison: bool = True) -> None:
+                 num_sms: int = 132, module: EmuModule | None = None, poison: bool = True,
+                 schedule: str = "forward", seed: int = 0) -> None:
         t0 = time.perf_counter()
         self._opts = dict(options or {})
         self._closed = True
@@ -82,6 +85,7 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
         self.stripped = bool(self.graph.get("stripped"))
         self.num_sms, self.sm, self.driver_version = int(num_sms), 0, 0
         self.poison = poison
+        self.schedule, self.seed = schedule, seed
         self._runtime_cache_in = runtime_cache or b""
         self.cache_status = "emulator: no runtime cache"
         t1 = time.perf_counter()
@@ -186,6 +190,7 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
         for n, a in arrays.items():
             if a.nbytes:
                 ctypes_buffer(self._addr(st.plan, st.arena, n), a.nbytes)[:] = a.view(np.uint8).reshape(-1)
+        self.module.set_schedule(self.schedule, self.seed + st.runs)
         for i, (label, entry, grid, block, ptrs, _) in enumerate(st.launches):
             self.module.launch(entry, grid, (block, 1, 1), ptrs.ctypes.data)
             self.launch_counts[label] += 1
