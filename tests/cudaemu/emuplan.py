@@ -78,6 +78,8 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
         t0 = time.perf_counter()
         self._opts = dict(options or {})
         self._closed = True
+        if schedule not in EmuModule.SCHEDULES:
+            raise ValueError(f"schedule must be one of {sorted(EmuModule.SCHEDULES)}, not {schedule!r}")
         self.header, self.graph, self._index, kblobs, wsecs = read_plan(
             plan, verify_weights=bool(self._opts.get("verify_weights", False)))
         self.input_names = [i["name"] for i in self.graph["inputs"]]
