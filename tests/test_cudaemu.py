@@ -224,8 +224,8 @@ def _mutated_program(program_src: str) -> str:
 
 @pytest.fixture(scope="module")
 def broken_program(corpus):
-    specs = sorted({s for cid in ("gemm_activations", "softmax_last", "relu") for s in plan_kernel_specs(corpus[cid][2])},
-                   key=lambda s: s.key())
+    cids = ("gemm_activations", "softmax_last", "relu")
+    specs = sorted({s for cid in cids for s in plan_kernel_specs(corpus[cid][2])}, key=lambda s: s.key())
     return compile_source(_mutated_program(program_source(specs)))
 
 

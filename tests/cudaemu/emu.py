@@ -143,8 +143,8 @@ def compile_source(source: str, *, flags: Sequence[str] = DEFAULT_FLAGS, timeout
         raise EmuError("no C++ compiler (g++) to build the CUDA emulator with")
     h = hashlib.sha256()
     shim_files = [SHIM, *sorted(INCLUDE.glob("*.h")), *([MMA_DEVICE] if MMA_DEVICE.exists() else [])]
-    for part in (*(f.read_bytes() for f in shim_files), source.encode(), "\0".join(flags).encode(), _compiler_version(cxx).encode(),
-                 _cpu_signature().encode()):
+    for part in (*(f.read_bytes() for f in shim_files), source.encode(), "\0".join(flags).encode(),
+                 _compiler_version(cxx).encode(), _cpu_signature().encode()):
         h.update(hashlib.sha256(part).digest())
     key = h.hexdigest()[:32]
     with _LOCK:
