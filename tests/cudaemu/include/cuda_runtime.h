@@ -1,0 +1,2 @@
+// cuda_runtime.h -> the CUDA emulator shim (tests/cudaemu/cuda_shim.h)
+#include "../cuda_shim.h"

@@ -1,0 +1,2 @@
+// mma.h -> the CUDA emulator shim (tests/cudaemu/cuda_shim.h)
+#include "../cuda_shim.h"
