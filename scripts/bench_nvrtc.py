@@ -262,7 +262,7 @@ def markdown(r: dict) -> str:
     lines += ["", f"Batch 1: PyTorch eager fp32 / nvrtc = {ra['b1_torch_fp32_over_nvrtc']:.2f}x, "
                   f"PyTorch eager TF32 / nvrtc = {ra['b1_torch_tf32_over_nvrtc']:.2f}x (>1 means nvrtc is faster). "
                   "Target: nvrtc no slower than PyTorch eager at batch 1.", "",
-              f"AOT build times on the GPU machine's CPU: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["build_s"].items()),
+              "AOT build times on the GPU machine's CPU: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["build_s"].items()),
               ""]
     return "\n".join(lines)
 

@@ -14,7 +14,6 @@ import pytest
 from rtxpack.backends.tensorrt_rtx.header import parse_header
 from rtxpack.core import registry
 from rtxpack.farm import build, load_config, make_plan
-from rtxpack.farm import plan as plan_mod
 from rtxpack.core.manifest import Manifest, blob_relpath
 from test_farm_common import (CNN, LOCAL, MLP, OTHER, ROOT, cli, farm, farm_env, matrix_repo,  # noqa: F401
                               target, toolchain, write_config)

@@ -31,7 +31,7 @@ from rtxpack.installer import trust
 from rtxpack.core.signing import load_private_key, sign_manifest
 from rtxpack.farm.sign import keygen, sign_repository
 from rtxpack.core.device import parse_override
-from rtxpack.core.errors import (BundleError, ChecksumMismatch, FetchError, ManifestError, SignatureError, StoreError)
+from rtxpack.core.errors import (BundleError, FetchError, ManifestError, SignatureError)
 from rtxpack.installer.pipeline import install
 from rtxpack.core.manifest import MAX_MANIFEST_BYTES, Manifest
 from rtxpack.installer.repository import open_repository

@@ -11,7 +11,7 @@ import json
 import logging
 import platform
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from . import config, registry

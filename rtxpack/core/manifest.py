@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
 
 from . import registry
 from .errors import ManifestError
 from .fsutil import atomic_write
-from .versions import format_cc, parse_cc, version_tuple
+from .versions import parse_cc
 
 SCHEMA_ID = "rtxpack-manifest"
 SCHEMA_VERSION = 1

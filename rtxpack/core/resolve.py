@@ -18,8 +18,8 @@ then newer backend version, then a weight-stripped engine when the app's ONNX ca
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Iterator, Mapping
 
 from . import registry
 from .device import Device

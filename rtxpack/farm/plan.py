@@ -7,13 +7,9 @@ mtime_ns) so an unchanged rebuild never re-hashes large ONNX files.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import filelock
 
 from ..core import registry
 from ..core.device import detect_gpus

@@ -16,7 +16,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ...core.errors import UnsupportedModel
+from ...core.digest import weights_digest_from_arrays
 from ..base import BackendInfo, PlanInfo
+from .compile import cc_to_sm, compile_targets, nvrtc_version, sm_to_cc
+from .kernels import COMPILE_OPTIONS, entry_name, kernel_digest, module_digest, program_source
+from .lowering import kernels_for
+from .onnx_import import import_onnx
+from .runtime import NvrtcLoadedPlan, driver_version
+from .schedule import concrete_input_shapes, plan_shapes
+from .weights import device_tensors, device_weight_names, host_weight_names
 from .plan import FLAG_PTX, FLAG_STRIPPED, FORMAT_VERSION, is_nvrtc_plan, read_header, write_plan
 
 NVRTC_BACKEND_VERSION = "1.0.0"
@@ -39,12 +47,10 @@ class NvrtcBackend:
     # ------------------------------------------------------------------ info
     def info(self) -> BackendInfo:
         """Installed NVRTC / driver versions; never raises (version None without cuda-python)."""
-        from .compile import nvrtc_version
 
         v = nvrtc_version()
         details: dict[str, Any] = {"nvrtc": f"{v[0]}.{v[1]}" if v else None, "format_version": FORMAT_VERSION}
         try:
-            from .runtime import driver_version
 
             details["driver"] = driver_version()
         except Exception:  # noqa: BLE001 - no driver / no GPU is a normal state here
@@ -62,13 +68,6 @@ class NvrtcBackend:
               precision: str = "fp32", strip_weights: bool = False,
               profiles: Mapping[str, Mapping[str, Sequence[int]]] | None = None, ptx: bool = True) -> bytes:
         """Import, validate (plan every shape once on the CPU), compile all kernels for every SM, pack."""
-        from ...core.digest import weights_digest_from_arrays
-        from .compile import cc_to_sm, compile_targets, nvrtc_version
-        from .kernels import COMPILE_OPTIONS, entry_name, kernel_digest, module_digest, program_source
-        from .lowering import kernels_for
-        from .onnx_import import import_onnx
-        from .schedule import concrete_input_shapes, plan_shapes
-        from .weights import device_weight_names
 
         if precision != "fp32":
             raise UnsupportedModel(f"the nvrtc backend builds fp32 plans only, not {precision!r}",
@@ -117,7 +116,6 @@ class NvrtcBackend:
             "cubins": {f"sm_{sm}": add(c) for sm, c in cubins.items()},
             "ptx": ({"arch": f"compute_{max(sms)}", **add(ptx_blob)} if ptx_blob else None),
         }
-        from .weights import device_tensors, host_weight_names
 
         host_needed = host_weight_names(graph)
         dblob = None
@@ -143,7 +141,6 @@ class NvrtcBackend:
 
     # ------------------------------------------------------------------ inspect (header only)
     def inspect(self, plan: bytes) -> PlanInfo:
-        from .compile import sm_to_cc
 
         h = read_header(plan)
         return PlanInfo(
@@ -158,7 +155,6 @@ class NvrtcBackend:
     def load(self, plan: bytes, *, device: int = 0, runtime_cache: bytes | None = None,
              options: Mapping[str, Any] | None = None):
         """Deserialize on the local GPU (cubin > runtime cache > PTX JIT > NVRTC JIT)."""
-        from .runtime import NvrtcLoadedPlan
 
         return NvrtcLoadedPlan(plan, device=device, runtime_cache=runtime_cache, options=options or {})
 

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ...core.errors import UnsupportedModel
+from ...core.digest import initializers, sha256_bytes
 
 DEVICE_OPS = frozenset("""Conv Gemm MatMul Add Sub Mul Div Pow Sqrt Relu LeakyRelu Sigmoid Tanh Erf Gelu Clip Softmax
 BatchNormalization LayerNormalization MaxPool AveragePool GlobalAveragePool Flatten Reshape Transpose Concat Split
@@ -96,7 +97,6 @@ def import_onnx(onnx_path: str | Path) -> tuple[dict[str, Any], dict[str, np.nda
     """Parse, shape-infer, place, check and fuse; returns ``(graph, initializers)``."""
     import onnx
 
-    from ...core.digest import initializers, sha256_bytes
 
     model = load_model(onnx_path)
     try:

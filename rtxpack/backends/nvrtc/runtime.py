@@ -21,6 +21,9 @@ import numpy as np
 from ...core.errors import BackendError, BackendNotInstalled, RefitError
 from ...core.cuda import check, driver as _driver, init as cuda_init
 from .cache import CacheKey, RuntimeCache
+from ...core.digest import initializers, sha256_bytes, weights_digest_from_arrays
+from .compile import compile_program, nvrtc_version, nvrtc_version_probe
+from .onnx_import import load_model
 from .kernels import KernelSpec, param_types
 from .plan import read_plan
 from .schedule import ALIGN, ShapePlan, check_profile, device_bytes, plan_shapes
@@ -125,7 +128,6 @@ class NvrtcLoadedPlan:
         ptx_ok = bool(ptx) and int(ptx["arch"].split("_")[1]) <= self.sm and tuple(self.header.nvrtc_version) <= drv
         local = None
         try:
-            from .compile import nvrtc_version_probe
 
             local = nvrtc_version_probe()   # no NVRTC library load: a warm cache stays NVRTC-free
         except Exception:  # noqa: BLE001
@@ -157,7 +159,6 @@ class NvrtcLoadedPlan:
         if not local:
             raise BackendNotInstalled(f"{why}, and NVRTC is not installed to compile for {exact}",
                                       fix="pip install nvidia-cuda-nvrtc (or use a plan built for this GPU)")
-        from .compile import compile_program, nvrtc_version
 
         cubin = compile_program(self._blob(blobs, idx["source"]).decode(), self.sm, options=idx["options"])
         local = nvrtc_version() or local   # the library that actually compiled (now loaded anyway)
@@ -221,8 +222,6 @@ class NvrtcLoadedPlan:
         Every weight is checked (name, dtype, shape and, for stripped plans, sha256) before any
         byte is uploaded; the first mismatch raises RefitError naming the weight.
         """
-        from ...core.digest import initializers, sha256_bytes, weights_digest_from_arrays
-        from .onnx_import import load_model
 
         new = initializers(load_model(onnx_path))
         for rec in self.graph["weights"]:

@@ -13,6 +13,7 @@ import numpy as np
 from ...core.errors import BackendError
 from .lowering import conv_weight_names
 from .onnx_import import HOST_INPUTS
+from .schedule import device_bytes
 
 ALIGN = 256
 
@@ -73,7 +74,6 @@ def host_weight_names(graph: Mapping[str, Any]) -> set[str]:
 
 def device_tensors(graph: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> tuple[list[dict[str, Any]], bytes]:
     """Device layout of every tensor the kernels read: records (name, offset, nbytes) and the bytes."""
-    from .schedule import device_bytes
 
     nodes = {nd["name"]: nd for nd in graph["nodes"]}
     recs, parts, pos = [], [], 0

@@ -12,6 +12,8 @@ from ...core.errors import BackendNotInstalled, UnsupportedModel
 from ...core.registry import tensorrt_rtx_installed
 from ..base import BackendInfo, LoadedPlan, PlanInfo
 from .header import PlanHeader, is_tensorrt_rtx_plan, parse_header
+from .build_worker import BuildFailed, build_plan
+from .runtime import TensorRTRTXLoaded
 
 NAME = "tensorrt-rtx"
 
@@ -40,7 +42,6 @@ class TensorRTRTXBackend:
             import tensorrt_rtx  # noqa: F401
         except ImportError as e:
             raise BackendNotInstalled("tensorrt_rtx is not installed", fix="pip install rtxpack[rtx]") from e
-        from .build_worker import BuildFailed, build_plan
 
         try:
             return build_plan(str(onnx_path), compute_capabilities=list(compute_capabilities or []),
@@ -64,7 +65,6 @@ class TensorRTRTXBackend:
             import tensorrt_rtx  # noqa: F401
         except ImportError as e:
             raise BackendNotInstalled("tensorrt_rtx is not installed", fix="pip install rtxpack[rtx]") from e
-        from .runtime import TensorRTRTXLoaded
 
         return TensorRTRTXLoaded(plan, device=device, runtime_cache=runtime_cache, options=options)
 

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
+from ...core.cuda import check, device_context
 from ...core.errors import BackendError, ConfigError, RefitError
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,6 @@ class TensorRTRTXLoaded:
         import numpy as np
         from cuda.bindings import driver as cu
 
-        from ...core.cuda import check, device_context
 
         trt = self._trt
         with device_context(self._device):
