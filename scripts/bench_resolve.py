@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from manifest_factory import engine, runtime_cache  # noqa: E402
 from rtxpack.core.manifest import Manifest  # noqa: E402
-from rtxpack.core.resolve import Target, _classify, resolve  # noqa: E402
+from rtxpack.core.resolve import Target, classify as _classify, resolve  # noqa: E402
 
 CC_SETS = [("7.5",), ("8.6",), ("8.9",), ("12.0",), ("8.6", "8.9", "12.0")]
 VERSIONS = ["1.6.1.120", "1.7.1.116"]

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{d['failed']} failed -> {args.repo.relative_to(ROOT) if args.repo.is_relative_to(ROOT) else args.repo}")
 
     step("4. sign the manifest (ed25519; a throw-away key for the demo, `rtxpack keygen` / `rtxpack sign`)")
-    from rtxpack.installer.trust import keygen, sign_repository
+    from rtxpack.farm.sign import keygen, sign_repository
 
     key_dir = Path(tempfile.mkdtemp(prefix="rtxpack-demo-key-"))
     private, public, keyid = keygen(key_dir)

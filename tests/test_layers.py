@@ -25,8 +25,10 @@ ALLOWED = {
     "demo": {"core", "backends", "installer", "farm", "cli", "demo", "top"},
     "top": {"installer"},
 }
-#: rtxpack modules imported inside a function on purpose: (importing module, imported module)
+#: rtxpack modules imported inside a function on purpose: (importing module, imported module). The
+#: CLI's command handlers import what they drive when they run, so start-up stays argparse-only.
 LAZY_OK = {("rtxpack", "rtxpack.installer.loader")}
+LAZY_ROOMS = {"cli"}
 
 
 def _module_name(path: Path) -> str:
@@ -124,7 +126,7 @@ def test_no_import_cycle() -> None:
 
 def test_own_modules_are_imported_at_module_level() -> None:
     lazy = [(mod, t, line) for mod, imps in _graph().items() for t, in_func, line in imps
-            if in_func and (mod, t) not in LAZY_OK]
+            if in_func and (mod, t) not in LAZY_OK and _room(mod) not in LAZY_ROOMS]
     assert not lazy, "\n".join(f"{m}:{line} imports {t} inside a function" for m, t, line in lazy)
 
 

@@ -1,7 +1,9 @@
 """Publisher commands: plan, build, merge, bundle, inspect, warm.
 
 Handlers call the library, print text or JSON, return an exit code, and raise RtxpackError
-subclasses that :func:`rtxpack.cli.main` turns into one line + the fix.
+subclasses that :func:`rtxpack.cli.main` turns into one line + the fix. Each handler imports the
+part of the library it drives when it runs (the CLI's start-up then costs only argparse: an
+unchanged ``rtxpack build`` never loads the installer's HTTP stack).
 """
 from __future__ import annotations
 
@@ -10,24 +12,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..backends.inspect import inspect_file
-from ..core.manifest import Manifest
-from ..farm.build import build
-from ..farm.bundle import create_bundle
-from ..farm.ci import github_matrix
-from ..farm.config import load_config
-from ..farm.plan import make_plan
-from ..farm.repo import merge_repositories
-from ..farm.warm import warm
-from ..installer.context import InstallContext
-from ..installer.repository import open_repository
 from .output import add_json, emit, say, wants_json
-
-
 
 
 # ---- plan --------------------------------------------------------------------------------------
 def cmd_plan(args: argparse.Namespace) -> int:
+    from ..farm.ci import github_matrix
+    from ..farm.config import load_config
+    from ..farm.plan import make_plan
+
     plan = make_plan(load_config(args.config))
     if args.ci:
         print(json.dumps(github_matrix(plan, per=args.per)))
@@ -45,6 +38,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 # ---- build -------------------------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace) -> int:
+    from ..farm.build import build
+
     progress = say(args)
     report = build(args.config, args.repo, jobs=args.jobs, cells=args.cell or None, progress=progress)
     emit(args, report.to_dict())
@@ -60,6 +55,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 # ---- merge -------------------------------------------------------------------------------------
 def cmd_merge(args: argparse.Namespace) -> int:
+    from ..farm.repo import merge_repositories
+
     m = merge_repositories(args.parts, args.repo)
     emit(args, {"repo": args.repo, "artifacts": len(m), "parts": args.parts},
          f"{args.repo}: {len(m)} artifacts after merging {len(args.parts)} part(s)")
@@ -68,6 +65,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 # ---- bundle ------------------------------------------------------------------------------------
 def cmd_bundle(args: argparse.Namespace) -> int:
+    from ..farm.bundle import create_bundle
+
     ccs = [c.strip() for c in args.cc.split(",") if c.strip()] if args.cc else None
     res = create_bundle(args.repo, args.output, models=args.model or None, compute_capabilities=ccs, os=args.os,
                         compress=args.gzip)
@@ -77,6 +76,11 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 # ---- inspect -----------------------------------------------------------------------------------
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from ..backends.inspect import inspect_file
+    from ..core.manifest import Manifest
+    from ..installer.context import InstallContext
+    from ..installer.repository import open_repository
+
     manifest = None
     if args.repo is not None:
         # a local repository directory is read directly (the farm's own output); URLs and bundles go
@@ -102,6 +106,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 # ---- warm --------------------------------------------------------------------------------------
 def cmd_warm(args: argparse.Namespace) -> int:
+    from ..farm.warm import warm
+
     results = warm(args.config, args.repo, progress=say(args))
     data = {"warmed": sum(r.status == "warmed" for r in results), "skipped": sum(r.status == "skipped" for r in results),
             "failed": sum(r.status == "failed" for r in results), "engines": [r.to_dict() for r in results]}

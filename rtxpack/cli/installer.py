@@ -5,14 +5,14 @@ import argparse
 from typing import Any
 
 from ..core import registry
-from ..core.resolve import explain, no_match_error
-from ..installer.context import InstallContext
-from ..installer.pipeline import install, prepare
-from ..installer.store import Store, parse_size
 from .output import add_json, add_trust_options, emit, trust_kwargs
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
+    from ..core.resolve import explain, no_match_error
+    from ..installer.context import InstallContext
+    from ..installer.pipeline import prepare
+
     ctx = InstallContext.create(progress=False, **trust_kwargs(args))
     prepared = prepare(ctx, args.repo, args.model, onnx=args.onnx, backend=args.backend, gpu_index=args.gpu)
     res = prepared.resolution
@@ -30,6 +30,9 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
 
 def cmd_install(args: argparse.Namespace) -> int:
+    from ..core.resolve import explain
+    from ..installer.pipeline import install
+
     progress = False if args.json else None
     result = install(args.repo, args.model, onnx=args.onnx, backend=args.backend, gpu_index=args.gpu,
                      progress=progress, **trust_kwargs(args))
@@ -55,6 +58,8 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    from ..installer.store import Store, parse_size
+
     store = Store()
     if args.cache_cmd == "list":
         entries = store.entries()

@@ -5,13 +5,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..core.manifest import MANIFEST_NAME
 from ..core.signing import DEFAULT_EXPIRES_DAYS
-from ..farm.sign import keygen, sign_repository
 from .output import add_json, emit
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    from ..farm.sign import keygen
+
     key, pub, kid = keygen(args.out, force=args.force)
     emit(args, {"private_key": str(key), "public_key": str(pub), "keyid": kid},
          f"private key {key} (keep it secret, mode 0600)\npublic key  {pub}\nkeyid       {kid}\n"
@@ -20,6 +20,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    from ..core.manifest import MANIFEST_NAME
+    from ..farm.sign import sign_repository
+
     m = sign_repository(args.repo, args.key, version=args.version, expires_in_days=args.expires_in)
     kid = m.signatures[-1]["keyid"]
     emit(args, {"repo": str(args.repo), "version": m.version, "expires": m.expires, "keyid": kid,

@@ -5,12 +5,12 @@ import argparse
 import sys
 from typing import Any
 
-from ..core.device import detect
-from ..installer.selftest import run_selftest
 from .output import add_json, emit
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
+    from ..core.device import detect
+
     dev = detect()
     d = dev.to_dict()
 
@@ -31,6 +31,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 
 def cmd_selftest(args: argparse.Namespace) -> int:
+    from ..installer.selftest import run_selftest
+
     report = run_selftest(progress=None if args.json else (lambda line: print(line, file=sys.stderr)))
     emit(args, report, report["summary"])   # the steps were printed live on stderr
     return 0 if report["ok"] else 1

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from ..core import registry
 from ..core.device import Device, detect
@@ -85,6 +84,8 @@ def warm(config_path: str | Path, repo_dir: str | Path, *, device: Device | None
                     loaded.refit(spec.onnx)
                 shapes = warmup_shapes(spec)
                 dtypes = {n: dt for n, (_, dt) in model_inputs(spec.onnx).items()}
+                import numpy as np
+
                 rng = np.random.default_rng(0)
                 for shape in shapes:
                     loaded.run({n: rng.standard_normal(s).astype(dtypes.get(n, np.float32)) for n, s in shape.items()})

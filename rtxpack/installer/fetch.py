@@ -23,10 +23,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import requests
-import urllib3.exceptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    import requests
 
 from ..core import config
 from ..core.digest import file_hasher
@@ -41,8 +42,19 @@ _BACKOFF_CAP = 8.0
 _RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _HEADERS = {"Accept-Encoding": "identity", "User-Agent": "rtxpack"}
 #: errors raised while reading a response body: the connection is gone, try again (resume)
-_BODY_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
-                ConnectionError, TimeoutError)
+def _requests() -> Any:
+    """requests, imported on the first HTTP transfer (70 ms at start-up that local installs and the
+    farm's commands do not need)."""
+    import requests
+
+    return requests
+
+
+def _body_errors() -> tuple[type[BaseException], ...]:
+    import urllib3.exceptions
+
+    return (_requests().RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+            ConnectionError, TimeoutError)
 _BUNDLE_FIX = "run `rtxpack install ...` while online, or install from a bundle with `rtxpack install --repo bundle.tar`"
 
 
@@ -155,7 +167,7 @@ def fetch_artifact(
             assert path is not None
             return path
         if own_session and any(_is_http(loc) for loc in locations):
-            session = requests.Session()
+            session = _requests().Session()
         try:
             return _fetch_locked(store, sha, size, label, locations, meta, session, progress, stats)
         finally:
@@ -339,7 +351,7 @@ def _download_http(store: Store, sha: str, size: int, url: str, session: request
         except ChecksumMismatch:
             _drop(partial, info_path)
             raise
-        except _BODY_ERRORS as e:
+        except _body_errors() as e:
             raise _Retry(f"connection lost after {have} of {size} bytes ({type(e).__name__}: {e})") from e
         finally:
             if bar is not None:
@@ -487,10 +499,10 @@ def _get(session: requests.Session, url: str, headers: dict[str, str], stats: Fe
     try:
         return session.get(url, headers=headers, stream=True,
                            timeout=(config.connect_timeout(), config.read_timeout()))
-    except requests.Timeout as e:
+    except _requests().Timeout as e:
         raise _Retry(f"timed out ({type(e).__name__}: connect {config.connect_timeout()} s, "
                      f"read {config.read_timeout()} s; set RTXPACK_READ_TIMEOUT to wait longer)") from e
-    except requests.RequestException as e:
+    except _requests().RequestException as e:
         raise _Retry(f"{type(e).__name__}: {e}") from e
 
 
@@ -579,7 +591,7 @@ def fetch_bytes(
     if config.offline() if offline is None else offline:
         raise OfflineError(f"RTXPACK_OFFLINE=1 forbids fetching {redact(loc)}", fix=_BUNDLE_FIX, url=redact(loc))
     own = session is None
-    sess = session or requests.Session()
+    sess = session or _requests().Session()
     errors: list[str] = []
     try:
         for attempt in range(1 + max(0, config.max_retries())):
@@ -602,7 +614,7 @@ def fetch_bytes(
                     stats.bytes_downloaded += len(buf)
                     stats.source = loc
                     return bytes(buf)
-                except _BODY_ERRORS as e:
+                except _body_errors() as e:
                     raise _Retry(f"{type(e).__name__}: {e}") from e
                 finally:
                     resp.close()
