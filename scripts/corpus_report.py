@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+
+import numpy as np
 import re
 import subprocess
 import sys
@@ -149,6 +151,19 @@ def classify(name: str) -> dict:
 
     m = onnx.load(str(mc.model_path(name)))
     meta = mc.info(name)
+    # element types for no-op Cast detection: declare the stripped tensors, then infer
+    probe = onnx.ModelProto()
+    probe.CopyFrom(m)
+    for r in meta["stripped"]:
+        probe.graph.input.append(onnx.helper.make_tensor_value_info(
+            r["name"], onnx.helper.np_dtype_to_tensor_dtype(np.dtype(r["dtype"])), r["shape"]))
+    try:
+        probe = onnx.shape_inference.infer_shapes(probe)
+    except Exception:  # noqa: BLE001 - advisory only
+        pass
+    etype = {v.name: v.type.tensor_type.elem_type for v in list(probe.graph.value_info) + list(probe.graph.input)
+             + list(probe.graph.output)}
+    etype.update({i.name: i.data_type for i in m.graph.initializer})
     weights = {i.name for i in m.graph.initializer} | {r["name"] for r in meta["stripped"]}
     wshape = {i.name: list(i.dims) for i in m.graph.initializer} | {r["name"]: r["shape"] for r in meta["stripped"]}
     now, ext = set(weights), set(weights)
@@ -173,7 +188,14 @@ def classify(name: str) -> dict:
             continue
         if n.op_type not in DEVICE_OPS:
             d = host if on_host_ext else device
-            d[n.op_type] = d.get(n.op_type, 0) + 1
+            key = n.op_type
+            if key == "Cast" and not on_host_ext:
+                to = next((a.i for a in n.attribute if a.name == "to"), 0)
+                src = etype.get(n.input[0], 0)
+                key = ("Cast (same-type no-op)" if src == to else
+                       f"Cast ({onnx.helper.tensor_dtype_to_np_dtype(src).name if src else '?'} -> "
+                       f"{onnx.helper.tensor_dtype_to_np_dtype(to).name})")
+            d[key] = d.get(key, 0) + 1
             continue
         for idx in HOST_INPUTS.get(n.op_type, ()):
             if idx < len(n.input) and n.input[idx] and n.input[idx] not in now:
@@ -225,6 +247,40 @@ def gap_items(rec: dict) -> list[str]:
         m = re.match(r"(\S+) \(node '.*?'\) (.*?)(?: \(fix:|$)", msg)
         items.append(f"[plan] {m.group(1)}: {re.sub(r'node .*?:', '', m.group(2))[:120]}" if m else f"[plan] {msg[:140]}")
     return sorted(set(items))
+
+
+NOTES = """## Notes (hand-checked 2026-11-21; torch 2.13.0+cpu, torchvision 0.28, transformers 5.23, diffusers 0.42.1,
+onnx 1.23.2, onnxscript 0.7.2, onnxruntime 1.31.1)
+
+- Every torch export succeeded with both exporters, with named dynamic dims (batch; seq for BERT/GPT-2;
+  samples for wav2vec2; height/width for segmentation and the UNets). Whisper's encoder insists on exactly
+  3000 mel frames, so only its batch is dynamic. The zoo reconstructions are static batch 1, as the zoo ships them.
+- The dynamo exporter writes opset 18 and down-converts to 17 on request. For 13 of its 21 exports the
+  conversion fails and the file stays at opset 18: 12 times `axes_input_to_attribute: No initializer or
+  constant input to node found` (the torchvision CNNs, DeepLabV3, wav2vec2), once `No Adapter To Version $17
+  for Pad` (Swin-T). For GPT-2 and the diffusers UNet the conversion "succeeds" and leaves an invalid model:
+  `Split` keeps the opset-18 `num_outputs` attribute, which onnxruntime and `onnx.checker` reject.
+  `export_models.py` checks every dynamo export and re-exports at 18 when this happens (`exports.json`:
+  `opset17_invalid`).
+- Exporter patterns: both exporters fold eval BatchNorm into Conv where a Conv precedes it (only DenseNet's
+  pre-activation BN survives). GroupNorm becomes Reshape -> InstanceNormalization -> Reshape -> Mul -> Add
+  with both exporters. Attention becomes MatMul/Softmax followed by `IsNaN` + `Where` (a guard that zeroes the rows
+  of fully masked queries): with both exporters where a mask is passed (BERT, GPT-2), and with the dynamo
+  exporter also without any mask (HF ViT, wav2vec2). The dynamo exporter
+  uses ReduceMean for adaptive average pooling, pre-transposed weights for MatMul, keeps wav2vec2's
+  weight norm as an in-graph ReduceL2/Div/Mul computation (TorchScript folds it to a constant), builds
+  BERT/GPT-2 masks with GatherND and Max, and names derived output dims with expressions
+  (`8*(((height - 1)//8)) + 8`, `((((((((samples//80)) - 3)//2)) - 1)//2)) + 1`). The TorchScript exporter
+  writes long Shape/Gather/Unsqueeze/Concat chains (Swin-T 6232 nodes vs 768, GPT-2 957 vs 237,
+  ShuffleNet 902 vs 173), `Mod` in torchvision's MultiheadAttention shape code, same-type `Cast`s, and names
+  a static dim after a Resize (`Resizeout_dim_1` for the 21 classes).
+- What-if probes (temporary graph rewrites / in-process monkeypatches, not in the repo): the four zoo models
+  build once the Dropout mask outputs are dropped; both Whisper encoders build with Conv1d rewritten as
+  Conv2d (1 x k); both MobileNetV3s build with HardSwish/HardSigmoid rewritten as Mul/Add/Clip; with numpy
+  host evaluators for Mod/Equal/Not/And/GreaterOrEqual/LessOrEqual/Max/ScatterND/ReduceL2/Cast,
+  vit_b_16-ts builds and both Swin-Ts are left with only `Pad`; BERT/GPT-2 are then left with device
+  And/Cast(int64 -> bool)/IsNaN/Where (+ GatherND for dynamo) and the int64 inputs.
+"""
 
 
 def cmd_table(ort_json: str, nvrtc_json: str, analysis_json: str | None = None) -> None:
@@ -314,6 +370,13 @@ def cmd_table(ort_json: str, nvrtc_json: str, analysis_json: str | None = None) 
         L += ["", "## Exports that failed", "", "| export | error |", "|---|---|"]
         for k, v in sorted(failed_exports.items()):
             L.append(f"| {k} | {str(v.get('error', ''))[:300].replace('|', '/').replace(chr(10), ' ')} |")
+    L += ["", "## Dynamic dimensions (as the exporters wrote them)", "",
+          "| model | inputs | outputs |", "|---|---|---|"]
+    for r in rows:
+        meta = mc.info(r["model"])
+        fmt = lambda xs: "; ".join(f"{x['name']} {x['shape']}" for x in xs)  # noqa: E731
+        L.append(f"| {r['model']} | {fmt(meta['inputs'])} | {fmt(meta['outputs'])} |".replace("|", "|"))
+    L += ["", NOTES]
     L += ["", "## Op types per model", "", "| model | op types |", "|---|---|"]
     for r in rows:
         L.append(f"| {r['model']} | {' '.join(r['op_types'])} |")
