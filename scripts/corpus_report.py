@@ -274,6 +274,13 @@ onnx 1.23.2, onnxscript 0.7.2, onnxruntime 1.31.1)
   writes long Shape/Gather/Unsqueeze/Concat chains (Swin-T 6232 nodes vs 768, GPT-2 957 vs 237,
   ShuffleNet 902 vs 173), `Mod` in torchvision's MultiheadAttention shape code, same-type `Cast`s, and names
   a static dim after a Resize (`Resizeout_dim_1` for the 21 classes).
+- Which values the backend wants host-known: its HOST_INPUTS (Reshape shape, Squeeze/Unsqueeze axes,
+  Slice starts/ends/axes/steps, Split sizes, Clip min/max, ReduceMean axes, Expand shape). In this corpus
+  the only violation is vit_b_16-ts, and it is a cascade of the missing host `Mod`. The parameter inputs of
+  the missing device ops are all shape-derived or constant too: Resize `sizes` (segmentation; linear,
+  half_pixel) or `scales` (UNets; nearest asymmetric/floor, and linear half_pixel), Pad `pads` (Swin,
+  constant mode), GatherND indices (BERT/GPT-2 dynamo), ConvTranspose weight/bias initializers. No corpus
+  model has a truly data-dependent shape.
 - What-if probes (temporary graph rewrites / in-process monkeypatches, not in the repo): the four zoo models
   build once the Dropout mask outputs are dropped; both Whisper encoders build with Conv1d rewritten as
   Conv2d (1 x k); both MobileNetV3s build with HardSwish/HardSigmoid rewritten as Mul/Add/Clip; with numpy
