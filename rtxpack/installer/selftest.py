@@ -74,19 +74,22 @@ def run_selftest(progress: Callable[[str], None] | None = None) -> dict[str, Any
     gpu = dev.gpu
     # the most preferred backend that is installed and supports this GPU; otherwise the first one
     # that runs on any GPU (nvrtc), whose ahead-of-time steps work without a GPU
-    specs = list(registry.specs())
-    chosen = next((sp for sp in specs if gpu is not None and dev.backend_version(sp.name) and sp.supports(gpu.cc)),
-                  None)
-    if chosen is None:
-        chosen = next((sp for sp in specs if sp.supported_ccs is None), specs[-1])
-        first = specs[0]
+    chosen, passed_over = None, []
+    for sp in registry.specs():
         if gpu is None:
-            why = "no GPU on this machine"
-        elif not first.supports(gpu.cc):
-            why = f"{first.label} does not support {gpu.name} (CC {gpu.compute_capability})"
+            passed_over.append("no GPU on this machine")
+            break
+        if not sp.supports(gpu.cc):
+            passed_over.append(f"{sp.label} does not support {gpu.name} (CC {gpu.compute_capability})")
+        elif not dev.backend_version(sp.name):
+            passed_over.append(f"{sp.name} is not installed (pip install rtxpack[{sp.extra}])")
         else:
-            why = f"{first.name} is not installed (pip install rtxpack[{first.extra}])"
-        s.add("choose-backend", "pass", f"{why}: running the {chosen.name} path instead")
+            chosen = sp
+            break
+    if chosen is None:
+        chosen = next(sp for sp in registry.specs() if sp.supported_ccs is None)
+    if passed_over:
+        s.add("choose-backend", "pass", f"{'; '.join(passed_over)}: running the {chosen.name} path instead")
     else:
         s.add("choose-backend", "pass",
               f"{chosen.label} {dev.backend_version(chosen.name)} supports CC {gpu.compute_capability}")
