@@ -13,7 +13,6 @@ section), per-shape planning (``schedule.plan_shapes`` with a configurable ``num
 from __future__ import annotations
 
 import contextlib
-import struct
 import time
 from collections import Counter, OrderedDict
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 
 from rtxpack.backends.nvrtc import compile as nv_compile
 from rtxpack.backends.nvrtc import runtime as nv_runtime
-from rtxpack.backends.nvrtc.kernels import FAMILIES, KernelSpec, param_types
+from rtxpack.backends.nvrtc.kernels import FAMILIES, KernelSpec
 from rtxpack.backends.nvrtc.plan import read_plan
 from rtxpack.backends.nvrtc.schedule import ALIGN, ShapePlan, check_profile, device_bytes, plan_shapes
 
@@ -132,17 +131,7 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
             if ln.spec not in self._funcs:
                 raise nv_runtime.BackendError(f"the plan has no kernel {ln.spec.key()}",
                                               fix="rebuild the plan with this rtxpack")
-            buf, offs = bytearray(), []
-            for kind, v in zip(param_types(ln.spec.family), ln.args):
-                fmt, align = nv_runtime._ARG_FORMATS[kind]
-                buf += b"\0" * ((-len(buf)) % align)
-                offs.append(len(buf))
-                if kind == "p":
-                    buf += struct.pack(fmt, self._addr(sp, arena, v))
-                elif kind == "I6":
-                    buf += struct.pack(fmt, *v)
-                else:
-                    buf += struct.pack(fmt, v)
+            buf, offs = self.pack_args(sp, arena, ln)
             out.append((ln.spec, tuple(ln.grid), int(ln.block), bytes(buf), offs))
         return out
 

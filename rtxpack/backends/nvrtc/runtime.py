@@ -256,6 +256,22 @@ class NvrtcLoadedPlan:
             return arena + st.offsets[r]
         raise BackendError(f"tensor {name!r} has no device memory", fix="report this model to rtxpack")
 
+    def pack_args(self, sp: ShapePlan, arena: int, ln: Any) -> tuple[bytes, list[int]]:
+        """The argument bytes of one launch as ``cuLaunchKernel`` takes them (each argument at its
+        natural alignment), and each argument's offset; tensor names become addresses here."""
+        buf, offs = bytearray(), []
+        for kind, v in zip(param_types(ln.spec.family), ln.args):
+            fmt, align = _ARG_FORMATS[kind]
+            buf += b"\0" * ((-len(buf)) % align)
+            offs.append(len(buf))
+            if kind == "p":
+                buf += struct.pack(fmt, self._addr(sp, arena, v))
+            elif kind == "I6":
+                buf += struct.pack(fmt, *v)
+            else:
+                buf += struct.pack(fmt, v)
+        return bytes(buf), offs
+
     def _state(self, shapes: Mapping[str, tuple]) -> _ShapeState:
         key = tuple(shapes[n] for n in self.input_names)
         st = self._states.get(key)
@@ -277,18 +293,8 @@ class NvrtcLoadedPlan:
             fn = self._funcs.get(ln.spec)
             if fn is None:
                 raise BackendError(f"the plan has no kernel {ln.spec.key()}", fix="rebuild the plan with this rtxpack")
-            buf, offs = bytearray(), []
-            for kind, v in zip(param_types(ln.spec.family), ln.args):
-                fmt, align = _ARG_FORMATS[kind]
-                buf += b"\0" * ((-len(buf)) % align)
-                offs.append(len(buf))
-                if kind == "p":
-                    buf += struct.pack(fmt, self._addr(sp, arena, v))
-                elif kind == "I6":
-                    buf += struct.pack(fmt, *v)
-                else:
-                    buf += struct.pack(fmt, v)
-            blob = np.frombuffer(bytes(buf) + b"\0" * 8, dtype=np.uint8).copy()   # kernel arguments, kept alive
+            buf, offs = self.pack_args(sp, arena, ln)
+            blob = np.frombuffer(buf + b"\0" * 8, dtype=np.uint8).copy()   # kernel arguments, kept alive
             ptrs = np.array([blob.ctypes.data + o for o in offs], dtype=np.uint64)
             packed.append((fn, ln.grid, ln.block, ptrs, blob))
         state = _ShapeState(sp, arena, packed)
