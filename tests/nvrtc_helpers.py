@@ -38,20 +38,22 @@ def rand(*shape: int, positive: bool = False) -> np.ndarray:
 
 def op_model(path: Path, op: str, inputs: dict[str, np.ndarray], *, inits: dict[str, np.ndarray] | None = None,
              extra_inputs: list[str] | None = None, n_outputs: int = 1, opset: int = 17, dynamic_batch: bool = False,
-             pre: list | None = None, **attrs: Any) -> Path:
+             pre: list | None = None, out_dtypes: list | None = None, node_inputs: list | None = None,
+             **attrs: Any) -> Path:
     """A one-node model ``op(*inputs, *extra_inputs)``; ``inits`` become initializers (weights)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     inits = inits or {}
-    graph_inputs = [helper.make_tensor_value_info(k, TensorProto.FLOAT,
+    graph_inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype),
                                                   (["N"] + list(v.shape[1:])) if dynamic_batch else list(v.shape))
                     for k, v in inputs.items()]
-    names = list(inputs) + list(extra_inputs or [])
+    names = list(node_inputs) if node_inputs is not None else list(inputs) + list(extra_inputs or [])
     outs = [f"y{i}" for i in range(n_outputs)]
     nodes = list(pre or []) + [helper.make_node(op, names, outs, name=f"the_{op.lower()}", **attrs)]
     graph = helper.make_graph(nodes, f"op_{op}", graph_inputs,
-                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
+                              [helper.make_tensor_value_info(o, helper.np_dtype_to_tensor_dtype(np.dtype(d)), None)
+                               for o, d in zip(outs, out_dtypes or ["float32"] * len(outs))],
                               [numpy_helper.from_array(np.array(v), name=k) for k, v in inits.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
@@ -153,6 +155,114 @@ def op_cases() -> list[tuple[str, Callable[[Path], tuple[Path, dict[str, np.ndar
          pre=[helper.make_node("Shape", ["a"], ["sh"]),
               helper.make_node("ConstantOfShape", ["sh"], ["z"],
                                value=helper.make_tensor("v", 1, [1], [0.25]))])
+
+    # ---- operators of exported models (issue 12): typed elementwise, selection, indexing, resize, norms
+    for op in ("HardSwish", "Sin", "Cos", "Exp", "Neg", "Abs", "Floor", "Ceil", "Softplus", "Sign", "Reciprocal"):
+        case(op.lower(), op, {"a": rand(4, 33)})
+    case("log", "Log", {"a": rand(4, 33, positive=True)})
+    case("hardsigmoid", "HardSigmoid", {"a": rand(4, 33)}, alpha=0.3, beta=0.4)
+    case("elu", "Elu", {"a": rand(4, 33)}, alpha=0.7)
+    nan = rand(5, 7)
+    nan[1, 2] = np.nan
+    nan[3, 4] = np.inf
+    case("isnan", "IsNaN", {"a": nan}, out_dtypes=["bool"])
+    case("isinf", "IsInf", {"a": nan}, out_dtypes=["bool"])
+    b1 = RNG.random((4, 6)) > 0.5
+    b2 = RNG.random((1, 6)) > 0.5
+    case("not", "Not", {"a": b1}, out_dtypes=["bool"])
+    for op in ("And", "Or", "Xor"):
+        case(op.lower(), op, {"a": b1, "b": b2}, out_dtypes=["bool"])
+    ints = RNG.integers(-9, 9, (3, 5)).astype(np.int64)
+    ints2 = RNG.integers(-9, 9, (1, 5)).astype(np.int64)
+    for op in ("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual"):
+        case(f"{op.lower()}_int64", op, {"a": ints, "b": ints2}, out_dtypes=["bool"])
+    case("less_float", "Less", {"a": rand(3, 5), "b": rand(5)}, out_dtypes=["bool"])
+    case("cast_f2i", "Cast", {"a": rand(3, 5) * 4}, to=7, out_dtypes=["int64"])
+    case("cast_i2f", "Cast", {"a": ints}, to=1)
+    case("cast_i2b", "Cast", {"a": ints}, to=9, out_dtypes=["bool"])
+    case("cast_b2f", "Cast", {"a": b1}, to=1)
+    case("add_int64", "Add", {"a": ints, "b": ints2}, out_dtypes=["int64"])
+    case("mul_int64_const", "Mul", {"a": ints}, extra_inputs=["k"], inits={"k": np.array(3, np.int64)},
+         out_dtypes=["int64"])
+    case("mod_int64", "Mod", {"a": ints, "b": np.array([[3, -4, 5, -2, 7]], np.int64)}, out_dtypes=["int64"])
+    case("fmod_float", "Mod", {"a": rand(3, 5) * 5, "b": rand(5, positive=True)}, fmod=1)
+    case("max3", "Max", {"a": rand(3, 5), "b": rand(5), "c": rand(3, 1)})
+    case("min2", "Min", {"a": rand(3, 5), "b": rand(3, 5)})
+    case("mean2", "Mean", {"a": rand(3, 5), "b": rand(5)})
+    case("prelu", "PRelu", {"a": rand(2, 4, 3, 3)}, extra_inputs=["s"], inits={"s": rand(4, 1, 1)})
+    case("pow_int_exponent", "Pow", {"a": rand(3, 7)}, extra_inputs=["e"], inits={"e": np.array(3, np.int64)})
+    case("where", "Where", {"c": b1, "x": rand(4, 6), "y": rand(1, 6)})
+    case("where_int64", "Where", {"c": b2, "x": RNG.integers(0, 9, (4, 6)).astype(np.int64)}, extra_inputs=["y"],
+         inits={"y": np.array(-1, np.int64)}, out_dtypes=["int64"])
+    case("gather_int64_data", "Gather", {"x": ints}, extra_inputs=["i"], inits={"i": i64(2, 0)},
+         out_dtypes=["int64"])
+    case("gather_int32_idx", "Gather", {"x": rand(10, 6)}, extra_inputs=["i"],
+         inits={"i": np.array([3, 9, 0], np.int32)})
+    case("gather_device_idx", "Gather", {"x": rand(10, 6), "i": RNG.integers(0, 10, (2, 3)).astype(np.int64)})
+    case("gather_elements", "GatherElements", {"x": rand(4, 5), "i": RNG.integers(-5, 5, (4, 3)).astype(np.int64)},
+         axis=1)
+    case("gather_nd", "GatherND", {"x": rand(4, 5, 6), "i": RNG.integers(0, 4, (3, 2)).astype(np.int64)})
+    case("gather_nd_batch", "GatherND", {"x": rand(2, 5, 6), "i": RNG.integers(0, 5, (2, 3, 1)).astype(np.int64)},
+         batch_dims=1)
+    case("scatter_nd", "ScatterND", {"x": rand(6, 4), "u": rand(2, 4)}, inits={"i": np.array([[4], [1]], np.int64)},
+         node_inputs=["x", "i", "u"])
+    case("tile", "Tile", {"x": rand(2, 3)}, extra_inputs=["r"], inits={"r": i64(2, 3)})
+    case("pad_constant", "Pad", {"x": rand(2, 3, 4)}, extra_inputs=["p", "v"],
+         inits={"p": i64(0, 1, 2, 0, 2, 1), "v": np.array(1.5, np.float32)})
+    case("pad_reflect", "Pad", {"x": rand(1, 2, 5, 6)}, extra_inputs=["p"], inits={"p": i64(0, 0, 2, 3, 0, 0, 1, 2)},
+         mode="reflect")
+    case("pad_edge", "Pad", {"x": rand(1, 2, 5, 6)}, extra_inputs=["p"], inits={"p": i64(0, 0, 2, 3, 0, 0, 1, 2)},
+         mode="edge")
+    x_img = rand(1, 3, 5, 7)
+    case("resize_nearest_asym", "Resize", {"x": x_img}, extra_inputs=["", "s"],
+         inits={"s": np.array([1, 1, 2, 2], np.float32)}, mode="nearest",
+         coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    case("resize_nearest_half", "Resize", {"x": x_img}, extra_inputs=["", "", "z"],
+         inits={"z": i64(1, 3, 9, 11)}, mode="nearest")
+    case("resize_linear_half", "Resize", {"x": x_img}, extra_inputs=["", "s"],
+         inits={"s": np.array([1, 1, 2, 2], np.float32)}, mode="linear")
+    case("resize_linear_align", "Resize", {"x": x_img}, extra_inputs=["", "", "z"],
+         inits={"z": i64(1, 3, 8, 12)}, mode="linear", coordinate_transformation_mode="align_corners")
+    case("resize_linear_pytorch", "Resize", {"x": x_img}, extra_inputs=["", "", "z"],
+         inits={"z": i64(1, 3, 3, 4)}, mode="linear", coordinate_transformation_mode="pytorch_half_pixel")
+    case("instance_norm", "InstanceNormalization", {"x": rand(2, 4, 5, 6)}, extra_inputs=["s", "b"],
+         inits={"s": rand(4), "b": rand(4)}, epsilon=1e-5)
+    case("group_norm", "GroupNormalization", {"x": rand(2, 6, 5, 4)}, extra_inputs=["s", "b"],
+         inits={"s": rand(6), "b": rand(6)}, num_groups=3, epsilon=1e-5, opset=21)
+    case("reduce_sum", "ReduceSum", {"x": rand(3, 4, 5)}, extra_inputs=["ax"], inits={"ax": i64(1)})
+    case("reduce_max_nonadjacent", "ReduceMax", {"x": rand(3, 4, 5)}, axes=[0, 2], keepdims=0, opset=17)
+    case("reduce_min_all", "ReduceMin", {"x": rand(3, 4, 5)}, keepdims=1)
+    case("reduce_prod", "ReduceProd", {"x": rand(3, 4, 5, positive=True)}, axes=[2])
+    case("reduce_l2", "ReduceL2", {"x": rand(3, 4, 5)}, axes=[1, 2])
+    case("reduce_logsumexp", "ReduceLogSumExp", {"x": rand(3, 40)}, axes=[1])
+    case("reduce_sum_int64", "ReduceSum", {"x": ints}, extra_inputs=["ax"], inits={"ax": i64(1)},
+         out_dtypes=["int64"])
+    case("reducemean_nonadjacent", "ReduceMean", {"x": rand(3, 4, 5)}, axes=[0, 2])
+    case("global_maxpool", "GlobalMaxPool", {"x": x4})
+    case("argmax", "ArgMax", {"x": rand(3, 7)}, axis=1, out_dtypes=["int64"])
+    case("argmin_keep", "ArgMin", {"x": rand(3, 7, 2)}, axis=1, keepdims=1, out_dtypes=["int64"])
+    case("cumsum", "CumSum", {"x": rand(3, 6)}, extra_inputs=["ax"], inits={"ax": np.array(1, np.int64)})
+    case("cumsum_int64_exclusive_reverse", "CumSum", {"x": ints}, extra_inputs=["ax"],
+         inits={"ax": np.array(1, np.int64)},
+         exclusive=1, reverse=1, out_dtypes=["int64"])
+    case("conv_transpose", "ConvTranspose", {"x": rand(1, 4, 5, 6)}, extra_inputs=["w", "b"],
+         inits={"w": rand(4, 3, 3, 3), "b": rand(3)}, strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 0])
+    case("conv_transpose_groups", "ConvTranspose", {"x": rand(2, 4, 4, 4)}, extra_inputs=["w"],
+         inits={"w": rand(4, 1, 2, 2)}, strides=[2, 2], group=4)
+    case("conv_transpose_1d", "ConvTranspose", {"x": rand(2, 3, 9)}, extra_inputs=["w"], inits={"w": rand(3, 5, 4)},
+         strides=[2], pads=[1, 1])
+    case("conv1d", "Conv", {"x": rand(2, 6, 30)}, extra_inputs=["w", "b"], inits={"w": rand(16, 6, 3), "b": rand(16)},
+         pads=[1, 1], strides=[2])
+    case("conv1d_igemm", "Conv", {"x": rand(2, 16, 40)}, extra_inputs=["w"], inits={"w": rand(32, 16, 5)},
+         pads=[2, 2])
+    case("einsum_bmm", "Einsum", {"a": rand(2, 3, 4), "b": rand(2, 4, 5)}, equation="bij,bjk->bik")
+    case("einsum_attention", "Einsum", {"a": rand(2, 3, 5, 8), "b": rand(2, 3, 6, 8)}, equation="bhqd,bhkd->bhqk")
+    case("einsum_permute", "Einsum", {"a": rand(2, 3, 4)}, equation="ijk->kij")
+    case("transpose_int64", "Transpose", {"x": ints}, perm=[1, 0], out_dtypes=["int64"])
+    case("concat_bool", "Concat", {"a": b1, "b": b1}, axis=0, out_dtypes=["bool"])
+    case("dropout_mask", "Dropout", {"a": rand(4, 33)}, n_outputs=2, out_dtypes=["float32", "bool"])
+    case("embedding_int64_input", "Gather", {"i": RNG.integers(0, 10, (2, 3)).astype(np.int64)},
+         inits={"w": rand(10, 6)}, node_inputs=["w", "i"])
     return cases
 
 

@@ -171,10 +171,7 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
         if not self._weights_ready:
             raise nv_runtime.BackendError("this plan is weight-stripped and has no weights yet",
                                           fix="call refit(onnx_path) with the model's ONNX before run()")
-        missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise nv_runtime.BackendError(f"missing input(s) {missing}", fix=f"pass every input: {self.input_names}")
-        arrays = {n: np.ascontiguousarray(np.asarray(inputs[n], dtype=np.float32)) for n in self.input_names}
+        arrays = self.input_arrays(inputs)
         shapes = {n: tuple(a.shape) for n, a in arrays.items()}
         check_profile(self.graph, self.graph.get("profiles") or {}, shapes)
         st = self._state(shapes)
@@ -194,10 +191,10 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
             if n in st.plan.host:
                 outs[n] = np.array(st.plan.host[n])
                 continue
-            shape = st.plan.shapes[n]
-            nbytes = int(np.prod(shape)) * 4
-            outs[n] = (ctypes_buffer(self._addr(st.plan, st.arena, n), nbytes).view(np.float32).reshape(shape).copy()
-                       if nbytes else np.empty(shape, dtype=np.float32))
+            o = self.output_buffer(st.plan, n)
+            if o.nbytes:
+                o[...] = ctypes_buffer(self._addr(st.plan, st.arena, n), o.nbytes).view(o.dtype).reshape(o.shape)
+            outs[n] = o.view(np.bool_) if st.plan.dtypes.get(n) == "bool" else o
         return outs
 
     def runtime_cache(self) -> bytes:

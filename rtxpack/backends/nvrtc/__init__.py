@@ -89,11 +89,14 @@ class NvrtcBackend:
         checks = [concrete_input_shapes(graph, opt)]
         checks += [concrete_input_shapes(graph, {k: v[f] for k, v in profiles.items()}) for f in ("min", "max")
                    if profiles]
-        for shapes in checks:
-            plan_shapes(graph, shapes, weights, resident)
-        wshapes = {k: v.shape for k, v in weights.items()}
-        specs = sorted({s for nd in graph["nodes"] if nd["where"] == "device" for s in kernels_for(nd, wshapes)},
-                       key=lambda s: s.key())
+        validated = [plan_shapes(graph, shapes, weights, resident) for shapes in checks]
+        # every kernel the validated shapes launch, plus the alternatives a GPU of another size picks
+        # (tile shapes, split-K); tensors computed on the host (e.g. weight-normed conv weights) have
+        # their planned shapes
+        wshapes = {k: v for sp in validated for k, v in sp.shapes.items()}
+        wshapes.update({k: v.shape for k, v in weights.items()})
+        specs = sorted({s for nd in graph["nodes"] if nd["where"] == "device" for s in kernels_for(nd, wshapes)}
+                       | {ln.spec for sp in validated for ln in sp.launches}, key=lambda s: s.key())
         ccs = list(compute_capabilities or DEFAULT_CCS)
         sms = sorted({cc_to_sm(c) for c in ccs})
         source = program_source(specs)

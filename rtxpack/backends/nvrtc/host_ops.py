@@ -6,7 +6,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ...core.errors import UnsupportedModel
-from .onnx_import import decode_array
+from .arrays import decode_array
 
 _ONNX_NP = {1: np.float32, 6: np.int32, 7: np.int64, 9: np.bool_, 11: np.float64, 10: np.float16}
 
@@ -126,15 +126,37 @@ HOST_EVAL: dict[str, Callable[[Mapping[str, Any], list], list]] = {
 }
 
 
-def eval_host(node: Mapping[str, Any], values: list[Any], in_shapes: list[tuple[int, ...] | None]) -> list[np.ndarray]:
-    """Outputs of a host node; ``Shape`` reads only its input's shape."""
+def eval_host(node: Mapping[str, Any], values: list[Any], in_shapes: list[tuple[int, ...] | None],
+              opset: int = 17) -> list[np.ndarray]:
+    """Outputs of a host node; ``Shape`` and ``Size`` read only their input's shape. Operators
+    without a numpy rule here run through onnx.reference's implementation."""
     op = node["op"]
     if op == "Shape":
         shp = np.array(in_shapes[0], dtype=np.int64)
         start, end = node["attrs"].get("start", 0), node["attrs"].get("end", None)
         return [shp[start:end]]
+    if op == "Size":
+        return [np.array(int(np.prod(in_shapes[0])), dtype=np.int64)]
     fn = HOST_EVAL.get(op)
+    args = [None if x is None else np.asarray(x) for x in values]
     if fn is None:
-        raise UnsupportedModel(f"{op} (node {node['name']!r}) cannot run on the host",
-                               fix="report this model to rtxpack")
-    return [np.asarray(r) for r in fn(node, [None if x is None else np.asarray(x) for x in values])]
+        return _reference(node, args, opset)
+    return [np.asarray(r) for r in fn(node, args)]
+
+
+def _reference(node: Mapping[str, Any], args: list[Any], opset: int) -> list[np.ndarray]:
+    """One node through onnx.reference (numpy), for operators without a rule in HOST_EVAL."""
+    from onnx import helper, numpy_helper
+    from onnx.reference.ops import load_op
+
+    attrs = {k: (numpy_helper.from_array(decode_array(v["__tensor__"])) if isinstance(v, dict) and "__tensor__" in v
+                 else v) for k, v in node["attrs"].items()}
+    proto = helper.make_node(node["op"], list(node["inputs"]), list(node["outputs"]), name=node["name"], **attrs)
+    try:
+        impl = load_op("", node["op"], opset)(proto, {"opsets": {"": opset}, "verbose": 0, "log": lambda *a: None,
+                                                       "new_ops": None})
+        outs = impl.run(*args)
+    except Exception as e:  # noqa: BLE001 - onnx.reference raises many types
+        raise UnsupportedModel(f"{node['op']} (node {node['name']!r}) cannot be evaluated on the host: "
+                               f"{type(e).__name__}: {e}", fix="report this model to rtxpack") from e
+    return [np.asarray(o) for o in (outs if isinstance(outs, (tuple, list)) else (outs,))]

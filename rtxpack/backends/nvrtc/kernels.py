@@ -14,6 +14,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
+from .dtypes import C_TYPES
+from .kernels_ops import OPS_FAMILIES, OPS_SOURCE, OPS_TEMPLATE_KINDS
+
 #: NVRTC options used for every program (the arch option is added per target)
 COMPILE_OPTIONS: tuple[str, ...] = ("--std=c++17", "-default-device", "--fmad=true")
 
@@ -495,6 +498,8 @@ __device__ void gather(const float* __restrict__ data, const long long* __restri
 }
 """
 
+PRELUDE += OPS_SOURCE
+
 # family -> (parameter declarations, number of template args). Entries forward every parameter.
 _CONV_PARAMS = ("const float* x, const float* w, const float* bias, const float* res, float* y, int N, int C, int H, "
                 "int W, int OC, int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw, int dh, int dw, "
@@ -521,6 +526,10 @@ FAMILIES: dict[str, str] = {
     "gather": "const float* data, const long long* idx, float* y, int n, int axis_len, int nidx, int inner",
 }
 
+FAMILIES.update(OPS_FAMILIES)
+#: template-argument kinds per family: "i" integer, "b" bool, "t" element type code (default: all "i")
+TEMPLATE_KINDS: dict[str, str] = {"conv_igemm": "iiiiib", **OPS_TEMPLATE_KINDS}
+
 UNARY_OPS = {"Relu": 0, "LeakyRelu": 1, "Sigmoid": 2, "Tanh": 3, "Erf": 4, "Gelu": 5, "GeluTanh": 6, "Clip": 7,
              "Sqrt": 8, "Copy": 9}
 BINARY_OPS = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3, "Pow": 4}
@@ -535,7 +544,7 @@ def _arg_type(decl: str) -> str:
     t = decl.rsplit(" ", 1)[0].strip()
     if "*" in t:
         return "p"
-    return {"int": "i", "long long": "q", "float": "f", "I6": "I6"}[t]
+    return {"int": "i", "long long": "q", "float": "f", "I6": "I6", "F6": "F6", "unsigned long long": "Q"}[t]
 
 
 def param_types(family: str) -> tuple[str, ...]:
@@ -562,8 +571,9 @@ class KernelSpec:
         names = ", ".join(d.strip().rsplit(" ", 1)[1].lstrip("*") for d in params.split(","))
         call = self.family
         if self.targs:
-            call += "<" + ", ".join(("true" if a else "false") if (self.family == "conv_igemm" and i == 5) else str(a)
-                                    for i, a in enumerate(self.targs)) + ">"
+            kinds = TEMPLATE_KINDS.get(self.family, "i" * len(self.targs))
+            call += "<" + ", ".join(("true" if a else "false") if kinds[i] == "b" else C_TYPES[a] if kinds[i] == "t"
+                                    else str(a) for i, a in enumerate(self.targs)) + ">"
         bounds = f"__launch_bounds__({self.block_threads}) "
         return f'extern "C" __global__ void {bounds}{entry}({params}) {{ {call}({names}); }}\n'
 

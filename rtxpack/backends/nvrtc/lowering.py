@@ -7,80 +7,35 @@ planning memory), so the same code validates a model at build time with no GPU a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ...core.errors import UnsupportedModel
 from .host_ops import attr_or_input, flatten_shape, reshape_target, slice_params, squeeze_shape, unsqueeze_shape
+from . import lowering_ops as ops
+from .dtypes import ITEMSIZE
 from .kernels import BINARY_OPS, TILES, UNARY_OPS, KernelSpec
+from .launch import Launch, Shape, blocks as _blocks, broadcast, bstrides as _bstrides, collapse as _collapse, i6 as _i6
+from .launch import rowthreads as _rowthreads, strides_of as _strides
 
-Shape = tuple[int, ...]
 HV = Callable[[str], "np.ndarray | None"]   # host value of a tensor name, or None when device-only
-
-
-@dataclass
-class Launch:
-    spec: KernelSpec
-    grid: tuple[int, int, int]
-    block: int
-    args: list[Any]          # str = tensor name (pointer; "" = null), int/float, or list[int] for I6
-
-
-def _strides(shape: Sequence[int]) -> list[int]:
-    out, acc = [], 1
-    for s in reversed(shape):
-        out.append(acc)
-        acc *= int(s)
-    return out[::-1]
-
-
-def _blocks(n: int, threads: int = 256) -> tuple[int, int, int]:
-    return (max(1, min(math.ceil(n / threads), 16384)), 1, 1)
-
-
-def _collapse(shape: Sequence[int], *strides: Sequence[int]) -> tuple[list[int], list[list[int]]]:
-    """Merge adjacent dims that are contiguous for every operand; drop size-1 dims."""
-    dims = [(int(s), [int(st[i]) for st in strides]) for i, s in enumerate(shape) if s != 1]
-    if not dims:
-        return [1], [[0] for _ in strides]
-    out = [dims[0]]
-    for s, sts in dims[1:]:
-        ps, psts = out[-1]
-        if all(pst == st * s for pst, st in zip(psts, sts)):
-            out[-1] = (ps * s, sts)
-        else:
-            out.append((s, sts))
-    return [d[0] for d in out], [[d[1][k] for d in out] for k in range(len(strides))]
-
-
-def _i6(v: Sequence[int], node: Mapping[str, Any]) -> list[int]:
-    if len(v) > 6:
-        raise UnsupportedModel(f"{node['op']} (node {node['name']!r}) needs more than 6 non-collapsible dimensions",
-                               fix="reshape the model to at most 6 dimensions")
-    return list(v) + [1] * (6 - len(v))
-
-
-def broadcast(*shapes: Sequence[int]) -> Shape:
-    try:
-        return tuple(int(s) for s in np.broadcast_shapes(*[tuple(s) for s in shapes]))
-    except ValueError as e:
-        raise UnsupportedModel(f"shapes {shapes} do not broadcast", fix="check the model's input shapes") from e
-
-
-def _bstrides(shape: Sequence[int], out: Sequence[int]) -> list[int]:
-    st = _strides(shape)
-    pad = len(out) - len(shape)
-    return [0] * pad + [0 if shape[i] == 1 and out[pad + i] != 1 else st[i] for i in range(len(shape))]
 
 
 def strided_copy(src: str, dst: str, shape: Sequence[int], sx: Sequence[int], sy: Sequence[int], ox: int, oy: int,
                  node: Mapping[str, Any]) -> Launch:
+    """y[oy + sum c*sy] = x[ox + sum c*sx]: 4-byte elements by ``strided_copy``, others by ``strided_copy_b``."""
     dims, (cx, cy) = _collapse(shape, sx, sy)
     n = int(np.prod(shape))
-    return Launch(KernelSpec("strided_copy"), _blocks(n), 256,
-                  [src, dst, n, len(dims), _i6(dims, node), _i6(cx, node), _i6(cy, node), ox, oy])
+    size = itemsize(node)
+    spec = KernelSpec("strided_copy") if size == 4 else KernelSpec("strided_copy_b", (size,))
+    return Launch(spec, _blocks(n), 256, [src, dst, n, len(dims), _i6(dims, node), _i6(cx, node), _i6(cy, node), ox, oy])
+
+
+def itemsize(node: Mapping[str, Any], index: int = 0) -> int:
+    """Bytes per element of the node's output ``index`` (float32 when planning did not say)."""
+    dts = node.get("out_dtypes") or ()
+    return ITEMSIZE[dts[index]] if index < len(dts) else 4
 
 
 # ---------------------------------------------------------------- conv
@@ -113,7 +68,22 @@ def _pads(a, spatial, k, s, d) -> list[int]:
     return list(a.get("pads", [0] * (2 * len(spatial))))
 
 
+def conv2d_view(node: Mapping[str, Any], ws: Sequence[int]) -> tuple[Mapping[str, Any], list[int]]:
+    """A 1-D convolution (weights [OC, C/g, K]) as the 2-D one over [N, C, 1, L] it is: (node, weight shape)."""
+    if len(ws) != 3:
+        return node, list(ws)
+    a = dict(node["attrs"])
+    for key, default in (("strides", 1), ("dilations", 1)):
+        a[key] = [1] + list(a.get(key, [default]))
+    if "kernel_shape" in a:
+        a["kernel_shape"] = [1] + list(a["kernel_shape"])
+    p = list(a.get("pads", [0, 0]))
+    a["pads"] = [0, p[0], 0, p[1]]
+    return {**node, "attrs": a}, [ws[0], ws[1], 1, ws[2]]
+
+
 def _conv_specs(node, ws: Sequence[int]) -> list[KernelSpec]:
+    node, ws = conv2d_view(node, ws)
     a = node["attrs"]
     g = a.get("group", 1)
     if ws[0] // g < 8:
@@ -163,12 +133,21 @@ def kernels_for(node: Mapping[str, Any], weight_shapes: Mapping[str, Sequence[in
 
 
 def plan_node(node: Mapping[str, Any], shapes: Sequence[Shape], hv: HV, num_sms: int = 132
-              ) -> tuple[list[Shape], list[Launch], dict[str, int]]:
-    """Output shapes, launches and scratch buffers (name -> bytes) of a device node."""
+              ) -> tuple[list[Shape], list[Launch], dict[str, Any]]:
+    """Output shapes, launches and scratch (name -> bytes, or a per-shape table to upload) of a device node."""
     if node["op"] == "Conv":
+        if len(shapes[0]) == 3:    # Conv1d: the 2-D convolution over [N, C, 1, L]
+            n2, w2 = conv2d_view(node, shapes[1])
+            x = shapes[0]
+            rest = [(s[0], s[1], 1, s[2]) if s is not None and len(s) == 3 else s for s in shapes[2:]]
+            out, ls, extra = _plan_conv(n2, [(x[0], x[1], 1, x[2]), tuple(w2)] + rest, num_sms)
+            return [(out[0][0], out[0][1], out[0][3])], ls, extra
         return _plan_conv(node, shapes, num_sms)
     if node["op"] in ("Gemm", "MatMul"):
         return _plan_gemm(node, shapes, num_sms)
+    planned = ops.plan(node, shapes, hv, num_sms, _plan_gemm)
+    if planned is not None:
+        return planned
     out, launches = _plan_node(node, shapes, hv, num_sms)
     return out, launches, {}
 
@@ -364,10 +343,6 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     red = Launch(KernelSpec("splitk_reduce"), _blocks(total), 256, [scratch, bname, res, y, x[0], oc, oh * ow, splits, relu])
     extra[scratch] = splits * total * 4
     return [out], [conv, red], extra
-
-
-def _rowthreads(n: int) -> int:
-    return max(32, min(256, 1 << max(5, math.ceil(math.log2(max(n, 1))))))
 
 
 def _plan_pool(node, x: Shape) -> tuple[list[Shape], list[Launch]]:

@@ -13,37 +13,53 @@ so stripped plans and refit keep working on the ONNX's own weights.
 """
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ...core.errors import UnsupportedModel
 from ...core.digest import initializers, sha256_bytes
+from ...core.errors import UnsupportedModel
+from .arrays import decode_array, encode_array
+from .host_ops import HOST_EVAL
+from .lowering_ops import handled_ops
 
-DEVICE_OPS = frozenset("""Conv Gemm MatMul Add Sub Mul Div Pow Sqrt Relu LeakyRelu Sigmoid Tanh Erf Gelu Clip Softmax
-BatchNormalization LayerNormalization MaxPool AveragePool GlobalAveragePool Flatten Reshape Transpose Concat Split
+_LEGACY_DEVICE_OPS = frozenset("""Conv Gemm MatMul Add Sub Mul Div Pow Sqrt Relu LeakyRelu Sigmoid Tanh Erf Gelu Clip
+Softmax BatchNormalization LayerNormalization MaxPool AveragePool GlobalAveragePool Flatten Reshape Transpose Concat Split
 Slice Squeeze Unsqueeze Sum Gather Identity Dropout ReduceMean LRN Expand""".split())
-HOST_OPS = frozenset("""Shape Constant ConstantOfShape Gather Unsqueeze Squeeze Concat Slice Reshape Cast Add Sub Mul Div
-Pow Sqrt Identity Dropout Flatten Transpose Range Equal Where Expand Sum Neg Relu""".split())
+DEVICE_OPS = _LEGACY_DEVICE_OPS | handled_ops()
+#: evaluated with numpy on the host when every input is known there (shape arithmetic, constants,
+#: mask construction from shapes); anything else that onnx.reference implements is evaluated too
+HOST_OPS = frozenset("""Shape Size Constant ConstantOfShape Gather Unsqueeze Squeeze Concat Slice Reshape Cast Add Sub Mul
+Div Pow Sqrt Identity Dropout Flatten Transpose Range Equal Where Expand Sum Neg Relu""".split())
+#: never evaluated on the host (not deterministic, or needing subgraphs)
+NEVER_HOST = frozenset("""RandomNormal RandomNormalLike RandomUniform RandomUniformLike Multinomial Bernoulli If Loop Scan
+SequenceConstruct SequenceAt SplitToSequence ConcatFromSequence""".split())
 ALIAS_OPS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout"})
 #: inputs of device ops that must be known on the host when shapes are planned
-HOST_INPUTS: dict[str, tuple[int, ...]] = {"Reshape": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "Slice": (1, 2, 3, 4),
-                                           "Split": (1,), "Clip": (1, 2), "ReduceMean": (1,), "Expand": (1,)}
+HOST_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Squeeze": (1,), "Unsqueeze": (1,), "Slice": (1, 2, 3, 4), "Split": (1,), "Clip": (1, 2),
+    "Expand": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "Pad": (1, 2, 3), "Tile": (1,), "CumSum": (1,),
+    "Dropout": (1, 2), **{op: (1,) for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
+                                            "ReduceL1", "ReduceL2", "ReduceSumSquare", "ReduceLogSumExp",
+                                            "ReduceLogSum")}}
+#: element types a model's inputs and outputs may have
+IO_DTYPES = ("float32", "int64", "int32", "bool")
 
 _NP_DTYPES = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 11: "float64", 10: "float16"}
 
 
-def encode_array(arr: np.ndarray) -> dict[str, Any]:
-    arr = np.array(arr, order="C")  # not ascontiguousarray: that turns 0-d scalars into 1-d
-    return {"dtype": arr.dtype.str.lstrip("<>|="), "shape": list(arr.shape),
-            "data": base64.b64encode(arr.astype(arr.dtype.newbyteorder("<")).tobytes()).decode()}
+def host_evaluable(op: str, opset: int) -> bool:
+    """numpy on the host can evaluate ``op``: one of ours, or one onnx.reference implements."""
+    if op in HOST_OPS or op in HOST_EVAL:
+        return True
+    try:
+        from onnx.reference.ops import load_op
 
-
-def decode_array(d: Mapping[str, Any]) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(d["data"]), dtype=np.dtype(d["dtype"]).newbyteorder("<")).reshape(
-        d["shape"]).astype(np.dtype(d["dtype"]))
+        load_op("", op, opset)
+    except Exception:  # noqa: BLE001 - onnx raises several types for an unknown operator
+        return False
+    return True
 
 
 def _attr_value(attr: Any) -> Any:
@@ -127,8 +143,8 @@ def import_onnx(onnx_path: str | Path) -> tuple[dict[str, Any], dict[str, np.nda
             continue
         attrs = {a.name: _attr_value(a) for a in n.attribute}
         ins = list(n.input)
-        all_host = all(i == "" or i in host_known for i in ins)
-        if n.op_type == "Shape" or (all_host and n.op_type in HOST_OPS):
+        all_host = all(i == "" or i in host_known for i in ins) and any(ins)
+        if n.op_type in ("Shape", "Size") or (all_host and n.op_type not in NEVER_HOST and host_evaluable(n.op_type, opset)):
             where = "host"
             host_known.update(o for o in n.output if o)
         elif n.op_type in DEVICE_OPS:
@@ -137,7 +153,7 @@ def import_onnx(onnx_path: str | Path) -> tuple[dict[str, Any], dict[str, np.nda
             if bad:
                 problems.append(f"{n.op_type} (node {name!r}: input {bad[0]!r} is computed on the GPU; "
                                 "only shape-derived values are supported there)")
-            extra = [o for o in list(n.output)[1:] if o] if n.op_type in ("Dropout", "MaxPool") else []
+            extra = [o for o in list(n.output)[1:] if o] if n.op_type == "MaxPool" else []
             if extra:
                 problems.append(f"{n.op_type} (node {name!r}: optional output {extra[0]!r} is not supported)")
         else:
@@ -146,8 +162,9 @@ def import_onnx(onnx_path: str | Path) -> tuple[dict[str, Any], dict[str, np.nda
         nodes.append({"op": n.op_type, "name": name, "inputs": ins, "outputs": list(n.output), "attrs": attrs,
                       "where": where})
     for inp in inputs:
-        if inp["dtype"] != "float32":
-            problems.append(f"input {inp['name']!r} has dtype {inp['dtype']} (only float32 model inputs are supported)")
+        if inp["dtype"] not in IO_DTYPES:
+            problems.append(f"input {inp['name']!r} has dtype {inp['dtype']} (model inputs may be "
+                            f"{', '.join(IO_DTYPES)})")
     if problems:
         raise UnsupportedModel(
             f"the nvrtc backend cannot build {Path(str(onnx_path)).name}: {len(problems)} unsupported node(s): "

@@ -31,7 +31,8 @@ from .weights import device_tensors
 
 MAX_SHAPES = 8
 #: struct format and alignment of each kernel-argument kind (see kernels.param_types)
-_ARG_FORMATS = {"p": ("<Q", 8), "q": ("<q", 8), "i": ("<i", 4), "f": ("<f", 4), "I6": ("<6i", 4)}
+_ARG_FORMATS = {"p": ("<Q", 8), "q": ("<q", 8), "Q": ("<Q", 8), "i": ("<i", 4), "f": ("<f", 4), "I6": ("<6i", 4),
+                "F6": ("<6f", 4)}
 
 
 def driver_version() -> int:
@@ -266,7 +267,7 @@ class NvrtcLoadedPlan:
             offs.append(len(buf))
             if kind == "p":
                 buf += struct.pack(fmt, self._addr(sp, arena, v))
-            elif kind == "I6":
+            elif kind in ("I6", "F6"):
                 buf += struct.pack(fmt, *v)
             else:
                 buf += struct.pack(fmt, v)
@@ -343,10 +344,7 @@ class NvrtcLoadedPlan:
                                fix="call refit(onnx_path) with the model's ONNX before run()")
         cu = _driver()
         check(cu.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")
-        missing = [n for n in self.input_names if n not in inputs]
-        if missing:
-            raise BackendError(f"missing input(s) {missing}", fix=f"pass every input: {self.input_names}")
-        arrays = {n: np.ascontiguousarray(np.asarray(inputs[n], dtype=np.float32)) for n in self.input_names}
+        arrays = self.input_arrays(inputs)
         shapes = {n: tuple(a.shape) for n, a in arrays.items()}
         check_profile(self.graph, self.graph.get("profiles") or {}, shapes)
         st = self._state(shapes)
@@ -368,13 +366,35 @@ class NvrtcLoadedPlan:
             if n in st.plan.host:
                 outs[n] = np.array(st.plan.host[n])
                 continue
-            o = np.empty(st.plan.shapes[n], dtype=np.float32)
+            o = self.output_buffer(st.plan, n)
             if o.nbytes:
                 check(cu.cuMemcpyDtoHAsync(o.ctypes.data, self._addr(st.plan, st.arena, n), o.nbytes, self._stream),
                        "cuMemcpyDtoHAsync")
             outs[n] = o
         check(cu.cuStreamSynchronize(self._stream), "cuStreamSynchronize")
-        return outs
+        return {n: (o.view(np.bool_) if st.plan.dtypes.get(n) == "bool" else o) for n, o in outs.items()}
+
+    def input_arrays(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """The inputs as the device stores them (each in its model input's type; bool as bytes)."""
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise BackendError(f"missing input(s) {missing}", fix=f"pass every input: {self.input_names}")
+        out = {}
+        for spec in self.graph["inputs"]:
+            name, dt = spec["name"], spec.get("dtype", "float32")
+            a = np.asarray(inputs[name])
+            if a.dtype.name != dt and not (dt == "float32" and a.dtype.kind == "f") and not (
+                    dt in ("int64", "int32") and a.dtype.kind in "iu"):
+                raise BackendError(f"input {name!r} is {a.dtype.name}, the model takes {dt}",
+                                   fix=f"pass a numpy array of dtype {dt}", input=name)
+            out[name] = np.ascontiguousarray(a.astype(np.uint8 if dt == "bool" else dt, copy=False))
+        return out
+
+    @staticmethod
+    def output_buffer(plan: ShapePlan, name: str) -> np.ndarray:
+        """An empty host array for output ``name`` in the device's storage type."""
+        dt = plan.dtypes.get(name, "float32")
+        return np.empty(plan.shapes[name], dtype=np.uint8 if dt == "bool" else dt)
 
     def runtime_cache(self) -> bytes:
         """Serialized runtime cache (JIT results of this and any earlier loads it was given)."""

@@ -13,9 +13,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ...core.errors import BackendError, UnsupportedModel
+from .dtypes import ITEMSIZE, as_device_array, device_dtype, host_dtype_name, output_dtypes
 from .host_ops import eval_host
 from .lowering import Launch, Shape, plan_node
-from .onnx_import import ALIAS_OPS, HOST_INPUTS, decode_array
+from .arrays import decode_array
+from .onnx_import import ALIAS_OPS, HOST_INPUTS
 
 ALIGN = 256
 
@@ -29,6 +31,7 @@ class ShapePlan:
     offsets: dict[str, int]                  # arena byte offset of every root activation / upload
     arena_bytes: int
     uploads: dict[str, np.ndarray] = field(default_factory=dict)   # host values the GPU reads
+    dtypes: dict[str, str] = field(default_factory=dict)           # element type of every device tensor
 
 
 def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], weights: Mapping[str, np.ndarray],
@@ -48,6 +51,20 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
             return host[name]
         return weights.get(name)
 
+    wdtypes = {w["name"]: w["dtype"] for w in graph["weights"]}
+    dtypes: dict[str, str] = {i["name"]: i.get("dtype", "float32") for i in graph["inputs"]}
+
+    def dtype_of(name: str) -> str | None:
+        if not name:
+            return None
+        if name in dtypes:
+            return dtypes[name]
+        if name in host:
+            return host_dtype_name(host[name])
+        if name in wdtypes:
+            return device_dtype(wdtypes[name], f"initializer {name!r}")
+        return "float32"
+
     launches: list[Launch] = []
     root: dict[str, str] = {}
     born: dict[str, int] = {i["name"]: -1 for i in graph["inputs"]}
@@ -63,12 +80,15 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
             raise UnsupportedModel(f"node {nd['name']!r} reads {e.args[0]!r}, which nothing produces",
                                    fix="check the model with onnx.checker") from e
         if nd["where"] == "host":
-            outs = eval_host(nd, [hv(i) if i else None for i in ins], in_shapes)
+            outs = eval_host(nd, [hv(i) if i else None for i in ins], in_shapes, graph.get("opset", 17))
             for name, val in zip(nd["outputs"], outs):
                 host[name], shapes[name] = val, tuple(val.shape)
             continue
+        in_dtypes = [dtype_of(i) for i in ins]
+        out_dtypes = output_dtypes(nd, in_dtypes)
         try:
-            oshapes, ls, temps = plan_node({**nd, "opset": graph.get("opset", 17)}, in_shapes, hv, num_sms)
+            oshapes, ls, temps = plan_node({**nd, "opset": graph.get("opset", 17), "in_dtypes": in_dtypes,
+                                            "out_dtypes": out_dtypes}, in_shapes, hv, num_sms)
         except UnsupportedModel:
             raise
         except (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError) as e:
@@ -79,20 +99,22 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
             if not t or i in skip:
                 continue
             if t in host and t not in device_resident and t not in uploads:
-                uploads[t] = _as_device(host[t])
+                uploads[t] = as_device_array(host[t])
             r = root.get(t, t)
             last[r] = step
-        for name, s in zip(nd["outputs"], oshapes):
+        for k, (name, s) in enumerate(zip(nd["outputs"], oshapes)):
             if not name:
                 continue
             shapes[name] = tuple(int(d) for d in s)
-            if nd["op"] in ALIAS_OPS:
+            dtypes[name] = out_dtypes[k] if k < len(out_dtypes) else "float32"
+            if nd["op"] in ALIAS_OPS and k == 0:
                 root[name] = root.get(ins[0], ins[0])
             else:
                 born[name], last[name] = step, step
         for name, v in temps.items():
             if isinstance(v, np.ndarray):    # per-shape tables (im2col offsets): written once, read every run
                 uploads[name] = v
+                dtypes[name] = host_dtype_name(v)
             else:                            # scratch (split-K partial sums): alive for this node only
                 born[name], last[name], temp_bytes[name] = step, step, v
         launches.extend(ls)
@@ -113,22 +135,19 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
         elif name in temp_bytes:
             nbytes = temp_bytes[name]
         else:
-            nbytes = int(np.prod(shapes[name])) * 4
+            nbytes = int(np.prod(shapes[name])) * ITEMSIZE[dtypes.get(name, "float32")]
         sizes[name] = nbytes
     offsets, total = _assign(born, {k: last.get(k, born[k]) for k in born}, sizes)
-    return ShapePlan(shapes, host, launches, root, offsets, total, uploads)
-
-
-def _as_device(arr: np.ndarray) -> np.ndarray:
-    """Host values the kernels read: integers as int64 (Gather indices), everything else float32."""
-    return np.asarray(arr).astype(np.int64 if np.issubdtype(np.asarray(arr).dtype, np.integer) else np.float32)
+    for o in graph["outputs"]:
+        if o in host:
+            dtypes.setdefault(o, host_dtype_name(host[o]))
+    return ShapePlan(shapes, host, launches, root, offsets, total, uploads, dtypes)
 
 
 def device_bytes(arr: np.ndarray) -> bytes:
-    arr = np.asarray(arr)
-    if arr.dtype not in (np.float32, np.int64, np.int32):
-        arr = _as_device(arr)
-    return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes()
+    """A host value's bytes as the device stores it (little-endian; bool as one byte; float64 as float32)."""
+    a = as_device_array(arr)
+    return np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes()
 
 
 def _assign(born: Mapping[str, int], last: Mapping[str, int], sizes: Mapping[str, int]) -> tuple[dict[str, int], int]:
