@@ -99,7 +99,7 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
             if not t or i in skip:
                 continue
             if t in host and t not in device_resident and t not in uploads:
-                uploads[t] = as_device_array(host[t])
+                uploads[t] = np.asarray(host[t])      # converted to the device's storage by device_bytes
             r = root.get(t, t)
             last[r] = step
         for k, (name, s) in enumerate(zip(nd["outputs"], oshapes)):
