@@ -96,6 +96,34 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- publish -----------------------------------------------------------------------------------
+def cmd_publish(args: argparse.Namespace) -> int:
+    from ..farm.publish import publish
+
+    repo = repo_input(args.repo)
+    options = {}
+    for item in args.storage_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            from ..core.errors import ConfigError
+
+            raise ConfigError(f"--storage-option {item!r} is not KEY=VALUE",
+                              fix="e.g. --storage-option endpoint_url=https://s3.example.com", value=item,
+                              option="--storage-option")
+        options[key] = value
+    rep = publish(repo, args.to, verify=args.verify, jobs=args.jobs, storage_options=options,
+                  manifest_max_age=args.manifest_max_age, force=args.force, progress=say(args))
+    if not rep.signed:
+        print("rtxpack: warning: the published manifest is not signed; installers that pin a key refuse it "
+              "(`rtxpack sign --repo DIR --key rtxpack.key`, then publish again)", file=sys.stderr)
+    d = rep.to_dict()
+    emit(args, d, f"{args.to}: {d['uploaded']} blob(s) uploaded ({d['bytes_uploaded']} bytes), {d['skipped']} "
+                  f"already there, {d['verified']} verified; manifest version {d['version']} {d['manifest']}"
+                  + ("" if rep.cache_headers else "; no cache headers (this store keeps none: set them on the "
+                     "web server)"))
+    return 0
+
+
 # ---- inspect -----------------------------------------------------------------------------------
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ..backends.inspect import inspect_file
@@ -175,6 +203,23 @@ def register(subparsers: Any) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing file at -o")
     add_json(p)
     p.set_defaults(func=cmd_bundle)
+
+    p = subparsers.add_parser("publish", help="upload a repository to a static host (folder, s3://...): blobs "
+                                              "first, manifest last")
+    p.add_argument("--repo", required=True, help="repository directory (signed: run `rtxpack sign` first)")
+    p.add_argument("--to", required=True, metavar="URL",
+                   help="destination: a folder, s3://bucket/prefix, or any URL fsspec knows")
+    p.add_argument("--verify", choices=["all", "sample", "none"], default="sample",
+                   help="read blobs back and hash them: all, or the uploaded ones plus a sample (default)")
+    p.add_argument("-j", "--jobs", type=int, default=4, help="parallel uploads (default 4)")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="fsspec option of the store, e.g. endpoint_url=https://... (repeatable)")
+    p.add_argument("--manifest-max-age", type=int, default=60, metavar="SECONDS",
+                   help="Cache-Control max-age of manifest.json where the store keeps headers (default 60)")
+    p.add_argument("--force", action="store_true",
+                   help="publish even over a newer (or same-version) signed manifest at the destination")
+    add_json(p)
+    p.set_defaults(func=cmd_publish)
 
     p = subparsers.add_parser("inspect", help="backend, version and compute capabilities of a plan file")
     p.add_argument("file", help="engine / plan file")
