@@ -48,8 +48,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise BuildError(f"-j {args.jobs}: at least one job is needed", fix="pass -j 1 or more")
     cfg = load_config(existing_file(args.config, "CONFIG", what="config file (rtxpack.toml)"))
+    from ..farm.progress import reporter
+
     repo = repo_output(args)
-    progress = say(args)
+    # a live bar on a terminal, one line per cell otherwise; nothing under --json (stdout is the JSON)
+    progress = None if wants_json(args) else reporter(sys.stderr)
     report = build(cfg, repo, jobs=args.jobs, cells=args.cell or None, progress=progress)
     d = report.to_dict()
     all_skipped = bool(report.results) and report.count("skipped") == len(report.results)

@@ -331,7 +331,7 @@ def _download_http(store: Store, sha: str, size: int, url: str, session: request
             h, have = hashlib.sha256(), 0
         _write_info(info_path, url, resp.headers.get("ETag"))
         mode = "ab" if have else "wb"
-        bar = _progress_bar(progress, size, have, url)
+        bar = _progress_bar(progress, size, have, meta)
         try:
             with open(partial, mode, buffering=0) as f:
                 def received(n: int) -> None:
@@ -578,15 +578,17 @@ def _drop(*paths: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _progress_bar(progress: bool | None, total: int, initial: int, url: str) -> Any:
+def _progress_bar(progress: bool | None, total: int, initial: int, meta: dict[str, str]) -> Any:
     if progress is None:
         progress = sys.stderr is not None and sys.stderr.isatty()
     if not progress:
         return None
     from tqdm import tqdm
 
+    # what the user asked for, not the blob's hash: "mlp engine" (model and artifact kind)
+    label = " ".join(dict.fromkeys(v for v in (meta.get("model"), meta.get("kind")) if v)) or meta.get("id") or "artifact"
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=url.rsplit("/", 1)[-1][:16], file=sys.stderr, leave=False)
+                desc=label, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 # -- small documents -----------------------------------------------------------------------------
