@@ -1,8 +1,8 @@
 """``rtxpack`` command line: thin. Parse, call the library, print text or ``--json``, map errors.
 
 Every command lives in this package, one module per group, registered explicitly below:
-``machine`` (detect, selftest, demo), ``installer`` (resolve, install, cache), ``farm`` (plan,
-build, merge, bundle, publish, inspect, warm), ``keys`` (keygen, sign). Every mistake prints one
+``machine`` (detect, selftest), ``installer`` (resolve, install, cache), ``farm`` (plan, build,
+merge, bundle, publish, inspect, warm), ``keys`` (keygen, sign), ``demo`` (the embedded example). Every mistake prints one
 line plus the fix (JSON on stdout under ``--json``) and exits 1: library errors, arguments the
 parser refuses, paths the system refuses; ``RTXPACK_DEBUG=1`` shows the traceback. No library
 module imports this package.
@@ -17,10 +17,10 @@ from typing import NoReturn, Sequence
 from .. import __version__
 from ..core import config
 from ..core.errors import ConfigError, RtxpackError
-from . import farm, installer, keys, machine
+from . import demo, farm, installer, keys, machine
 from .output import format_warning, os_error, print_error, unexpected
 
-GROUPS = (machine, installer, farm, keys)
+GROUPS = (machine, installer, farm, keys, demo)
 
 
 class UsageError(ConfigError):
