@@ -53,7 +53,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     repo = repo_output(args)
     # a live bar on a terminal, one line per cell otherwise; nothing under --json (stdout is the JSON)
     progress = None if wants_json(args) else reporter(sys.stderr)
-    report = build(cfg, repo, jobs=args.jobs, cells=args.cell or None, progress=progress)
+    cells = args.cell or None
+    if args.shard:
+        cells = _shard(cfg, args.shard, cells)
+        if not cells:
+            emit(args, {"repo": str(repo), "cells": [], "shard": args.shard},
+                 f"shard {args.shard}: no cell falls in this shard; nothing to build")
+            return 0
+    report = build(cfg, repo, jobs=args.jobs, cells=cells, progress=progress)
     d = report.to_dict()
     all_skipped = bool(report.results) and report.count("skipped") == len(report.results)
     if all_skipped:
@@ -73,6 +80,21 @@ def cmd_build(args: argparse.Namespace) -> int:
                   "or pass --allow-all-skipped", file=sys.stderr)
         return 1
     return 0 if report.ok else 1
+
+
+def _shard(cfg: Any, shard: str, cells: list[str] | None) -> list[str]:
+    """The ids of shard ``I/N`` (1-based) of the buildable cells: every N-th, starting at the I-th, in plan
+    order (a CI with N parallel jobs gives each job its index: GitLab's CI_NODE_INDEX/CI_NODE_TOTAL)."""
+    from ..core.errors import ConfigError
+    from ..farm.plan import make_plan, select
+
+    i, sep, n = shard.partition("/")
+    if not (sep and i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
+        raise ConfigError(f"--shard {shard!r} is not I/N with 1 <= I <= N", fix="e.g. --shard 2/4", value=shard,
+                          option="--shard")
+    plan = make_plan(cfg)
+    pool = [c for c in select(plan, cells) if not c.skipped]
+    return [c.id for k, c in enumerate(pool) if k % int(n) == int(i) - 1]
 
 
 # ---- merge -------------------------------------------------------------------------------------
@@ -183,6 +205,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--repo", required=True, help="repository directory to publish into")
     p.add_argument("-j", "--jobs", type=int, default=1, help="cells built in parallel (processes)")
     p.add_argument("--cell", action="append", default=[], help="build only this cell id (or prefix); repeatable")
+    p.add_argument("--shard", metavar="I/N", help="build only shard I of N of the buildable cells (CI parallel jobs)")
     p.add_argument("--allow-all-skipped", action="store_true",
                    help="exit 0 even when every selected cell was skipped (nothing buildable on this node)")
     p.add_argument("--force", action="store_true", help="write into a non-empty directory that is not a repository")
