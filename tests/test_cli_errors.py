@@ -64,6 +64,8 @@ CASES: list[Case] = [
      ("at least one job",)),
     ("build-unknown-cell", lambda w: ["build", str(w["cfg"]), "--repo", str(w["root"] / "r"), "--cell", "ffff"], {},
      ("--cell ffff",)),
+    ("build-bad-shard", lambda w: ["build", str(w["cfg"]), "--repo", str(w["root"] / "r"), "--shard", "5/4"], {},
+     ("--shard '5/4'",)),
     ("merge-part-not-repo", lambda w: ["merge", str(w["mine"]), "--repo", str(w["root"] / "m")], {},
      ("not an rtxpack repository",)),
     ("bundle-repo-is-file", lambda w: ["bundle", "--repo", str(w["file"]), "-o", str(w["root"] / "x.tar")], {},

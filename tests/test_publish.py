@@ -30,6 +30,21 @@ def make_repo(root: Path, n: int, size: int = 2000, seed: int = 0) -> Manifest:
     return write_repo(root, blobs)
 
 
+def kill_after(args: list[str], env: dict[str, str], uploads: int) -> None:
+    """Run ``rtxpack publish ARGS`` and SIGKILL it once it has reported ``uploads`` uploaded blobs."""
+    proc = subprocess.Popen([sys.executable, "-m", "rtxpack.cli", "publish", *args], stderr=subprocess.PIPE, text=True,
+                            env=env)
+    assert proc.stderr is not None
+    seen = 0
+    for line in proc.stderr:
+        seen += " uploaded blobs/" in line
+        if seen == uploads:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the publish finished before it could be interrupted"
+
+
 def files_under(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
@@ -122,23 +137,24 @@ def test_older_signed_manifest_is_refused_unless_forced(tmp_path: Path) -> None:
     assert publish(old, str(www), force=True).manifest == "uploaded"
 
 
+def test_someone_elses_manifest_is_not_overwritten(tmp_path: Path) -> None:
+    repo, www = tmp_path / "repo", tmp_path / "www"
+    make_repo(repo, 1)
+    www.mkdir()
+    (www / "manifest.json").write_text('{"name": "My web app", "start_url": "/"}')
+    with pytest.raises(ManifestError, match="not an rtxpack manifest"):
+        publish(repo, str(www))
+    assert json.loads((www / "manifest.json").read_text())["name"] == "My web app"
+    assert not (www / "blobs").exists()
+    assert publish(repo, str(www), force=True).manifest == "uploaded"
+
+
 def test_interrupted_local_publish_resumes(tmp_path: Path) -> None:
     """Kill -9 a publish to a folder half-way: the old manifest (none here) stays, every blob that is
     there is whole, the temp files go on the next run, which skips what arrived and finishes."""
     repo, www = tmp_path / "repo", tmp_path / "www"
     m = make_repo(repo, 300, size=20_000)
-    proc = subprocess.Popen([sys.executable, "-m", "rtxpack.cli", "publish", "--repo", str(repo), "--to", str(www),
-                             "-j", "1"], stderr=subprocess.PIPE, text=True, env=child_env())
-    assert proc.stderr is not None
-    seen = 0
-    for line in proc.stderr:
-        if " uploaded blobs/" in line:
-            seen += 1
-            if seen == 20:
-                proc.send_signal(signal.SIGKILL)
-                break
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the publish finished before it could be interrupted"
+    kill_after(["--repo", str(repo), "--to", str(www), "-j", "1"], child_env(), 20)
     assert not (www / "manifest.json").exists()
     by_path = {a.path: a for a in m}
     present = [p for p in files_under(www) if not Path(p).name.startswith(".")]
@@ -184,19 +200,8 @@ def test_interrupted_s3_publish_resumes(tmp_path: Path, s3) -> None:
     repo = tmp_path / "repo"
     m = make_repo(repo, 200, size=1000)
     env = child_env(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    proc = subprocess.Popen([sys.executable, "-m", "rtxpack.cli", "publish", "--repo", str(repo), "--to",
-                             s3.url("r"), "--storage-option", f"endpoint_url={s3.endpoint}", "-j", "1"],
-                            stderr=subprocess.PIPE, text=True, env=env)
-    assert proc.stderr is not None
-    seen = 0
-    for line in proc.stderr:
-        if " uploaded blobs/" in line:
-            seen += 1
-            if seen == 15:
-                proc.send_signal(signal.SIGKILL)
-                break
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the publish finished before it could be interrupted"
+    kill_after(["--repo", str(repo), "--to", s3.url("r"), "--storage-option", f"endpoint_url={s3.endpoint}", "-j", "1"],
+               env, 15)
     listed = s3.client.list_objects_v2(Bucket=s3.bucket, Prefix="r/").get("Contents", [])
     keys = {o["Key"][2:] for o in listed}
     assert "manifest.json" not in keys and 15 <= len(keys) < 200

@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from rtxpack.core import registry
 from rtxpack.core.versions import format_cc
@@ -115,3 +114,13 @@ def test_readme_links_and_charts_exist() -> None:
             assert (ROOT / target).exists(), target
     for png in ("scripts/load_paths.png", "scripts/download_vs_curl.png", "scripts/farm_throughput.png"):
         assert png in README and (ROOT / png).stat().st_size > 10_000
+
+
+def test_example_config_loads(tmp_path: Path) -> None:
+    """manifests/examples/rtxpack.toml (README points at it) is a valid config once its models exist."""
+    body = (ROOT / "manifests" / "examples" / "rtxpack.toml").read_text()
+    for rel in re.findall(r'onnx = "([^"]+)"', body):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"\x08\x08")
+    (tmp_path / "rtxpack.toml").write_text(body)
+    assert len(load_config(tmp_path / "rtxpack.toml").targets) == 4

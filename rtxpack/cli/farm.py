@@ -1,4 +1,4 @@
-"""Publisher commands: plan, build, merge, bundle, inspect, warm.
+"""Publisher commands: plan, build, merge, bundle, publish, inspect, warm.
 
 Handlers call the library, print text or JSON, return an exit code, and raise RtxpackError
 subclasses that :func:`rtxpack.cli.main` turns into one line + the fix. Each handler imports the
@@ -40,27 +40,27 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 # ---- build -------------------------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace) -> int:
-    from ..farm.build import build
-
     from ..core.errors import BuildError
+    from ..farm.build import build
     from ..farm.config import load_config
+    from ..farm.plan import make_plan
+    from ..farm.progress import reporter
 
     if args.jobs < 1:
         raise BuildError(f"-j {args.jobs}: at least one job is needed", fix="pass -j 1 or more")
     cfg = load_config(existing_file(args.config, "CONFIG", what="config file (rtxpack.toml)"))
-    from ..farm.progress import reporter
-
     repo = repo_output(args)
     # a live bar on a terminal, one line per cell otherwise; nothing under --json (stdout is the JSON)
     progress = None if wants_json(args) else reporter(sys.stderr)
-    cells = args.cell or None
+    cells, plan = args.cell or None, None
     if args.shard:
-        cells = _shard(cfg, args.shard, cells)
+        plan = make_plan(cfg)
+        cells = _shard(plan, args.shard, cells)
         if not cells:
             emit(args, {"repo": str(repo), "cells": [], "shard": args.shard},
                  f"shard {args.shard}: no cell falls in this shard; nothing to build")
             return 0
-    report = build(cfg, repo, jobs=args.jobs, cells=cells, progress=progress)
+    report = build(cfg, repo, jobs=args.jobs, cells=cells, progress=progress, plan=plan)
     d = report.to_dict()
     all_skipped = bool(report.results) and report.count("skipped") == len(report.results)
     if all_skipped:
@@ -82,17 +82,16 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _shard(cfg: Any, shard: str, cells: list[str] | None) -> list[str]:
+def _shard(plan: Any, shard: str, cells: list[str] | None) -> list[str]:
     """The ids of shard ``I/N`` (1-based) of the buildable cells: every N-th, starting at the I-th, in plan
     order (a CI with N parallel jobs gives each job its index: GitLab's CI_NODE_INDEX/CI_NODE_TOTAL)."""
     from ..core.errors import ConfigError
-    from ..farm.plan import make_plan, select
+    from ..farm.plan import select
 
     i, sep, n = shard.partition("/")
     if not (sep and i.isdigit() and n.isdigit() and 1 <= int(i) <= int(n)):
         raise ConfigError(f"--shard {shard!r} is not I/N with 1 <= I <= N", fix="e.g. --shard 2/4", value=shard,
                           option="--shard")
-    plan = make_plan(cfg)
     pool = [c for c in select(plan, cells) if not c.skipped]
     return [c.id for k, c in enumerate(pool) if k % int(n) == int(i) - 1]
 

@@ -152,9 +152,9 @@ def publish(repo: str | os.PathLike[str], to: str, *, verify: str = "sample", jo
     """Upload the repository directory ``repo`` to ``to`` (see the module doc for the order and checks).
 
     ``verify``: ``all`` re-reads every blob, ``sample`` the ones uploaded now plus up to
-    :data:`SAMPLE` of those already there, ``none`` nothing. ``force`` publishes over a destination
-    whose manifest is newer or of the same version with other content (installers that saw it
-    refuse an older one as a rollback).
+    :data:`SAMPLE` of those already there, ``none`` nothing. Without ``force`` a destination whose
+    manifest.json is not an rtxpack manifest, or is a signed one of a newer or the same version
+    (installers that saw it refuse an older one as a rollback), is refused before anything is written.
     """
     if verify not in ("all", "sample", "none"):
         raise ConfigError(f"--verify {verify!r}: use all, sample or none", fix="pass --verify all|sample|none",
@@ -242,8 +242,10 @@ def _local_blobs(src: Path, manifest: Manifest) -> dict[str, tuple[Path, Artifac
 def _check_not_older(remote_raw: bytes, manifest: Manifest, to: str) -> None:
     try:
         remote = Manifest.from_json(remote_raw, source=f"{to}/{MANIFEST_NAME}")
-    except ManifestError:
-        return                    # a broken manifest there: replacing it is the fix
+    except ManifestError as e:    # someone else's manifest.json (a web app's?): it is not ours to replace
+        raise ManifestError(f"{to}/{MANIFEST_NAME} exists and is not an rtxpack manifest ({e.message}); "
+                            "not overwriting it", fix="publish to a folder or prefix of its own, or pass --force "
+                            "to replace it", repo=to) from e
     if not remote.signatures:
         return                    # installers keep rollback state for signed manifests only
     if remote.version >= manifest.version:
