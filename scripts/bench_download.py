@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    ap.add_argument("--chart", type=Path, metavar="PNG", help="also draw MB/s against curl (scripts/charts.py)")
     args = ap.parse_args()
     if not shutil.which("curl"):
         sys.exit("curl is needed as the reference")
@@ -184,6 +185,11 @@ def main() -> None:
                   f"{statistics.median(cpu[key]):>6.3f}   {runs}")
         print("# MB/s = 10^6 bytes/s; CPU s = median user+sys seconds of the client process (curl, or")
         print("# this Python process incl. its hashing thread); nginx's own CPU is not counted.")
+        if args.chart:
+            import charts
+
+            where = "tmpfs" if str(args.dir or "").startswith("/dev/shm") else str(args.dir or "temp dir")
+            charts.download_vs_curl([(where, mbps["curl"], mbps["rtxpack"])], args.chart)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

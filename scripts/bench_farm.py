@@ -165,6 +165,7 @@ def one_run(work: Path, repeat: int, bytes_too: bool) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, help="write the results as Markdown here")
+    ap.add_argument("--chart", type=Path, metavar="PNG", help="also draw cells/min against workers (scripts/charts.py)")
     ap.add_argument("--date", default=time.strftime("%Y-%m-%d"))
     ap.add_argument("--runs", type=int, default=2, help="repeat the whole benchmark; report each run and the median")
     ap.add_argument("--repeat", type=int, default=3, help="rebuild timings: best of N")
@@ -229,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{k:<{width}}  {v}")
     for e in extra:
         print(e)
+    if args.chart:
+        import charts
+
+        charts.farm_throughput({label: {j: runs[0][key]["cells"] / med(lambda r, j=j, key=key: r[key]["seconds"][j]) * 60
+                                        for j in (1, 2)}
+                                for key, label in (("small", "example cells"), ("real", "realistic cells"))}, args.chart)
     if args.out:
         head = "| measurement | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " | median |"
         lines = [f"# Build-farm benchmark ({args.date})", "", f"Machine: {machine()}.", "",

@@ -31,6 +31,7 @@ def main() -> int:
     ap.add_argument("--model", choices=("resnet26", "small"), default="resnet26")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--chart", type=Path, metavar="PNG", help="also draw where the time goes (scripts/charts.py)")
     a = ap.parse_args()
 
     from rtxpack.demo import models as examples
@@ -74,6 +75,12 @@ def main() -> int:
         out = {"date": date.today().isoformat(), "gpu": gpu.name, "cc": gpu.compute_capability,
                "driver": gpu.driver_version, "model": a.model, "repeat": a.repeat,
                "farm_build_s": built.get("seconds_wall"), "paths": table}
+        if a.chart:
+            import charts
+
+            charts.load_paths({p: table[p]["first_inference_s"] for p in PATHS},
+                              {p: {"imports": table[p]["import_s"], **{k: v for k, v in table[p]["steps"].items()
+                                                                       if v >= 0.005}} for p in PATHS}, a.chart)
         if a.json:
             print(json.dumps(out, indent=2))
         else:

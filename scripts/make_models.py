@@ -31,8 +31,10 @@ def make(kind: str, out: Path, fp16: bool = False) -> Path:
 
 
 def make_demo(root: Path = ROOT / "examples" / "demo") -> list[Path]:
-    """The models examples/demo/rtxpack.toml names."""
-    return [make("mlp", root / "models" / "mlp-fp16.onnx", fp16=True), make("cnn", root / "models" / "cnn-fp16.onnx", fp16=True)]
+    """The models the demo's rtxpack.toml (rtxpack/demo/rtxpack.toml) names."""
+    from rtxpack.demo.flow import demo_models
+
+    return demo_models(root)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,9 @@ Servers (loopback only: 127.0.0.1, never another address)
                      Skipped only when no nginx binary exists (CI installs the Debian package).
     ``faultserver``  :class:`tests.faultserver.FaultServer`, scripted faults (cuts, wrong bytes,
                      500/404, hangs, 200 to a Range request).
+    ``s3``           a real S3-compatible server (moto in server mode, as s3fs's own tests use it) on
+                     127.0.0.1 with one empty bucket per test: ``.endpoint``, ``.bucket``, ``.client``
+                     (boto3), ``.url(prefix)`` (``s3://bucket/prefix``); credentials are dummies.
 
 Helpers
     ``make_artifact(data, repo_dir=None, **attrs)`` -> :class:`Art`, writing the bytes into the
@@ -267,3 +270,47 @@ def reference_backend() -> Iterator[object]:
         yield backend
     finally:
         refbackend.uninstall()
+
+
+# -- S3-compatible server (moto) ---------------------------------------------------------------------
+@dataclass
+class S3:
+    endpoint: str
+    bucket: str
+    client: object
+
+    def url(self, prefix: str = "repo") -> str:
+        return f"s3://{self.bucket}/{prefix}"
+
+    def http(self, prefix: str = "repo") -> str:
+        """The same objects as plain static HTTP (path-style), as an installer reads them."""
+        return f"{self.endpoint}/{self.bucket}/{prefix}"
+
+
+@pytest.fixture(scope="session")
+def _moto_server() -> Iterator[str]:
+    pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(_moto_server: str, monkeypatch: pytest.MonkeyPatch) -> S3:
+    import uuid
+
+    import boto3
+
+    for k, v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                 ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(k, v)
+    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(k, raising=False)
+    client = boto3.client("s3", endpoint_url=_moto_server, region_name="us-east-1")
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    client.create_bucket(Bucket=bucket)
+    return S3(endpoint=_moto_server, bucket=bucket, client=client)

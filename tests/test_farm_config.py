@@ -41,6 +41,9 @@ cuda = "13"
 def write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "rtxpack.toml"
     p.write_text(text)
+    model = tmp_path / "models" / "resnet50.onnx"     # existence is checked at load; its bytes at build
+    model.parent.mkdir(exist_ok=True)
+    model.write_bytes(b"\x08\x08")
     return p
 
 
@@ -69,6 +72,20 @@ def test_full_config_parses(tmp_path: Path) -> None:
     ("strip_weights = false", 'strip_weights = "no"', "targets[0].strip_weights", "true or false"),
     ('name = "portable"', 'name = "portable"\nflavour = 1', "targets[0].flavour", "remove it"),
     ('name = "gpu-side"', 'name = "portable"', "targets[1].name", "unique"),
+    # a config that is wrong is an error, never a skip
+    ('version = "1.0.0"', "version = 1", "project.version", 'version = "1"'),
+    ('name = "demo"', 'name = "demo"\nrelease = "x"', "project.release", "remove it"),
+    ('compute_capabilities = ["8.6", "8.9", "12.0"]', "compute_capabilities = [7.5]",
+     "targets[0].compute_capabilities", '"7.5"'),
+    ('compute_capabilities = ["8.6", "8.9", "12.0"]', 'compute_capabilities = ["8.9", "9.0"]',
+     "targets[0].compute_capabilities", 'backend = "nvrtc"'),
+    ('compute_capabilities = ["8.6", "8.9", "12.0"]', 'compute_capabilities = ["7.5", "8.6"]',
+     "targets[0].compute_capabilities", "target of its own"),
+    ('compute_capabilities = ["sm_89", "8.6"]', 'compute_capabilities = ["4.2"]',
+     "targets[1].compute_capabilities", "12.0"),
+    ('onnx = "models/resnet50.onnx"', 'onnx = "models/resnet05.onnx"', "models[0].onnx", "fix the path"),
+    ('onnx = "models/resnet50.onnx"', 'onnx = "models"', "models[0].onnx", ".onnx file"),
+    ('cuda = "13"', "cuda = true", "toolchains[0].cuda", "12, 13"),
 ])
 def test_errors_name_file_key_and_fix(tmp_path: Path, old: str, new: str, key: str, fix: str) -> None:
     assert old in FULL
@@ -84,6 +101,13 @@ def test_errors_name_file_key_and_fix(tmp_path: Path, old: str, new: str, key: s
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(tmp_path / "nope.toml")
+    write(tmp_path, FULL)
+    with pytest.raises(ConfigError, match="is a directory") as ei:
+        load_config(tmp_path)
+    assert str(tmp_path / "rtxpack.toml") in ei.value.fix
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="not a text file"):
+        load_config(tmp_path / "bin.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(write(tmp_path, "[[models]\nname="))
 

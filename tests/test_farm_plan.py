@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from rtxpack.core.errors import ConfigError
+
 from rtxpack.farm.config import load_config
 from rtxpack.farm.plan import make_plan
 from test_farm_common import CNN, LOCAL, MLP, OTHER, cli, farm, farm_env, target, toolchain, write_config  # noqa: F401
@@ -37,8 +39,8 @@ def test_skip_rules_before_any_build(farm, tmp_path: Path) -> None:
     mlp_fp8 = MLP.replace('name = "mlp"', 'name = "mlp8"\nprecision = "fp8"')
     mlp_fp4 = MLP.replace('name = "mlp"', 'name = "mlp4"\nprecision = "fp4"')
     cfg = write_config(tmp_path / "rtxpack.toml", farm, MLP, mlp_fp8, mlp_fp4,
-                       target("ada", ["8.9"]), target("ampere", ["8.6"]), target("mixed", ["7.5", "8.6"]),
-                       target("stripped", ["8.9"], strip_weights=True), target("hopper", ["9.0"]),
+                       target("ada", ["8.9"]), target("ampere", ["8.6"]),
+                       target("stripped", ["8.9"], strip_weights=True),
                        toolchain(LOCAL), toolchain("9.9.9.9"))
     plan = plan_of(cfg, gpu_ccs=())
     by = {(c.model, c.target, c.backend_version): c for c in plan.cells}
@@ -47,9 +49,7 @@ def test_skip_rules_before_any_build(farm, tmp_path: Path) -> None:
     assert "8.9 or newer" in by[("mlp8", "ampere", LOCAL)].skipped
     assert by[("mlp8", "ada", LOCAL)].skipped is None
     assert "12.0 or newer" in by[("mlp4", "ada", LOCAL)].skipped
-    assert "7.5 must be its own engine" in by[("mlp", "mixed", LOCAL)].skipped
     assert "STRIP_PLAN" in by[("mlp", "stripped", LOCAL)].skipped and "no GPU" in by[("mlp", "stripped", LOCAL)].skipped
-    assert "9.0" in by[("mlp", "hopper", LOCAL)].skipped
     bad = by[("mlp", "ada", "9.9.9.9")].skipped
     assert "cannot be installed" in bad and "9.9.9.9" in bad
     # with a GPU of the right CC on the node, the stripped cell is planned
@@ -65,15 +65,27 @@ def test_offline_toolchain_cannot_be_installed(farm, tmp_path: Path, monkeypatch
     assert "RTXPACK_OFFLINE=1" in cell.skipped
 
 
-def test_missing_onnx_is_skipped_with_the_path(farm, tmp_path: Path) -> None:
+def test_targets_no_node_can_build_are_config_errors_not_skips(farm, tmp_path: Path) -> None:
+    """A skip is for "not on this node"; a target its backend can never build is a mistake in the config."""
+    for bad, words in ((target("mixed", ["7.5", "8.6"]), "7.5 must be its own engine"),
+                       (target("hopper", ["9.0"]), "cannot target compute capability 9.0")):
+        cfg = write_config(tmp_path / "rtxpack.toml", farm, MLP, bad)
+        with pytest.raises(ConfigError, match=words):
+            load_config(cfg)
+        r = cli("plan", str(cfg), check=False)
+        assert r.returncode == 1 and words in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_onnx_is_a_config_error_with_the_path(farm, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "rtxpack.toml", farm, CNN.replace("cnn.onnx", "nope.onnx"), target("p", ["8.9"]))
-    (cell,) = plan_of(cfg).cells
-    assert "nope.onnx" in cell.skipped and "does not exist" in cell.skipped
+    with pytest.raises(ConfigError, match="nope.onnx does not exist") as ei:
+        load_config(cfg)
+    assert ei.value.key == "models[0].onnx"
 
 
 def test_cli_plan_json_and_github_matrix(farm, tmp_path: Path) -> None:
     cfg = write_config(tmp_path / "rtxpack.toml", farm, MLP, CNN, target("p", ["8.6", "8.9", "12.0"]),
-                       target("mixed", ["7.5", "8.6"]), toolchain(LOCAL), toolchain(OTHER))
+                       target("stripped", ["8.9"], strip_weights=True), toolchain(LOCAL), toolchain(OTHER))
     env = {"RTXPACK_TOOLCHAINS_DIR": str(farm.toolchains)}
     d = json.loads(cli("plan", str(cfg), "--json", env=env).stdout)
     assert d["planned"] == 4 and d["skipped"] == 4

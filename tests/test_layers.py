@@ -21,7 +21,7 @@ ALLOWED = {
     "backends": {"core", "backends"},
     "installer": {"core", "backends", "installer"},
     "farm": {"core", "backends", "farm"},
-    "cli": {"core", "backends", "installer", "farm", "cli", "top"},
+    "cli": {"core", "backends", "installer", "farm", "cli", "top", "demo"},   # demo: `rtxpack demo`, when run
     "demo": {"core", "backends", "installer", "farm", "cli", "demo", "top"},
     "top": {"installer"},
 }

@@ -2,26 +2,42 @@
 
 Every command lives in this package, one module per group, registered explicitly below:
 ``machine`` (detect, selftest), ``installer`` (resolve, install, cache), ``farm`` (plan, build,
-merge, bundle, inspect, warm), ``keys`` (keygen, sign). Known errors print one line plus the fix
-and exit 1; ``RTXPACK_DEBUG=1`` shows the traceback. No library module imports this package.
+merge, bundle, publish, inspect, warm), ``keys`` (keygen, sign), ``demo`` (the embedded example). Every mistake prints one
+line plus the fix (JSON on stdout under ``--json``) and exits 1: library errors, arguments the
+parser refuses, paths the system refuses; ``RTXPACK_DEBUG=1`` shows the traceback. No library
+module imports this package.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from typing import Sequence
+import warnings
+from typing import NoReturn, Sequence
 
 from .. import __version__
 from ..core import config
-from ..core.errors import RtxpackError
-from . import farm, installer, keys, machine
+from ..core.errors import ConfigError, RtxpackError
+from . import demo, farm, installer, keys, machine
+from .output import format_warning, os_error, print_error, unexpected
 
-GROUPS = (machine, installer, farm, keys)
+GROUPS = (machine, installer, farm, keys, demo)
+
+
+class UsageError(ConfigError):
+    """An argument the parser refused (unknown option, missing value, bad choice)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a refused argument raises :class:`UsageError` (printed like every other error)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.partition(" ")[2]          # "rtxpack cache prune" -> "cache prune"
+        raise UsageError(f"{command}: {message}" if command else message,
+                         fix=f"`{self.prog} --help` lists the arguments")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rtxpack", description="Ship GPU inference artifacts to NVIDIA PCs.")
+    parser = Parser(prog="rtxpack", description="Ship GPU inference artifacts to NVIDIA PCs.")
     parser.add_argument("--version", action="version", version=f"rtxpack {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -30,24 +46,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _debug() -> bool:
     try:
-        return int(args.func(args) or 0)
-    except RtxpackError as e:
-        if config.debug():
-            raise
-        if getattr(args, "json", False):
-            print(json.dumps(e.to_dict(), indent=2, default=str))
-        else:
-            print(f"rtxpack: error: {e.message}", file=sys.stderr)
-            if e.fix:
-                print(f"  fix: {e.fix}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("rtxpack: interrupted", file=sys.stderr)
-        return 130
+        return config.debug()
+    except RtxpackError:
+        return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv
+    with warnings.catch_warnings():
+        warnings.showwarning = format_warning
+        try:
+            args = build_parser().parse_args(argv)
+            as_json = bool(getattr(args, "json", as_json))
+            return int(args.func(args) or 0)
+        except KeyboardInterrupt:
+            print("rtxpack: interrupted", file=sys.stderr)
+            return 130
+        except SystemExit:
+            raise                                   # --help, --version
+        except BaseException as e:  # noqa: BLE001 - every error leaves as one line (the traceback on demand)
+            if _debug():
+                raise
+            if isinstance(e, RtxpackError):
+                err = e
+            elif isinstance(e, OSError):
+                err = os_error(e)
+            elif isinstance(e, Exception):
+                err = unexpected(e)
+            else:
+                raise
+            print_error(err, as_json)
+            return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

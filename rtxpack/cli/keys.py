@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.signing import DEFAULT_EXPIRES_DAYS
-from .output import add_json, emit
+from .output import add_json, emit, existing_file, repo_input
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -23,7 +23,14 @@ def cmd_sign(args: argparse.Namespace) -> int:
     from ..core.manifest import MANIFEST_NAME
     from ..farm.sign import sign_repository
 
-    m = sign_repository(args.repo, args.key, version=args.version, expires_in_days=args.expires_in)
+    import sys
+
+    repo = repo_input(args.repo)
+    if args.key == "-":   # a CI secret piped in: the private key never touches the disk
+        key: Any = sys.stdin.buffer.read()
+    else:
+        key = existing_file(args.key, "--key", what="private key file (rtxpack.key)")
+    m = sign_repository(repo, key, version=args.version, expires_in_days=args.expires_in)
     kid = m.signatures[-1]["keyid"]
     emit(args, {"repo": str(args.repo), "version": m.version, "expires": m.expires, "keyid": kid,
                 "artifacts": len(m.artifacts), "signatures": [dict(s) for s in m.signatures]},
@@ -41,7 +48,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("sign", help="sign a repository's manifest.json (bumps its version, sets expiry)")
     p.add_argument("--repo", required=True, metavar="DIR", help="repository directory containing manifest.json")
-    p.add_argument("--key", required=True, metavar="FILE", help="private key from `rtxpack keygen`")
+    p.add_argument("--key", required=True, metavar="FILE", help="private key from `rtxpack keygen`; - reads it from stdin (a CI secret)")
     p.add_argument("--expires-in", type=float, default=DEFAULT_EXPIRES_DAYS, metavar="DAYS",
                    help=f"days until installers refuse this manifest (default {DEFAULT_EXPIRES_DAYS})")
     p.add_argument("--version", type=int, default=None, metavar="N",

@@ -159,6 +159,10 @@ class BackendSpec:
 
 # ---- built-in backends -------------------------------------------------------------------------
 _TRT_DISTS = ("tensorrt_rtx", "tensorrt-rtx-cu13", "tensorrt-rtx-cu12", "tensorrt_rtx_cu13", "tensorrt_rtx_cu12")
+#: compute capabilities of NVIDIA GPUs (Maxwell to Blackwell): a value outside this set is a typo
+KNOWN_CCS: frozenset[CC] = frozenset({(5, 0), (5, 2), (5, 3), (6, 0), (6, 1), (6, 2), (7, 0), (7, 2), (7, 5), (8, 0),
+                                      (8, 6), (8, 7), (8, 9), (9, 0), (10, 0), (10, 1), (10, 3), (11, 0), (12, 0),
+                                      (12, 1)})
 #: TensorRT-RTX's plan header bit -> compute capability (FACTS.md); also its supported CCs
 TRT_RTX_CC_BITS: tuple[tuple[int, str], ...] = ((0, "7.5"), (1, "8.0"), (2, "8.6"), (3, "8.9"), (4, "12.0"), (5, "12.1"))
 #: lowest compute capability per precision on any NVIDIA GPU (the hardware: FP8 from Ada, FP4 from

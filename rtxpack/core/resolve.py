@@ -23,7 +23,7 @@ from typing import Iterator, Mapping
 
 from . import registry
 from .device import Device
-from .errors import ResolveError
+from .errors import DeviceError, ResolveError
 from .manifest import Artifact, Manifest
 from .registry import TIERS
 from .versions import format_cc, version_tuple
@@ -45,6 +45,11 @@ class Target:
             raise ResolveError("no NVIDIA GPU was found on this machine",
                                fix="install the NVIDIA driver, or set RTXPACK_DEVICE=8.9 to resolve for another GPU",
                                device=device.to_dict())
+        if not 0 <= gpu_index < len(device.gpus):
+            listed = ", ".join(f"{g.index}: {g.name} (CC {g.compute_capability})" for g in device.gpus)
+            raise DeviceError(f"there is no GPU {gpu_index} on this machine; it has {len(device.gpus)} "
+                              f"({listed})", fix=f"pass a GPU index from 0 to {len(device.gpus) - 1} "
+                              "(`rtxpack detect` lists them)", value=gpu_index)
         g = device.gpus[gpu_index]
         return cls(cc=g.cc, os=device.os, gpu_name=g.name, driver=version_tuple(g.driver_version),
                    backends=device.backends)
@@ -106,6 +111,8 @@ class Resolution:
     rejected: tuple[Candidate, ...]
     caches: tuple[CacheMatch, ...] = ()        # for the best candidate: used (ok) and near misses
     notes: tuple[str, ...] = ()
+    backend: str | None = None                 # the only backend asked for (None: any)
+    models: tuple[str, ...] | None = None      # the repository's models (None: no repository)
 
     @property
     def best(self) -> Candidate | None:
@@ -282,24 +289,47 @@ def resolve(manifest: Manifest | None, target: Target, model: str, *, weights_di
     if accepted and accepted[0].artifact is not None and manifest is not None:
         caches = match_caches(manifest, target, accepted[0].artifact)
     return Resolution(target=target, model=model, candidates=tuple(accepted), rejected=tuple(rejected),
-                      caches=caches, notes=tuple(notes))
+                      caches=caches, notes=tuple(notes), backend=backend,
+                      models=tuple(manifest.models()) if manifest is not None else None)
 
 
 def no_match_error(res: Resolution, *, repo: str | None = None) -> ResolveError:
     """One error naming the GPU, what the repository offers, and what to do."""
     t = res.target
+    where = f" {repo}" if repo else ""
+    if res.models is not None and res.model not in res.models:
+        return unknown_model_error(res.model, res.models, repo=repo)
     offered = sorted({f"{c.artifact.backend} CC {'/'.join(c.artifact.compute_capabilities)}"
                       for c in res.rejected if c.artifact is not None})
-    backends = {c.artifact.backend for c in res.rejected if c.artifact is not None}
-    head = (f"no {registry.get(backends.pop()).label} artifact for this GPU {t.describe()}" if len(backends) == 1
-            else f"no artifact of model {res.model!r} fits this GPU {t.describe()}")
     offers = f"; the repository offers {', '.join(offered)}" if offered else ""
-    nb = jit_backend(t) or fallback_backend(t.cc) or "nvrtc"
+    backends = {c.artifact.backend for c in res.rejected if c.artifact is not None}
+    if res.backend is not None:
+        label = registry.get(res.backend).label
+        if res.backend not in backends:
+            head = f"the repository{where} has no {label} artifact of model {res.model!r}"
+        else:
+            head = f"no {label} artifact of model {res.model!r} fits this GPU {t.describe()}"
+    elif len(backends) == 1:
+        head = f"no {registry.get(backends.pop()).label} artifact for this GPU {t.describe()}"
+    else:
+        head = f"no artifact of model {res.model!r} fits this GPU {t.describe()}"
+    nb = jit_backend(t, res.backend) or res.backend or fallback_backend(t.cc) or "nvrtc"
     fix = (f"next fallback: a JIT build with the {nb} backend from the app's ONNX "
            f"(rtxpack.load(..., onnx='model.onnx') or `rtxpack install --onnx model.onnx`), "
-           f"or ask the publisher to add CC {t.cc_str} to the repository")
+           + ("or drop --backend / backend= to use what the repository has" if res.backend is not None
+              else f"or ask the publisher to add CC {t.cc_str} to the repository"))
     return ResolveError(head + offers, fix=fix, model=res.model, gpu=t.describe(), repo=repo,
                         rejected=[c.to_dict() for c in res.rejected])
+
+
+def unknown_model_error(model: str, models: tuple[str, ...] | list[str], *, repo: str | None = None) -> ResolveError:
+    """The repository has no model of that name: say so, and list the ones it has."""
+    where = f" {repo}" if repo else ""
+    have = ", ".join(models) if models else "no models at all"
+    return ResolveError(f"the repository{where} has no model {model!r} (it has: {have})",
+                        fix=(f"pass one of its models (--model / load(model)): {', '.join(models)}" if models
+                             else "publish artifacts into the repository first (`rtxpack build`)"),
+                        model=model, repo=repo, available=list(models))
 
 
 def explain(res: Resolution) -> str:

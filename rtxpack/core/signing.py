@@ -120,15 +120,24 @@ def load_trusted_keys(items: Iterable[Any] | Any | None) -> list[TrustedKey]:
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Any:
-    ed25519 = _crypto()
-    from cryptography.hazmat.primitives import serialization
-
     p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError(f"signing key {p} is a directory", fix=f"pass the key file, e.g. {p / PRIVATE_NAME}",
+                          path=str(p))
     try:
         data = p.read_bytes()
     except OSError as e:
         raise ConfigError(f"cannot read signing key {p}: {e.strerror or e}",
                           fix="pass the rtxpack.key written by `rtxpack keygen`", path=str(p)) from e
+    return private_key_from_bytes(data, p)
+
+
+def private_key_from_bytes(data: bytes, p: str | os.PathLike[str] = "(stdin)") -> Any:
+    """An ed25519 private key from PEM or a raw 32-byte seed (``p`` names where it came from in errors);
+    e.g. a CI secret piped to ``rtxpack sign --key -``."""
+    ed25519 = _crypto()
+    from cryptography.hazmat.primitives import serialization
+
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
             key = serialization.load_pem_private_key(data, password=None)

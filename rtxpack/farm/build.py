@@ -40,6 +40,7 @@ from ..core.manifest import Artifact, artifact_id, blob_relpath
 from . import toolchains as tcs
 from .config import FarmConfig, load_config
 from .plan import Cell, Plan, make_plan, select
+from .progress import BuildProgress, as_progress
 from .repo import RepositoryWriter
 
 WORKER_TIMEOUT_S = 3600          # one cell's build
@@ -412,9 +413,21 @@ def _artifact(cell: Cell, cfg: FarmConfig, reply: dict[str, Any], sha: str, size
 
 
 def build(config: FarmConfig | str | os.PathLike[str], repo: str | os.PathLike[str], *, jobs: int = 1,
-          cells: Iterable[str] | None = None, progress: Callable[[str], None] | None = None,
+          cells: Iterable[str] | None = None, progress: BuildProgress | Callable[[str], None] | None = None,
           plan: Plan | None = None) -> BuildReport:
-    """Build the selected cells of ``config`` into ``repo`` (skipping those already there)."""
+    """Build the selected cells of ``config`` into ``repo`` (skipping those already there).
+
+    ``progress``: a :class:`~rtxpack.farm.progress.BuildProgress` (e.g. the terminal bar), or a
+    callable that gets one line per event."""
+    rep = as_progress(progress)
+    try:
+        return _build(config, repo, jobs=jobs, cells=cells, rep=rep, plan=plan)
+    finally:
+        rep.close()
+
+
+def _build(config: FarmConfig | str | os.PathLike[str], repo: str | os.PathLike[str], *, jobs: int,
+           cells: Iterable[str] | None, rep: BuildProgress, plan: Plan | None) -> BuildReport:
     t0 = time.monotonic()
     cfg = config if isinstance(config, FarmConfig) else load_config(config)
     digests = DigestCache()
@@ -423,18 +436,22 @@ def build(config: FarmConfig | str | os.PathLike[str], repo: str | os.PathLike[s
     repository = RepositoryWriter(repo)
     have = repository.cells()
     report = BuildReport(repo=str(repository.root))
-    say = progress or (lambda s: None)
+    say = rep.message
     todo: list[Cell] = []
     total = len(chosen)
+    lines = []
     for cell in chosen:
         if cell.skipped:
             report.results.append(CellResult(cell, "skipped", error=cell.skipped))
-            say(f"[skip] {_label(cell)}: {cell.skipped}")
+            lines.append(f"[skip] {_label(cell)}: {cell.skipped}")
         elif cell.id in have:
             report.results.append(CellResult(cell, "up-to-date", artifact=have[cell.id]))
-            say(f"[ok]   {_label(cell)}: up to date ({have[cell.id].id})")
+            lines.append(f"[ok]   {_label(cell)}: up to date ({have[cell.id].id})")
         else:
             todo.append(cell)
+    rep.start(total, len(report.results))
+    for line in lines:
+        say(line)
     if not todo:
         report.seconds = time.monotonic() - t0
         return report
@@ -484,6 +501,7 @@ def build(config: FarmConfig | str | os.PathLike[str], repo: str | os.PathLike[s
 
     def run(cell: Cell) -> CellResult:
         started = time.monotonic()
+        rep.cell_started(cell)
         py = pythons[cell.toolchain]
         if isinstance(py, BaseException):
             return failed(cell, str(py), started)
@@ -531,11 +549,7 @@ def build(config: FarmConfig | str | os.PathLike[str], repo: str | os.PathLike[s
             done[0] += 1
             n = done[0]
             built.append(res)
-        if res.status == "built":
-            say(f"[{n}/{total}] built {_label(res.cell)} in {res.seconds:.1f} s -> {res.artifact.path} "
-                f"({res.artifact.size} bytes)")
-        else:
-            say(f"[{n}/{total}] FAILED {_label(res.cell)}: {res.error}")
+        rep.cell_finished(res, n)
 
     def loop() -> None:
         prefer = None

@@ -21,6 +21,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 CUDA_MAJORS = ("12", "13")
+#: ``[project]`` keys (strings, copied into the manifest): what it is and which release
+PROJECT_KEYS = {"name": "the product or model set", "version": "its release, e.g. \"1.4.0\"",
+                "description": "one line", "url": "where people learn more"}
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,8 @@ class _Reader:
                 raise self.err(f"{key}.{name}", "is missing", f"add {name} = \"...\" to {key}")
             return None
         v = d[name]
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            raise self.err(f"{key}.{name}", f"expected a string, got the number {v!r}", f"quote it: {name} = \"{v}\"")
         if not isinstance(v, str) or not v.strip():
             raise self.err(f"{key}.{name}", f"expected a non-empty string, got {v!r}", f"write {name} = \"...\"")
         if choices and v not in choices:
@@ -129,6 +134,11 @@ def _model(r: _Reader, i: int, d: Any, seen: set[str]) -> ModelSpec:
     seen.add(name)
     onnx = r.string(d, key, "onnx")
     path = (r.path.parent / str(onnx)).resolve()
+    if path.is_dir():
+        raise r.err(f"{key}.onnx", f"{path} is a directory, not an ONNX file", "name the .onnx file itself")
+    if not path.is_file():
+        raise r.err(f"{key}.onnx", f"{path} does not exist (paths are relative to {r.path.name}'s folder)",
+                    "fix the path, or generate the model before planning")
     precision = r.string(d, key, "precision", required=False, choices=PRECISIONS) or "fp32"
     inputs: dict[str, dict[str, tuple[int, ...]]] = {}
     for iname, prof in r.table(d.get("inputs", {}), f"{key}.inputs").items():
@@ -162,13 +172,34 @@ def _ccs(r: _Reader, key: str, v: Any) -> tuple[str, ...]:
                     "list the GPU compute capabilities to build for")
     out = []
     for cc in v:
+        if isinstance(cc, (int, float)) and not isinstance(cc, bool):
+            raise r.err(key, f"{cc!r} is a number; compute capabilities are strings (a TOML number cannot tell "
+                        "8.9 from 8.90)", f"write it as \"{cc}\"")
         try:
             norm = format_cc(parse_cc(cc))
         except ValueError:
             raise r.err(key, f"{cc!r} is not a compute capability", "write them as strings such as \"8.9\"") from None
+        if parse_cc(norm) not in registry.KNOWN_CCS:
+            raise r.err(key, f"{norm} is not the compute capability of any NVIDIA GPU rtxpack knows",
+                        f"use one of: {', '.join(format_cc(c) for c in sorted(registry.KNOWN_CCS))}")
         if norm not in out:
             out.append(norm)
     return tuple(sorted(out, key=parse_cc))
+
+
+def _check_target_ccs(r: _Reader, key: str, backend: str, ccs: tuple[str, ...]) -> None:
+    """A target its backend can never build is a mistake in the config, not a skip."""
+    spec = registry.get(backend)
+    bad = [c for c in ccs if not spec.supports(parse_cc(c))]
+    if bad:
+        others = [s.name for s in registry.specs() if s.name != backend and all(s.supports(parse_cc(c)) for c in bad)]
+        alt = f", or a target with backend = \"{others[0]}\" for {', '.join(bad)}" if others else ""
+        raise r.err(key, f"{spec.label} cannot target compute capability {', '.join(bad)} (it supports "
+                    f"{spec.supported_text()})", f"remove {', '.join(bad)}{alt}")
+    alone = [c for c in ccs if parse_cc(c) in spec.must_build_alone]
+    if alone and len(ccs) > 1:
+        raise r.err(key, f"{alone[0]} must be its own engine: {spec.label} does not support mixing it with other "
+                    "compute capabilities", f"move {alone[0]} into a target of its own")
 
 
 def _target(r: _Reader, i: int, d: Any, seen: set[str]) -> TargetSpec:
@@ -184,6 +215,7 @@ def _target(r: _Reader, i: int, d: Any, seen: set[str]) -> TargetSpec:
     if "compute_capabilities" not in d:
         raise r.err(f"{key}.compute_capabilities", "is missing", "add compute_capabilities = [\"8.6\", \"8.9\", \"12.0\"]")
     ccs = _ccs(r, f"{key}.compute_capabilities", d["compute_capabilities"])
+    _check_target_ccs(r, f"{key}.compute_capabilities", backend, ccs)
     os_ = r.string(d, key, "os", required=False, choices=OS_FAMILIES)
     return TargetSpec(name=name, backend=backend, compute_capabilities=ccs,
                       strip_weights=r.boolean(d, key, "strip_weights"), os=os_, ptx=r.boolean(d, key, "ptx"))
@@ -199,6 +231,9 @@ def _toolchain(r: _Reader, i: int, d: Any) -> ToolchainSpec:
         raise r.err(f"{key}.version", f"{version!r} is not an exact version", "write an exact version such as \"1.7.1.116\"")
     cuda = d.get("cuda")
     if cuda is not None:
+        if isinstance(cuda, bool) or not isinstance(cuda, (str, int)):
+            raise r.err(f"{key}.cuda", f"expected a CUDA major such as \"13\", got {cuda!r}",
+                        f"use one of: {', '.join(CUDA_MAJORS)}")
         cuda = str(cuda)
         if cuda not in CUDA_MAJORS:
             raise r.err(f"{key}.cuda", f"{cuda!r} is not a CUDA major rtxpack knows", f"use one of: {', '.join(CUDA_MAJORS)}")
@@ -211,14 +246,27 @@ def load_config(path: str | Path) -> FarmConfig:
     """Parse and check ``rtxpack.toml``; ConfigError names the file, key and fix."""
     p = Path(path).resolve()
     r = _Reader(p)
+    if p.is_dir():
+        inside = p / "rtxpack.toml"
+        raise ConfigError(f"{p}: is a directory, the config file is expected",
+                          fix=f"pass {inside}" if inside.is_file() else "pass the path of your rtxpack.toml",
+                          path=str(p))
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise ConfigError(f"{p}: no such config file", fix="pass the path of your rtxpack.toml", path=str(p)) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a text file ({e.reason})", fix="pass your rtxpack.toml", path=str(p)) from e
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read it ({e.strerror or e})", fix="check the path and its permissions",
+                          path=str(p)) from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML ({e})", fix="fix the syntax at the line shown", path=str(p)) from e
     r.known(data, "(top level)", {"project", "models", "targets", "toolchains"})
     project = r.table(data.get("project", {}), "project")
+    r.known(project, "project", set(PROJECT_KEYS))
+    for name in project:
+        r.string(project, "project", name)
     for name in ("models", "targets"):
         if not isinstance(data.get(name), list) or not data[name]:
             raise r.err(name, "is missing or empty", f"add at least one [[{name}]] table")

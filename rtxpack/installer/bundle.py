@@ -27,7 +27,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import gzip
 import tarfile
+import zlib
 import tempfile
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
@@ -80,6 +82,10 @@ class BundleReader:
         where = str(self.path)
         try:
             self._tar = tarfile.open(self.path, mode="r:*")
+        except tarfile.ReadError as e:   # its message lists every decompressor tried, over several lines
+            raise BundleError(f"{where}: not an rtxpack bundle (neither a tar nor a tar.gz archive) and not a "
+                              "repository directory", fix="pass a file written by `rtxpack bundle` (.tar or .tar.gz), "
+                              "a repository directory or an http(s) URL", path=where) from e
         except (tarfile.TarError, OSError, EOFError) as e:
             raise BundleError(f"{where}: not a readable tar bundle ({e})",
                               fix="pass a file written by `rtxpack bundle` (.tar or .tar.gz)", path=where) from e
@@ -104,8 +110,17 @@ class BundleReader:
                     raise BundleError(f"{where}: member {name!r} appears twice",
                                       fix="do not use this bundle; recreate it with `rtxpack bundle`", member=name)
                 members[name] = ti
-        except tarfile.TarError as e:
-            raise BundleError(f"{where}: corrupt tar ({e})", fix="download or copy the bundle again", path=where) from e
+        except (tarfile.TarError, EOFError, zlib.error) as e:   # a .tar.gz cut short fails while listing
+            raise BundleError(f"{where}: corrupt or truncated tar ({e})", fix="download or copy the bundle again",
+                              path=where) from e
+        if self._tar.fileobj is not None and not isinstance(self._tar.fileobj, gzip.GzipFile):
+            # a plain tar cut short still lists its headers; its last member's bytes are missing
+            size = self.path.stat().st_size
+            short = next((ti for ti in members.values() if ti.offset_data + ti.size > size), None)
+            if short is not None:
+                raise BundleError(f"{where}: truncated: member {short.name!r} needs bytes up to "
+                                  f"{short.offset_data + short.size}, the file has {size}",
+                                  fix="download or copy the bundle again", path=where, member=short.name)
         mi = members.get(MANIFEST_NAME)
         if mi is None:
             raise BundleError(f"{where}: no {MANIFEST_NAME} inside", fix="pass a file written by `rtxpack bundle`",

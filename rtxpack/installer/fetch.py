@@ -18,6 +18,7 @@ import os
 import http.client
 import queue
 import random
+import re
 import sys
 import threading
 import time
@@ -211,13 +212,13 @@ def _fetch_locked(store: Store, sha: str, size: int, label: str, locations: list
     if mismatch is not None:
         raise ChecksumMismatch(
             f"{label}: every source failed and at least one served wrong bytes; nothing was installed. "
-            + "; ".join(errors),
+            + summarize(errors),
             fix="the repository or mirror is corrupt or was changed after publishing; re-publish it or use another mirror",
             sha256=sha, expected_sha256=sha, actual_sha256=mismatch.actual_sha256, url=mismatch.url,
             sources=[redact(x) for x in locations], errors=errors,
         )
     raise FetchError(
-        f"could not fetch {label} from any source: " + "; ".join(errors),
+        f"could not fetch {label} from any source: " + summarize(errors),
         fix="check the repository URL and your network, or " + _BUNDLE_FIX.split(", or ")[-1],
         sha256=sha, sources=[redact(x) for x in locations], errors=errors,
     )
@@ -330,7 +331,7 @@ def _download_http(store: Store, sha: str, size: int, url: str, session: request
             h, have = hashlib.sha256(), 0
         _write_info(info_path, url, resp.headers.get("ETag"))
         mode = "ab" if have else "wb"
-        bar = _progress_bar(progress, size, have, url)
+        bar = _progress_bar(progress, size, have, meta)
         try:
             with open(partial, mode, buffering=0) as f:
                 def received(n: int) -> None:
@@ -503,7 +504,36 @@ def _get(session: requests.Session, url: str, headers: dict[str, str], stats: Fe
         raise _Retry(f"timed out ({type(e).__name__}: connect {config.connect_timeout()} s, "
                      f"read {config.read_timeout()} s; set RTXPACK_READ_TIMEOUT to wait longer)") from e
     except _requests().RequestException as e:
-        raise _Retry(f"{type(e).__name__}: {e}") from e
+        raise _Retry(_request_error(e, url)) from e
+
+
+def _request_error(e: BaseException, url: str) -> str:
+    """A connection failure in a few words ("cannot connect to host:port: connection refused"),
+    not urllib3's nested repr of its retry pool."""
+    from urllib.parse import urlsplit
+
+    cause: Any = getattr(e.args[0], "reason", None) if e.args else None
+    text = str(cause if cause is not None else e)
+    m = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if m is None and ("Failed to resolve" in text or "NameResolutionError" in text):
+        why = "the host name does not resolve"
+    elif m is not None:
+        why = m.group(1).strip().rstrip(".").lower()
+    else:
+        return f"{type(e).__name__}: {text}"
+    parts = urlsplit(url)
+    where = parts.hostname or "?"
+    if parts.port:
+        where += f":{parts.port}"
+    return f"cannot connect to {where}: {why}"
+
+
+def summarize(errors: list[str]) -> str:
+    """Failed attempts in one line, each distinct reason once (with how many times it happened)."""
+    counts: dict[str, int] = {}
+    for e in errors:
+        counts[e] = counts.get(e, 0) + 1
+    return "; ".join(e if n == 1 else f"{e} ({n} attempts)" for e, n in counts.items())
 
 
 def _check_status(resp: requests.Response, url: str) -> None:
@@ -548,15 +578,17 @@ def _drop(*paths: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _progress_bar(progress: bool | None, total: int, initial: int, url: str) -> Any:
+def _progress_bar(progress: bool | None, total: int, initial: int, meta: dict[str, str]) -> Any:
     if progress is None:
         progress = sys.stderr is not None and sys.stderr.isatty()
     if not progress:
         return None
     from tqdm import tqdm
 
+    # what the user asked for, not the blob's hash: "mlp engine" (model and artifact kind)
+    label = " ".join(dict.fromkeys(v for v in (meta.get("model"), meta.get("kind")) if v)) or meta.get("id") or "artifact"
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                desc=url.rsplit("/", 1)[-1][:16], file=sys.stderr, leave=False)
+                desc=label, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 # -- small documents -----------------------------------------------------------------------------
@@ -627,7 +659,7 @@ def fetch_bytes(
     finally:
         if own:
             sess.close()
-    raise FetchError(f"could not fetch {redact(loc)}: " + "; ".join(errors),
+    raise FetchError(f"could not fetch {redact(loc)}: " + summarize(errors),
                      fix="check the repository URL and your network", url=redact(loc), errors=errors)
 
 

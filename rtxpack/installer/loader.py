@@ -188,12 +188,17 @@ def load(model: str, *, repo: str | os.PathLike[str] | None = None, onnx: str | 
         except (BackendError, FetchError) as e:
             skipped(cand, e)
     target = prepared.target
+    if prepared.onnx is None:
+        fix = ("pass onnx= so rtxpack can build on this machine, or install the backend it needs "
+               "(pip install rtxpack[gpu] / rtxpack[rtx])")
+    else:   # the JIT build from the given ONNX was tried and failed: its reason is in the message
+        fix = (f"act on the reasons above: the build from {prepared.onnx} on this machine failed; check that the "
+               "model is one the backend supports, or install the backend it names (pip install rtxpack[gpu] / "
+               "rtxpack[rtx])")
     raise ResolveError(
         f"nothing could run model {model!r} on {target.describe()}: "
         + "; ".join(f"{f['from']}: {f['reason']}" for f in prov.fallbacks),
-        fix="pass onnx= so rtxpack can build on this machine, or install the backend it needs "
-            "(pip install rtxpack[gpu] / rtxpack[rtx])",
-        model=model, gpu=target.describe(), fallbacks=prov.fallbacks)
+        fix=fix, model=model, gpu=target.describe(), fallbacks=prov.fallbacks)
 
 
 def _cache_key(model: str, plan_sha: str, target: Target, backend: str, version: str) -> rcs.CacheKey:

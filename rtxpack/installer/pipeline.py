@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..core.device import Device, describe, detect
-from ..core.errors import ChecksumMismatch, ConfigError, FetchError, OfflineError
+from ..core.errors import ChecksumMismatch, FetchError, OfflineError
 from ..core.manifest import Artifact
-from ..core.resolve import Candidate, Resolution, Target, match_caches, no_match_error, resolve
+from ..core.onnxinfo import check_onnx_file
+from ..core.resolve import (Candidate, Resolution, Target, match_caches, no_match_error, resolve,
+                            unknown_model_error)
 from .context import InstallContext, context_from
 from .repository import RepositoryView, open_repository
 
@@ -61,10 +63,7 @@ class Installed:
 def check_onnx(onnx: str | os.PathLike[str] | None) -> Path | None:
     if onnx is None:
         return None
-    p = Path(onnx)
-    if not p.exists():
-        raise ConfigError(f"ONNX file {p} does not exist", fix="pass the path of the model the app ships", path=str(p))
-    return p
+    return check_onnx_file(onnx)
 
 
 def prepare(ctx: InstallContext, repo: str | os.PathLike[str] | None, model: str, *,
@@ -90,8 +89,10 @@ def prepare(ctx: InstallContext, repo: str | os.PathLike[str] | None, model: str
             if not (tolerate_repo_errors and onnx is not None):
                 raise
             repo_error = e
-    target = Target.from_device(device, gpu_index)     # no GPU: said after a bad --repo was reported
     onnx_path = check_onnx(onnx)
+    if repository is not None and onnx_path is None and model not in repository.manifest.models():
+        raise unknown_model_error(model, repository.manifest.models(), repo=repository.spec)
+    target = Target.from_device(device, gpu_index)     # no GPU: said after a bad --repo / --model was reported
     wd = None
     if onnx_path is not None:
         with step("weights-digest"):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-from ..core import registry
+from ..core import config, registry
 from ..core.device import describe, detect
 
 TOLERANCE = 1e-4
@@ -69,8 +69,11 @@ def _compare(out: dict, ref: dict) -> str:
 
 def run_selftest(progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     s = _Steps(progress)
-    dev = detect()
-    s.add("detect", "pass", describe(dev))
+    # this machine's real GPUs: RTXPACK_DEVICE describes another PC, which cannot be tested from here
+    dev = detect(use_override=False)
+    forced = " (RTXPACK_DEVICE is ignored: selftest tests this machine's own GPU)" if config.device_override() else ""
+    no_driver = next((n for n in dev.notes), "no NVIDIA GPU found") if not dev.gpus else None
+    s.add("detect", "pass", describe(dev) + (f": {no_driver}" if no_driver else "") + forced)
     gpu = dev.gpu
     # the most preferred backend that is installed and supports this GPU; otherwise the first one
     # that runs on any GPU (nvrtc), whose ahead-of-time steps work without a GPU
@@ -115,7 +118,7 @@ def run_selftest(progress: Callable[[str], None] | None = None) -> dict[str, Any
         if not chosen.strip_needs_gpu:
             s.run("build-stripped", lambda: f"{len(be.build(onnx, compute_capabilities=[cc], strip_weights=True))} bytes")
         for step in ("load+run", "runtime-cache round trip", "strip+refit+run"):
-            s.add(step, "skip", "needs a GPU")
+            s.add(step, "skip", "needs an NVIDIA GPU and its driver (none here)")
     elif built:
         cache: dict[str, bytes] = {}
 
@@ -147,7 +150,14 @@ def run_selftest(progress: Callable[[str], None] | None = None) -> dict[str, Any
             s.add("runtime-cache round trip", "skip", "load failed")
         s.run("strip+refit+run", strip_refit)
     failed = [st for st in s.steps if st["status"] == "fail"]
-    summary = (f"selftest {'passed' if not failed else 'FAILED'} with backend {backend} on {describe(dev)}: "
-               f"{sum(st['status'] == 'pass' for st in s.steps)} passed, {len(failed)} failed, "
-               f"{sum(st['status'] == 'skip' for st in s.steps)} skipped")
-    return {"ok": not failed, "backend": backend, "device": dev.to_dict(), "steps": s.steps, "summary": summary}
+    # "no-gpu" is not a failure: nothing is broken, the GPU half simply cannot run here
+    status = "failed" if failed else "no-gpu" if gpu is None else "passed"
+    counts = (f"{sum(st['status'] == 'pass' for st in s.steps)} passed, {len(failed)} failed, "
+              f"{sum(st['status'] == 'skip' for st in s.steps)} skipped")
+    if status == "no-gpu":
+        summary = (f"selftest: no NVIDIA GPU/driver on this machine ({no_driver}); the ahead-of-time steps with "
+                   f"backend {backend} passed, the GPU steps did not run: {counts}")
+    else:
+        summary = f"selftest {'passed' if not failed else 'FAILED'} with backend {backend} on {describe(dev)}: {counts}"
+    return {"ok": not failed, "status": status, "backend": backend, "device": dev.to_dict(), "steps": s.steps,
+            "summary": summary}

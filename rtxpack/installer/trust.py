@@ -49,7 +49,13 @@ _warned: set[str] = set()
 
 
 class UnsignedRepositoryWarning(UserWarning):
-    """A repository was used without signature verification (no trusted key configured)."""
+    """A repository was used without signature verification (no trusted key configured).
+
+    ``repo`` and ``fix`` let a front end (the CLI) print it as one line plus the fix."""
+
+    def __init__(self, message: str, *, repo: str | None = None, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.repo, self.fix = repo, fix
 
 
 # ---- verification --------------------------------------------------------------------------------
@@ -162,7 +168,9 @@ def verify_manifest(manifest: Manifest, *, trusted_keys: Iterable[Any] | None, r
                    "require_signed=True / --require-signed / RTXPACK_REQUIRE_SIGNED=1 refuses unsigned use")
             if log.hasHandlers():  # unconfigured logging would print it a second time (logging.lastResort)
                 log.warning(msg)
-            warnings.warn(msg, UnsignedRepositoryWarning, stacklevel=2)
+            warnings.warn(UnsignedRepositoryWarning(
+                msg, repo=repo, fix=f"{_PIN_FIX}; --require-signed (RTXPACK_REQUIRE_SIGNED=1) refuses unsigned use"),
+                stacklevel=2)
         return Verification(repo, False, None, manifest.version, manifest.expires)
     keyid = check_signature(manifest, keys, repo=repo)
     _check_expiry(manifest, repo=repo, now=now)
