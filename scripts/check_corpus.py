@@ -142,7 +142,8 @@ def _torch_peer(name: str, feeds: dict[str, np.ndarray], iters: int) -> float | 
     return sorted(times)[len(times) // 2]
 
 
-def check_one(rec: dict[str, Any], workdir: str, run: str, big_batch: int, iters: int, peer: bool) -> dict[str, Any]:
+def check_one(rec: dict[str, Any], workdir: str, run: str, big_batch: int, iters: int, peer: bool,
+              only: tuple[str, ...] = ()) -> dict[str, Any]:
     name = rec["model"]
     if rec["status"] != "built":
         return rec
@@ -160,6 +161,8 @@ def check_one(rec: dict[str, Any], workdir: str, run: str, big_batch: int, iters
         worst: dict[str, float] = {}
         with loaded:
             for label, kw in _cases(name, big_batch):
+                if only and label not in only and not (label.startswith("b") and "bN" in only and label != "b1"):
+                    continue
                 feeds = mc.typical_inputs(name, seed=1, **kw)
                 ref = _ort(path, feeds)
                 got = loaded.run(feeds)
@@ -201,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="the larger batch")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--cases", default="", help="only these checks, e.g. b1,min (default: b1, bN, min, max)")
     ap.add_argument("--json", default="")
     ap.add_argument("--md", default="")
     args = ap.parse_args(argv)
@@ -220,8 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     recs = []
     for rec in built:
         if args.run != "none":
-            rec = check_one(rec, args.workdir, args.run, args.batch, args.iters, not args.no_peer)
+            rec = check_one(rec, args.workdir, args.run, args.batch, args.iters, not args.no_peer,
+                            tuple(c for c in args.cases.split(",") if c))
         recs.append(rec)
+        if args.json:     # after every model: a run cut short still leaves what it measured
+            Path(args.json).write_text(json.dumps(recs, indent=1))
         print(f"{rec['model']:<28} {rec['status']:<12} {rec.get('errors', rec.get('error', ''))} "
               f"nvrtc {rec.get('nvrtc_ms', '-')} ms, torch {rec.get('torch_cuda_graph_ms', '-')} ms", flush=True)
     if args.json:

@@ -222,23 +222,32 @@ def make_tensor(rec: Mapping[str, Any], seed: int = 0) -> np.ndarray:
     return a.astype(np.dtype(rec["dtype"]) if rec["dtype"] != "bfloat16" else np.float32)
 
 
-def materialize(name: str, out_dir: Path | str, seed: int = 0, models_dir: Path | str = MODELS_DIR) -> Path:
-    """Write ``out_dir/<name>.onnx``: the structure copy with every stripped initializer re-created
-    (same seed -> same bytes). Models over 1.5 GiB get their weights in external data beside it."""
+def materialize_model(name: str, seed: int = 0, zeros: bool = False, models_dir: Path | str = MODELS_DIR) -> Any:
+    """The ModelProto with every stripped initializer re-created (same seed -> same bytes); ``zeros``:
+    zero-filled instead (structure checks that never look at the values: no RNG cost)."""
     import onnx
     from onnx import numpy_helper
 
     src = model_path(name, models_dir)
     model = onnx.load(str(src))
     meta = _load_meta(str(src))
-    total = 0
     for rec in meta["stripped"]:
-        arr = make_tensor(rec, seed)
-        total += arr.nbytes
+        dt = np.dtype(rec["dtype"]) if rec["dtype"] != "bfloat16" else np.float32
+        arr = np.zeros(tuple(rec["shape"]), dt) if zeros else make_tensor(rec, seed)
         t = numpy_helper.from_array(arr, rec["name"])
         if rec["dtype"] == "bfloat16":
             t = onnx.helper.make_tensor(rec["name"], onnx.TensorProto.BFLOAT16, arr.shape, arr.reshape(-1).tolist())
         model.graph.initializer.append(t)
+    return model
+
+
+def materialize(name: str, out_dir: Path | str, seed: int = 0, models_dir: Path | str = MODELS_DIR) -> Path:
+    """Write ``out_dir/<name>.onnx``: the structure copy with every stripped initializer re-created
+    (same seed -> same bytes). Models over 1.5 GiB get their weights in external data beside it."""
+    import onnx
+
+    model = materialize_model(name, seed, models_dir=models_dir)
+    total = sum(np.prod(t.dims) * 4 for t in model.graph.initializer)
     out = Path(out_dir) / f"{name}.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     if total > 1.5 * 2**30:
@@ -315,4 +324,4 @@ def typical_inputs(name: str, batch: int = 1, dims: Mapping[str, int] | None = N
 
 
 __all__ = ["META_KEY", "MODELS_DIR", "STRIP_THRESHOLD", "info", "input_shapes", "list_models", "make_tensor",
-           "materialize", "model_path", "profiles", "strip_model", "typical_inputs", "weight_hint"]
+           "materialize", "materialize_model", "model_path", "profiles", "strip_model", "typical_inputs", "weight_hint"]

@@ -99,9 +99,12 @@ def _shape_of(vi: Any) -> list[int | str | None]:
     return dims
 
 
-def load_model(onnx_path: str | Path) -> Any:
+def load_model(onnx_path: Any) -> Any:
+    """The ModelProto of a path (a ModelProto given is returned as it is)."""
     import onnx
 
+    if isinstance(onnx_path, onnx.ModelProto):
+        return onnx_path
     try:
         return onnx.load(str(onnx_path))
     except Exception as e:  # noqa: BLE001 - onnx raises many types for a bad file
@@ -109,7 +112,7 @@ def load_model(onnx_path: str | Path) -> Any:
                                path=str(onnx_path)) from e
 
 
-def import_onnx(onnx_path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def import_onnx(onnx_path: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Parse, shape-infer, place, check and fuse; returns ``(graph, initializers)``."""
     import onnx
 
