@@ -232,3 +232,17 @@ def test_load_without_gpu_is_a_clear_error(models) -> None:
     plan = NvrtcBackend().build(models["mlp"], compute_capabilities=["8.6"])
     with pytest.raises(BackendError):
         NvrtcBackend().load(plan)
+
+
+def test_model_inputs_are_never_overwritten(tmp_path: Path) -> None:
+    """Every input's arena slot lives for the whole run: no other tensor shares its bytes, so a run
+    can be replayed (CUDA graph, benchmark) without copying the inputs again."""
+    path = examples.transformer_block(tmp_path / "t.onnx")
+    graph, weights = import_onnx(path)
+    sp = plan_shapes(graph, {"x": (2, 16, 64)}, weights, set(device_weight_names(graph)))
+    lo = sp.offsets["x"]
+    hi = lo + 2 * 16 * 64 * 4
+    for name, off in sp.offsets.items():
+        if name != "x":
+            size = int(np.prod(sp.shapes[name])) * 4 if name in sp.shapes else 256
+            assert off >= hi or off + size <= lo, f"{name} shares the input's bytes"

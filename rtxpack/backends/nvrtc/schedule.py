@@ -125,6 +125,11 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
         r = root.get(o, o)
         if r in born:
             last[r] = step
+    # the model's inputs keep their slots for the whole run: no kernel ever writes over them, so a
+    # run can be replayed (a CUDA graph, a benchmark) without copying the inputs in again
+    for i in graph["inputs"]:
+        if i["name"] in born:
+            last[i["name"]] = step
     # a device op whose input is an upload reads an arena slot that lives for the whole run
     for name, val in uploads.items():
         born[name], last[name] = -1, step
