@@ -7,7 +7,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from rtxpack.core.manifest import Artifact, Manifest, artifact_id, blob_relpath
 
@@ -51,6 +51,14 @@ def write_repo(root: Path, blobs: Sequence[tuple[Artifact, bytes]], *, version: 
     m = Manifest(artifacts=tuple(a for a, _ in blobs), version=version, **kw)
     m.save(root)
     return m
+
+
+def fault(name: str, expected: str, category: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Label a test for the published table (docs/RELIABILITY.md, grouped by ``category``)."""
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.fault = (name, expected, category)  # type: ignore[attr-defined]
+        return fn
+    return deco
 
 
 def child_env(**extra: str) -> dict[str, str]:

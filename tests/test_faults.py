@@ -42,10 +42,14 @@ DEVICE = "8.9"
 pytestmark = pytest.mark.timeout(90) if hasattr(pytest.mark, "timeout") else []
 
 
+#: the table section of the tests below it (set again at each section marker)
+CATEGORY = "process and network"
+
+
 def fault(name: str, expected: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Label a test for the published table (docs/RELIABILITY.md)."""
+    """Label a test for the published table (docs/RELIABILITY.md), in the section CATEGORY names."""
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.fault = (name, expected)  # type: ignore[attr-defined]
+        fn.fault = (name, expected, CATEGORY)  # type: ignore[attr-defined]
         return fn
     return deco
 
@@ -228,7 +232,7 @@ def test_eight_concurrent_installers(nginx, key) -> None:
     blob_ok(e)
     assert entry_shas() == {e.sha256}
     assert sum(h.sent for h in nginx.hits("/" + e.path, at_least=1)) == e.size
-    assert trust.accepted_version(nginx.url) == 2
+    assert trust.accepted_version(key["id"]) == 2
     assert list(Store().root.joinpath("tmp").glob("*.tmp")) == []
 
 
@@ -265,6 +269,7 @@ def test_listening_socket_that_never_accepts() -> None:
 # ================================================================================================
 # disk: the local store and runtime caches
 # ================================================================================================
+CATEGORY = "disk: the store and runtime caches"
 @fault("plan in the store truncated or bit-flipped",
        "`rtxpack cache verify` reports it (exit 1) and removes it; the next install fetches it again, verified")
 @pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
@@ -393,6 +398,7 @@ def test_bitflipped_plan_detected_at_load(runtime_env) -> None:
 # ================================================================================================
 # input: manifests
 # ================================================================================================
+CATEGORY = "input: manifests"
 @fault("tampered manifest on the server (artifact swapped, signature kept)",
        "SignatureError naming repo and keyid; exit 1; the foreign blob is never fetched; offline copy unchanged")
 def test_tampered_manifest_over_http(nginx, key) -> None:
@@ -462,7 +468,7 @@ def test_rollback_refused(nginx, key) -> None:
     (nginx.root / "manifest.json").write_bytes(old)
     r = cli(*args, RTXPACK_DEVICE=DEVICE)
     assert r.returncode == 1 and "rollback" in r.stderr and "version 2" in r.stderr and "version 3" in r.stderr
-    assert trust.accepted_version(nginx.url) == 3
+    assert trust.accepted_version(key["id"]) == 3
 
 
 @fault("unsigned repository with require_signed", "SignatureError telling how to pin a key; exit 1")
@@ -518,6 +524,7 @@ def test_deeply_nested_manifest_refused(faultserver, depth: int) -> None:
 # ================================================================================================
 # input: hostile bundles
 # ================================================================================================
+CATEGORY = "input: bundles"
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], gz: bool = False) -> Path:
     with tarfile.open(path, "w:gz" if gz else "w", format=tarfile.PAX_FORMAT) as t:
         for info, data in members:

@@ -14,8 +14,9 @@ from typing import Sequence
 
 from .. import __version__
 from ..core import config
-from ..core.errors import RtxpackError
+from ..core.errors import ConfigError, RtxpackError
 from . import farm, installer, keys, machine
+from .output import harden_streams, safe_text
 
 GROUPS = (machine, installer, farm, keys)
 
@@ -30,20 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _debug() -> bool:
+    try:
+        return config.debug()
+    except ConfigError:
+        return False   # a bad RTXPACK_DEBUG is reported like any other bad variable, not here
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    harden_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except RtxpackError as e:
-        if config.debug():
+        if _debug():
             raise
         if getattr(args, "json", False):
             print(json.dumps(e.to_dict(), indent=2, default=str))
         else:
-            print(f"rtxpack: error: {e.message}", file=sys.stderr)
+            print(f"rtxpack: error: {safe_text(e.message)}", file=sys.stderr)
             if e.fix:
-                print(f"  fix: {e.fix}", file=sys.stderr)
+                print(f"  fix: {safe_text(e.fix)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rtxpack: interrupted", file=sys.stderr)
