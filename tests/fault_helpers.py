@@ -53,6 +53,35 @@ def write_repo(root: Path, blobs: Sequence[tuple[Artifact, bytes]], *, version: 
     return m
 
 
+H100 = {"os": "linux", "gpus": [{"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
+                                 "driver_version": "13.0", "memory_bytes": 80 << 30}],
+        "backends": {"reference": "1.0.0", "nvrtc": None, "tensorrt-rtx": None}}
+
+
+def device(cc: str = CC) -> Any:
+    """A forced device of compute capability ``cc`` (what RTXPACK_DEVICE=8.9 gives)."""
+    from rtxpack.core.device import parse_override
+
+    return parse_override(cc)
+
+
+def one_engine(root: Path, size: int, seed: int = 0, **kw: Any) -> tuple[Artifact, bytes]:
+    """A directory repository holding one engine of ``size`` random bytes: (its entry, its bytes)."""
+    data = data_of(size, seed)
+    e = engine_for(data, **kw)
+    write_repo(root, [(e, data)])
+    return e, data
+
+
+def edit_first_artifact(root: Path, **fields: Any) -> None:
+    """Change fields of the first entry of ``root/manifest.json`` by hand (what a tamperer does)."""
+    import json
+
+    doc = json.loads((root / "manifest.json").read_text())
+    doc["artifacts"][0].update(fields)
+    (root / "manifest.json").write_text(json.dumps(doc))
+
+
 def fault(name: str, expected: str, category: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Label a test for the published table (docs/RELIABILITY.md, grouped by ``category``)."""
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -56,7 +56,7 @@ def test_unchanged_rebuild_does_no_builder_work(matrix_repo, farm, monkeypatch: 
         raise AssertionError(f"{path} was hashed or parsed again although its identity and fingerprint did not change")
 
     import rtxpack.core.digest_cache as digest_cache
-    for name in ("model_digest_of", "external_files", "weights_digest"):
+    for name in ("model_digest_of", "load_structure", "weights_digest", "weights_digest_of_structure"):
         monkeypatch.setattr(digest_cache, name, no_hashing)
     again = build(cfg, repo, jobs=2)
     assert again.builder_runs == 0

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from fault_helpers import cache_for, child_env, cli, data_of, engine_for, write_repo
+from fault_helpers import cache_for, child_env, cli, data_of, edit_first_artifact, engine_for, one_engine
 from rtxpack.installer import trust
 from rtxpack.core.signing import load_private_key, sign_manifest
 from rtxpack.farm.sign import keygen, sign_repository
@@ -76,13 +76,6 @@ def serve(server, root: Path) -> None:
     for p in root.rglob("*"):
         if p.is_file():
             server.files["/" + p.relative_to(root).as_posix()] = p.read_bytes()
-
-
-def one_engine(root: Path, size: int, seed: int = 0, **kw):
-    data = data_of(size, seed)
-    e = engine_for(data)
-    write_repo(root, [(e, data)], **kw)
-    return e, data
 
 
 @pytest.fixture
@@ -482,9 +475,7 @@ def test_unsigned_with_require_signed_refused(nginx) -> None:
 @pytest.mark.parametrize("size", [1 << 60, -1, "12"])
 def test_absurd_artifact_size_refused(tmp_path: Path, size) -> None:
     e, _ = one_engine(tmp_path / "repo", 1000, seed=16)
-    doc = json.loads((tmp_path / "repo" / "manifest.json").read_text())
-    doc["artifacts"][0]["size"] = size
-    (tmp_path / "repo" / "manifest.json").write_text(json.dumps(doc))
+    edit_first_artifact(tmp_path / "repo", size=size)
     with pytest.raises(ManifestError) as ei:
         open_repository(tmp_path / "repo")
     assert e.id in str(ei.value) and "size" in str(ei.value)

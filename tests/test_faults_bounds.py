@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fault_helpers import ROOT, child_env, cli, data_of, engine_for, fault, write_repo
+from fault_helpers import H100, ROOT, child_env, cli, data_of, device, engine_for, fault, one_engine, write_repo
 from rtxpack.core.digest import weights_digest
 from rtxpack.core.errors import RtxpackError
 from rtxpack.core.manifest import Manifest
@@ -42,22 +42,8 @@ from rtxpack.installer.store import Store
 
 DEVICE = "8.9"
 C3, C4, C5 = "3. nothing stale", "4. every wait bounded", "5. every read bounded"
-H100 = {"os": "linux", "gpus": [{"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
-                                 "driver_version": "13.0", "memory_bytes": 80 << 30}],
-        "backends": {"reference": "1.0.0", "nvrtc": None, "tensorrt-rtx": None}}
 
 
-def dev():
-    from rtxpack.core.device import parse_override
-
-    return parse_override(DEVICE)
-
-
-def repo_with(root: Path, size: int, seed: int = 0):
-    data = data_of(size, seed)
-    e = engine_for(data)
-    write_repo(root, [(e, data)])
-    return e, data
 
 
 # ================================================================================================
@@ -136,8 +122,6 @@ def test_external_data_change_is_seen(tmp_path: Path) -> None:
        "weak identity: the full bytes are hashed on every start, so a one-byte change anywhere is seen; strong "
        "identity: the sampled fingerprint sees a change in a sampled block", C3)
 def test_forged_identity_is_caught_by_content(tmp_path: Path, monkeypatch) -> None:
-    import onnx
-    from onnx import numpy_helper
     from rtxpack.core import digest_cache
     from rtxpack.demo import models as examples
 
@@ -186,12 +170,12 @@ def test_jit_cache_key_follows_the_bytes(tmp_path: Path, reference_backend, monk
 def test_install_reverifies_stored_copy(nginx, tmp_path: Path, source: str) -> None:
     from rtxpack.farm.bundle import create_bundle
 
-    e, _ = repo_with(nginx.root, 200_000, seed=30)
+    e, _ = one_engine(nginx.root, 200_000, seed=30)
     repo = nginx.url
     if source == "bundle":
         create_bundle(nginx.root, tmp_path / "b.tar")
         repo = str(tmp_path / "b.tar")
-    install(repo, "mlp", device=dev(), progress=False)
+    install(repo, "mlp", device=device(), progress=False)
     p = Store().blob_path(e.sha256)
     data = bytearray(p.read_bytes())
     data[1234] ^= 0x10
@@ -211,8 +195,8 @@ def test_bundle_source_not_stale(tmp_path: Path) -> None:
     from rtxpack.farm.bundle import create_bundle
     from rtxpack.installer.bundle import bundle_source
 
-    a, _ = repo_with(tmp_path / "ra", 3000, seed=31)
-    b, _ = repo_with(tmp_path / "rb", 3000, seed=32)
+    a, _ = one_engine(tmp_path / "ra", 3000, seed=31)
+    b, _ = one_engine(tmp_path / "rb", 3000, seed=32)
     create_bundle(tmp_path / "ra", tmp_path / "a.tar")
     create_bundle(tmp_path / "rb", tmp_path / "b.tar")
     d1 = bundle_source(tmp_path / "a.tar")
@@ -230,7 +214,7 @@ def test_bundle_source_not_stale(tmp_path: Path) -> None:
        "deadline and its variable", C4)
 @pytest.mark.parametrize("where", ["manifest", "artifact"])
 def test_trickled_headers_end_by_the_deadline(faultserver, tmp_path: Path, where: str) -> None:
-    e, data = repo_with(tmp_path / "repo", 50_000, seed=40)
+    e, data = one_engine(tmp_path / "repo", 50_000, seed=40)
     for p in (tmp_path / "repo").rglob("*"):
         if p.is_file():
             faultserver.files["/" + p.relative_to(tmp_path / "repo").as_posix()] = p.read_bytes()
@@ -249,7 +233,7 @@ def test_trickled_headers_end_by_the_deadline(faultserver, tmp_path: Path, where
 def test_trickled_body_ends_by_the_deadline(faultserver, tmp_path: Path, monkeypatch) -> None:
     import rtxpack
 
-    e, data = repo_with(tmp_path / "repo", 50_000, seed=41)
+    e, data = one_engine(tmp_path / "repo", 50_000, seed=41)
     faultserver.files["/manifest.json"] = (tmp_path / "repo" / "manifest.json").read_bytes()
     faultserver.files["/" + e.path] = data
     faultserver.default = "trickle:0.2"
@@ -272,7 +256,7 @@ def test_trickled_body_ends_by_the_deadline(faultserver, tmp_path: Path, monkeyp
        "within: waited as asked, then fetched; beyond what is left of the deadline: one error at once naming "
        "Retry-After and RTXPACK_DOWNLOAD_DEADLINE, no sleep", C4)
 def test_retry_after_is_honoured_up_to_the_deadline(faultserver, tmp_path: Path, monkeypatch) -> None:
-    e, data = repo_with(tmp_path / "repo", 20_000, seed=42)
+    e, data = one_engine(tmp_path / "repo", 20_000, seed=42)
     faultserver.files["/" + e.path] = data
     when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=3), usegmt=True)
     faultserver.script("/" + e.path, ["retry-after:503:1", f"retry-after:429:{when}"])
@@ -479,7 +463,7 @@ def test_fuzzed_bundles(tmp_path_factory, gz: bool) -> None:
         (d / "b").write_bytes(bytes(blob))
         store = Store(d / "store")
         try:
-            res = install(str(d / "b"), "mlp", device=dev(), progress=False, store=store)
+            res = install(str(d / "b"), "mlp", device=device(), progress=False, store=store)
         except RtxpackError:
             assert store.entries() == []
             return
@@ -494,7 +478,7 @@ def test_fuzzed_bundles(tmp_path_factory, gz: bool) -> None:
 def test_bundle_opened_once(tmp_path: Path) -> None:
     from rtxpack.farm.bundle import create_bundle
 
-    repo_with(tmp_path / "repo", 4000, seed=52)
+    one_engine(tmp_path / "repo", 4000, seed=52)
     create_bundle(tmp_path / "repo", tmp_path / "b.tar.gz")
     target = str(tmp_path / "b.tar.gz")
     opens: list[str] = []
@@ -504,8 +488,8 @@ def test_bundle_opened_once(tmp_path: Path) -> None:
             opens.append(event)
 
     sys.addaudithook(hook)
-    install(target, "mlp", device=dev(), progress=False)
+    install(target, "mlp", device=device(), progress=False)
     assert len(opens) == 1, opens
     opens.clear()
-    install(target, "mlp", device=dev(), progress=False)     # from the store now: the bundle is still read once
+    install(target, "mlp", device=device(), progress=False)     # from the store now: the bundle is still read once
     assert len(opens) == 1, opens

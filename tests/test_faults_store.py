@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fault_helpers import ROOT, child_env, cli, data_of, engine_for, fault, write_repo
+from fault_helpers import H100, ROOT, child_env, cli, device, fault, one_engine
 from rtxpack.core.errors import StoreError
 from rtxpack.core.fsutil import AtomicFile
 from rtxpack.farm.sign import keygen, sign_repository
@@ -37,22 +37,8 @@ from rtxpack.installer.store import Store
 DEVICE = "8.9"
 C1 = "1. nothing outside the store"
 C2 = "2. read-only and full"
-H100 = {"os": "linux", "gpus": [{"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
-                                 "driver_version": "13.0", "memory_bytes": 80 << 30}],
-        "backends": {"reference": "1.0.0", "nvrtc": None, "tensorrt-rtx": None}}
 
 
-def dev():
-    from rtxpack.core.device import parse_override
-
-    return parse_override(DEVICE)
-
-
-def repo_with(root: Path, size: int, seed: int = 0):
-    data = data_of(size, seed)
-    e = engine_for(data)
-    write_repo(root, [(e, data)])
-    return e, data
 
 
 def cache_dir() -> Path:
@@ -102,14 +88,19 @@ def signed_key(tmp_path: Path):
        "the canary outside the cache is untouched", C1)
 @pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo", "directory"])
 def test_planted_partial(faultserver, tmp_path: Path, canary, kind: str) -> None:
-    e, data = repo_with(tmp_path / "repo", 300_000, seed=1)
+    store, e = _fetch_with_planted(faultserver, tmp_path, canary, kind, lambda st, e: st.partial_path(e.sha256))
+    assert not store.partial_path(e.sha256).exists()
+
+
+def _fetch_with_planted(faultserver, tmp_path: Path, canary, kind: str, where) -> tuple[Store, object]:
+    """Plant ``kind`` at ``where(store, artifact)``, fetch over HTTP: verified, canary untouched."""
+    e, data = one_engine(tmp_path / "repo", 300_000, seed=1)
     faultserver.files["/" + e.path] = data
     store = Store()
-    plant(kind, store.partial_path(e.sha256), canary)
-    path = fetch_artifact(e, repo=faultserver.url, store=store, progress=False)
-    assert path == ok_blob(store, e)
+    plant(kind, where(store, e), canary)
+    assert fetch_artifact(e, repo=faultserver.url, store=store, progress=False) == ok_blob(store, e)
     canary.assert_untouched()
-    assert not store.partial_path(e.sha256).exists()
+    return store, e
 
 
 @fault("planted link at the partial download's info file (tmp/<sha256>.partial.json), with a partial to resume",
@@ -117,7 +108,7 @@ def test_planted_partial(faultserver, tmp_path: Path, canary, kind: str) -> None
        "canary untouched", C1)
 @pytest.mark.parametrize("kind", ["symlink", "fifo"])
 def test_planted_partial_info(faultserver, tmp_path: Path, canary, kind: str) -> None:
-    e, data = repo_with(tmp_path / "repo", 300_000, seed=2)
+    e, data = one_engine(tmp_path / "repo", 300_000, seed=2)
     faultserver.files["/" + e.path] = data
     store = Store()
     partial = store.partial_path(e.sha256)
@@ -134,13 +125,7 @@ def test_planted_partial_info(faultserver, tmp_path: Path, canary, kind: str) ->
        "made; install succeeds; canary untouched", C1)
 @pytest.mark.parametrize("kind", ["symlink", "hardlink", "fifo", "directory"])
 def test_planted_lock(faultserver, tmp_path: Path, canary, kind: str) -> None:
-    e, data = repo_with(tmp_path / "repo", 50_000, seed=3)
-    faultserver.files["/" + e.path] = data
-    store = Store()
-    plant(kind, store.root / "locks" / f"{e.sha256}.lock", canary)
-    fetch_artifact(e, repo=faultserver.url, store=store, progress=False)
-    ok_blob(store, e)
-    canary.assert_untouched()
+    _fetch_with_planted(faultserver, tmp_path, canary, kind, lambda st, e: st.root / "locks" / f"{e.sha256}.lock")
 
 
 @fault("planted link at a state file's lock, the rollback state's folder, the digest cache and a runtime cache",
@@ -185,7 +170,7 @@ def test_planted_state_links(tmp_path: Path, canary, reference_backend, monkeypa
        "`cache verify` removes the link and the next install works", C1)
 @pytest.mark.parametrize("where", ["tmp", "locks", "fanout", "meta-fanout", "state/manifests"])
 def test_linked_store_folder(nginx, canary, where: str) -> None:
-    e, data = repo_with(nginx.root, 80_000, seed=4)
+    e, data = one_engine(nginx.root, 80_000, seed=4)
     store = Store()
     target = {"tmp": store.root / "tmp", "locks": store.root / "locks",
               "fanout": store.root / "blobs" / "sha256" / e.sha256[:2],
@@ -196,6 +181,7 @@ def test_linked_store_folder(nginx, canary, where: str) -> None:
         canary._before = canary.snapshot()
     plant("dir-symlink", target, canary)
     assert store.entries() == [] and not store.has(e.sha256)
+    assert store.remove(e.sha256) is False and store.read_blob(e.sha256, e.size) is None   # nothing removed there
     r = cli("install", "--repo", nginx.url, "--model", "mlp", RTXPACK_DEVICE=DEVICE)
     canary.assert_untouched()
     if where == "state/manifests":       # an optional copy: skipped with a warning, the install goes on
@@ -216,10 +202,10 @@ def test_linked_store_folder(nginx, canary, where: str) -> None:
 @fault("planted link at a blob's metadata file (meta/sha256/ab/<sha256>.json)",
        "replaced atomically, never written through; `cache list` ignores what it points at; canary untouched", C1)
 def test_planted_meta_link(nginx, canary) -> None:
-    e, _ = repo_with(nginx.root, 20_000, seed=5)
+    e, _ = one_engine(nginx.root, 20_000, seed=5)
     store = Store()
     plant("symlink", store.root / "meta" / "sha256" / e.sha256[:2] / f"{e.sha256}.json", canary)
-    install(nginx.url, "mlp", device=dev(), progress=False)
+    install(nginx.url, "mlp", device=device(), progress=False)
     ok_blob(store, e)
     assert store.meta(e.sha256)["id"] == e.id
     canary.assert_untouched()
@@ -229,7 +215,7 @@ def test_planted_meta_link(nginx, canary) -> None:
        "never an entry (not listed, not served, never reported as installed); install fetches real bytes; "
        "`cache verify` removes the link", C1)
 def test_linked_blob_is_not_an_entry(nginx, canary) -> None:
-    e, data = repo_with(nginx.root, 20_000, seed=6)
+    e, data = one_engine(nginx.root, 20_000, seed=6)
     (canary.dir / "blob").write_bytes(data)
     canary._before = canary.snapshot()
     store = Store()
@@ -237,7 +223,7 @@ def test_linked_blob_is_not_an_entry(nginx, canary) -> None:
     link.parent.mkdir(parents=True)
     link.symlink_to(canary.dir / "blob")
     assert store.entries() == [] and store.get(e.sha256) is None
-    res = install(nginx.url, "mlp", device=dev(), progress=False)
+    res = install(nginx.url, "mlp", device=device(), progress=False)
     assert res.files[0][1] == link and not link.is_symlink()
     ok_blob(store, e)
     assert len(nginx.hits("/" + e.path, at_least=1)) == 1
@@ -269,8 +255,8 @@ def test_temp_name_is_never_followed(tmp_path: Path, canary, monkeypatch) -> Non
        "`cache list` does not crash; `cache verify` lists each (path, problem) and removes it; "
        "installs work around them", C1)
 def test_strays_are_reported_and_healed(nginx, canary) -> None:
-    e, _ = repo_with(nginx.root, 20_000, seed=7)
-    install(nginx.url, "mlp", device=dev(), progress=False)
+    e, _ = one_engine(nginx.root, 20_000, seed=7)
+    install(nginx.url, "mlp", device=device(), progress=False)
     store = Store()
     other = "ab" * 32
     strays = {
@@ -309,7 +295,7 @@ def test_strays_are_reported_and_healed(nginx, canary) -> None:
 @fault("the locks/ folder is a file, or the lock is held by a process that never lets go",
        "one clear error naming the lock (exit 1, no traceback), bounded by RTXPACK_DOWNLOAD_DEADLINE", C1)
 def test_lock_that_cannot_be_taken(nginx) -> None:
-    e, _ = repo_with(nginx.root, 20_000, seed=8)
+    e, _ = one_engine(nginx.root, 20_000, seed=8)
     store = Store()
     store.root.mkdir(parents=True)
     (store.root / "locks").write_text("not a folder")
@@ -346,7 +332,7 @@ def _use_store(monkeypatch, path: Path) -> Store:
 def test_read_only_store_serves(nginx, small_fs, monkeypatch, signed_key, tmp_path: Path) -> None:
     fs = small_fs(4 << 20)
     store = _use_store(monkeypatch, fs.path / "cache")
-    e, _ = repo_with(nginx.root, 100_000, seed=10)
+    e, _ = one_engine(nginx.root, 100_000, seed=10)
     sign_repository(nginx.root, signed_key[0])
     args = ("--repo", nginx.url, "--model", "mlp", "--trusted-key", str(signed_key[1]))
     assert cli("install", *args, RTXPACK_DEVICE=DEVICE).returncode == 0
@@ -362,7 +348,7 @@ def test_read_only_store_serves(nginx, small_fs, monkeypatch, signed_key, tmp_pa
         v = cli("cache", "verify", "--json")
         assert v.returncode == 0 and json.loads(v.stdout)["checked"] == 1, v.stdout + v.stderr
         assert not (store.root / "locks").exists()          # checks that only read took no lock
-        e2, _ = repo_with(tmp_path / "other", 5000, seed=11)
+        e2, _ = one_engine(tmp_path / "other", 5000, seed=11)
         r = cli("install", "--repo", str(tmp_path / "other"), "--model", "mlp", RTXPACK_DEVICE=DEVICE)
         assert r.returncode == 1 and "read-only" in r.stderr and str(store.root) in r.stderr, r.stderr
         assert r.stderr.count("rtxpack: error:") == 1 and "Traceback" not in r.stderr
@@ -421,8 +407,8 @@ def _as_nobody(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
        "install of what it holds, `cache list` and `cache verify` succeed without writing; a new artifact is one "
        "error naming the folder (exit 1)", C2)
 def test_another_users_store(nginx, tmp_path: Path) -> None:
-    e, _ = repo_with(nginx.root, 30_000, seed=12)
-    install(nginx.url, "mlp", device=dev(), progress=False)
+    e, _ = one_engine(nginx.root, 30_000, seed=12)
+    install(nginx.url, "mlp", device=device(), progress=False)
     store = Store()
     for p in [store.root, *store.root.rglob("*")]:
         if p.is_dir():
@@ -431,7 +417,7 @@ def test_another_users_store(nginx, tmp_path: Path) -> None:
     r = _as_nobody("install", "--repo", nginx.url, "--model", "mlp", "--json", env=env)
     assert r.returncode == 0, r.stderr
     assert _as_nobody("cache", "verify", env=env).returncode == 0
-    repo_with(tmp_path / "other", 4000, seed=13)
+    one_engine(tmp_path / "other", 4000, seed=13)
     r = _as_nobody("install", "--repo", str(tmp_path / "other"), "--model", "mlp", env=env)
     assert r.returncode == 1 and "read-only" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
@@ -441,7 +427,7 @@ def test_another_users_store(nginx, tmp_path: Path) -> None:
 def test_full_disk_blob_precheck(nginx, small_fs, monkeypatch) -> None:
     fs = small_fs(2 << 20)
     store = _use_store(monkeypatch, fs.path / "cache")
-    e, _ = repo_with(nginx.root, 3 << 20, seed=14)
+    e, _ = one_engine(nginx.root, 3 << 20, seed=14)
     r = cli("install", "--repo", nginx.url, "--model", "mlp", RTXPACK_DEVICE=DEVICE)
     assert r.returncode == 1 and "not enough disk space" in r.stderr and str(3 << 20) in r.stderr, r.stderr
     assert nginx.hits("/" + e.path) == [] and store.entries() == []
@@ -454,7 +440,7 @@ def test_full_disk_blob_precheck(nginx, small_fs, monkeypatch) -> None:
 def test_full_disk_mid_download(faultserver, small_fs, monkeypatch, tmp_path: Path) -> None:
     fs = small_fs(2 << 20)
     store = _use_store(monkeypatch, fs.path / "cache")
-    e, data = repo_with(tmp_path / "repo", 1 << 20, seed=15)
+    e, data = one_engine(tmp_path / "repo", 1 << 20, seed=15)
     faultserver.files["/" + e.path] = data
     faultserver.script("/" + e.path, ["gate:600000"])      # two full 256 KiB reads reach the disk first
     partial = store.partial_path(e.sha256)
@@ -489,12 +475,12 @@ def test_full_disk_mid_download(faultserver, small_fs, monkeypatch, tmp_path: Pa
 def test_full_disk_metadata(tmp_path: Path, small_fs, monkeypatch) -> None:
     fs = small_fs(2 << 20)
     store = _use_store(monkeypatch, fs.path / "cache")
-    e, _ = repo_with(tmp_path / "repo", 300_000, seed=16)
+    e, _ = one_engine(tmp_path / "repo", 300_000, seed=16)
     for folder in ("tmp", "locks", f"blobs/sha256/{e.sha256[:2]}", f"meta/sha256/{e.sha256[:2]}"):
         (store.root / folder).mkdir(parents=True, exist_ok=True)
     fs.fill(leave=-(-e.size // 4096) * 4096)          # the blob's pages, no more (a directory copy writes nothing else)
     with pytest.raises(StoreError) as ei:
-        install(str(tmp_path / "repo"), "mlp", device=dev(), progress=False)
+        install(str(tmp_path / "repo"), "mlp", device=device(), progress=False)
     msg = str(ei.value)
     assert "no space" in msg and "metadata" in msg and f"{e.sha256}.json" in msg and "bytes needed" in msg, msg
     no_temp_left(store)
@@ -507,21 +493,21 @@ def test_full_disk_metadata(tmp_path: Path, small_fs, monkeypatch) -> None:
 def test_full_disk_trust_state(nginx, small_fs, monkeypatch, signed_key) -> None:
     fs = small_fs(2 << 20)
     store = _use_store(monkeypatch, fs.path / "cache")
-    repo_with(nginx.root, 10_000, seed=17)
+    one_engine(nginx.root, 10_000, seed=17)
     sign_repository(nginx.root, signed_key[0])
-    install(nginx.url, "mlp", device=dev(), progress=False, trusted_keys=[signed_key[1]])
+    install(nginx.url, "mlp", device=device(), progress=False, trusted_keys=[signed_key[1]])
     (state,) = (store.root / "state" / "trust").glob("*.json")
     before = state.read_bytes()
     sign_repository(nginx.root, signed_key[0])             # version 3
     filler = fs.fill()
     with pytest.raises(StoreError) as ei:
-        install(nginx.url, "mlp", device=dev(), progress=False, trusted_keys=[signed_key[1]])
+        install(nginx.url, "mlp", device=device(), progress=False, trusted_keys=[signed_key[1]])
     msg = str(ei.value)
     assert "no space" in msg and "rollback state" in msg and state.name in msg and "bytes needed" in msg, msg
     assert state.read_bytes() == before
     assert [p.name for p in state.parent.iterdir() if not p.name.endswith((".json", ".lock"))] == []
     filler.unlink()
-    install(nginx.url, "mlp", device=dev(), progress=False, trusted_keys=[signed_key[1]])
+    install(nginx.url, "mlp", device=device(), progress=False, trusted_keys=[signed_key[1]])
     assert json.loads(state.read_bytes())["version"] == 3
 
 

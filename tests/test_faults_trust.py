@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fault_helpers import cli, data_of, engine_for, fault, write_repo
+from fault_helpers import cli, data_of, device, edit_first_artifact, engine_for, fault, one_engine, write_repo
 from rtxpack.core import config
 from rtxpack.core.errors import ConfigError, ManifestError, RtxpackError, SignatureError
 from rtxpack.core.manifest import Manifest
@@ -40,17 +40,6 @@ DEVICE = "8.9"
 C6, C7, C8 = "6. trust that holds", "7. safe output", "8. every variable checked"
 
 
-def dev():
-    from rtxpack.core.device import parse_override
-
-    return parse_override(DEVICE)
-
-
-def repo_with(root: Path, size: int = 3000, seed: int = 0, **kw):
-    data = data_of(size, seed)
-    e = engine_for(data, **kw)
-    write_repo(root, [(e, data)])
-    return e, data
 
 
 @pytest.fixture
@@ -67,12 +56,12 @@ def key(tmp_path: Path):
        "refused as a rollback: the state is keyed by signing key + manifest name + project name, not by location", C6)
 @pytest.mark.parametrize("via", ["localhost alias", "another URL path", "directory copy", "renamed bundle"])
 def test_rollback_whatever_the_spelling(nginx, tmp_path: Path, key, via: str) -> None:
-    repo_with(nginx.root, seed=1)
+    one_engine(nginx.root, 3000, seed=1)
     sign_repository(nginx.root, key["key"])                       # v2
     old = tmp_path / "old"
     shutil.copytree(nginx.root, old)
     sign_repository(nginx.root, key["key"])                       # v3
-    install(nginx.url, "mlp", device=dev(), progress=False, trusted_keys=[key["pub"]])
+    install(nginx.url, "mlp", device=device(), progress=False, trusted_keys=[key["pub"]])
     assert trust.accepted_version(key["id"]) == 3
     if via == "localhost alias":
         (nginx.root / "manifest.json").write_bytes((old / "manifest.json").read_bytes())
@@ -86,7 +75,7 @@ def test_rollback_whatever_the_spelling(nginx, tmp_path: Path, key, via: str) ->
         create_bundle(old, tmp_path / "release-2099.tar.gz")
         where = str(tmp_path / "release-2099.tar.gz")
     with pytest.raises(SignatureError, match="rollback") as ei:
-        install(where, "mlp", device=dev(), progress=False, trusted_keys=[key["pub"]])
+        install(where, "mlp", device=device(), progress=False, trusted_keys=[key["pub"]])
     assert ei.value.version == 2 and ei.value.accepted_version == 3
     assert trust.accepted_version(key["id"]) == 3
 
@@ -94,7 +83,7 @@ def test_rollback_whatever_the_spelling(nginx, tmp_path: Path, key, via: str) ->
 @fault("rollback state with a custom store (load(store=...))",
        "kept in that store's state/trust, none in the default cache", C6)
 def test_rollback_state_lives_in_the_given_store(tmp_path: Path, key) -> None:
-    repo_with(tmp_path / "repo", seed=2)
+    one_engine(tmp_path / "repo", 3000, seed=2)
     sign_repository(tmp_path / "repo", key["key"])
     open_repository(tmp_path / "repo", store=tmp_path / "custom", trusted_keys=[key["pub"]])
     assert trust.accepted_version(key["id"], store=Store(tmp_path / "custom")) == 2
@@ -107,16 +96,16 @@ def test_rollback_state_lives_in_the_given_store(tmp_path: Path, key) -> None:
 def test_empty_key_list_trusts_nothing(tmp_path: Path, key) -> None:
     import rtxpack
 
-    repo_with(tmp_path / "unsigned", seed=3)
-    repo_with(tmp_path / "signed", seed=3)
+    one_engine(tmp_path / "unsigned", 3000, seed=3)
+    one_engine(tmp_path / "signed", 3000, seed=3)
     sign_repository(tmp_path / "signed", key["key"])
     for repo in (tmp_path / "unsigned", tmp_path / "signed"):
         with pytest.raises(SignatureError, match=r"trusted_keys=\[\] trusts no key"):
             open_repository(repo, trusted_keys=[])
         with pytest.raises(SignatureError, match="trusts no key"):
-            install(str(repo), "mlp", device=dev(), progress=False, trusted_keys=[])
+            install(str(repo), "mlp", device=device(), progress=False, trusted_keys=[])
         with pytest.raises(SignatureError, match="trusts no key"):
-            rtxpack.load("mlp", repo=repo, trusted_keys=[], device=dev())
+            rtxpack.load("mlp", repo=repo, trusted_keys=[], device=device())
 
 
 @fault("a tampered signed manifest with 3,000 entries",
@@ -124,7 +113,7 @@ def test_empty_key_list_trusts_nothing(tmp_path: Path, key) -> None:
 def test_signature_before_parsing(tmp_path: Path, key, monkeypatch) -> None:
     from rtxpack.core import manifest as manifest_mod
 
-    e, _ = repo_with(tmp_path / "repo", seed=4)
+    e, _ = one_engine(tmp_path / "repo", 3000, seed=4)
     arts = [engine_for(data_of(10, i), model=f"m{i}") for i in range(3000)]
     Manifest(artifacts=tuple(arts)).save(tmp_path / "repo")
     sign_repository(tmp_path / "repo", key["key"])
@@ -144,7 +133,7 @@ def test_signature_before_parsing(tmp_path: Path, key, monkeypatch) -> None:
        "one clear error naming --expires-in and the accepted range, nothing signed; more than a year warns", C6)
 @pytest.mark.parametrize("value", ["inf", "nan", "-3", "0", "abc", "1e9", "3651"])
 def test_expires_in_nonsense(tmp_path: Path, key, value: str) -> None:
-    repo_with(tmp_path / "repo", seed=5)
+    one_engine(tmp_path / "repo", 3000, seed=5)
     before = (tmp_path / "repo" / "manifest.json").read_bytes()
     r = cli("sign", "--repo", str(tmp_path / "repo"), "--key", str(key["key"]), "--expires-in", value)
     assert r.returncode == 1 and "--expires-in" in r.stderr and "<= 3650" in r.stderr, r.stderr
@@ -153,7 +142,7 @@ def test_expires_in_nonsense(tmp_path: Path, key, value: str) -> None:
 
 @fault("`rtxpack sign --expires-in 400`", "signs, with a warning that a stale mirror may serve it that long", C6)
 def test_expires_in_long_warns(tmp_path: Path, key) -> None:
-    repo_with(tmp_path / "repo", seed=6)
+    one_engine(tmp_path / "repo", 3000, seed=6)
     r = cli("sign", "--repo", str(tmp_path / "repo"), "--key", str(key["key"]), "--expires-in", "400")
     assert r.returncode == 0 and "rtxpack: warning:" in r.stderr and "400 days" in r.stderr, r.stderr
 
@@ -162,7 +151,7 @@ def test_expires_in_long_warns(tmp_path: Path, key) -> None:
        "a manifest signed longer ago is refused naming its age; a fresh one passes; nonsense ages are a clear error",
        C6)
 def test_max_manifest_age(tmp_path: Path, key, monkeypatch) -> None:
-    repo_with(tmp_path / "repo", seed=7)
+    one_engine(tmp_path / "repo", 3000, seed=7)
     m = sign_manifest(Manifest.load(tmp_path / "repo"), load_private_key(key["key"]),
                       now=datetime.now(timezone.utc) - timedelta(days=10))
     m.save(tmp_path / "repo")
@@ -183,10 +172,8 @@ def test_max_manifest_age(tmp_path: Path, key, monkeypatch) -> None:
                                   "blobs/aux.tar.gz", "blobs/x:stream", "blobs/x.", "blobs/x ", "blobs/a?b",
                                   "blobs/a#b", "blobs/\x1b[2Jx", "C:x"])
 def test_unsafe_artifact_paths(tmp_path: Path, path: str) -> None:
-    e, _ = repo_with(tmp_path / "repo", seed=8)
-    doc = json.loads((tmp_path / "repo" / "manifest.json").read_text())
-    doc["artifacts"][0]["path"] = path
-    (tmp_path / "repo" / "manifest.json").write_text(json.dumps(doc))
+    e, _ = one_engine(tmp_path / "repo", 3000, seed=8)
+    edit_first_artifact(tmp_path / "repo", path=path)
     with pytest.raises(ManifestError) as ei:
         open_repository(tmp_path / "repo")
     assert e.id in str(ei.value) and repr(path) in str(ei.value)
@@ -197,7 +184,7 @@ def test_unsafe_artifact_paths(tmp_path: Path, path: str) -> None:
 def test_credentials_never_leak(faultserver, tmp_path: Path, reference_backend, monkeypatch) -> None:
     import rtxpack
 
-    e, data = repo_with(tmp_path / "repo", seed=9)
+    e, data = one_engine(tmp_path / "repo", 3000, seed=9)
     faultserver.files["/manifest.json"] = (tmp_path / "repo" / "manifest.json").read_bytes()
     faultserver.files["/" + e.path] = data
     url = faultserver.url.replace("http://", "http://alice:s3cr3t-t0ken@")
@@ -229,7 +216,7 @@ def test_credentials_never_leak(faultserver, tmp_path: Path, reference_backend, 
 @fault("a private signing key readable by group or others", "ssh's warning: UNPROTECTED PRIVATE KEY FILE, with the "
        "chmod fix; a 0600 key signs silently", C6)
 def test_private_key_permissions(tmp_path: Path, key) -> None:
-    repo_with(tmp_path / "repo", seed=10)
+    one_engine(tmp_path / "repo", 3000, seed=10)
     os.chmod(key["key"], 0o644)
     r = cli("sign", "--repo", str(tmp_path / "repo"), "--key", str(key["key"]))
     assert r.returncode == 0 and "UNPROTECTED PRIVATE KEY FILE" in r.stderr and "chmod 600" in r.stderr, r.stderr
@@ -243,7 +230,7 @@ def test_private_key_permissions(tmp_path: Path, key) -> None:
 @pytest.mark.parametrize("which", ["--key", "--trusted-key"])
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_key_path_not_a_file(tmp_path: Path, key, which: str, kind: str) -> None:
-    repo_with(tmp_path / "repo", seed=11)
+    one_engine(tmp_path / "repo", 3000, seed=11)
     bad = tmp_path / "bad.key"
     os.mkfifo(bad) if kind == "fifo" else bad.symlink_to("/dev/zero")
     if which == "--key":
@@ -342,7 +329,7 @@ def test_numeric_variables_are_validated(monkeypatch, name: str) -> None:
     ("RTXPACK_OFFLINE", "maybe"), ("RTXPACK_REQUIRE_SIGNED", "2"), ("RTXPACK_DEVICE", '{"gpus": 5}'),
     ("RTXPACK_DEVICE", "[]"), ("RTXPACK_CACHE_DIR", "   "), ("RTXPACK_DEBUG", "perhaps")])
 def test_bad_variable_on_the_cli(nginx, name: str, value: str) -> None:
-    repo_with(nginx.root, seed=14)
+    one_engine(nginx.root, 3000, seed=14)
     extra = {"RTXPACK_DEVICE": DEVICE, name: value}
     if name == "RTXPACK_DEBUG":
         extra["RTXPACK_READ_TIMEOUT"] = "-5"

@@ -56,9 +56,24 @@ def _external_locations(model: Any) -> list[str]:
 
 def external_files(onnx_path: str | os.PathLike[str]) -> list[str]:
     """The external-data files an ONNX file names (locations relative to its folder), sorted."""
+    return load_structure(onnx_path)[1]
+
+
+def load_structure(onnx_path: str | os.PathLike[str]) -> tuple[Any, list[str]]:
+    """(the ModelProto without its external data, the external-data files it names): one parse that
+    :func:`weights_digest_of_structure` can finish without reading the .onnx again."""
     import onnx
 
-    return _external_locations(onnx.load(str(onnx_path), load_external_data=False))
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return model, _external_locations(model)
+
+
+def weights_digest_of_structure(model: Any, onnx_path: str | os.PathLike[str]) -> str:
+    """:func:`weights_digest` of a model from :func:`load_structure` (its external data loaded now)."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    load_external_data_for_model(model, str(Path(onnx_path).parent))
+    return weights_digest_from_arrays(initializers(model))
 
 
 def model_digest_of(onnx_path: str | os.PathLike[str], externals: Iterable[str]) -> str:

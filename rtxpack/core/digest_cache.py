@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import config
-from .digest import external_files, model_digest_of, weights_digest
+from .digest import load_structure, model_digest_of, weights_digest, weights_digest_of_structure
 from .errors import StoreError
 from .fsutil import is_writable, read_regular, store_file, write_error
 from .lockfile import LockFile
@@ -116,27 +116,29 @@ class DigestCache:
             self._dirty = True
         return same
 
-    def _entry(self, path: Path) -> dict[str, Any]:
+    def _entry(self, path: Path) -> tuple[dict[str, Any], Any]:
+        """The entry for ``path`` and, when it had to be made now, the parsed model (else None)."""
         p = path.resolve()
         data = self._load()
         entry = data.get(str(p))
         if entry is not None and isinstance(entry.get("model"), str) and self._fresh(p, entry):
-            return entry
-        externals = external_files(p)
+            return entry, None
         files = {"": _probe(p)}
+        model, externals = load_structure(p)
         files.update({name: _probe(p.parent / name) for name in externals})
         entry = {"files": files, "model": model_digest_of(p, externals)}
         data[str(p)] = entry
         self._dirty = True
-        return entry
+        return entry, model
 
     def model(self, path: Path) -> str:
-        return self._entry(path)["model"]
+        return self._entry(path)[0]["model"]
 
     def weights(self, path: Path) -> str:
-        entry = self._entry(path)
+        entry, model = self._entry(path)
         if not isinstance(entry.get("weights"), str):
-            entry["weights"] = weights_digest(path.resolve())
+            p = path.resolve()
+            entry["weights"] = weights_digest_of_structure(model, p) if model is not None else weights_digest(p)
             self._dirty = True
         return entry["weights"]
 

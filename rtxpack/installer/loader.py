@@ -24,13 +24,12 @@ from ..core import registry
 from ..core.device import Device
 from ..core.digest import json_digest, sha256_bytes
 from ..core.errors import BackendError, FetchError, OfflineError, ResolveError, StoreError
-from ..core.location import redact
 from ..core.manifest import Artifact
 from ..core.onnxinfo import default_profiles
 from ..core.resolve import Candidate, Resolution, Target, jit_backend
 from . import runtime_caches as rcs
 from .context import InstallContext
-from .pipeline import Prepared, fetch_candidates, prepare
+from .pipeline import Prepared, fetch_candidates, prepare, shown_repository
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +199,7 @@ def _load_prepared(ctx: InstallContext, prepared: Prepared, prov: Provenance, mo
     prov.device = prepared.target.describe()
     prov.resolution = prepared.resolution.to_dict()
     if prepared.repo_error is not None:
-        shown = redact(repo) if isinstance(repo, str) else str(repo)
-        prov.fallback(f"repository {shown}", f"{prepared.repo_error}; continuing with the local ONNX")
+        prov.fallback(f"repository {shown_repository(repo)}", f"{prepared.repo_error}; continuing with the local ONNX")
 
     def skipped(cand: Candidate, e: Exception) -> None:
         if isinstance(e, OfflineError):

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..core.device import Device, describe, detect
-from ..core.errors import ChecksumMismatch, ConfigError, FetchError, OfflineError
+from ..core.errors import ChecksumMismatch, ConfigError, FetchError, OfflineError, RtxpackError
 from ..core.manifest import Artifact
 from ..core.resolve import Candidate, Resolution, Target, match_caches, no_match_error, resolve
-from ..core.location import redact
+from ..core.location import Location, redact
 from .context import InstallContext, context_from
 from .repository import RepositoryView, open_repository
 
@@ -86,7 +86,7 @@ def prepare(ctx: InstallContext, repo: str | os.PathLike[str] | None, model: str
     repository, repo_error = None, None
     if repo is not None:
         try:
-            with step("open-repository", repo=_shown(repo)):
+            with step("open-repository", repo=shown_repository(repo)):
                 repository = open_repository(repo, ctx)
         except (OfflineError, FetchError) as e:
             if not (tolerate_repo_errors and onnx is not None):
@@ -189,9 +189,12 @@ def _install(ctx: InstallContext, prepared: Prepared, model: str, progress: bool
     return out
 
 
-def _shown(repo: Any) -> str:
+def shown_repository(repo: Any) -> str:
     """A repository as provenance records it: without credentials."""
-    return redact(repo) if isinstance(repo, str) else str(repo)
+    try:
+        return Location.parse(repo).display
+    except RtxpackError:
+        return redact(repo) if isinstance(repo, str) else "<repository>"
 
 
 class _NoStep:

@@ -488,14 +488,19 @@ class Store:
         return path
 
     def remove(self, sha256: str) -> bool:
-        """Delete a blob and its sidecar; True if the blob existed. A read-only store: StoreError."""
+        """Delete a blob and its sidecar; True if the blob existed. Never through a linked folder
+        (a fan-out folder that is a link: nothing is removed there). A read-only store: StoreError."""
         s = check_sha256(sha256)
         existed = False
-        for path, what in ((self.blob_path(s), "blob"), (self._meta_path(s), "metadata")):
+        for parts, name, what in ((("blobs", "sha256", s[:2]), s, "blob"),
+                                  (("meta", "sha256", s[:2]), f"{s}.json", "metadata")):
+            folder = self._dir(*parts, create=False)
+            if folder is None:
+                continue
             try:
-                gone = remove_any(path)
+                gone = remove_any(folder / name)
             except OSError as e:
-                raise write_error(e, path, f"the removal of {what} sha256 {s[:12]}…") from e
+                raise write_error(e, folder / name, f"the removal of {what} sha256 {s[:12]}…") from e
             existed = existed or (gone and what == "blob")
         return existed
 
