@@ -252,6 +252,51 @@ def test_trickled_body_ends_by_the_deadline(faultserver, tmp_path: Path, monkeyp
     assert Store().entries() == []
 
 
+@fault("an https server that trickles its TLS handshake (a record header, then one byte per 0.2 s)",
+       "each handshake ends by the connect timeout (CPython bounds a whole handshake), the retries by "
+       "RTXPACK_DOWNLOAD_DEADLINE: one error naming it", C4)
+def test_trickled_tls_handshake(monkeypatch) -> None:
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=trickle, args=(conn,), daemon=True).start()
+
+    def trickle(conn: socket.socket) -> None:
+        try:
+            conn.recv(4096)                                    # the ClientHello
+            conn.sendall(b"\x16\x03\x03\x3e\x80")              # a handshake record of 16000 bytes...
+            while not stop.wait(0.2):
+                conn.sendall(b"\x00")                          # ...that never ends
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setenv("RTXPACK_DOWNLOAD_DEADLINE", "2")
+    monkeypatch.setenv("RTXPACK_READ_TIMEOUT", "1")
+    monkeypatch.setenv("RTXPACK_CONNECT_TIMEOUT", "1")
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(RtxpackError, match="RTXPACK_DOWNLOAD_DEADLINE"):
+            open_repository(f"https://127.0.0.1:{srv.getsockname()[1]}/repo")
+    finally:
+        stop.set()
+        srv.close()
+    assert time.monotonic() - t0 < 15
+
+
 @fault("429/503 with Retry-After (seconds, or an HTTP date), within and beyond the deadline",
        "within: waited as asked, then fetched; beyond what is left of the deadline: one error at once naming "
        "Retry-After and RTXPACK_DOWNLOAD_DEADLINE, no sleep", C4)

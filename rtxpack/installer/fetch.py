@@ -140,32 +140,43 @@ class Deadline:
 class _Watch:
     """Shuts the sockets of one transfer down when its deadline passes: a blocked read (headers or
     body trickled one byte per read timeout) then fails at once instead of going on for ever.
-    Sockets are registered by file descriptor when connected or taken from the pool (see
-    :func:`_session`), so TLS handshakes are covered too."""
+
+    Connections report their socket objects when connected or taken from the pool (see
+    :func:`_adapter_class`). A TLS handshake needs no help: CPython bounds a whole handshake by
+    the socket's (connect) timeout."""
 
     def __init__(self, seconds: float) -> None:
-        self._fds: set[int] = set()
+        self._socks: list[Any] = []
         self._lock = threading.Lock()
         self.fired = False
         self._done = False
         self._timer = threading.Timer(seconds, self.fire)
         self._timer.daemon = True
 
-    def add(self, fd: int) -> None:
+    def add(self, sock: Any) -> None:
         with self._lock:
-            if self._done or fd < 0:
+            if self._done:
                 return
-            self._fds.add(fd)
+            self._socks.append(sock)
             if self.fired:
-                _shutdown(fd)
+                self._cut(sock)
 
     def fire(self) -> None:
         with self._lock:
             if self._done:
                 return
             self.fired = True
-            for fd in self._fds:
-                _shutdown(fd)
+            for sock in self._socks:
+                self._cut(sock)
+
+    @staticmethod
+    def _cut(sock: Any) -> None:
+        """shutdown(2): the peer's bytes stop, the blocked read returns; the owner still closes it."""
+        try:
+            if sock.fileno() >= 0:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def __enter__(self) -> "_Watch":
         _CURRENT.watch = self
@@ -175,7 +186,7 @@ class _Watch:
     def __exit__(self, *exc: Any) -> None:
         with self._lock:
             self._done = True
-            self._fds.clear()
+            self._socks.clear()
         self._timer.cancel()
         _CURRENT.watch = None
 
@@ -183,27 +194,8 @@ class _Watch:
 _CURRENT = threading.local()
 
 
-def _shutdown(fd: int) -> None:
-    """shutdown(2) a socket by descriptor (the connection stays open until its owner closes it)."""
-    try:
-        s = socket.socket(fileno=fd)
-    except OSError:
-        return
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        s.detach()
-
-
-def _watch_fd(sock: Any) -> None:
-    watch = getattr(_CURRENT, "watch", None)
-    if watch is not None and sock is not None:
-        try:
-            watch.add(sock.fileno())
-        except OSError:
-            pass
+def _watching() -> "_Watch | None":
+    return getattr(_CURRENT, "watch", None)
 
 
 _ADAPTER: list[type] = []
@@ -219,10 +211,11 @@ def _adapter_class() -> type:
 
     def watched(conn_cls: type) -> type:
         class Conn(conn_cls):  # type: ignore[misc, valid-type]
-            def _new_conn(self) -> Any:
-                sock = super()._new_conn()
-                _watch_fd(sock)
-                return sock
+            def connect(self) -> None:
+                super().connect()
+                watch = _watching()
+                if watch is not None:
+                    watch.add(self.sock)             # the socket the response is read from (TLS or not)
         return Conn
 
     def pool(pool_cls: type, conn_cls: type) -> type:
@@ -231,7 +224,9 @@ def _adapter_class() -> type:
 
             def _get_conn(self, timeout: float | None = None) -> Any:
                 conn = super()._get_conn(timeout)
-                _watch_fd(getattr(conn, "sock", None))       # a kept-alive connection from the pool
+                watch = _watching()
+                if watch is not None and getattr(conn, "sock", None) is not None:
+                    watch.add(conn.sock)             # a kept-alive connection from the pool
                 return conn
         return Pool
 
