@@ -188,6 +188,19 @@ def render(results: list[dict[str, Any]], *, wall: float, exit_code: int) -> str
         lines += ["", "## Open items", ""]
         for r in gaps:
             lines.append(f"- `{r['nodeid']}`: {_md(_result(r))}")
+    lines += ["", "## Limits (what the suite does not claim)", "",
+              "- Store folders are checked with `lstat` before use (portable): a planted link is never followed,",
+              "  but another account racing to swap a folder for a link in the instant between the check and the",
+              "  use is not covered; files are opened `O_NOFOLLOW`, and every rename is checked after the fact.",
+              "- Name resolution (`getaddrinfo`) is bounded by the system resolver, not by",
+              "  `RTXPACK_DOWNLOAD_DEADLINE`; everything after it is.",
+              "- Where a file has no change time (Windows: `st_ctime` is the creation time), the weights digest",
+              "  hashes the ONNX's full bytes on every start (about 75 ms per 100 MB on this machine) instead of",
+              "  trusting identity + a sampled fingerprint.",
+              "- Credentials are removed from `user:password@` in URLs; secrets in a query string (`?token=`)",
+              "  are shown as given.",
+              "- Read-only and full-disk cases run on real mounts: they need root (CI has it) and are skipped,",
+              "  saying so, elsewhere."]
     lines += ["", "Signing and verification unit tests (keygen/sign/verify round trip through the CLI, tampered",
               "byte, wrong key, expiry, rollback, unsigned warning vs `--require-signed`, `RTXPACK_TRUSTED_KEYS`)",
               "live in `tests/test_trust.py`.", ""]

@@ -108,24 +108,34 @@ def test_empty_key_list_trusts_nothing(tmp_path: Path, key) -> None:
             rtxpack.load("mlp", repo=repo, trusted_keys=[], device=device())
 
 
-@fault("a tampered signed manifest with 3,000 entries",
+@fault("a tampered signed manifest with 3,000 entries (directory repository, and inside a bundle)",
        "the signature is checked on the raw bytes first: refused before any entry is parsed or validated", C6)
-def test_signature_before_parsing(tmp_path: Path, key, monkeypatch) -> None:
+@pytest.mark.parametrize("form", ["directory", "bundle"])
+def test_signature_before_parsing(tmp_path: Path, key, monkeypatch, form: str) -> None:
+    import io
+    import tarfile
+
     from rtxpack.core import manifest as manifest_mod
 
-    e, _ = one_engine(tmp_path / "repo", 3000, seed=4)
+    one_engine(tmp_path / "repo", 3000, seed=4)
     arts = [engine_for(data_of(10, i), model=f"m{i}") for i in range(3000)]
     Manifest(artifacts=tuple(arts)).save(tmp_path / "repo")
     sign_repository(tmp_path / "repo", key["key"])
-    doc = json.loads((tmp_path / "repo" / "manifest.json").read_text())
-    doc["artifacts"][7]["size"] += 1
-    (tmp_path / "repo" / "manifest.json").write_text(json.dumps(doc))
+    edit_first_artifact(tmp_path / "repo", size=arts[0].size + 1)
+    where = tmp_path / "repo"
+    if form == "bundle":
+        raw = (tmp_path / "repo" / "manifest.json").read_bytes()
+        where = tmp_path / "b.tar"
+        with tarfile.open(where, "w") as t:
+            ti = tarfile.TarInfo("manifest.json")
+            ti.size = len(raw)
+            t.addfile(ti, io.BytesIO(raw))
     parsed: list[int] = []
     real = manifest_mod.Artifact.from_dict
     monkeypatch.setattr(manifest_mod.Artifact, "from_dict", classmethod(
         lambda cls, d, where="artifact": parsed.append(1) or real.__func__(cls, d, where=where)))
     with pytest.raises(SignatureError, match="does not verify"):
-        open_repository(tmp_path / "repo", trusted_keys=[key["pub"]])
+        open_repository(where, trusted_keys=[key["pub"]])
     assert parsed == []
 
 

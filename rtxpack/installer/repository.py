@@ -107,6 +107,12 @@ def open_repository(repo: str | os.PathLike[str] | Location, ctx: InstallContext
     ctx = context_from(ctx, context)
     location = Location.parse(repo)
     spec = location.display
+
+    def verified(raw: bytes) -> Manifest:
+        # signature on the raw bytes first, then parsing, expiry, age and rollback (see trust.open_manifest)
+        return open_manifest(raw, spec, ctx.trust, store=ctx.store, source=f"{spec} ({MANIFEST_NAME})",
+                             now=ctx.now())[0]
+
     from_cache = False
     reader = None
     if location.is_http:
@@ -124,33 +130,27 @@ def open_repository(repo: str | os.PathLike[str] | Location, ctx: InstallContext
         else:
             raw = fetch_bytes(location.join(MANIFEST_NAME), max_size=MAX_MANIFEST_BYTES, session=ctx.session,
                               offline=ctx.offline)
+        manifest = verified(raw)
     else:
         path = location.path
         assert path is not None
         if path.is_dir():
             kind = "dir"
             raw = _read_directory_manifest(path, spec)
+            manifest = verified(raw)
         elif path.is_file():
             kind = "bundle"
-            reader = bundles.BundleReader(path)
-            raw = reader.raw_manifest
+            reader = bundles.BundleReader(path, parse=verified)   # verified before any other member is read
+            raw, manifest = reader.raw_manifest, reader.manifest
+            held = [a for a in manifest.artifacts if reader.has(a)]
+            if len(held) < len(manifest.artifacts):   # a signed manifest kept whole: resolve over what is here
+                manifest = replace(manifest, artifacts=tuple(held))
         elif path.exists():
             raise ManifestError(f"repository {spec} is neither a directory nor a regular file (a bundle)",
                                 fix="give an http(s) URL, a repository directory or a bundle file", repo=spec)
         else:
             raise ManifestError(f"repository {spec} does not exist",
                                 fix="give an http(s) URL, a repository directory or a bundle file", repo=spec)
-    try:
-        manifest, _ = open_manifest(raw, spec, ctx.trust, store=ctx.store, source=f"{spec} ({MANIFEST_NAME})",
-                                    now=ctx.now())
-        if reader is not None:
-            held = [a for a in manifest.artifacts if reader.has(a)]
-            if len(held) < len(manifest.artifacts):   # a signed manifest kept whole: resolve over what is here
-                manifest = replace(manifest, artifacts=tuple(held))
-    except BaseException:
-        if reader is not None:
-            reader.close()
-        raise
     if kind == "url" and not from_cache:
         _keep_manifest_copy(ctx, location, raw)
     return RepositoryView(location=location, kind=kind, manifest=manifest, raw=raw, from_cache=from_cache,

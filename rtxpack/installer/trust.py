@@ -321,10 +321,3 @@ def open_manifest(raw: bytes, repo: str, policy: TrustPolicy, *, store: Any, sou
     manifest = Manifest.from_json(raw, source=source)
     return manifest, verify_manifest(manifest, trusted_keys=keys, require_signed=policy.required(), repo=repo,
                                      store=store, now=now, max_age_days=policy.max_age())
-
-
-def verify_repository(manifest: Manifest, repo: str, policy: TrustPolicy, *, store: Any,
-                      now: datetime | None = None) -> Verification:
-    """The checks on an already parsed manifest (see :func:`open_manifest` for raw bytes)."""
-    return verify_manifest(manifest, trusted_keys=policy.keys(), require_signed=policy.required(), repo=repo,
-                           store=store, now=now, max_age_days=policy.max_age())
