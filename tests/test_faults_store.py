@@ -289,6 +289,9 @@ def test_strays_are_reported_and_healed(nginx, canary) -> None:
     assert out["corrupt"] == [] and out["checked"] == 1
     assert all(not os.path.lexists(p) for p in strays)
     assert json.loads(cli("cache", "verify", "--json").stdout)["healed"] == []    # healed: nothing left to find
+    plant("dir-symlink", store.root / "tmp" / "planted", canary)                  # `prune` heals as well
+    r = cli("cache", "prune", "--max-size", "1GiB", "--json")
+    assert r.returncode == 0 and [h["path"] for h in json.loads(r.stdout)["healed"]] == [str(store.root / "tmp" / "planted")]
     canary.assert_untouched()
 
 
@@ -533,8 +536,8 @@ def test_full_disk_optional_caches(tmp_path: Path, small_fs, monkeypatch, refere
         out = s.run({"x": np.ones((1, 64), np.float32)})["y"]
     assert out.shape == (1, 10)
     text = caplog.text
-    assert "the digest cache was not saved" in text and "no space" in text
-    assert "the runtime cache was not saved" in text
+    assert "the digest cache was not saved" in text and "no space" in text and "digests.json" in text
+    assert "the runtime cache was not saved" in text and ".rtcache" in text and "bytes needed" in text
     assert list((store.root / "state" / "runtime-caches").glob("*.rtcache")) == []
     assert not (store.root / "state" / "digests.json").exists()
     leftovers = [p for p in (store.root / "state").rglob("*") if p.name.endswith(".tmp")]

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fault_helpers import cli, data_of, device, edit_first_artifact, engine_for, fault, one_engine, write_repo
+from fault_helpers import H100, cli, data_of, device, edit_first_artifact, engine_for, fault, one_engine, write_repo
 from rtxpack.core import config
 from rtxpack.core.errors import ConfigError, ManifestError, RtxpackError, SignatureError
 from rtxpack.core.manifest import Manifest
@@ -216,6 +216,17 @@ def test_credentials_never_leak(faultserver, tmp_path: Path, reference_backend, 
         rtxpack.load("mlp", repo=url)
     except RtxpackError as err:
         outs.append(str(err) + json.dumps(err.to_dict(), default=str))
+    import refbackend
+    from rtxpack.demo import models as examples
+
+    refbackend.publish(tmp_path / "ref", "mlp", examples.mlp(tmp_path / "mlp.onnx"))
+    for p in (tmp_path / "ref").rglob("*"):
+        if p.is_file():
+            faultserver.files["/ref/" + p.relative_to(tmp_path / "ref").as_posix()] = p.read_bytes()
+    monkeypatch.setenv("RTXPACK_DEVICE", json.dumps(H100))
+    with rtxpack.load("mlp", repo=url + "/ref") as s:                 # success: the provenance is clean too
+        outs.append(json.dumps(s.provenance.to_dict(), default=str))
+        assert s.provenance.path == "repository"
     assert all("s3cr3t" not in o for o in outs), [o for o in outs if "s3cr3t" in o][0]
     assert any("***@" in o for o in outs)
     for p in Path(os.environ["RTXPACK_CACHE_DIR"]).rglob("*"):
