@@ -5,10 +5,10 @@
     python scripts/fault_report.py --check    # same, but only prints the table
 
 This file is also the pytest plugin that collects the results (``-p fault_report``): each test in
-tests/test_faults.py carries ``@fault(name, expected)``; the plugin records name, expected
-behaviour, outcome and seconds per test (parametrized ids included) into a JSON file, which this
-script renders as a markdown table. Exit status: 0 when nothing failed (known gaps are xfail tests
-and are listed as such), 1 otherwise.
+the fault suite (``tests/test_faults*.py``) carries ``@fault(name, expected, category)``; the
+plugin records name, expected behaviour, category, outcome and seconds per test (parametrized
+ids included) into a JSON file, which this script renders as one markdown table per category.
+Exit status: 0 when nothing failed (known gaps are xfail tests and are listed as such), 1 otherwise.
 """
 from __future__ import annotations
 
@@ -26,8 +26,28 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "RELIABILITY.md"
-SUITE = "tests/test_faults.py"
+SUITE = ["tests/test_faults.py", "tests/test_faults_store.py", "tests/test_faults_bounds.py",
+         "tests/test_faults_trust.py"]
 COMMAND = "python scripts/fault_report.py"
+#: table sections, in this order; (title, what the section promises)
+CATEGORIES = [
+    ("process and network", "killed installers, cut and hung connections, wrong or extra bytes, many processes"),
+    ("disk: the store and runtime caches", "damaged store entries and runtime caches are found and never used"),
+    ("input: manifests", "tampered, expired, rolled-back, absurd or oversized manifests are refused"),
+    ("input: bundles", "hostile tar members are refused before anything is written"),
+    ("1. nothing outside the store", "links, fifos, directories and strays planted in the cache folder never make "
+     "rtxpack write outside it, and are healed by `cache verify` / `prune`"),
+    ("2. read-only and full", "a read-only store serves and verifies; a full disk is one clear error naming the path, "
+     "nothing half-written (real tmpfs mounts, another user's folder)"),
+    ("3. nothing stale", "changed bytes are seen even when size and mtime were restored; `install` reports "
+     "verified only what it hashed in this run"),
+    ("4. every wait bounded", "trickling servers, Retry-After and held locks end by RTXPACK_DOWNLOAD_DEADLINE"),
+    ("5. every read bounded", "fifos, devices, oversized files and archives are refused before they are read"),
+    ("6. trust that holds", "rollback by publisher identity, explicit key lists, raw-bytes signatures, expiry and "
+     "age limits, safe artifact paths, no credentials on disk or screen, key file hygiene"),
+    ("7. safe output", "manifest strings are printed with control characters escaped; nothing undecodable crashes"),
+    ("8. every variable checked", "every RTXPACK_* value is validated with one line naming the variable and range"),
+]
 
 
 # ---- the pytest plugin (loaded in the pytest process with -p fault_report) -------------------------
@@ -38,16 +58,17 @@ def pytest_addoption(parser: Any) -> None:
 _results: dict[str, dict[str, Any]] = {}
 
 
-def _label(item: Any) -> tuple[str, str]:
+def _label(item: Any) -> tuple[str, str, str]:
     fn = getattr(item, "function", None)
-    name, expected = getattr(fn, "fault", (None, None))
-    if name is None:
+    label = getattr(fn, "fault", None)
+    if label is None:
         doc = (getattr(fn, "__doc__", None) or item.name).strip().splitlines()[0]
-        name, expected = doc, ""
+        label = (doc, "", "other")
+    name, expected, category = (tuple(label) + ("other",))[:3]
     callspec = getattr(item, "callspec", None)
     if callspec is not None:
         name = f"{name} [{callspec.id}]"
-    return name, expected
+    return name, expected, category
 
 
 def pytest_runtest_logreport(report: Any) -> None:
@@ -73,9 +94,9 @@ def pytest_runtest_logreport(report: Any) -> None:
 
 def pytest_collection_modifyitems(session: Any, config: Any, items: list[Any]) -> None:  # noqa: ARG001
     for item in items:
-        name, expected = _label(item)
-        _results[item.nodeid] = {"nodeid": item.nodeid, "fault": name, "expected": expected, "outcome": "passed",
-                                 "seconds": 0.0, "detail": ""}
+        name, expected, category = _label(item)
+        _results[item.nodeid] = {"nodeid": item.nodeid, "fault": name, "expected": expected, "category": category,
+                                 "outcome": "passed", "seconds": 0.0, "detail": ""}
 
 
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:  # noqa: ARG001
@@ -125,11 +146,15 @@ def render(results: list[dict[str, Any]], *, wall: float, exit_code: int) -> str
         "",
         "An installer runs on machines nobody can see. What it installs must be exactly what the release",
         "engineer published, and no failure of network, disk, process or input may leave a broken or foreign",
-        "artifact behind. `tests/test_faults.py` injects each failure for real (the CLI in subprocesses,",
-        "SIGKILL, `RLIMIT_FSIZE`, nginx and a fault-injecting server on 127.0.0.1, hand-made hostile tar",
-        "files) and asserts the outcome. This page is generated from its last run; do not edit it by hand.",
+        "artifact behind, write outside its cache folder, wait or read without bound, or crash on what it prints.",
+        "The fault suite (`tests/test_faults*.py`) injects each failure for real: the CLI in subprocesses,",
+        "SIGKILL, `RLIMIT_FSIZE`, small tmpfs mounts that really fill up or are remounted read-only, another",
+        "user's folder (`setpriv`), symbolic links, fifos and directories planted in a real cache folder with a",
+        "canary file outside it, nginx and a fault-injecting server on 127.0.0.1 (cut, hung, trickling,",
+        "Retry-After), hand-made hostile tar files, and asserts the outcome. This page is generated from its last",
+        "run; do not edit it by hand.",
         "",
-        f"Reproduce: `{COMMAND}` (runs `pytest {SUITE}` and rewrites this file).",
+        f"Reproduce: `{COMMAND}` (runs `pytest {' '.join(SUITE)}` and rewrites this file).",
         "",
         f"Last run: {when} on {_tool_versions()}. {len(results)} cases: {summary}; "
         f"{wall:.1f} s wall, pytest exit {exit_code}.",
@@ -137,16 +162,45 @@ def render(results: list[dict[str, Any]], *, wall: float, exit_code: int) -> str
         "A *known gap* is an xfail test: the behaviour the table's *expected* column states does not hold",
         "yet, the reason names the module that lacks it. The test turns into a failure (xpass) when fixed.",
         "",
-        "| fault | expected | result | seconds |",
-        "|---|---|---|---:|",
+        "Bounds the suite relies on: `RTXPACK_READ_TIMEOUT` (default 30 s) per socket read and",
+        "`RTXPACK_DOWNLOAD_DEADLINE` (default 3600 s) per artifact or manifest fetch in all (every attempt,",
+        "backoff and Retry-After wait, and the wait for another process fetching the same blob); a manifest is",
+        "at most 64 MiB, a persisted runtime cache at most 1 GiB (larger: ignored unread), a bundle holds its",
+        "manifest plus the declared artifact bytes and nothing more.",
     ]
+    known = [c for c, _ in CATEGORIES]
+    order = {c: i for i, c in enumerate(known)}
+    groups: dict[str, list[dict[str, Any]]] = {}
     for r in results:
-        lines.append(f"| {_md(r['fault'])} | {_md(r['expected'])} | {_md(_result(r))} | {r['seconds']:.2f} |")
+        groups.setdefault(r.get("category", "other"), []).append(r)
+    promises = dict(CATEGORIES)
+    for category in sorted(groups, key=lambda c: (order.get(c, len(order)), c)):
+        rows = groups[category]
+        passed = sum(r["outcome"] == "passed" for r in rows)
+        lines += ["", f"## {category}", ""]
+        if category in promises:
+            lines += [f"Promise: {promises[category]}. {passed}/{len(rows)} pass.", ""]
+        lines += ["| fault | expected | result | seconds |", "|---|---|---|---:|"]
+        for r in rows:
+            lines.append(f"| {_md(r['fault'])} | {_md(r['expected'])} | {_md(_result(r))} | {r['seconds']:.2f} |")
     gaps = [r for r in results if r["outcome"] in ("xfail", "failed", "error", "xpass")]
     if gaps:
         lines += ["", "## Open items", ""]
         for r in gaps:
             lines.append(f"- `{r['nodeid']}`: {_md(_result(r))}")
+    lines += ["", "## Limits (what the suite does not claim)", "",
+              "- Store folders are checked with `lstat` before use (portable): a planted link is never followed,",
+              "  but another account racing to swap a folder for a link in the instant between the check and the",
+              "  use is not covered; files are opened `O_NOFOLLOW`, and every rename is checked after the fact.",
+              "- Name resolution (`getaddrinfo`) is bounded by the system resolver, not by",
+              "  `RTXPACK_DOWNLOAD_DEADLINE`; everything after it is.",
+              "- Where a file has no change time (Windows: `st_ctime` is the creation time), the weights digest",
+              "  hashes the ONNX's full bytes on every start (about 75 ms per 100 MB on this machine) instead of",
+              "  trusting identity + a sampled fingerprint.",
+              "- Credentials are removed from `user:password@` in URLs; secrets in a query string (`?token=`)",
+              "  are shown as given.",
+              "- Read-only and full-disk cases run on real mounts: they need root (CI has it) and are skipped,",
+              "  saying so, elsewhere."]
     lines += ["", "Signing and verification unit tests (keygen/sign/verify round trip through the CLI, tampered",
               "byte, wrong key, expiry, rollback, unsigned warning vs `--require-signed`, `RTXPACK_TRUSTED_KEYS`)",
               "live in `tests/test_trust.py`.", ""]
@@ -163,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), str(ROOT),
                                                           env.get("PYTHONPATH")]))
-        cmd = [sys.executable, "-m", "pytest", SUITE, "-p", "fault_report", f"--fault-report={report}", "-q",
+        cmd = [sys.executable, "-m", "pytest", *SUITE, "-p", "fault_report", f"--fault-report={report}", "-q",
                "-p", "no:cacheprovider", "-W", "ignore::UserWarning", *extra]
         t0 = time.monotonic()
         proc = subprocess.run(cmd, cwd=ROOT, env=env)

@@ -20,6 +20,13 @@ Helpers
     repository layout ``blobs/sha256/ab/<sha>`` when ``repo_dir`` is given.
 
 Other areas: add fixtures below the marked section, with a line in this docstring.
+
+Installer hardening (tests/test_faults_*.py)
+    ``small_fs(size)``  a real small filesystem mounted under tmp_path (tmpfs; a loop-mounted ext4
+                     image if tmpfs cannot be mounted); ``.ro()`` / ``.rw()`` remount it; skipped
+                     with the reason when this machine forbids mounting. Unmounted afterwards.
+    ``canary``       a folder *outside* the cache with files in it; ``canary.assert_untouched()``
+                     checks that no byte, size, mtime or name in it changed.
 """
 from __future__ import annotations
 
@@ -314,3 +321,114 @@ def s3(_moto_server: str, monkeypatch: pytest.MonkeyPatch) -> S3:
     bucket = f"b-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     return S3(endpoint=_moto_server, bucket=bucket, client=client)
+
+
+# -- installer hardening: real small filesystems, and a canary outside the cache ---------------------
+class SmallFS:
+    """A mounted filesystem of ``size`` bytes at ``path`` (see the ``small_fs`` fixture)."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        self.path, self.kind = path, kind
+
+    def _remount(self, mode: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{mode}", str(self.path)], check=True, capture_output=True)
+
+    def ro(self) -> None:
+        self._remount("ro")
+
+    def rw(self) -> None:
+        self._remount("rw")
+
+    @property
+    def free(self) -> int:
+        st = os.statvfs(self.path)
+        return st.f_bavail * st.f_frsize
+
+    def fill(self, leave: int = 0) -> Path:
+        """Fill the filesystem with one file until at most ``leave`` bytes (page-rounded) stay free."""
+        filler = self.path / "filler"
+        with open(filler, "ab") as f:
+            while self.free > leave:
+                try:
+                    f.write(b"\0" * min(1 << 20, max(4096, self.free - leave)))
+                    f.flush()
+                except OSError:
+                    break
+        return filler
+
+
+def _mount(target: Path, size: int, work: Path) -> tuple[str | None, str]:
+    """Mount tmpfs (or a loop ext4 image) of ``size`` bytes at ``target``: (kind, why-not)."""
+    target.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(target)],
+                       capture_output=True, text=True)
+    if r.returncode == 0:
+        return "tmpfs", ""
+    why = f"tmpfs: {r.stderr.strip() or r.returncode}"
+    image = work / "fs.img"
+    try:
+        with open(image, "wb") as f:
+            f.truncate(max(size, 2 << 20))
+        mk = subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], capture_output=True, text=True)
+        lo = subprocess.run(["mount", "-o", "loop", str(image), str(target)], capture_output=True, text=True) \
+            if mk.returncode == 0 else mk
+    except OSError as e:
+        return None, f"{why}; loop ext4: {e}"
+    if lo.returncode == 0:
+        return "ext4-loop", ""
+    return None, f"{why}; loop ext4: {(lo.stderr or '').strip() or lo.returncode}"
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Callable[[int], SmallFS]]:
+    """``small_fs(size)`` -> a :class:`SmallFS` mounted under tmp_path (unmounted at teardown)."""
+    mounted: list[Path] = []
+
+    def make(size: int) -> SmallFS:
+        target = tmp_path / f"fs{len(mounted)}"
+        kind, why = _mount(target, size, tmp_path)
+        if kind is None:
+            pytest.skip(f"this machine does not allow mounting a small filesystem ({why}); "
+                        "run the suite as root (CI does) to test full and read-only disks for real")
+        mounted.append(target)
+        return SmallFS(target, kind)
+
+    try:
+        yield make
+    finally:
+        for target in reversed(mounted):
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+class Canary:
+    """Files outside the cache directory; :meth:`assert_untouched` proves nothing wrote there."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.file = root / "canary.bin"
+        self.file.write_bytes(b"canary bytes that must never change\n" * 100)
+        os.utime(self.file, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))
+        self.dir = root / "dir"
+        self.dir.mkdir()
+        (self.dir / "keep.txt").write_text("keep")
+        self._before = self.snapshot()
+
+    def snapshot(self) -> dict[str, tuple[bytes, int, int]]:
+        out = {}
+        for p in sorted(self.root.rglob("*")):
+            st = p.lstat()
+            out[str(p.relative_to(self.root))] = (p.read_bytes() if p.is_file() and not p.is_symlink() else b"",
+                                                  st.st_size, st.st_mtime_ns)
+        return out
+
+    def assert_untouched(self) -> None:
+        after = self.snapshot()
+        assert after == self._before, {k: (self._before.get(k), after.get(k)) for k in set(after) | set(self._before)
+                                       if self._before.get(k) != after.get(k)}
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> Canary:
+    """A folder outside the cache dir (tmp_path/"outside") to aim planted links at."""
+    return Canary(tmp_path / "outside")

@@ -7,7 +7,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from rtxpack.core.manifest import Artifact, Manifest, artifact_id, blob_relpath
 
@@ -51,6 +51,43 @@ def write_repo(root: Path, blobs: Sequence[tuple[Artifact, bytes]], *, version: 
     m = Manifest(artifacts=tuple(a for a, _ in blobs), version=version, **kw)
     m.save(root)
     return m
+
+
+H100 = {"os": "linux", "gpus": [{"name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0",
+                                 "driver_version": "13.0", "memory_bytes": 80 << 30}],
+        "backends": {"reference": "1.0.0", "nvrtc": None, "tensorrt-rtx": None}}
+
+
+def device(cc: str = CC) -> Any:
+    """A forced device of compute capability ``cc`` (what RTXPACK_DEVICE=8.9 gives)."""
+    from rtxpack.core.device import parse_override
+
+    return parse_override(cc)
+
+
+def one_engine(root: Path, size: int, seed: int = 0, **kw: Any) -> tuple[Artifact, bytes]:
+    """A directory repository holding one engine of ``size`` random bytes: (its entry, its bytes)."""
+    data = data_of(size, seed)
+    e = engine_for(data, **kw)
+    write_repo(root, [(e, data)])
+    return e, data
+
+
+def edit_first_artifact(root: Path, **fields: Any) -> None:
+    """Change fields of the first entry of ``root/manifest.json`` by hand (what a tamperer does)."""
+    import json
+
+    doc = json.loads((root / "manifest.json").read_text())
+    doc["artifacts"][0].update(fields)
+    (root / "manifest.json").write_text(json.dumps(doc))
+
+
+def fault(name: str, expected: str, category: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Label a test for the published table (docs/RELIABILITY.md, grouped by ``category``)."""
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn.fault = (name, expected, category)  # type: ignore[attr-defined]
+        return fn
+    return deco
 
 
 def child_env(**extra: str) -> dict[str, str]:

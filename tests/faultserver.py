@@ -10,6 +10,10 @@ script runs out, ``default`` applies (normally ``"ok"``). Behaviours:
     "hang"         accept the request and never answer (until the server stops)
     "stall:N"      send headers and N body bytes, then go silent (until the server stops)
     "ignore-range" answer 200 with the whole file even to a Range request
+    "trickle-headers:S"  send the status line and headers one byte every S seconds (never finishing)
+    "trickle:S"    send headers, then the body one byte every S seconds
+    "gate:N"       send headers and N body bytes, wait until ``server.gate`` is set, then the rest
+    "retry-after:CODE:V"  answer CODE (429, 503) with ``Retry-After: V`` (V may hold colons) and no body
 
 Every request is recorded in ``server.log`` as :class:`Hit` (path, range header, status, body
 bytes sent). The server runs in a daemon thread, stops on :meth:`FaultServer.stop` and, at the
@@ -38,6 +42,7 @@ class FaultServer:
         self.scripts: dict[str, list[str]] = {}
         self.default = default
         self.log: list[Hit] = []
+        self.gate = threading.Event()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
@@ -57,6 +62,7 @@ class FaultServer:
         if self._stopped.is_set():
             return
         self._stopped.set()  # releases "hang" handlers
+        self.gate.set()
         self._timer.cancel()
         self._httpd.shutdown()
         self._httpd.server_close()
@@ -106,6 +112,24 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                 code = int(behaviour.split(":", 1)[1])
                 self._send(code, b"", {}, path, rng, behaviour)
                 return
+            if behaviour.startswith("retry-after:"):
+                _, code, value = behaviour.split(":", 2)
+                self._send(int(code), b"", {"Retry-After": value}, path, rng, behaviour)
+                return
+            if behaviour.startswith("trickle-headers:"):
+                delay = float(behaviour.split(":", 1)[1])
+                server._record(Hit(path, rng, 200, 0, behaviour))
+                head = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 100_000
+                for i in range(len(head)):
+                    if server._stopped.wait(delay if i else 0):
+                        break
+                    try:
+                        self.wfile.write(head[i:i + 1])
+                        self.wfile.flush()
+                    except OSError:
+                        break
+                self.close_connection = True
+                return
             data = server.files.get(path)
             if data is None:
                 self._send(404, b"", {}, path, rng, behaviour)
@@ -124,6 +148,35 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             if start:
                 status = 206
                 headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            if behaviour.startswith(("trickle:", "gate:")):
+                arg = behaviour.split(":", 1)[1]
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                sent = 0
+                try:
+                    if behaviour.startswith("gate:"):
+                        n = int(arg)
+                        self.wfile.write(body[:n])
+                        self.wfile.flush()
+                        sent = n
+                        server.gate.wait(30)
+                        self.wfile.write(body[n:])
+                        sent = len(body)
+                    else:
+                        for i in range(len(body)):
+                            if server._stopped.wait(float(arg)):
+                                break
+                            self.wfile.write(body[i:i + 1])
+                            self.wfile.flush()
+                            sent += 1
+                except OSError:
+                    pass
+                server._record(Hit(path, rng, status, sent, behaviour))
+                self.close_connection = True
+                return
             if behaviour.startswith(("cut:", "stall:")):
                 n = int(behaviour.split(":", 1)[1])
                 self.send_response(status)

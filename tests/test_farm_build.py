@@ -52,12 +52,12 @@ def test_unchanged_rebuild_does_no_builder_work(matrix_repo, farm, monkeypatch: 
     first = build(cfg, repo, jobs=2)      # fills this test's model digest cache
     assert first.builder_runs == 0 and first.count("up-to-date") == 8
 
-    def no_hashing(path):  # type: ignore[no-untyped-def]
-        raise AssertionError(f"{path} was hashed again although size and mtime did not change")
+    def no_hashing(path, *args):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"{path} was hashed or parsed again although its identity and fingerprint did not change")
 
     import rtxpack.core.digest_cache as digest_cache
-    monkeypatch.setattr(digest_cache, "model_digest", no_hashing)
-    monkeypatch.setattr(digest_cache, "weights_digest", no_hashing)
+    for name in ("model_digest_of", "load_structure", "weights_digest", "weights_digest_of_structure"):
+        monkeypatch.setattr(digest_cache, name, no_hashing)
     again = build(cfg, repo, jobs=2)
     assert again.builder_runs == 0
     assert (again.count("built"), again.count("up-to-date"), again.count("failed")) == (0, 8, 0)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from fault_helpers import cache_for, child_env, cli, data_of, engine_for, write_repo
+from fault_helpers import cache_for, child_env, cli, data_of, edit_first_artifact, engine_for, one_engine
 from rtxpack.installer import trust
 from rtxpack.core.signing import load_private_key, sign_manifest
 from rtxpack.farm.sign import keygen, sign_repository
@@ -42,10 +42,14 @@ DEVICE = "8.9"
 pytestmark = pytest.mark.timeout(90) if hasattr(pytest.mark, "timeout") else []
 
 
+#: the table section of the tests below it (set again at each section marker)
+CATEGORY = "process and network"
+
+
 def fault(name: str, expected: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Label a test for the published table (docs/RELIABILITY.md)."""
+    """Label a test for the published table (docs/RELIABILITY.md), in the section CATEGORY names."""
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.fault = (name, expected)  # type: ignore[attr-defined]
+        fn.fault = (name, expected, CATEGORY)  # type: ignore[attr-defined]
         return fn
     return deco
 
@@ -72,13 +76,6 @@ def serve(server, root: Path) -> None:
     for p in root.rglob("*"):
         if p.is_file():
             server.files["/" + p.relative_to(root).as_posix()] = p.read_bytes()
-
-
-def one_engine(root: Path, size: int, seed: int = 0, **kw):
-    data = data_of(size, seed)
-    e = engine_for(data)
-    write_repo(root, [(e, data)], **kw)
-    return e, data
 
 
 @pytest.fixture
@@ -228,7 +225,7 @@ def test_eight_concurrent_installers(nginx, key) -> None:
     blob_ok(e)
     assert entry_shas() == {e.sha256}
     assert sum(h.sent for h in nginx.hits("/" + e.path, at_least=1)) == e.size
-    assert trust.accepted_version(nginx.url) == 2
+    assert trust.accepted_version(key["id"]) == 2
     assert list(Store().root.joinpath("tmp").glob("*.tmp")) == []
 
 
@@ -265,6 +262,7 @@ def test_listening_socket_that_never_accepts() -> None:
 # ================================================================================================
 # disk: the local store and runtime caches
 # ================================================================================================
+CATEGORY = "disk: the store and runtime caches"
 @fault("plan in the store truncated or bit-flipped",
        "`rtxpack cache verify` reports it (exit 1) and removes it; the next install fetches it again, verified")
 @pytest.mark.parametrize("damage", ["truncated", "bit-flipped"])
@@ -393,6 +391,7 @@ def test_bitflipped_plan_detected_at_load(runtime_env) -> None:
 # ================================================================================================
 # input: manifests
 # ================================================================================================
+CATEGORY = "input: manifests"
 @fault("tampered manifest on the server (artifact swapped, signature kept)",
        "SignatureError naming repo and keyid; exit 1; the foreign blob is never fetched; offline copy unchanged")
 def test_tampered_manifest_over_http(nginx, key) -> None:
@@ -462,7 +461,7 @@ def test_rollback_refused(nginx, key) -> None:
     (nginx.root / "manifest.json").write_bytes(old)
     r = cli(*args, RTXPACK_DEVICE=DEVICE)
     assert r.returncode == 1 and "rollback" in r.stderr and "version 2" in r.stderr and "version 3" in r.stderr
-    assert trust.accepted_version(nginx.url) == 3
+    assert trust.accepted_version(key["id"]) == 3
 
 
 @fault("unsigned repository with require_signed", "SignatureError telling how to pin a key; exit 1")
@@ -476,9 +475,7 @@ def test_unsigned_with_require_signed_refused(nginx) -> None:
 @pytest.mark.parametrize("size", [1 << 60, -1, "12"])
 def test_absurd_artifact_size_refused(tmp_path: Path, size) -> None:
     e, _ = one_engine(tmp_path / "repo", 1000, seed=16)
-    doc = json.loads((tmp_path / "repo" / "manifest.json").read_text())
-    doc["artifacts"][0]["size"] = size
-    (tmp_path / "repo" / "manifest.json").write_text(json.dumps(doc))
+    edit_first_artifact(tmp_path / "repo", size=size)
     with pytest.raises(ManifestError) as ei:
         open_repository(tmp_path / "repo")
     assert e.id in str(ei.value) and "size" in str(ei.value)
@@ -518,6 +515,7 @@ def test_deeply_nested_manifest_refused(faultserver, depth: int) -> None:
 # ================================================================================================
 # input: hostile bundles
 # ================================================================================================
+CATEGORY = "input: bundles"
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], gz: bool = False) -> Path:
     with tarfile.open(path, "w:gz" if gz else "w", format=tarfile.PAX_FORMAT) as t:
         for info, data in members:

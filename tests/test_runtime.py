@@ -216,10 +216,11 @@ def test_onnx_digests_are_cached_by_file_identity(env, monkeypatch):
         pass
     import rtxpack.core.digest_cache as dc
 
-    def no_hashing(path):
+    def no_hashing(path, *args):
         raise AssertionError(f"{path} was hashed again")
 
     monkeypatch.setattr(dc, "weights_digest", no_hashing)
+    monkeypatch.setattr(dc, "weights_digest_of_structure", no_hashing)
     with rtxpack.load("mlp", repo=env.repo, onnx=env.onnx) as s:
         assert s.provenance.plan["stripped"]
     examples.mlp(env.onnx, seed=3)                       # the app's model changed: hashed again

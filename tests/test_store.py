@@ -198,9 +198,9 @@ def test_prune_never_removes_a_locked_blob() -> None:
 def test_lock_excludes_other_processes() -> None:
     store = Store()
     s = "cd" * 32
-    code = f"from rtxpack.installer.store import Store; import filelock, sys\n" \
+    code = f"from rtxpack.installer.store import Store; from rtxpack.core.lockfile import LockTimeout; import sys\n" \
            f"l = Store().lock({s!r})\n" \
-           f"try:\n    l.acquire(timeout=0.2); sys.exit(0)\nexcept filelock.Timeout:\n    sys.exit(3)\n"
+           f"try:\n    l.acquire(timeout=0.2); sys.exit(0)\nexcept LockTimeout:\n    sys.exit(3)\n"
     with store.lock(s):
         assert subprocess.run([sys.executable, "-c", code], env=child_env()).returncode == 3
     assert subprocess.run([sys.executable, "-c", code], env=child_env()).returncode == 0

@@ -160,12 +160,12 @@ def test_rollback_to_older_signed_manifest_refused(repo: Path, keys) -> None:
     assert open_repository(repo, trusted_keys=[keys["a.pub"]]).manifest.version == 2
     signed(repo, keys["a.key"])                                  # v3
     assert open_repository(repo, trusted_keys=[keys["a.pub"]]).manifest.version == 3
-    assert trust.accepted_version(str(repo)) == 3
+    assert trust.accepted_version(keys["a.id"]) == 3
     (repo / "manifest.json").write_bytes(v2)
     with pytest.raises(SignatureError, match="rollback") as ei:
         open_repository(repo, trusted_keys=[keys["a.pub"]])
     assert ei.value.version == 2 and ei.value.accepted_version == 3
-    assert trust.accepted_version(str(repo)) == 3                # refused manifests are not recorded
+    assert trust.accepted_version(keys["a.id"]) == 3                # refused manifests are not recorded
 
 
 def test_same_version_with_other_content_refused(repo: Path, keys) -> None:

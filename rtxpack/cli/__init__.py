@@ -18,7 +18,7 @@ from .. import __version__
 from ..core import config
 from ..core.errors import ConfigError, RtxpackError
 from . import demo, farm, installer, keys, machine
-from .output import format_warning, os_error, print_error, unexpected
+from .output import format_warning, harden_streams, os_error, print_error, unexpected
 
 GROUPS = (machine, installer, farm, keys, demo)
 
@@ -54,6 +54,7 @@ def _debug() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    harden_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
     with warnings.catch_warnings():

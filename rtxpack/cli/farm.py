@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .output import (add_json, compute_capabilities, emit, existing_file, new_file, repo_input, repo_output, say,
-                     wants_json)
+from .output import (add_json, compute_capabilities, emit, existing_file, new_file, repo_input, repo_output,
+                     safe_text, say, wants_json)
 
 
 # ---- plan --------------------------------------------------------------------------------------
@@ -159,8 +159,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.repo is not None:
         # a local repository directory is read directly (the farm's own output); URLs and bundles go
         # through the installer (signature checks, bundle validation)
-        manifest = (Manifest.load(args.repo) if Path(args.repo).is_dir()
-                    else open_repository(args.repo, InstallContext.create(progress=False)).manifest)
+        if Path(args.repo).is_dir():
+            manifest = Manifest.load(args.repo)
+        else:
+            with open_repository(args.repo, InstallContext.create(progress=False)) as view:
+                manifest = view.manifest
     info = inspect_file(existing_file(args.file, "FILE", what="plan file"), manifest, repo=args.repo)
     emit(args, info)
     if not wants_json(args):
@@ -170,11 +173,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         if "manifest" in info:
             m = info["manifest"]
             if m.get("artifact") is None:
-                print(f"  not in {args.repo}")
+                print(f"  not in {safe_text(args.repo)}")
             else:
-                print(f"  manifest entry {m['artifact']}: " + ("matches" if not m["mismatches"] else "MISMATCH"))
+                print(f"  manifest entry {safe_text(m['artifact'])}: "
+                      + ("matches" if not m["mismatches"] else "MISMATCH"))
                 for mm in m["mismatches"]:
-                    print(f"    {mm}")
+                    print(f"    {safe_text(mm)}")
     return 0 if not info.get("manifest", {}).get("mismatches") else 1
 
 

@@ -5,7 +5,7 @@ import argparse
 from typing import Any
 
 from ..core import registry
-from .output import add_json, add_trust_options, emit, trust_kwargs
+from .output import add_json, add_trust_options, emit, safe_text, trust_kwargs
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
@@ -15,13 +15,15 @@ def cmd_resolve(args: argparse.Namespace) -> int:
 
     ctx = InstallContext.create(progress=False, **trust_kwargs(args))
     prepared = prepare(ctx, args.repo, args.model, onnx=args.onnx, backend=args.backend, gpu_index=args.gpu)
+    if prepared.repository is not None:
+        prepared.repository.close()
     res = prepared.resolution
     if args.json:
         emit(args, res.to_dict())
     elif args.explain:
-        print(explain(res))
+        print(safe_text(explain(res), keep_newlines=True))
     elif res.best:
-        print(f"{res.best.id}  ({res.best.reason})")
+        print(f"{safe_text(res.best.id)}  ({safe_text(res.best.reason)})")
     if not res.candidates:
         if args.json:
             return 1
@@ -40,13 +42,13 @@ def cmd_install(args: argparse.Namespace) -> int:
     def text() -> str:
         res = result.resolution
         best = res.best
-        lines = [f"{args.model} on {res.target.describe()}:"]
+        lines = [f"{safe_text(args.model)} on {safe_text(res.target.describe())}:"]
         if best is not None:
-            lines.append(f"  chosen {best.id}: {best.reason}")
+            lines.append(f"  chosen {safe_text(best.id)}: {safe_text(best.reason)}")
         for s in result.skipped:
-            lines.append(f"  skipped {s['id']}: {s['reason']}")
+            lines.append(f"  skipped {safe_text(s['id'])}: {safe_text(s['reason'])}")
         for a, p in result.files:
-            lines.append(f"  {a.kind:<14} {p}  ({a.size} bytes, sha256 {a.sha256[:12]}… verified)")
+            lines.append(f"  {a.kind:<14} {safe_text(p)}  ({a.size} bytes, sha256 {a.sha256[:12]}… verified now)")
         if best is not None and best.artifact is None:
             lines.append("  nothing to download: rtxpack.load() builds it on this machine from the ONNX and caches it")
         if args.explain:
@@ -66,25 +68,37 @@ def cmd_cache(args: argparse.Namespace) -> int:
         data = {"root": str(store.root), "entries": [_entry_dict(e) for e in entries],
                 "total_bytes": sum(e.size for e in entries)}
         emit(args, data, lambda: "\n".join(
-            [f"{e.sha256[:16]}  {e.size:>12}  {_meta_label(e)}" for e in entries]
-            + [f"{len(entries)} blobs, {data['total_bytes']} bytes in {store.root}"]))
+            [f"{e.sha256[:16]}  {e.size:>12}  {safe_text(_meta_label(e))}" for e in entries]
+            + [f"{len(entries)} blobs, {data['total_bytes']} bytes in {safe_text(store.root)}"]))
         return 0
     if args.cache_cmd == "verify":
+        healed = store.heal()
         results = store.verify()
         bad = [(e, reason) for e, ok, reason in results if not ok]
         data = {"root": str(store.root), "checked": len(results),
-                "corrupt": [{**_entry_dict(e), "reason": r} for e, r in bad]}
+                "corrupt": [{**_entry_dict(e), "reason": r} for e, r in bad], "healed": _healed(healed)}
         emit(args, data, lambda: "\n".join(
-            [f"corrupt {e.sha256[:16]}: {r} (removed; it is fetched again on the next install)" for e, r in bad]
-            + [f"{len(results)} blobs checked, {len(bad)} corrupt"]))
-        return 1 if bad else 0
+            [_healed_line(h) for h in healed]
+            + [f"corrupt {e.sha256[:16]}: {safe_text(r)}" for e, r in bad]
+            + [f"{len(results)} blobs checked, {len(bad)} corrupt, {len(healed)} stray item(s) found"]))
+        return 1 if bad or any(h.action != "removed" for h in healed) else 0
     if args.cache_cmd == "prune":
+        healed = store.heal()
         removed = store.prune(parse_size(args.max_size))
         data = {"root": str(store.root), "removed": [_entry_dict(e) for e in removed],
-                "freed_bytes": sum(e.size for e in removed)}
-        emit(args, data, lambda: f"removed {len(removed)} blobs, freed {data['freed_bytes']} bytes")
+                "freed_bytes": sum(e.size for e in removed), "healed": _healed(healed)}
+        emit(args, data, lambda: "\n".join([_healed_line(h) for h in healed]
+                                           + [f"removed {len(removed)} blobs, freed {data['freed_bytes']} bytes"]))
         return 0
     raise AssertionError(args.cache_cmd)
+
+
+def _healed(healed: list) -> list[dict]:
+    return [{"path": str(h.path), "problem": h.problem, "action": h.action} for h in healed]
+
+
+def _healed_line(h: Any) -> str:
+    return f"stray {safe_text(h.path)}: {safe_text(h.problem)}; {safe_text(h.action)}"
 
 
 def _entry_dict(e: Any) -> dict:
@@ -93,7 +107,9 @@ def _entry_dict(e: Any) -> dict:
 
 
 def _meta_label(e: Any) -> str:
-    meta = getattr(e, "meta", None) or {}
+    meta = getattr(e, "meta", None)
+    if not isinstance(meta, dict):
+        return ""
     return " ".join(str(meta[k]) for k in ("model", "kind", "id") if meta.get(k)) or ""
 
 

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..core.signing import DEFAULT_EXPIRES_DAYS
+from ..core.signing import DEFAULT_EXPIRES_DAYS, MAX_EXPIRES_DAYS, WARN_EXPIRES_DAYS
 from .output import add_json, emit, existing_file, repo_input
 
 
@@ -49,8 +49,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("sign", help="sign a repository's manifest.json (bumps its version, sets expiry)")
     p.add_argument("--repo", required=True, metavar="DIR", help="repository directory containing manifest.json")
     p.add_argument("--key", required=True, metavar="FILE", help="private key from `rtxpack keygen`; - reads it from stdin (a CI secret)")
-    p.add_argument("--expires-in", type=float, default=DEFAULT_EXPIRES_DAYS, metavar="DAYS",
-                   help=f"days until installers refuse this manifest (default {DEFAULT_EXPIRES_DAYS})")
+    p.add_argument("--expires-in", default=DEFAULT_EXPIRES_DAYS, metavar="DAYS",
+                   help=f"days until installers refuse this manifest, > 0 and <= {MAX_EXPIRES_DAYS} (default "
+                        f"{DEFAULT_EXPIRES_DAYS}; more than {WARN_EXPIRES_DAYS} warns)")
     p.add_argument("--version", type=int, default=None, metavar="N",
                    help="manifest version to publish (default: current + 1)")
     add_json(p)

@@ -111,10 +111,13 @@ def detect_gpus() -> tuple[tuple[GPU, ...], list[str]]:
 
 
 def _gpu_from_obj(obj: Mapping[str, Any], index: int) -> GPU:
+    if not isinstance(obj, dict):
+        raise TypeError(f"GPU entry {index} is not an object")
     cc = obj.get("compute_capability", obj.get("cc"))
     if cc is None:
         raise DeviceError("RTXPACK_DEVICE: a GPU entry has no compute_capability",
-                          fix='e.g. RTXPACK_DEVICE=\'{"gpus":[{"name":"RTX 4090","compute_capability":"8.9"}]}\'')
+                          fix='e.g. RTXPACK_DEVICE=\'{"gpus":[{"name":"RTX 4090","compute_capability":"8.9"}]}\'',
+                          variable="RTXPACK_DEVICE")
     try:
         # a JSON number (8.9) is accepted here: the override is typed by hand
         cc_s = format_cc(parse_cc(str(cc) if isinstance(cc, (int, float)) and not isinstance(cc, bool) else cc))
@@ -127,15 +130,33 @@ def _gpu_from_obj(obj: Mapping[str, Any], index: int) -> GPU:
 
 
 def parse_override(value: str) -> Device:
-    """Parse ``RTXPACK_DEVICE``: ``8.9`` or a JSON object."""
+    """Parse ``RTXPACK_DEVICE``: ``8.9`` or a JSON object. Anything else is one DeviceError naming
+    the variable (a JSON list, a string where an object belongs, a non-number memory size...)."""
+    try:
+        return _parse_override(value)
+    except DeviceError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError, OverflowError) as e:
+        raise DeviceError(f"RTXPACK_DEVICE is not a valid device description ({type(e).__name__}: {e})",
+                          fix='set RTXPACK_DEVICE=8.9, or to the JSON `rtxpack detect --json` prints '
+                              '(e.g. {"gpus":[{"name":"RTX 4090","compute_capability":"8.9"}]})',
+                          variable="RTXPACK_DEVICE") from e
+
+
+def _parse_override(value: str) -> Device:
     text = value.strip()
     if text.startswith("{"):
         try:
             obj = json.loads(text)
         except ValueError as e:
             raise DeviceError(f"RTXPACK_DEVICE is not valid JSON ({e})",
-                              fix="set it to a compute capability such as 8.9 or to the JSON `rtxpack detect --json` prints") from e
+                              fix="set it to a compute capability such as 8.9 or to the JSON `rtxpack detect --json` prints",
+                              variable="RTXPACK_DEVICE") from e
+        if not isinstance(obj, dict):
+            raise TypeError("the JSON is not an object")
         gpus_obj = obj.get("gpus")
+        if gpus_obj is not None and not isinstance(gpus_obj, list):
+            raise TypeError("'gpus' is not a list")
         if gpus_obj is None and ("compute_capability" in obj or "cc" in obj):
             gpus_obj = [obj]
         gpus = tuple(_gpu_from_obj(g, i) for i, g in enumerate(gpus_obj or []))
@@ -147,7 +168,8 @@ def parse_override(value: str) -> Device:
         cc_s = format_cc(parse_cc(text))
     except ValueError as e:
         raise DeviceError(f"RTXPACK_DEVICE={value!r} is neither a compute capability nor JSON",
-                          fix="set RTXPACK_DEVICE=8.9 (for example) or unset it to detect the GPU") from e
+                          fix="set RTXPACK_DEVICE=8.9 (for example) or unset it to detect the GPU",
+                          variable="RTXPACK_DEVICE") from e
     gpu = GPU(name=f"forced sm_{cc_s.replace('.', '')}", compute_capability=cc_s)
     return Device(os=os_family(), gpus=(gpu,), backends=installed_backends(), source="RTXPACK_DEVICE")
 

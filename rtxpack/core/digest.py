@@ -54,22 +54,50 @@ def _external_locations(model: Any) -> list[str]:
     return sorted(locations)
 
 
-def model_digest(onnx_path: str | os.PathLike[str]) -> str:
-    """sha256 of the ONNX file's bytes plus the bytes of its external-data files."""
+def external_files(onnx_path: str | os.PathLike[str]) -> list[str]:
+    """The external-data files an ONNX file names (locations relative to its folder), sorted."""
+    return load_structure(onnx_path)[1]
+
+
+def load_structure(onnx_path: str | os.PathLike[str]) -> tuple[Any, list[str]]:
+    """(the ModelProto without its external data, the external-data files it names): one parse that
+    :func:`weights_digest_of_structure` can finish without reading the .onnx again."""
     import onnx
 
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return model, _external_locations(model)
+
+
+def weights_digest_of_structure(model: Any, onnx_path: str | os.PathLike[str]) -> str:
+    """:func:`weights_digest` of a model from :func:`load_structure` (its external data loaded now)."""
+    from onnx.external_data_helper import load_external_data_for_model
+
+    load_external_data_for_model(model, str(Path(onnx_path).parent))
+    return weights_digest_from_arrays(initializers(model))
+
+
+def model_digest_of(onnx_path: str | os.PathLike[str], externals: Iterable[str]) -> str:
+    """:func:`model_digest` when the external-data files are already known: bytes only, no parsing."""
     path = Path(onnx_path)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    model = onnx.load(str(path), load_external_data=False)
-    for location in _external_locations(model):
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+
+    def feed(p: Path) -> None:
+        with open(p, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                h.update(view[:n])
+
+    feed(path)
+    for location in externals:
         h.update(b"\0external:" + location.encode() + b"\0")
-        with open(path.parent / location, "rb") as f:
-            while chunk := f.read(CHUNK):
-                h.update(chunk)
+        feed(path.parent / location)
     return h.hexdigest()
+
+
+def model_digest(onnx_path: str | os.PathLike[str]) -> str:
+    """sha256 of the ONNX file's bytes plus the bytes of its external-data files."""
+    return model_digest_of(onnx_path, external_files(onnx_path))
 
 
 def weights_digest_from_arrays(weights: Mapping[str, Any]) -> str:

@@ -9,6 +9,7 @@ user name or password.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -86,18 +87,63 @@ def redact(url: str) -> str:
     return url
 
 
+_CREDENTIALS = re.compile(r"(?i)\b(https?://)[^/\s@?#]*@")
+
+
+def redact_text(text: str) -> str:
+    """Every ``http(s)://user:secret@`` inside free text (an exception's message) -> ``http(s)://***@``."""
+    return _CREDENTIALS.sub(r"\1***@", text)
+
+
 def is_http(value: "str | os.PathLike[str] | Location") -> bool:
     return Location.parse(value).is_http
 
 
+#: Windows device names: a file named so (any case, with or without an extension) is the device
+_DEVICES = frozenset({"con", "prn", "aux", "nul", "conin$", "conout$"}
+                     | {f"{d}{n}" for d in ("com", "lpt") for n in list("123456789") + ["¹", "²", "³"]})
+#: characters Windows refuses in names, plus URL syntax that would change what a URL names
+_FORBIDDEN = set('<>:"|?*#%')
+
+
+def relpath_problem(relpath: object) -> str | None:
+    """Why ``relpath`` is not a plain relative path inside a repository, or None when it is.
+
+    Refused: empty, absolute, backslashes, empty / ``.`` / ``..`` segments, control characters,
+    percent-encoding (``%2e%2e`` would be decoded by a server), ``?`` and ``#`` (URL syntax),
+    ``:`` (drive letters, NTFS alternate data streams), Windows-invalid characters, segments ending
+    in a dot or a space (Windows strips them: ``a.`` and ``a`` are one file), and Windows device
+    names (``CON``, ``NUL``, ``AUX``, ``PRN``, ``COM1``-``COM9``, ``LPT1``-``LPT9``, with or without
+    an extension)."""
+    if not isinstance(relpath, str) or not relpath:
+        return "is empty"
+    if "\\" in relpath:
+        return "contains a backslash"
+    if relpath.startswith("/") or (len(relpath) > 1 and relpath[1] == ":" and relpath[0].isalpha()):
+        return "is absolute"
+    if any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 for c in relpath):
+        return "contains a control character"
+    bad = sorted(set(relpath) & _FORBIDDEN)
+    if bad:
+        return f"contains {' '.join(repr(c) for c in bad)} (percent-encoding, URL syntax, a drive or stream colon, " \
+               "or a character Windows refuses)"
+    for seg in relpath.split("/"):
+        if seg in ("", ".", ".."):
+            return "has an empty, '.' or '..' segment"
+        if seg[-1] in ". ":
+            return f"has a segment ending in a dot or a space ({seg!r})"
+        if seg.split(".", 1)[0].rstrip(" ").lower() in _DEVICES:
+            return f"names a Windows device ({seg!r})"
+    return None
+
+
 def safe_relpath(relpath: str) -> str:
     """A manifest path as a plain relative path inside the repository (ManifestError otherwise)."""
-    rel = str(relpath).replace("\\", "/")
-    parts = rel.split("/")
-    if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts) or ":" in parts[0]:
+    problem = relpath_problem(relpath)
+    if problem is not None:
         raise ManifestError(
-            f"artifact path {relpath!r} is not a plain relative path inside the repository",
+            f"artifact path {relpath!r} is not a plain relative path inside the repository: it {problem}",
             fix="fix the manifest entry (paths look like blobs/sha256/ab/abcd...)",
             path=str(relpath),
         )
-    return rel
+    return relpath

@@ -21,7 +21,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 from . import registry
 from .errors import ManifestError
-from .fsutil import atomic_write
+from .fsutil import UnsafeFile, atomic_write, read_regular
+from .location import relpath_problem
 from .versions import parse_cc
 
 SCHEMA_ID = "rtxpack-manifest"
@@ -108,18 +109,13 @@ _ARTIFACT_FIELDS = frozenset(f.name for f in fields(Artifact))
 
 
 def validate_relpath(path: str, *, where: str) -> None:
-    """A repository path must be relative, POSIX, and stay inside the repository."""
-    if not isinstance(path, str) or not path:
-        raise ManifestError(f"{where}: path is empty", fix="give a path relative to the repository root", artifact=where)
-    if "\\" in path or "\0" in path:
-        raise ManifestError(f"{where}: path {path!r} contains a backslash or NUL",
-                            fix="use '/' separated relative paths", artifact=where, path=path)
-    if path.startswith("/") or (len(path) > 1 and path[1] == ":" and path[0].isalpha()):
-        raise ManifestError(f"{where}: path {path!r} is absolute",
-                            fix="artifact paths must be relative to the repository root", artifact=where, path=path)
-    if ".." in path.split("/"):
-        raise ManifestError(f"{where}: path {path!r} contains '..'",
-                            fix="artifact paths must stay inside the repository", artifact=where, path=path)
+    """A repository path must be relative, POSIX, stay inside the repository and name the same file
+    on every OS and server (see :func:`rtxpack.core.location.relpath_problem`)."""
+    problem = relpath_problem(path)
+    if problem is not None:
+        raise ManifestError(f"{where}: path {path!r} {problem}",
+                            fix="artifact paths are plain relative paths such as blobs/sha256/ab/abcd...",
+                            artifact=where, path=str(path))
 
 
 _STR, _OPT_STR = (str,), (str, type(None))
@@ -144,6 +140,8 @@ def validate_artifact(a: Artifact, *, where: str) -> None:
             raise bad(f"{name} {value!r} has the wrong type (expected {' or '.join(t.__name__ for t in types)})")
     if not a.id or len(a.id) > 512 or not a.model or len(a.model) > 256:
         raise bad("id and model must be non-empty (id <= 512, model <= 256 characters)")
+    if any(ord(c) < 0x20 or 0x7f <= ord(c) < 0xa0 for c in a.id + a.model):
+        raise bad("id and model must not contain control characters")
     if not registry.known(a.backend):
         raise bad(f"backend {a.backend!r} is not one of {', '.join(registry.names())}")
     if a.precision not in PRECISIONS:
@@ -299,14 +297,12 @@ class Manifest:
         if p.is_dir():
             p = p / MANIFEST_NAME
         try:
-            size = p.stat().st_size
-            if size > MAX_MANIFEST_BYTES:
-                raise ManifestError(f"{p}: {size} bytes is larger than the {MAX_MANIFEST_BYTES}-byte limit",
-                                    fix="check the repository", path=str(p))
-            text = p.read_bytes()
+            text = read_regular(p, MAX_MANIFEST_BYTES, follow_links=True)
         except FileNotFoundError as e:
             raise ManifestError(f"no manifest at {p}", fix="build or publish the repository first (`rtxpack build`)",
                                 path=str(p)) from e
+        except UnsafeFile as e:
+            raise ManifestError(f"{e}; refused without reading it", fix="check the repository", path=str(p)) from e
         return cls.from_json(text, source=str(p))
 
     def save(self, path: str | Path) -> Path:

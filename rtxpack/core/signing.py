@@ -8,29 +8,64 @@ Keys: ``rtxpack.key`` is a PKCS#8 PEM private key (mode 0600); ``rtxpack.pub`` a
 SubjectPublicKeyInfo PEM. A keyid is the first 16 hex digits of sha256(raw 32-byte public key).
 ``cryptography`` is imported lazily (extra ``rtxpack[sign]``): installs of unsigned repositories
 do not need it.
+
+Installers check a signature on the raw document before the costly parse
+(:func:`check_signature_raw`: size bound, JSON, canonical bytes of the object, ed25519), then
+parse, then require that the parsed manifest's canonical bytes are exactly what was signed. Key
+files are read only when they are regular files (a fifo or device path is refused unread); a
+private key readable by group or others gets ssh's warning.
 """
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
+import json
+import math
 import os
+import stat
+import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import ConfigError, SignatureError
-from .manifest import Manifest
+from .errors import ConfigError, ManifestError, SignatureError
+from .fsutil import UnsafeFile, read_regular
+from .manifest import MAX_MANIFEST_BYTES, Manifest
 
 ALGORITHM = "ed25519"
 PRIVATE_NAME = "rtxpack.key"
 PUBLIC_NAME = "rtxpack.pub"
 DEFAULT_EXPIRES_DAYS = 180
+#: ``sign --expires-in`` beyond this is refused (a signature that never expires protects nothing)
+MAX_EXPIRES_DAYS = 3650
+#: ... and beyond this it warns: a stolen or frozen mirror may serve it that long
+WARN_EXPIRES_DAYS = 365
+#: a key file is a few hundred bytes
+MAX_KEY_BYTES = 64 << 10
 _INSTALL_HINT = "pip install 'rtxpack[sign]' (the cryptography package)"
 
 
+class UnprotectedKeyWarning(UserWarning):
+    """A private key file is readable by group or others (ssh refuses such keys)."""
+
+
+class LongExpiryWarning(UserWarning):
+    """A manifest is signed to stay valid for more than WARN_EXPIRES_DAYS."""
+
+
 # ---- keys ----------------------------------------------------------------------------------------
+def _read_key_file(path: Path, what: str, fix: str) -> bytes:
+    """A key file's bytes: a regular file of at most MAX_KEY_BYTES (a fifo or device is refused unread)."""
+    try:
+        return read_regular(path, MAX_KEY_BYTES, follow_links=True)
+    except UnsafeFile as e:
+        raise ConfigError(f"{what} {e}; refused without reading it", fix=fix, path=str(path)) from e
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}", fix=fix, path=str(path)) from e
+
+
 def _crypto() -> Any:
     try:
         from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -93,15 +128,8 @@ def load_public_key(item: Any) -> TrustedKey:
         return TrustedKey(keyid_of(key), key, "<bytes>")
     if isinstance(item, (str, os.PathLike)):
         path = Path(item).expanduser()
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ConfigError(f"cannot read trusted key {path}: {e.strerror or e}",
-                              fix="check --trusted-key / RTXPACK_TRUSTED_KEYS (files separated by "
-                                  f"{os.pathsep!r})", path=str(path)) from e
-        if len(data) > 64 << 10:
-            raise ConfigError(f"trusted key {path} is {len(data)} bytes: not a public key",
-                              fix="pass the rtxpack.pub written by `rtxpack keygen`", path=str(path))
+        data = _read_key_file(path, "trusted key", "check --trusted-key / RTXPACK_TRUSTED_KEYS (files separated by "
+                                                   f"{os.pathsep!r}, each the rtxpack.pub of `rtxpack keygen`)")
         key = _parse_public(data, str(path))
         return TrustedKey(keyid_of(key), key, str(path))
     raise ConfigError(f"trusted key {item!r} is neither a path nor key bytes", fix="pass paths of rtxpack.pub files")
@@ -121,14 +149,8 @@ def load_trusted_keys(items: Iterable[Any] | Any | None) -> list[TrustedKey]:
 
 def load_private_key(path: str | os.PathLike[str]) -> Any:
     p = Path(path).expanduser()
-    if p.is_dir():
-        raise ConfigError(f"signing key {p} is a directory", fix=f"pass the key file, e.g. {p / PRIVATE_NAME}",
-                          path=str(p))
-    try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"cannot read signing key {p}: {e.strerror or e}",
-                          fix="pass the rtxpack.key written by `rtxpack keygen`", path=str(p)) from e
+    data = _read_key_file(p, "signing key", "pass the rtxpack.key written by `rtxpack keygen`")
+    _warn_if_unprotected(p)
     return private_key_from_bytes(data, p)
 
 
@@ -154,6 +176,39 @@ def private_key_from_bytes(data: bytes, p: str | os.PathLike[str] = "(stdin)") -
     return key
 
 
+def _warn_if_unprotected(path: Path) -> None:
+    """ssh's warning for a private key that group or others may read (POSIX permission bits)."""
+    if os.name == "nt":  # pragma: no cover - ACLs, not mode bits
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return
+    if mode & 0o077:
+        warnings.warn(
+            f"WARNING: UNPROTECTED PRIVATE KEY FILE! Permissions 0{mode:o} for '{path}' are too open. "
+            "It is required that your private key files are NOT accessible by others "
+            f"(fix: chmod 600 {path})", UnprotectedKeyWarning, stacklevel=3)
+
+
+def check_expires_in(days: Any) -> float:
+    """``--expires-in`` as a number of days in (0, MAX_EXPIRES_DAYS]; nonsense (inf, nan, negative,
+    zero, garbage, beyond the maximum) is a ConfigError; beyond WARN_EXPIRES_DAYS a warning."""
+    try:
+        value = float(days)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value <= 0 or value > MAX_EXPIRES_DAYS:
+        raise ConfigError(f"--expires-in {days!r} is not a number of days > 0 and <= {MAX_EXPIRES_DAYS}",
+                          fix=f"give a number of days such as {DEFAULT_EXPIRES_DAYS} (installers refuse the manifest "
+                              "after that; re-sign before it runs out)", option="--expires-in", value=str(days))
+    if value > WARN_EXPIRES_DAYS:
+        warnings.warn(f"--expires-in {value:g} days: a stale or frozen mirror may serve this manifest for that long; "
+                      f"consider at most {WARN_EXPIRES_DAYS} days and re-signing regularly", LongExpiryWarning,
+                      stacklevel=3)
+    return value
+
+
 def generate_keypair() -> tuple[bytes, bytes, str]:
     """A new ed25519 key pair: (private PEM, public PEM, keyid)."""
     ed25519 = _crypto()
@@ -169,7 +224,7 @@ def generate_keypair() -> tuple[bytes, bytes, str]:
 # ---- signing -------------------------------------------------------------------------------------
 def sign_manifest(manifest: Manifest, private_key: Any, *, version: int | None = None,
                   expires_in_days: float | None = DEFAULT_EXPIRES_DAYS, now: datetime | None = None) -> Manifest:
-    """A copy of ``manifest`` with ``version`` (default: +1), ``expires`` and our signature.
+    """A copy of ``manifest`` with ``version`` (default: +1), ``expires``, ``created`` (now) and our signature.
 
     Signatures of other keys survive only when the signed content is unchanged (same version,
     expiry and artifacts), so several publishers can co-sign one release.
@@ -184,10 +239,10 @@ def sign_manifest(manifest: Manifest, private_key: Any, *, version: int | None =
                           fix=f"use --version {manifest.version + 1} or leave --version out")
     expires = None
     if expires_in_days is not None:
-        if expires_in_days <= 0:
-            raise ConfigError(f"--expires-in {expires_in_days} must be positive", fix="give a number of days, e.g. 180")
-        expires = (now + timedelta(days=expires_in_days)).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    signed = replace(manifest, version=new_version, expires=expires, signatures=())
+        days = check_expires_in(expires_in_days)
+        expires = _iso(now + timedelta(days=days))
+    # ``created`` becomes the signing time: what installers measure a maximum manifest age from
+    signed = replace(manifest, version=new_version, expires=expires, created=_iso(now), signatures=())
     body = signed.canonical_bytes()
     kid = keyid_of(private_key.public_key())
     sig = {"keyid": kid, "algorithm": ALGORITHM, "signature": base64.b64encode(private_key.sign(body)).decode()}
@@ -197,27 +252,71 @@ def sign_manifest(manifest: Manifest, private_key: Any, *, version: int | None =
     return replace(signed, signatures=others + (sig,))
 
 
+def _iso(t: datetime) -> str:
+    return t.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def canonical_body(doc: Mapping[str, Any]) -> bytes:
+    """The bytes a signature covers, from a manifest's JSON object: everything but ``signatures``,
+    canonical JSON (equal to :meth:`Manifest.canonical_bytes` of a manifest rtxpack wrote)."""
+    return json.dumps({k: v for k, v in doc.items() if k != "signatures"}, sort_keys=True,
+                      separators=(",", ":")).encode()
+
+
+def check_signature_raw(raw: bytes, keys: Sequence[TrustedKey], *, repo: str) -> tuple[dict[str, Any], bytes, list[str]]:
+    """Verify a manifest's signatures on its raw bytes, before the costly parse.
+
+    The size is bounded first (MAX_MANIFEST_BYTES), then the JSON is decoded (C speed, nothing
+    validated yet), then the canonical bytes of the object are checked against every signature
+    by a trusted key. Returns (the JSON object, the signed bytes, the keyids whose signature
+    verified, in manifest order). Raises ManifestError / SignatureError."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{repo}: the manifest is {len(raw)} bytes, larger than the {MAX_MANIFEST_BYTES}-byte "
+                            "limit", fix="check the repository URL", repo=repo)
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise ManifestError(f"{repo}: the manifest is not valid JSON ({e})", fix="re-publish the repository",
+                            repo=repo) from e
+    if not isinstance(doc, dict):
+        raise ManifestError(f"{repo}: the manifest's top level is not a JSON object", fix="check the repository URL",
+                            repo=repo)
+    sigs = doc.get("signatures", [])
+    if not isinstance(sigs, list) or len(sigs) > 16:
+        raise SignatureError(f"{repo}: the manifest's signatures are not a list of at most 16 entries",
+                             fix="re-sign the repository with `rtxpack sign`", repo=repo, reason="bad-signature")
+    body = canonical_body(doc)
+    return doc, body, _verify(body, sigs, keys, repo=repo)
+
+
 def check_signature(manifest: Manifest, keys: Sequence[TrustedKey], *, repo: str) -> str:
     """The keyid of a trusted key whose signature verifies, else SignatureError."""
+    return _verify(manifest.canonical_bytes(), list(manifest.signatures), keys, repo=repo)[0]
+
+
+def _verify(body: bytes, signatures: Sequence[Any], keys: Sequence[TrustedKey], *, repo: str) -> list[str]:
+    """Keyids of the trusted keys whose signature over ``body`` verifies (at least one, else SignatureError)."""
     from cryptography.exceptions import InvalidSignature
 
     trusted = {k.keyid: k for k in keys}
-    body = manifest.canonical_bytes()
     seen: list[str] = []
     bad: list[str] = []
-    for sig in manifest.signatures:
-        kid = str(sig.get("keyid")) if isinstance(sig, dict) else "?"
+    good: list[str] = []
+    for sig in signatures:
+        kid = str(sig.get("keyid"))[:64] if isinstance(sig, dict) else "?"
         seen.append(kid)
         key = trusted.get(kid)
-        if key is None or not isinstance(sig, dict) or sig.get("algorithm") != ALGORITHM:
+        if key is None or not isinstance(sig, dict) or sig.get("algorithm") != ALGORITHM or kid in good:
             continue
         try:
-            raw = base64.b64decode(str(sig.get("signature", "")), validate=True)
+            raw = base64.b64decode(str(sig.get("signature", ""))[:256], validate=True)
             key.key.verify(raw, body)
         except (InvalidSignature, ValueError, binascii.Error):
             bad.append(kid)
             continue
-        return kid
+        good.append(kid)
+    if good:
+        return good
     pinned = ", ".join(sorted(trusted)) or "none"
     if bad:
         raise SignatureError(

@@ -16,7 +16,7 @@ from ..core import config
 from ..core.errors import ConfigError
 from ..core.digest_cache import DigestCache
 from .store import Store
-from .trust import TrustPolicy
+from .trust import TrustPolicy, check_max_age
 
 
 def _utcnow() -> datetime:
@@ -37,12 +37,17 @@ class InstallContext:
     def create(cls, *, store: Store | str | os.PathLike[str] | None = None,
                trusted_keys: Sequence[Any] | None = None, require_signed: bool | None = None,
                offline: bool | None = None, progress: bool | None = None,
-               clock: Callable[[], datetime] | None = None, session: Any = None) -> "InstallContext":
-        """A context from explicit arguments, the environment filling in what is not given."""
+               clock: Callable[[], datetime] | None = None, session: Any = None,
+               max_manifest_age_days: float | None = None) -> "InstallContext":
+        """A context from explicit arguments, the environment filling in what is not given.
+        ``trusted_keys=[]`` (given, empty) trusts no key: every manifest is refused."""
         if not isinstance(store, Store):
             store = Store(store)
+        if isinstance(trusted_keys, (str, bytes, bytearray, os.PathLike)):
+            trusted_keys = [trusted_keys]
         return cls(store=store,
-                   trust=TrustPolicy(tuple(trusted_keys) if trusted_keys is not None else None, require_signed),
+                   trust=TrustPolicy(tuple(trusted_keys) if trusted_keys is not None else None, require_signed,
+                                     check_max_age(max_manifest_age_days)),
                    offline=config.offline() if offline is None else bool(offline), progress=progress,
                    clock=clock or _utcnow, session=session)
 
@@ -51,9 +56,12 @@ class InstallContext:
 
     @property
     def digests(self) -> DigestCache:
-        """Model / weights digests of local ONNX files, kept in this store."""
+        """Model / weights digests of local ONNX files, kept in this store (read without creating
+        anything; saved when the store is writable)."""
         if self._digests is None:
-            self._digests = DigestCache(self.store.state_path("digests.json"))
+            self._digests = DigestCache(self.store.root / "state" / "digests.json",
+                                        find=lambda: self.store.find_state_path("digests.json"),
+                                        make=lambda: self.store.state_path("digests.json"))
         return self._digests
 
     def weights_digest(self, onnx: str | os.PathLike[str]) -> str:
@@ -67,7 +75,8 @@ class InstallContext:
         return digest
 
 
-_OPTIONS = ("store", "trusted_keys", "require_signed", "offline", "progress", "clock", "session")
+_OPTIONS = ("store", "trusted_keys", "require_signed", "offline", "progress", "clock", "session",
+            "max_manifest_age_days")
 
 
 def context_from(ctx: InstallContext | None, options: dict[str, Any]) -> InstallContext:

@@ -8,9 +8,19 @@ while streaming; bytes that do not match are never installed. One file lock per 
 concurrent processes download it once. ``RTXPACK_OFFLINE=1`` makes no network call at all.
 
 :func:`fetch_bytes` fetches small documents (``manifest.json``) with a size cap.
+
+Bounds: every read waits at most ``RTXPACK_READ_TIMEOUT``; each whole fetch (every attempt,
+source, backoff and ``Retry-After`` wait, and the wait for another process's lock) ends by
+``RTXPACK_DOWNLOAD_DEADLINE``: a watchdog shuts the transfer's socket at the deadline, so a
+server that trickles headers or body a byte at a time cannot hold ``install`` or ``load()``
+longer. Local sources are read only up to their declared size and never block on a fifo. The
+resumable ``tmp/<sha256>.partial`` is opened without following links, only when it is our own
+regular file with one link; anything else at that name is removed and the download starts
+over. URLs are shown and stored without their credentials.
 """
 from __future__ import annotations
 
+import email.utils
 import errno
 import hashlib
 import json
@@ -19,22 +29,26 @@ import http.client
 import queue
 import random
 import re
+import socket
+import stat
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator
 
 
 if TYPE_CHECKING:  # pragma: no cover
     import requests
 
 from ..core import config
-from ..core.digest import file_hasher
 from ..core.errors import ChecksumMismatch, FetchError, OfflineError, StoreError
-from ..core.fsutil import atomic_write
-from ..core.location import Location, redact
+from ..core.fsutil import (UnsafeFile, open_new, open_regular, read_regular, remove_any, store_file,
+                           write_error)
+from ..core.location import Location, redact, redact_text
+from ..core.lockfile import LockTimeout
 from .store import Store, check_sha256
 
 #: bytes per read from the socket / file; large reads keep Python overhead per byte low
@@ -89,15 +103,189 @@ def _label(artifact: Any) -> str:
     return f"{name} (sha256 {artifact.sha256[:12]}…, {artifact.size} bytes)"
 
 
-def _backoff(attempt: int) -> None:
+def check_settings() -> None:
+    """Read every network setting now (each validated by :mod:`rtxpack.core.config`): a bad value is
+    one ConfigError before anything is fetched, not a surprise at the first retry."""
+    config.connect_timeout(), config.read_timeout(), config.download_deadline()
+    config.max_retries(), config.retry_backoff()
+
+
+# -- the overall deadline ------------------------------------------------------------------------
+class Deadline:
+    """The end of one fetch (``RTXPACK_DOWNLOAD_DEADLINE`` seconds from its start, all attempts included)."""
+
+    def __init__(self, seconds: float | None = None, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = config.download_deadline() if seconds is None else seconds
+        self._clock = clock
+        self.end = clock() + self.seconds
+
+    def remaining(self) -> float:
+        return max(0.0, self.end - self._clock())
+
+    @property
+    def expired(self) -> bool:
+        return self._clock() >= self.end
+
+    def error(self, what: str, errors: list[str], **details: Any) -> FetchError:
+        return FetchError(
+            f"{what} did not finish within the {self.seconds:g} s deadline (RTXPACK_DOWNLOAD_DEADLINE); "
+            "a server that sends too slowly, or a stalled network"
+            + (": " + "; ".join(errors[-3:]) if errors else ""),
+            fix="check the network or the mirror; raise RTXPACK_DOWNLOAD_DEADLINE (seconds) for very large "
+                "artifacts on slow links", errors=errors, **details)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(0.0, min(seconds, self.remaining())))
+
+
+class _Watch:
+    """Shuts the sockets of one transfer down when its deadline passes: a blocked read (headers or
+    body trickled one byte per read timeout) then fails at once instead of going on for ever.
+
+    Connections report their socket objects when connected or taken from the pool (see
+    :func:`_adapter_class`). A TLS handshake needs no help: CPython bounds a whole handshake by
+    the socket's (connect) timeout."""
+
+    def __init__(self, seconds: float) -> None:
+        self._socks: list[Any] = []
+        self._lock = threading.Lock()
+        self.fired = False
+        self._done = False
+        self._timer = threading.Timer(seconds, self.fire)
+        self._timer.daemon = True
+
+    def add(self, sock: Any) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._socks.append(sock)
+            if self.fired:
+                self._cut(sock)
+
+    def fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            for sock in self._socks:
+                self._cut(sock)
+
+    @staticmethod
+    def _cut(sock: Any) -> None:
+        """shutdown(2): the peer's bytes stop, the blocked read returns; the owner still closes it."""
+        try:
+            if sock.fileno() >= 0:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def __enter__(self) -> "_Watch":
+        _CURRENT.watch = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with self._lock:
+            self._done = True
+            self._socks.clear()
+        self._timer.cancel()
+        _CURRENT.watch = None
+
+
+_CURRENT = threading.local()
+
+
+def _watching() -> "_Watch | None":
+    return getattr(_CURRENT, "watch", None)
+
+
+_ADAPTER: list[type] = []
+
+
+def _adapter_class() -> type:
+    """A requests adapter whose connections report their sockets to the current :class:`_Watch`."""
+    if _ADAPTER:
+        return _ADAPTER[0]
+    import requests.adapters
+    import urllib3.connection as uc
+    import urllib3.connectionpool as cp
+
+    def watched(conn_cls: type) -> type:
+        class Conn(conn_cls):  # type: ignore[misc, valid-type]
+            def connect(self) -> None:
+                super().connect()
+                watch = _watching()
+                if watch is not None:
+                    watch.add(self.sock)             # the socket the response is read from (TLS or not)
+        return Conn
+
+    def pool(pool_cls: type, conn_cls: type) -> type:
+        class Pool(pool_cls):  # type: ignore[misc, valid-type]
+            ConnectionCls = watched(conn_cls)
+
+            def _get_conn(self, timeout: float | None = None) -> Any:
+                conn = super()._get_conn(timeout)
+                watch = _watching()
+                if watch is not None and getattr(conn, "sock", None) is not None:
+                    watch.add(conn.sock)             # a kept-alive connection from the pool
+                return conn
+        return Pool
+
+    classes = {"http": pool(cp.HTTPConnectionPool, uc.HTTPConnection),
+               "https": pool(cp.HTTPSConnectionPool, uc.HTTPSConnection)}
+
+    class WatchedAdapter(requests.adapters.HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kw: Any) -> None:
+            super().init_poolmanager(*args, **kw)
+            self.poolmanager.pool_classes_by_scheme = dict(classes)
+
+        def proxy_manager_for(self, proxy: str, **kw: Any) -> Any:
+            manager = super().proxy_manager_for(proxy, **kw)
+            manager.pool_classes_by_scheme = dict(classes)
+            return manager
+
+    _ADAPTER.append(WatchedAdapter)
+    return WatchedAdapter
+
+
+def _session(session: Any = None) -> Any:
+    """``session`` (or a new requests.Session) with the watched adapter mounted for http and https."""
+    cls = _adapter_class()
+    sess = session if session is not None else _requests().Session()
+    for prefix in ("http://", "https://"):
+        if not isinstance(sess.adapters.get(prefix), cls):
+            sess.mount(prefix, cls())
+    return sess
+
+
+def _backoff(attempt: int, deadline: Deadline) -> None:
     base = config.retry_backoff()
     if base > 0:
         delay = min(_BACKOFF_CAP, base * (2 ** attempt))
-        time.sleep(delay * (0.75 + 0.5 * random.random()))
+        deadline.sleep(delay * (0.75 + 0.5 * random.random()))
+
+
+def _wait_before_retry(e: "_Retry", attempt: int, deadline: Deadline, what: str, errors: list[str],
+                       **details: Any) -> None:
+    """Sleep before the next attempt: the server's Retry-After when it gave one (up to the
+    deadline: one that asks for longer ends the fetch now), else exponential backoff."""
+    if e.retry_after is not None:
+        if e.retry_after > deadline.remaining():
+            raise FetchError(
+                f"{what}: the server asks to retry after {e.retry_after:g} s, beyond what is left of the "
+                f"{deadline.seconds:g} s deadline (RTXPACK_DOWNLOAD_DEADLINE): " + "; ".join(errors[-3:]),
+                fix="try again later, or raise RTXPACK_DOWNLOAD_DEADLINE", errors=errors, **details)
+        deadline.sleep(e.retry_after)
+    else:
+        _backoff(attempt, deadline)
 
 
 class _Retry(Exception):
     """A transient failure: try this source again (partial bytes are kept)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class _NextSource(Exception):
@@ -118,25 +306,29 @@ def fetch_artifact(
     session: requests.Session | None = None,
     stats: FetchStats | None = None,
     offline: bool | None = None,
+    verify_stored: bool = False,
 ) -> Path:
     """Make ``artifact`` (attributes ``sha256``, ``size``, ``path``, ``mirrors``) present and
     verified in the local store; return its path there.
 
     ``progress``: None shows a tqdm bar only when stderr is a terminal; callers printing
-    ``--json`` pass False. Raises :class:`OfflineError`, :class:`ChecksumMismatch` (some source
-    served wrong bytes and none served right ones) or :class:`FetchError`.
+    ``--json`` pass False. ``verify_stored``: a copy already in the store is re-hashed now (and
+    fetched again when it was damaged); without it, a stored copy of the right size is trusted.
+    Raises :class:`OfflineError`, :class:`ChecksumMismatch` (some source served wrong bytes and
+    none served right ones) or :class:`FetchError`.
     """
     store = store if store is not None else Store()
     stats = stats if stats is not None else FetchStats()
     sha = check_sha256(artifact.sha256)
     size = int(artifact.size)
     label = _label(artifact)
+    check_settings()
+    deadline = Deadline()
 
-    if store.has(sha, size):
-        path = store.get(sha)
-        if path is not None:
-            stats.from_store = True
-            return path
+    path = _from_store(store, sha, size, verify_stored)
+    if path is not None:
+        stats.from_store = True
+        return path
 
     offline = config.offline() if offline is None else offline
     locations: list[str] = []
@@ -160,53 +352,80 @@ def fetch_artifact(
         meta["name"] = Path(str(artifact.path)).name
     own_session = session is None
     lock = store.lock(sha)
-    with lock:
+    try:
+        lock.acquire(timeout=deadline.remaining())
+    except LockTimeout as e:
+        raise deadline.error(f"waiting for another process to fetch {label}", [e.message], sha256=sha) from e
+    try:
         # Another process may have finished it while we waited for the lock.
-        if store.has(sha, size):
+        path = _from_store(store, sha, size, verify_stored)
+        if path is not None:
             stats.from_store = True
-            path = store.get(sha)
-            assert path is not None
             return path
-        if own_session and any(_is_http(loc) for loc in locations):
-            session = _requests().Session()
+        if any(_is_http(loc) for loc in locations):
+            session = _session(session)
         try:
-            return _fetch_locked(store, sha, size, label, locations, meta, session, progress, stats)
+            return _fetch_locked(store, sha, size, label, locations, meta, session, progress, stats, deadline)
         finally:
             if own_session and session is not None:
                 session.close()
+    finally:
+        lock.release()
+
+
+def _from_store(store: Store, sha: str, size: int, verify: bool) -> Path | None:
+    if verify:
+        return store.verified_path(sha, size)
+    return store.get(sha) if store.has(sha, size) else None
 
 
 def _fetch_locked(store: Store, sha: str, size: int, label: str, locations: list[str],
                   meta: dict[str, str], session: requests.Session | None, progress: bool | None,
-                  stats: FetchStats) -> Path:
+                  stats: FetchStats, deadline: Deadline) -> Path:
     mismatch: ChecksumMismatch | None = None
     errors: list[str] = []
     attempts = 1 + max(0, config.max_retries())
+    sources = [redact(x) for x in locations]
     for loc in locations:
+        shown = redact(loc)
+        last: _Retry | None = None
         for attempt in range(attempts):
+            if deadline.expired:
+                raise deadline.error(f"fetching {label}", errors, sha256=sha, sources=sources)
             if attempt:
                 stats.retries += 1
-                _backoff(attempt - 1)
+                assert last is not None
+                _wait_before_retry(last, attempt - 1, deadline, f"fetching {label}", errors, sha256=sha,
+                                   sources=sources)
             try:
                 if _is_http(loc):
                     assert session is not None
-                    path = _download_http(store, sha, size, loc, session, progress, stats, meta)
+                    with _Watch(deadline.remaining()) as watch:
+                        try:
+                            path = _download_http(store, sha, size, loc, session, progress, stats, meta)
+                        except _Retry as e:
+                            if watch.fired:
+                                raise _Retry(f"{e} (cut at the deadline)") from e
+                            raise
                 else:
                     path = _copy_local(store, sha, size, _local_path(loc), stats, meta)
-                stats.source = loc
+                stats.source = shown
                 return path
             except ChecksumMismatch as e:
                 mismatch = e
-                errors.append(f"{loc}: {e}")
+                errors.append(redact_text(f"{shown}: {e}"))
                 stats.errors.append(errors[-1])
                 break  # this source serves wrong bytes; the partial is gone; try the next source
             except _NextSource as e:
-                errors.append(f"{loc}: {e}")
+                errors.append(redact_text(f"{shown}: {e}"))
                 stats.errors.append(errors[-1])
                 break
             except _Retry as e:
-                errors.append(f"{loc}: {e}")
+                last = e
+                errors.append(redact_text(f"{shown}: {e}"))
                 stats.errors.append(errors[-1])
+                if deadline.expired:
+                    raise deadline.error(f"fetching {label}", errors, sha256=sha, sources=sources) from e
             except (StoreError, OfflineError):
                 raise
     if mismatch is not None:
@@ -214,13 +433,13 @@ def _fetch_locked(store: Store, sha: str, size: int, label: str, locations: list
             f"{label}: every source failed and at least one served wrong bytes; nothing was installed. "
             + summarize(errors),
             fix="the repository or mirror is corrupt or was changed after publishing; re-publish it or use another mirror",
-            sha256=sha, expected_sha256=sha, actual_sha256=mismatch.actual_sha256, url=mismatch.url,
-            sources=[redact(x) for x in locations], errors=errors,
+            sha256=sha, expected_sha256=sha, actual_sha256=mismatch.actual_sha256,
+            url=redact(mismatch.url) if mismatch.url else None, sources=sources, errors=errors,
         )
     raise FetchError(
         f"could not fetch {label} from any source: " + summarize(errors),
         fix="check the repository URL and your network, or " + _BUNDLE_FIX.split(", or ")[-1],
-        sha256=sha, sources=[redact(x) for x in locations], errors=errors,
+        sha256=sha, sources=sources, errors=errors,
     )
 
 
@@ -241,137 +460,205 @@ def _write_all(f: Any, data: memoryview) -> None:
 
 
 def _disk_error(e: OSError, path: Path, size: int) -> StoreError:
-    return StoreError(f"writing {path}: {e.strerror or e}", path=str(path),
-                      fix=f"free disk space in the rtxpack store (it needs {size} bytes) or set RTXPACK_CACHE_DIR "
-                          "to a larger disk; nothing was installed")
+    return write_error(e, path, f"a download of {size} bytes", needed=size)
 
 
 def _copy_local(store: Store, sha: str, size: int, src: Path, stats: FetchStats, meta: dict[str, str]) -> Path:
+    """Copy a file of a directory repository: a regular file only (a fifo or device is refused
+    without being read), exactly its declared size (a file that grows is refused at size + 1)."""
     try:
-        actual_size = src.stat().st_size
+        fd = open_regular(src, follow_links=True)
     except FileNotFoundError:
         raise _NextSource(f"{src} does not exist") from None
+    except UnsafeFile as e:
+        raise _NextSource(f"{src} {e.problem}") from e
     except OSError as e:
-        raise _NextSource(f"{src}: {e}") from e
-    if actual_size != size:
-        raise ChecksumMismatch(f"{src} has {actual_size} bytes, expected {size}", sha256=sha,
-                               expected_sha256=sha, expected_size=size, actual_size=actual_size, url=str(src))
-    store.ensure_free_space(size, what=f"sha256 {sha[:12]}…")
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    with store.new_blob(sha) as out:
-        try:
-            with open(src, "rb", buffering=0) as fin:
-                while n := fin.readinto(buf):
+        raise _NextSource(f"{src}: {e.strerror or e}") from e
+    with os.fdopen(fd, "rb", buffering=0) as fin:
+        actual_size = os.fstat(fin.fileno()).st_size
+        if actual_size != size:
+            raise ChecksumMismatch(f"{src} has {actual_size} bytes, expected {size}", sha256=sha,
+                                   expected_sha256=sha, expected_size=size, actual_size=actual_size, url=str(src))
+        store.ensure_free_space(size, what=f"sha256 {sha[:12]}…")
+        buf = bytearray(min(CHUNK, size + 1))
+        view = memoryview(buf)
+        with store.new_blob(sha, size) as out:
+            try:
+                while out.size <= size and (n := fin.readinto(view[:min(len(buf), size + 1 - out.size)])):
                     try:
                         _write_all(out, view[:n])
                     except OSError as e:
                         raise _disk_error(e, out.tmp, size) from e
                     stats.bytes_downloaded += n
-        except StoreError:
-            raise
-        except OSError as e:
-            raise _Retry(f"reading {src}: {e}") from e
+            except StoreError:
+                raise
+            except OSError as e:
+                raise _Retry(f"reading {src}: {e}") from e
+            try:
+                return store.commit_blob(out, sha, size, meta=meta)
+            except ChecksumMismatch as e:
+                raise e.with_details(url=str(src))
+
+
+def _open_partial(store: Store, sha: str, size: int, stats: FetchStats) -> tuple[BinaryIO, int, Any]:
+    """The resumable download file, opened safely: (file, bytes already there, sha256 of them).
+
+    Our own regular file with one link is resumed (its bytes re-hashed through the same
+    descriptor); anything else at that name (a planted link, a directory, a fifo, a hard link to
+    a file elsewhere, another user's file, more bytes than the artifact) is removed and a new
+    file is created with O_EXCL | O_NOFOLLOW."""
+    path = store.partial_path(sha)
+    try:
+        st: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        own = not hasattr(os, "geteuid") or st.st_uid == os.geteuid()
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and own and st.st_size <= size:
+            try:
+                fd = open_regular(path, write=True)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                fst = os.fstat(fd)
+                if (fst.st_dev, fst.st_ino, fst.st_nlink) == (st.st_dev, st.st_ino, 1):
+                    f = os.fdopen(fd, "r+b", buffering=0)
+                    h, have = _hash_prefix(f, size)
+                    return f, have, h
+                os.close(fd)
+        stats.restarts += 1
+        _drop(path, _info_path(path))
+    for _ in range(4):
         try:
-            return store.commit_blob(out, sha, size, meta=meta)
-        except ChecksumMismatch as e:
-            raise e.with_details(url=str(src))
+            fd = open_new(path)
+        except FileExistsError:
+            _drop(path)                               # planted between our check and the create
+            continue
+        except OSError as e:
+            raise _disk_error(e, path, size) from e
+        return os.fdopen(fd, "wb", buffering=0), 0, hashlib.sha256()
+    raise StoreError(f"cannot create {path}: something keeps creating that name",
+                     fix="check who else writes into this cache folder (RTXPACK_CACHE_DIR)", path=str(path))
+
+
+def _hash_prefix(f: BinaryIO, size: int) -> tuple[Any, int]:
+    h, n = hashlib.sha256(), 0
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    while n < size and (k := f.readinto(view[:min(len(buf), size - n)])):  # type: ignore[attr-defined]
+        h.update(view[:k])
+        n += k
+    return h, n
+
+
+def _restart(f: BinaryIO, info_path: Path, stats: FetchStats) -> tuple[Any, int]:
+    """Throw the partial's bytes away (through our own descriptor) and start from zero."""
+    stats.restarts += 1
+    f.seek(0)
+    f.truncate()
+    _drop(info_path)
+    return hashlib.sha256(), 0
+
+
+def _info_path(partial: Path) -> Path:
+    return partial.with_name(partial.name + ".json")
 
 
 def _download_http(store: Store, sha: str, size: int, url: str, session: requests.Session,
                    progress: bool | None, stats: FetchStats, meta: dict[str, str]) -> Path:
     partial = store.partial_path(sha)
-    info_path = partial.with_name(partial.name + ".json")
-    h = hashlib.sha256()
-    have = 0
-    if partial.exists():
-        have = partial.stat().st_size
-        if have > size:
-            stats.restarts += 1
-            _drop(partial, info_path)
-            have = 0
-        else:
-            h = _rehash(partial)
+    info_path = _info_path(partial)
+    shown = redact(url)
+    f, have, h = _open_partial(store, sha, size, stats)
+    identity = (os.fstat(f.fileno()).st_dev, os.fstat(f.fileno()).st_ino)
+    clean_try_left = True
+    try:
+        while True:
             if have == size:  # complete from an earlier run; no request needed
+                f.close()
                 try:
-                    return store.commit_temp(partial, sha, size, actual_sha256=h.hexdigest(), meta=meta)
+                    return store.commit_temp(partial, sha, size, actual_sha256=h.hexdigest(), meta=meta,
+                                             identity=identity)
                 except ChecksumMismatch:
                     stats.restarts += 1
                     _drop(partial, info_path)
-                    h, have = hashlib.sha256(), 0
-    store.ensure_free_space(size - have, what=f"sha256 {sha[:12]}…")
-
-    resumed = 0
-    headers = dict(_HEADERS)
-    if have:
-        headers["Range"] = f"bytes={have}-"
-        etag = _read_info(info_path).get("etag") if _read_info(info_path).get("url") == url else None
-        if etag:
-            headers["If-Range"] = etag
-    resp = _get(session, url, headers, stats)
-    try:
-        if have and resp.status_code == 416:
-            # The server thinks our partial is past the end: the partial is not what it serves.
-            stats.restarts += 1
-            _drop(partial, info_path)
-            resp.close()
-            return _download_http(store, sha, size, url, session, progress, stats, meta)
-        _check_status(resp, url)
-        if have and resp.status_code == 206:
-            start = _content_range_start(resp.headers.get("Content-Range"))
-            if start != have:
-                stats.restarts += 1
-                _drop(partial, info_path)
-                resp.close()
-                return _download_http(store, sha, size, url, session, progress, stats, meta)
-            stats.resumed_from = resumed = have
-        elif have:
-            # 200 to a Range request: the body is the whole file; start over cleanly from zero.
-            stats.restarts += 1
-            h, have = hashlib.sha256(), 0
-        _write_info(info_path, url, resp.headers.get("ETag"))
-        mode = "ab" if have else "wb"
-        bar = _progress_bar(progress, size, have, meta)
-        try:
-            with open(partial, mode, buffering=0) as f:
-                def received(n: int) -> None:
-                    nonlocal have
-                    if have + n > size:
-                        raise ChecksumMismatch(
-                            f"{redact(url)} sent more than the expected {size} bytes", sha256=sha,
-                            expected_sha256=sha, expected_size=size, url=redact(url))
-                    have += n
-                    stats.bytes_downloaded += n
-                    if bar is not None:
-                        bar.update(n)
-
+                    f, have, h = _open_partial(store, sha, size, stats)
+                    identity = (os.fstat(f.fileno()).st_dev, os.fstat(f.fileno()).st_ino)
+                    continue
+            store.ensure_free_space(size - have, what=f"sha256 {sha[:12]}…")
+            resumed = 0
+            headers = dict(_HEADERS)
+            if have:
+                headers["Range"] = f"bytes={have}-"
+                info = _read_info(store, info_path)
+                if info.get("url") == shown and isinstance(info.get("etag"), str):
+                    headers["If-Range"] = info["etag"]
+            resp = _get(session, url, headers, stats)
+            try:
+                if have and resp.status_code == 416:
+                    # The server thinks our partial is past the end: the partial is not what it serves.
+                    h, have = _restart(f, info_path, stats)
+                    continue
+                _check_status(resp, url)
+                if have and resp.status_code == 206:
+                    start = _content_range_start(resp.headers.get("Content-Range"))
+                    if start != have:
+                        h, have = _restart(f, info_path, stats)
+                        continue
+                    stats.resumed_from = resumed = have
+                elif have:
+                    # 200 to a Range request: the body is the whole file; start over cleanly from zero.
+                    h, have = _restart(f, info_path, stats)
+                _write_info(info_path, shown, resp.headers.get("ETag"))
+                bar = _progress_bar(progress, size, have, meta)
                 try:
-                    _stream_body(resp, h, f, received)
-                except _WriteFailed as e:
-                    raise _disk_error(e.error, partial, size) from e.error
-        except ChecksumMismatch:
-            _drop(partial, info_path)
-            raise
-        except _body_errors() as e:
-            raise _Retry(f"connection lost after {have} of {size} bytes ({type(e).__name__}: {e})") from e
-        finally:
-            if bar is not None:
-                bar.close()
+                    def received(n: int) -> None:
+                        nonlocal have
+                        if have + n > size:
+                            raise ChecksumMismatch(
+                                f"{shown} sent more than the expected {size} bytes", sha256=sha,
+                                expected_sha256=sha, expected_size=size, url=shown)
+                        have += n
+                        stats.bytes_downloaded += n
+                        if bar is not None:
+                            bar.update(n)
+
+                    try:
+                        _stream_body(resp, h, f, received)
+                    except _WriteFailed as e:
+                        _drop(partial, info_path)       # disk full: free what the partial holds
+                        raise _disk_error(e.error, partial, size) from e.error
+                except ChecksumMismatch:
+                    _drop(partial, info_path)
+                    raise
+                except _body_errors() as e:
+                    raise _Retry(redact_text(f"connection lost after {have} of {size} bytes "
+                                             f"({type(e).__name__}: {e})")) from e
+                finally:
+                    if bar is not None:
+                        bar.close()
+            finally:
+                resp.close()
+            if have < size:
+                raise _Retry(f"body ended after {have} of {size} bytes")
+            f.close()
+            try:
+                path = store.commit_temp(partial, sha, size, actual_sha256=h.hexdigest(), meta=meta,
+                                         identity=identity)
+            except ChecksumMismatch as e:
+                _drop(partial, info_path)
+                if resumed and clean_try_left:
+                    # The bad bytes may be the old partial's (e.g. written from another server): one clean try.
+                    clean_try_left = False
+                    stats.restarts += 1
+                    f, have, h = _open_partial(store, sha, size, stats)
+                    identity = (os.fstat(f.fileno()).st_dev, os.fstat(f.fileno()).st_ino)
+                    continue
+                raise e.with_details(url=shown)
+            _drop(info_path)
+            return path
     finally:
-        resp.close()
-    if have < size:
-        raise _Retry(f"body ended after {have} of {size} bytes")
-    try:
-        path = store.commit_temp(partial, sha, size, actual_sha256=h.hexdigest(), meta=meta)
-    except ChecksumMismatch as e:
-        _drop(partial, info_path)
-        if resumed:
-            # The bad bytes may be the old partial's (e.g. written from another server): one clean try.
-            stats.restarts += 1
-            return _download_http(store, sha, size, url, session, progress, stats, meta)
-        raise e.with_details(url=redact(url))
-    info_path.unlink(missing_ok=True)
-    return path
+        f.close()
 
 
 #: read the body with http.client's readinto into reused buffers (see _stream_body); tests turn
@@ -494,17 +781,18 @@ def _iter_body(resp: requests.Response) -> Iterator[bytes]:
 
 
 def _get(session: requests.Session, url: str, headers: dict[str, str], stats: FetchStats) -> requests.Response:
+    shown = redact(url)
     if config.offline():  # defensive: callers filter http sources out when offline
-        raise OfflineError(f"RTXPACK_OFFLINE=1 forbids fetching {url}", fix=_BUNDLE_FIX, url=url)
+        raise OfflineError(f"RTXPACK_OFFLINE=1 forbids fetching {shown}", fix=_BUNDLE_FIX, url=shown)
+    connect, read = config.connect_timeout(), config.read_timeout()
     stats.requests += 1
     try:
-        return session.get(url, headers=headers, stream=True,
-                           timeout=(config.connect_timeout(), config.read_timeout()))
+        return session.get(url, headers=headers, stream=True, timeout=(connect, read))
     except _requests().Timeout as e:
-        raise _Retry(f"timed out ({type(e).__name__}: connect {config.connect_timeout()} s, "
-                     f"read {config.read_timeout()} s; set RTXPACK_READ_TIMEOUT to wait longer)") from e
+        raise _Retry(f"timed out ({type(e).__name__}: connect {connect:g} s, read {read:g} s; "
+                     "set RTXPACK_READ_TIMEOUT to wait longer)") from e
     except _requests().RequestException as e:
-        raise _Retry(_request_error(e, url)) from e
+        raise _Retry(redact_text(_request_error(e, url))) from e
 
 
 def _request_error(e: BaseException, url: str) -> str:
@@ -541,8 +829,26 @@ def _check_status(resp: requests.Response, url: str) -> None:
     if code in (200, 206):
         return
     if code in _RETRYABLE_STATUS:
-        raise _Retry(f"HTTP {code}")
+        after = retry_after(resp.headers.get("Retry-After")) if code in (429, 503) else None
+        raise _Retry(f"HTTP {code}" + (f" (Retry-After: {after:g} s)" if after is not None else ""), retry_after=after)
     raise _NextSource(f"HTTP {code}", status=code)
+
+
+def retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` header asks to wait (delta-seconds or an HTTP date); None when absent
+    or unparsable (the normal backoff applies)."""
+    if not value:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(int(text))
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
 def _content_range_start(value: str | None) -> int | None:
@@ -555,27 +861,33 @@ def _content_range_start(value: str | None) -> int | None:
         return None
 
 
-def _rehash(path: Path) -> "hashlib._Hash":
-    return file_hasher(path)
+#: the partial's info file holds a URL (without credentials) and an ETag: a few hundred bytes
+_MAX_INFO_BYTES = 16 << 10
 
 
-def _read_info(path: Path) -> dict[str, Any]:
+def _read_info(store: Store, path: Path) -> dict[str, Any]:
+    data = store.read_state(path, _MAX_INFO_BYTES)
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        info = json.loads(data) if data is not None else {}
+    except ValueError:
         return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _write_info(path: Path, url: str, etag: str | None) -> None:
+    """Best effort (resuming works without it): the URL without credentials and the ETag."""
     try:
-        atomic_write(path, json.dumps({"url": redact(url), "etag": etag}).encode(), mode=0o600)
-    except OSError:
+        store_file(path, json.dumps({"url": redact(url), "etag": etag}).encode(), what="a download's info file")
+    except StoreError:
         pass
 
 
 def _drop(*paths: Path) -> None:
     for p in paths:
-        p.unlink(missing_ok=True)
+        try:
+            remove_any(p)
+        except OSError:
+            pass
 
 
 def _progress_bar(progress: bool | None, total: int, initial: int, meta: dict[str, str]) -> Any:
@@ -587,6 +899,7 @@ def _progress_bar(progress: bool | None, total: int, initial: int, meta: dict[st
 
     # what the user asked for, not the blob's hash: "mlp engine" (model and artifact kind)
     label = " ".join(dict.fromkeys(v for v in (meta.get("model"), meta.get("kind")) if v)) or meta.get("id") or "artifact"
+    label = "".join(c if c.isprintable() else "?" for c in label)
     return tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
                 desc=label, file=sys.stderr, leave=False, dynamic_ncols=True)
 
@@ -603,64 +916,88 @@ def fetch_bytes(
     """The bytes of a small document (``manifest.json``...) at a URL, ``file://`` URL or path.
 
     More than ``max_size`` bytes is a :class:`FetchError` (a hostile or broken server cannot fill
-    memory). HTTP gets the same timeouts and retries as artifacts; offline mode only reads files.
+    memory); a local fifo, device or directory is refused without being read. HTTP gets the same
+    timeouts, retries and overall deadline as artifacts; offline mode only reads files.
     """
     stats = stats if stats is not None else FetchStats()
+    check_settings()
     loc = os.fspath(url_or_path)
     if not _is_http(loc):
         path = _local_path(loc)
         try:
-            with open(path, "rb") as f:
-                data = f.read(max_size + 1)
+            data = read_regular(path, max_size, follow_links=True)
         except FileNotFoundError as e:
             raise FetchError(f"{path} does not exist", fix="check the --repo path", path=str(path), http_status=404) from e
+        except UnsafeFile as e:
+            raise FetchError(f"{e}; refused without reading it", fix="check the --repo path", path=str(path),
+                             max_bytes=max_size) from e
         except OSError as e:
-            raise FetchError(f"cannot read {path}: {e}", fix="check the --repo path and its permissions",
+            raise FetchError(f"cannot read {path}: {e.strerror or e}", fix="check the --repo path and its permissions",
                              path=str(path)) from e
-        _check_cap(len(data), max_size, str(path))
         stats.bytes_downloaded += len(data)
         return data
+    shown = redact(loc)
     if config.offline() if offline is None else offline:
-        raise OfflineError(f"RTXPACK_OFFLINE=1 forbids fetching {redact(loc)}", fix=_BUNDLE_FIX, url=redact(loc))
+        raise OfflineError(f"RTXPACK_OFFLINE=1 forbids fetching {shown}", fix=_BUNDLE_FIX, url=shown)
     own = session is None
-    sess = session or _requests().Session()
+    sess = _session(session)
     errors: list[str] = []
+    deadline = Deadline()
+    last: _Retry | None = None
     try:
         for attempt in range(1 + max(0, config.max_retries())):
             if attempt:
                 stats.retries += 1
-                _backoff(attempt - 1)
+                assert last is not None
+                _wait_before_retry(last, attempt - 1, deadline, f"fetching {shown}", errors, url=shown)
+            if deadline.expired:
+                break
             try:
-                resp = _get(sess, loc, dict(_HEADERS), stats)
-                try:
-                    _check_status(resp, loc)
-                    length = resp.headers.get("Content-Length")
-                    if length and length.isdigit():
-                        _check_cap(int(length), max_size, loc)
-                    buf = bytearray()
-                    for chunk in _iter_body(resp):
-                        buf += chunk
-                        _check_cap(len(buf), max_size, loc)
-                    if length and length.isdigit() and len(buf) < int(length):
-                        raise _Retry(f"body ended after {len(buf)} of {length} bytes")
-                    stats.bytes_downloaded += len(buf)
-                    stats.source = loc
-                    return bytes(buf)
-                except _body_errors() as e:
-                    raise _Retry(f"{type(e).__name__}: {e}") from e
-                finally:
-                    resp.close()
+                with _Watch(deadline.remaining()) as watch:
+                    try:
+                        return _fetch_document(sess, loc, max_size, stats)
+                    except _Retry as e:
+                        if watch.fired:
+                            raise _Retry(f"{e} (cut at the deadline)") from e
+                        raise
             except _NextSource as e:
-                raise FetchError(f"{redact(loc)}: {e}", fix="check the repository URL", url=redact(loc),
+                raise FetchError(f"{shown}: {e}", fix="check the repository URL", url=shown,
                                  http_status=e.status) from e
             except _Retry as e:
+                last = e
                 errors.append(str(e))
-                stats.errors.append(f"{loc}: {e}")
+                stats.errors.append(f"{shown}: {e}")
+            if deadline.expired:
+                break
     finally:
         if own:
             sess.close()
-    raise FetchError(f"could not fetch {redact(loc)}: " + summarize(errors),
-                     fix="check the repository URL and your network", url=redact(loc), errors=errors)
+    if deadline.expired:
+        raise deadline.error(f"fetching {shown}", errors, url=shown)
+    raise FetchError(f"could not fetch {shown}: " + summarize(errors),
+                     fix="check the repository URL and your network", url=shown, errors=errors)
+
+
+def _fetch_document(sess: Any, loc: str, max_size: int, stats: FetchStats) -> bytes:
+    resp = _get(sess, loc, dict(_HEADERS), stats)
+    try:
+        _check_status(resp, loc)
+        length = resp.headers.get("Content-Length")
+        if length and length.isdigit():
+            _check_cap(int(length), max_size, loc)
+        buf = bytearray()
+        for chunk in _iter_body(resp):
+            buf += chunk
+            _check_cap(len(buf), max_size, loc)
+        if length and length.isdigit() and len(buf) < int(length):
+            raise _Retry(f"body ended after {len(buf)} of {length} bytes")
+        stats.bytes_downloaded += len(buf)
+        stats.source = redact(loc)
+        return bytes(buf)
+    except _body_errors() as e:
+        raise _Retry(redact_text(f"{type(e).__name__}: {e}")) from e
+    finally:
+        resp.close()
 
 
 def _check_cap(n: int, max_size: int, where: str) -> None:
@@ -669,4 +1006,4 @@ def _check_cap(n: int, max_size: int, where: str) -> None:
                          fix="check that the URL points at the right document", url=redact(where), max_bytes=max_size)
 
 
-__all__ = ["CHUNK", "FetchStats", "fetch_artifact", "fetch_bytes"]
+__all__ = ["CHUNK", "Deadline", "FetchStats", "fetch_artifact", "fetch_bytes", "retry_after"]

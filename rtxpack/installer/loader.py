@@ -23,14 +23,13 @@ from typing import Any, Iterator, Mapping, Sequence
 from ..core import registry
 from ..core.device import Device
 from ..core.digest import json_digest, sha256_bytes
-from ..core.errors import BackendError, FetchError, OfflineError, ResolveError
-from ..core.fsutil import atomic_write
+from ..core.errors import BackendError, FetchError, OfflineError, ResolveError, StoreError
 from ..core.manifest import Artifact
 from ..core.onnxinfo import default_profiles
 from ..core.resolve import Candidate, Resolution, Target, jit_backend
 from . import runtime_caches as rcs
 from .context import InstallContext
-from .pipeline import Prepared, fetch_candidates, prepare
+from .pipeline import Prepared, fetch_candidates, prepare, shown_repository
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +93,8 @@ class Session:
         return self._loaded.run(inputs)
 
     def save_runtime_cache(self) -> Path | None:
-        """Persist what the JIT compiled so far (also done by ``close``)."""
+        """Persist what the JIT compiled so far (also done by ``close``). Never raises: a cache that
+        cannot be saved (read-only store, full disk) is logged, and the app goes on."""
         if self._cache_key is None:
             return None
         try:
@@ -104,7 +104,15 @@ class Session:
             return None
         if not payload:
             return None
-        return rcs.write(self._store, self._cache_key, payload)
+        if len(payload) > rcs.MAX_RUNTIME_CACHE_BYTES:
+            log.warning("rtxpack: runtime cache of %d bytes is over the %d-byte limit; not saved", len(payload),
+                        rcs.MAX_RUNTIME_CACHE_BYTES)
+            return None
+        try:
+            return rcs.write(self._store, self._cache_key, payload)
+        except StoreError as e:
+            _optional_write_failed(self._store, "the runtime cache", e)
+            return None
 
     def close(self) -> None:
         if self._closed:
@@ -128,11 +136,17 @@ class Session:
         return f"<rtxpack.Session {p.model} via {p.path} ({p.backend}) on {p.device}>"
 
 
+def _optional_write_failed(store: Any, what: str, e: StoreError) -> None:
+    """An optional write (runtime cache, JIT plan, digest cache) failed: quiet on a read-only
+    store (a normal way to ship a shared cache), a warning otherwise (a full disk)."""
+    if store.writable():
+        log.warning("rtxpack: %s was not saved: %s (fix: %s)", what, e.message, e.fix)
+    else:
+        log.info("rtxpack: read-only store, %s not saved: %s", what, e.message)
+
+
 # ---- JIT builds kept in the local store -----------------------------------------------------------
-def _jit_index_path(store: Any, key: str) -> Path:
-    d = store.state_dir("jit")
-    d.mkdir(parents=True, exist_ok=True)
-    return d / f"{key}.json"
+_MAX_JIT_RECORD_BYTES = 64 << 10
 
 
 def _jit_key(mdigest: str, backend: str, version: str | None, cc: str, precision: str) -> str:
@@ -140,13 +154,15 @@ def _jit_key(mdigest: str, backend: str, version: str | None, cc: str, precision
 
 
 def _remember_jit(store: Any, key: str, record: dict[str, Any]) -> None:
-    atomic_write(_jit_index_path(store, key), json.dumps(record).encode())
+    store.write_state(store.state_dir("jit") / f"{key}.json", json.dumps(record).encode(), "a JIT plan's record")
 
 
 def _load_jit_record(store: Any, key: str) -> dict[str, Any] | None:
+    folder = store.find_state_dir("jit")
+    raw = store.read_state(None if folder is None else folder / f"{key}.json", _MAX_JIT_RECORD_BYTES)
     try:
-        rec = json.loads(_jit_index_path(store, key).read_text())
-    except (OSError, ValueError):
+        rec = json.loads(raw) if raw is not None else None
+    except ValueError:
         return None
     return rec if isinstance(rec, dict) and isinstance(rec.get("sha256"), str) else None
 
@@ -156,31 +172,44 @@ def load(model: str, *, repo: str | os.PathLike[str] | None = None, onnx: str | 
          backend: str | None = None, offline: bool | None = None, trusted_keys: Sequence[Any] | None = None,
          require_signed: bool | None = None, device: Device | None = None, gpu: int = 0, store: Any = None,
          precision: str = "fp32", options: Mapping[str, Any] | None = None, progress: bool | None = False,
-         clock: Any = None) -> Session:
+         clock: Any = None, max_manifest_age_days: float | None = None) -> Session:
     """Load ``model`` for this machine: from ``repo`` when something there fits, else JIT from ``onnx``.
 
     ``store`` (a Store or a directory) holds everything this writes: blobs, manifest copies, the
     rollback state, the digest cache, runtime caches and JIT plans. ``options`` go to the
     backend's ``load`` (e.g. TensorRT-RTX's ``dynamic_shapes_kernel_specialization_strategy`` and
-    ``cuda_graph_strategy``).
+    ``cuda_graph_strategy``). ``trusted_keys=[]`` trusts no key; ``max_manifest_age_days`` refuses a
+    manifest signed longer ago (also ``RTXPACK_MAX_MANIFEST_AGE_DAYS``).
     """
     ctx = InstallContext.create(store=store, trusted_keys=trusted_keys, require_signed=require_signed,
-                                offline=offline, progress=progress, clock=clock)
+                                offline=offline, progress=progress, clock=clock,
+                                max_manifest_age_days=max_manifest_age_days)
     prov = Provenance(model=model)
     prepared = prepare(ctx, repo, model, onnx=onnx, backend=backend, device=device, gpu_index=gpu,
                        tolerate_repo_errors=True, step=prov.step)
+    try:
+        return _load_prepared(ctx, prepared, prov, model, repo, options, precision, gpu, progress)
+    finally:
+        if prepared.repository is not None:
+            prepared.repository.close()
+
+
+def _load_prepared(ctx: InstallContext, prepared: Prepared, prov: Provenance, model: str, repo: Any, options: Any,
+                   precision: str, gpu: int, progress: bool | None) -> Session:
     prov.device = prepared.target.describe()
     prov.resolution = prepared.resolution.to_dict()
     if prepared.repo_error is not None:
-        prov.fallback(f"repository {repo}", f"{prepared.repo_error}; continuing with the local ONNX")
+        prov.fallback(f"repository {shown_repository(repo)}", f"{prepared.repo_error}; continuing with the local ONNX")
+
     def skipped(cand: Candidate, e: Exception) -> None:
         if isinstance(e, OfflineError):
             prov.fallback(cand.id, f"offline and not in the local store ({e.__class__.__name__})")
         else:
             prov.fallback(cand.id, str(e))
 
+    # verify_stored=False: _read_verified hashes the plan's bytes as it reads them
     for cand, res, files in fetch_candidates(ctx, prepared, progress=progress, skip=(FetchError,),
-                                             on_skip=skipped, step=prov.step):
+                                             on_skip=skipped, step=prov.step, verify_stored=False):
         try:
             if cand.artifact is not None:
                 return _load_artifact(ctx, cand, res, prepared, files[0][1], prov, options, gpu)
@@ -223,18 +252,23 @@ def _pick_runtime_cache(store: Any, key: rcs.CacheKey, shipped: list[tuple[Artif
 
 
 def _read_verified(ctx: InstallContext, prepared: Prepared, art: Artifact, path: Path, prov: Provenance) -> bytes:
-    """The plan's bytes, hashed as they are read: a store entry damaged since it was installed
-    (same size, other bytes) is removed and fetched again, never loaded."""
+    """The plan's bytes, hashed as they are read (at most its declared size): a store entry damaged
+    since it was installed (same size, other bytes) is removed and fetched again, never loaded."""
     assert prepared.repository is not None
     for attempt in (1, 2):
         if attempt == 2:
             with prov.step("fetch", artifact=art.id) as rec:
                 path = prepared.repository.fetch(art, ctx)
                 rec["path"] = str(path)
-        plan = Path(path).read_bytes()
-        if len(plan) == art.size and sha256_bytes(plan) == art.sha256:
+        plan = ctx.store.read_blob(art.sha256, art.size)
+        if plan is not None:
             return plan
-        ctx.store.remove(art.sha256)
+        try:
+            ctx.store.remove(art.sha256)
+        except StoreError as e:
+            raise FetchError(f"{art.id}: the stored plan is damaged and the store is read-only ({e.message})",
+                             fix="run `rtxpack cache verify` with write access, or use a writable RTXPACK_CACHE_DIR",
+                             artifact=art.id) from e
         prov.fallback(f"store copy of {art.id}", "damaged since it was installed (sha256 mismatch); fetched again")
     raise FetchError(f"{art.id}: the fetched plan does not match its sha256 twice in a row",
                      fix="run `rtxpack cache verify`; check the disk", artifact=art.id)
@@ -249,10 +283,19 @@ def _load_artifact(ctx: InstallContext, cand: Candidate, res: Resolution, prepar
     shipped: list[tuple[Artifact, bytes]] = []
     for m in res.caches:
         if m.ok and m.artifact.kind == "runtime-cache":
+            if m.artifact.size > rcs.MAX_RUNTIME_CACHE_BYTES:
+                prov.fallback(m.artifact.id, f"shipped runtime cache of {m.artifact.size} bytes is over the "
+                                             f"{rcs.MAX_RUNTIME_CACHE_BYTES}-byte limit; not fetched")
+                continue
             try:
                 with prov.step("fetch-runtime-cache", artifact=m.artifact.id):
-                    shipped.append((m.artifact, Path(prepared.repository.fetch(m.artifact, ctx)).read_bytes()))
-            except FetchError as e:
+                    prepared.repository.fetch(m.artifact, ctx)
+                    data = ctx.store.read_blob(m.artifact.sha256, m.artifact.size)
+                if data is None:
+                    prov.fallback(m.artifact.id, "shipped runtime cache damaged in the store; ignored")
+                else:
+                    shipped.append((m.artifact, data))
+            except (FetchError, StoreError) as e:
                 prov.fallback(m.artifact.id, f"shipped runtime cache not usable: {e}")
         elif not m.ok:
             prov.fallback(m.artifact.id, f"runtime cache near miss: {m.reason}")
@@ -299,14 +342,17 @@ def _load_jit(ctx: InstallContext, cand: Candidate, prepared: Prepared, prov: Pr
     rec = _load_jit_record(store, key)
     plan = None
     if rec is not None:
-        p = store.get(rec["sha256"])
-        if p is not None:
-            plan = Path(p).read_bytes()
-            if sha256_bytes(plan) != rec["sha256"]:
+        size = rec.get("size")
+        if not isinstance(size, int):
+            stored = store.get(rec["sha256"]) if store.has(rec["sha256"]) else None
+            size = stored.stat().st_size if stored is not None else -1
+        plan = store.read_blob(rec["sha256"], size) if size >= 0 else None
+        if plan is None:
+            if store.has(rec["sha256"]):
                 prov.fallback("jit-cache", "the stored JIT plan is corrupt; building again")
-                plan = None
-            else:
-                prov.path = "jit-cached"
+        else:
+            store.get(rec["sha256"])
+            prov.path = "jit-cached"
     if plan is None:
         with prov.step("jit-build", backend=backend, cc=target.cc_str):
             # the registry's JIT rule: e.g. TensorRT-RTX builds for CURRENT, nvrtc for this exact arch
@@ -314,9 +360,12 @@ def _load_jit(ctx: InstallContext, cand: Candidate, prepared: Prepared, prov: Pr
             plan = be.build(onnx, compute_capabilities=spec.jit_ccs(target.cc), precision=precision, profiles=profiles)
         sha = sha256_bytes(plan)
         with prov.step("store-jit-plan"):
-            store.add_bytes(plan, sha256=sha)
-            _remember_jit(store, key, {"sha256": sha, "model": prov.model, "backend": backend, "version": version,
-                                       "cc": target.cc_str, "model_digest": mdigest})
+            try:
+                store.add_bytes(plan, sha256=sha)
+                _remember_jit(store, key, {"sha256": sha, "size": len(plan), "model": prov.model, "backend": backend,
+                                           "version": version, "cc": target.cc_str, "model_digest": mdigest})
+            except StoreError as e:
+                _optional_write_failed(store, "the JIT plan", e)
         prov.path = "jit-build"
     sha = sha256_bytes(plan)
     ckey = _cache_key(prov.model, sha, target, backend, version)
