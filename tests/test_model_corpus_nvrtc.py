@@ -28,7 +28,7 @@ from rtxpack.backends.nvrtc.weights import device_weight_names
 
 MODELS = mc.list_models()
 #: small enough for the CPU emulator in CI: (model, named dims)
-EMULATED = [("bert-dynamo", {"seq": 12}), ("gpt2-ts", {"seq": 9}), ("unet_tiny-dynamo", {"height": 16, "width": 24}),
+EMULATED = [("bert-dynamo", {"seq": 12}), ("gpt2-ts", {"seq": 9}), ("unet_tiny-dynamo", {"height": 32, "width": 48}),
             ("hf_vit-dynamo", {})]
 
 
@@ -55,7 +55,7 @@ def test_model_imports_plans_and_generates_kernels(name: str) -> None:
 @pytest.mark.skipif(nvrtc_version() is None, reason="NVRTC (pip install rtxpack[gpu]) is not installed")
 def test_every_kernel_the_corpus_needs_compiles_with_nvrtc() -> None:
     union = sorted(set().union(*(needed_specs(n) for n in MODELS)), key=lambda s: s.key())
-    assert len(union) > 60
+    assert len(union) > 40
     source = program_source(union)
     for sm in (75, 90):
         assert compile_program(source, sm)[:4] == b"\x7fELF"
