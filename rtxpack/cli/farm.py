@@ -38,10 +38,16 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 # ---- build -------------------------------------------------------------------------------------
 def cmd_build(args: argparse.Namespace) -> int:
-    from ..farm.build import build
-
     progress = say(args)
-    report = build(args.config, args.repo, jobs=args.jobs, cells=args.cell or None, progress=progress)
+    if args.cluster:
+        from ..farm.cluster import build_on_cluster
+
+        report = build_on_cluster(args.config, args.repo, cluster=args.cluster, jobs=args.jobs,
+                                  cells=args.cell or None, progress=progress)
+    else:
+        from ..farm.build import build
+
+        report = build(args.config, args.repo, jobs=args.jobs, cells=args.cell or None, progress=progress)
     emit(args, report.to_dict())
     if not wants_json(args):
         d = report.to_dict()
@@ -106,6 +112,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 # ---- warm --------------------------------------------------------------------------------------
 def cmd_warm(args: argparse.Namespace) -> int:
+    if args.cluster:
+        return _warm_on_cluster(args)
     from ..farm.warm import warm
 
     results = warm(args.config, args.repo, progress=say(args))
@@ -114,6 +122,30 @@ def cmd_warm(args: argparse.Namespace) -> int:
     emit(args, data, lambda: "\n".join([f"{r.status:<8} {r.engine}: {r.reason}" for r in results]
                                        + [f"{data['warmed']} warmed, {data['skipped']} skipped, {data['failed']} failed"]))
     return 1 if data["failed"] else 0
+
+
+def _warm_on_cluster(args: argparse.Namespace) -> int:
+    from ..farm.cluster import warm_on_cluster
+
+    report = warm_on_cluster(args.config, args.repo, cluster=args.cluster, jobs=args.jobs, progress=say(args))
+    data = report.to_dict()
+
+    def text() -> str:
+        lines = [f"{r.status:<8} {r.engine} [{r.gpu}]" + (f" on {r.worker}" if r.worker else "") + f": {r.reason}"
+                 for r in report.results]
+        lines += [f"missing  {m['sku']}: {m['reason']}" for m in report.missing]
+        lines.append(f"{data['warmed']} warmed, {data['skipped']} skipped, {data['failed']} failed; "
+                     f"{len(report.gpus) - len(report.missing)} of {len(report.gpus)} GPU SKU(s) had a worker"
+                     + (f" (none for: {', '.join(m['sku'] for m in report.missing)})" if report.missing else ""))
+        return "\n".join(lines)
+    emit(args, data, text)
+    return 1 if data["failed"] else 0
+
+
+def _add_cluster(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help=f"{what} on a Dask distributed scheduler (tcp://host:8786), or 'local' for a local cluster of "
+                        "-j worker processes; needs rtxpack[cluster]")
 
 
 def register(subparsers: Any) -> None:
@@ -129,6 +161,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--repo", required=True, help="repository directory to publish into")
     p.add_argument("-j", "--jobs", type=int, default=1, help="cells built in parallel (processes)")
     p.add_argument("--cell", action="append", default=[], help="build only this cell id (or prefix); repeatable")
+    _add_cluster(p, "run the cells as tasks")
     add_json(p)
     p.set_defaults(func=cmd_build)
 
@@ -157,5 +190,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("warm", help="run warm-up shapes on this GPU and add runtime caches to a repository")
     p.add_argument("config", help="rtxpack.toml (for the ONNX files and warm-up shapes)")
     p.add_argument("--repo", required=True, help="repository directory to add runtime caches to")
+    _add_cluster(p, "warm on one worker of every [[gpus]] SKU")
+    p.add_argument("-j", "--jobs", type=int, default=2, help="with --cluster local: worker processes")
     add_json(p)
     p.set_defaults(func=cmd_warm)
