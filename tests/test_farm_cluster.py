@@ -151,6 +151,7 @@ def test_cluster_build_is_the_local_build(dask2: DaskCluster, matrix_repo, tmp_p
     assert {c["worker"] for c in d["cells"]} <= {"gpu89", "gpu86"}
     assert sorted(w["name"] for w in d["cluster"]["workers"]) == ["gpu86", "gpu89"]
     assert d["builder_runs"] == 8 and d["cluster"]["workers_lost"] == [] and d["manifest_writes"] >= 1
+    assert 1 <= d["cluster"]["peak_running"] <= 2          # what the workers said they ran at once
     assert_whole(repo)
     again = json.loads(cli("build", str(cfg), "--repo", str(repo), "--cluster", dask2.address, "--json").stdout)
     assert (again["up_to_date"], again["builder_runs"], again["built"]) == (8, 0, 0)

@@ -46,7 +46,7 @@ from ..core.errors import ClusterError, ConfigError
 from ..core.manifest import Artifact
 from ..core.versions import format_cc, parse_cc
 from .build import BuildReport, BuildSession, CellResult, sigterm_as_interrupt
-from .cluster_worker import ModelFiles, hold, run_cell, warm_one
+from .cluster_worker import STARTED_TOPIC, ModelFiles, hold, run_cell, warm_one
 from .config import FarmConfig, GpuSpec, load_config
 from .plan import Cell, Plan, make_plan
 from .repo import RepositoryWriter
@@ -214,8 +214,11 @@ class _Tasks:
         self.retried: list[str] = []               # keys that were running on them
         self.needs: dict[str, str] = {}            # key -> the resource it asks for (GPU tasks only)
         self.missing_since: dict[str, float] = {}  # resource -> when its last worker left
+        self.running: set[str] = set()             # keys a worker said it started, not finished yet
+        self.peak_running = 0
         self._checked = 0.0
         client.subscribe_topic("all", lambda ev: self.events.put(ev[1]))
+        client.subscribe_topic(STARTED_TOPIC, lambda ev: self.events.put(dict(ev[1], action="started")))
 
     def input(self, what: str, make: Callable[[], Any]) -> Any:
         """A future holding ``make()`` (an input several tasks share), submitted once per ``what``."""
@@ -242,8 +245,10 @@ class _Tasks:
         except queue.Empty:
             fut = None
         self._events()
-        if fut is not None and self.pending.pop(fut.key, None) is None:
-            return None
+        if fut is not None:
+            self.running.discard(fut.key)
+            if self.pending.pop(fut.key, None) is None:
+                return None
         return fut
 
     def _events(self) -> None:
@@ -253,12 +258,20 @@ class _Tasks:
                 ev = self.events.get_nowait()
             except queue.Empty:
                 break
+            if ev.get("action") == "started":
+                fut = self.pending.get(ev.get("key"))
+                if fut is not None and not fut.done():   # events trail results: a finished task is not running
+                    self.running.add(ev["key"])
+                    now = sum(1 for k in self.running if k in self.pending and not self.pending[k].done())
+                    self.peak_running = max(self.peak_running, now)
+                continue
             if ev.get("action") not in ("add-worker", "remove-worker"):
                 continue
             changed = True
             if ev["action"] == "remove-worker" and not ev.get("expected"):
                 addr = ev.get("worker", "?")
                 mine = sorted(k for k in ev.get("processing-tasks", ()) if k in self.pending)
+                self.running.difference_update(mine)
                 self.lost.append(self.info.label(addr))
                 self.retried.extend(mine)
                 self.say(f"worker {self.info.label(addr)} left the cluster while running {len(mine)} of our task(s); "
@@ -308,8 +321,9 @@ class _Tasks:
 
     def close(self) -> None:
         """Stop listening to scheduler events (before the client closes)."""
-        with contextlib.suppress(Exception):
-            self.client.unsubscribe_topic("all")
+        for topic in ("all", STARTED_TOPIC):
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(topic)
 
     def cancel_all(self) -> None:
         futs = list(self.pending.values()) + list(self.inputs.values())
@@ -423,7 +437,8 @@ def _run_cells(client: Any, info: ClusterInfo, session: BuildSession) -> None:
             report.peak_workers = max(report.peak_workers, len(tasks.info.workers))
             report.worker_crashes += len(tasks.lost)
             assert report.cluster is not None
-            report.cluster.update(workers_lost=tasks.lost, retried=[cells[k].id for k in tasks.retried if k in cells])
+            report.cluster.update(workers_lost=tasks.lost, retried=[cells[k].id for k in tasks.retried if k in cells],
+                                  peak_running=tasks.peak_running)
     if lost is not None:
         tasks.cancel_all()
         done = [r for r in session.report_now().results if r.status in ("built", "failed")]

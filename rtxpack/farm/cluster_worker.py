@@ -93,18 +93,22 @@ def materialize(model: ModelFiles, root: Path) -> Path:
 
 
 # ---- this worker process -----------------------------------------------------------------------
+#: the scheduler forwards these to the submitter: a task has started on a worker (its "running" count)
+STARTED_TOPIC = "rtxpack-task-started"
 _lock = threading.Lock()
 _pool: WorkerPool | None = None
 _broken: dict[str, str] = {}      # toolchain -> why its builders cannot start on this worker
 
 
 def _here() -> tuple[str, Path, int]:
-    """(label of this Dask worker, its scratch folder for rtxpack, its thread count)."""
+    """(label of this Dask worker, its scratch folder for rtxpack, its thread count); tells the submitter
+    that the current task started."""
     from distributed import get_worker
 
     w = get_worker()
     name = str(w.name) if w.name is not None else ""
     label = name if name and name != w.address else w.address
+    w.log_event(STARTED_TOPIC, {"key": str(w.get_current_task()), "worker": label})
     return label, Path(w.local_directory) / "rtxpack", int(w.state.nthreads)
 
 
