@@ -31,7 +31,7 @@ from rtxpack.farm import build, load_config, make_plan  # noqa: E402
 from rtxpack.farm import cluster as farm_cluster  # noqa: E402
 from rtxpack.farm.cluster import build_on_cluster, warm_on_cluster  # noqa: E402
 import test_farm_common  # noqa: E402
-from test_farm_common import MLP, cli, target, write_config  # noqa: E402
+from test_farm_common import CNN, MLP, cli, target, write_config  # noqa: E402
 
 farm, farm_env, matrix_repo = test_farm_common.farm, test_farm_common.farm_env, test_farm_common.matrix_repo
 
@@ -178,6 +178,17 @@ def test_gpu_cells_land_on_the_worker_with_that_gpu(dask2: DaskCluster, ref_farm
     assert blob_shas(tmp_path / "repo") == blob_shas(tmp_path / "local")
 
 
+def test_cluster_local_starts_its_own_workers(farm, tmp_path: Path) -> None:
+    """--cluster local: a LocalCluster of -j workers in the rtxpack process; the same blobs as a local build."""
+    cfg = write_config(tmp_path / "rtxpack.toml", farm, MLP, CNN, target("p", ["8.6", "8.9", "12.0"]))
+    d = json.loads(cli("build", str(cfg), "--repo", str(tmp_path / "repo"), "--cluster", "local", "-j", "2",
+                       "--json").stdout)
+    assert (d["built"], d["failed"]) == (2, 0) and len(d["cluster"]["workers"]) == 2
+    assert set(d["cluster"]["seconds"]) == {"inputs", "builder", "blob", "fetch", "publish"}
+    build(cfg, tmp_path / "local", jobs=2)
+    assert blob_shas(tmp_path / "repo") == blob_shas(tmp_path / "local")
+
+
 # ---- warm-ups ----------------------------------------------------------------------------------
 GPUS = """
 [[gpus]]
@@ -214,8 +225,12 @@ def test_warm_runs_on_each_sku_worker_and_names_the_missing(dask2: DaskCluster, 
     caches = Manifest.load(repo).select(kind="runtime-cache")
     assert sorted((c.gpu_name, c.compute_capabilities) for c in caches) == [
         ("NVIDIA GeForce RTX 3060", ("8.6",)), ("NVIDIA GeForce RTX 4090", ("8.9",))]
-    # warming again replaces, and the app on an RTX 4090 loads the shipped cache
-    warm_on_cluster(cfg, repo, cluster=dask2.address)
+    # warming again (the CLI, in a process of its own) replaces; a failure makes the exit status 1
+    proc = _ref_cli(["warm", str(cfg), "--repo", str(repo), "--cluster", dask2.address, "--json"])
+    out, err = proc.communicate(timeout=120)
+    d = json.loads(out)
+    assert proc.returncode == 1 and (d["warmed"], d["failed"]) == (2, 1), err
+    assert [m["sku"] for m in d["missing"]] == ["rtx5090"] and d["gpus"][0]["workers"] == ["gpu89"]
     assert len(Manifest.load(repo).select(kind="runtime-cache")) == 2
     monkeypatch.setenv("RTXPACK_DEVICE", json.dumps({**RTX4090, "backends": {"reference": "1.0.0"}}))
     with rtxpack.load("mlp", repo=repo) as s:

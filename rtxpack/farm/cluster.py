@@ -151,8 +151,8 @@ def connect(address: str, *, workers: int = 2, resources: dict[str, float] | Non
             stack.enter_context(_quiet_dask())
         cluster = client = None
         try:
-            if address == LOCAL:
-                cluster = dd.LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=True,
+            if address == LOCAL:   # workers are threads here; each cell still runs in a builder process
+                cluster = dd.LocalCluster(n_workers=max(1, workers), threads_per_worker=1, processes=False,
                                           dashboard_address=None, resources=resources or None,
                                           silence_logs=logging.WARNING if env_config.debug() else logging.CRITICAL)
                 client = dd.Client(cluster, timeout=timeout)
@@ -451,6 +451,7 @@ def _cell_result(session: BuildSession, cell: Cell, fut: Any, info: ClusterInfo)
     report = session.report
     if fut.status == "error":
         return session.failed(cell, _task_error(fut, info), time.monotonic())
+    t0 = time.monotonic()
     out = fut.result()
     started = time.monotonic() - out.get("seconds", 0.0)
     report.builder_runs += bool(out.get("builder_run"))
@@ -458,7 +459,12 @@ def _cell_result(session: BuildSession, cell: Cell, fut: Any, info: ClusterInfo)
     report.worker_crashes += bool(out.get("builder_crashed"))
     if not out.get("ok"):
         return session.failed(cell, out.get("error") or "unknown worker error", started, out.get("worker"))
-    return session.publish_bytes(cell, out["data"], out["reply"], started, out["sha256"], out.get("worker"))
+    t1 = time.monotonic()
+    res = session.publish_bytes(cell, out["data"], out["reply"], started, out["sha256"], out.get("worker"))
+    spent = report.cluster.setdefault("seconds", {}) if report.cluster is not None else {}
+    for phase, secs in dict(out.get("phases") or {}, fetch=t1 - t0, publish=time.monotonic() - t1).items():
+        spent[phase] = round(spent.get(phase, 0.0) + secs, 3)
+    return res
 
 
 # ---- warm --------------------------------------------------------------------------------------

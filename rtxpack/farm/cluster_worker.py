@@ -96,29 +96,31 @@ def materialize(model: ModelFiles, root: Path) -> Path:
 #: the scheduler forwards these to the submitter: a task has started on a worker (its "running" count)
 STARTED_TOPIC = "rtxpack-task-started"
 _lock = threading.Lock()
-_pool: WorkerPool | None = None
-_broken: dict[str, str] = {}      # toolchain -> why its builders cannot start on this worker
+_pools: dict[str, WorkerPool] = {}   # Dask worker address -> its builders (several workers may share a process)
+_broken: dict[str, str] = {}         # toolchain -> why its builders cannot start on this worker
 
 
-def _here() -> tuple[str, Path, int]:
-    """(label of this Dask worker, its scratch folder for rtxpack, its thread count); tells the submitter
-    that the current task started."""
+@dataclass(frozen=True)
+class _Here:
+    label: str                  # the worker's name (or address)
+    scratch: Path               # rtxpack's folder in the worker's local directory
+    builders: WorkerPool
+
+
+def _here() -> _Here:
+    """This Dask worker; tells the submitter that the current task started."""
     from distributed import get_worker
 
     w = get_worker()
     name = str(w.name) if w.name is not None else ""
     label = name if name and name != w.address else w.address
     w.log_event(STARTED_TOPIC, {"key": str(w.get_current_task()), "worker": label})
-    return label, Path(w.local_directory) / "rtxpack", int(w.state.nthreads)
-
-
-def _builders(size: int) -> WorkerPool:
-    global _pool
     with _lock:
-        if _pool is None:
-            _pool = WorkerPool(size)
-            atexit.register(_pool.shutdown)
-        return _pool
+        pool = _pools.get(w.address)
+        if pool is None:
+            pool = _pools[w.address] = WorkerPool(int(w.state.nthreads))
+            atexit.register(pool.shutdown)
+    return _Here(label, Path(w.local_directory) / "rtxpack", pool)
 
 
 def hold(value: Any) -> Any:
@@ -128,33 +130,39 @@ def hold(value: Any) -> Any:
 
 
 def run_cell(cell: Cell, toolchain: tcs.Toolchain, model: ModelFiles) -> dict[str, Any]:
-    """Build one cell here: ``{"ok", "worker", "seconds", ...}`` with ``data`` (the blob) and its
-    ``sha256`` when built, ``error`` when not. Never raises for a cell's own failure."""
+    """Build one cell here: ``{"ok", "worker", "seconds", "phases", ...}`` with ``data`` (the blob) and
+    its ``sha256`` when built, ``error`` when not. Never raises for a cell's own failure. ``phases``:
+    seconds spent on inputs (model files, toolchain), in the builder, and reading + hashing the blob."""
     t0 = time.monotonic()
-    label, scratch, nthreads = _here()
+    here = _here()
+    label = here.label
+    phases = {"inputs": 0.0, "builder": 0.0, "blob": 0.0}
     out: dict[str, Any] = {"ok": False, "worker": label, "builder_run": False, "builder_started": False,
-                           "builder_crashed": False}
+                           "builder_crashed": False, "phases": phases}
 
     def done(**kw: Any) -> dict[str, Any]:
         out.update(kw, seconds=time.monotonic() - t0)
         return out
 
     try:
-        onnx = materialize(model, scratch / "models")
+        onnx = materialize(model, here.scratch / "models")
         python = sys.executable if toolchain.local else tcs.ensure(dataclasses.replace(toolchain, python=None))
     except (RtxpackError, OSError) as e:
         return done(error=str(e))
+    phases["inputs"] = time.monotonic() - t0
     if toolchain.name in _broken:
         return done(error=_broken[toolchain.name])
-    plan = scratch / "plans" / f"{cell.id}.{os.getpid()}.{threading.get_ident()}.plan"
+    plan = here.scratch / "plans" / f"{cell.id}.{os.getpid()}.{threading.get_ident()}.plan"
     plan.parent.mkdir(parents=True, exist_ok=True)
 
     def acquired() -> None:
         out["builder_run"] = True
+    t1 = time.monotonic()
     try:
         try:
-            reply, fresh = run_request(_builders(nthreads), cell, python, build_request(cell, str(onnx), plan),
+            reply, fresh = run_request(here.builders, cell, python, build_request(cell, str(onnx), plan),
                                        acquired=acquired)
+            phases["builder"] = time.monotonic() - t1
         except WorkerUnusable as e:
             _broken[toolchain.name] = f"on worker {label}: {e}"
             return done(error=_broken[toolchain.name])
@@ -168,16 +176,20 @@ def run_cell(cell: Cell, toolchain: tcs.Toolchain, model: ModelFiles) -> dict[st
             return done(error=f"worker {label} has {cell.backend} {got}, but this cell is for {want} (the "
                               f"submitter's toolchain {cell.toolchain}); install {want} on every worker or pin it "
                               "under [[toolchains]]")
+        t2 = time.monotonic()
         data = plan.read_bytes()
     finally:
         plan.unlink(missing_ok=True)
-    return done(ok=True, reply=reply, data=data, sha256=hashlib.sha256(data).hexdigest())
+    sha = hashlib.sha256(data).hexdigest()
+    phases["blob"] = time.monotonic() - t2
+    return done(ok=True, reply=reply, data=data, sha256=sha)
 
 
 def warm_one(art: Artifact, plan: bytes, spec: ModelSpec, model: ModelFiles, gpu_spec: GpuSpec) -> dict[str, Any]:
     """Warm engine ``art`` on this worker's GPU of ``gpu_spec``: ``{"result": WarmResult, "cache":
     Artifact | None, "blob": bytes | None}``. The GPU is checked against what the worker declared."""
-    label, scratch, _ = _here()
+    here = _here()
+    label = here.label
     t0 = time.perf_counter()
     device = detect()
     pos = next((i for i, g in enumerate(device.gpus) if g.compute_capability == gpu_spec.compute_capability
@@ -196,7 +208,7 @@ def warm_one(art: Artifact, plan: bytes, spec: ModelSpec, model: ModelFiles, gpu
             res = WarmResult(art.id, "skipped", problem)
         else:
             try:
-                onnx = materialize(model, scratch / "models")
+                onnx = materialize(model, here.scratch / "models")
             except (RtxpackError, OSError) as e:
                 res = WarmResult(art.id, "failed", str(e))
             else:
