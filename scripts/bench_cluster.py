@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,8 @@ def throughput(cfg: Path, work: Path, tag: str) -> dict[str, object]:
     n = len(make_plan(load_config(cfg)).buildable)
     secs: dict[str, list[float]] = {"local": [], "cluster": []}
     warm: list[float] = []
+    phases: dict[str, float] = {}          # where a cluster build's time went (the first cluster build)
+    blob_bytes = 0
     shas: list[dict[str, str]] = []        # per build: cell id -> blob sha256
     for k, side in enumerate(("local", "cluster", "cluster", "local")):
         repo = work / f"{tag}-{side}-{k}"
@@ -64,6 +67,7 @@ def throughput(cfg: Path, work: Path, tag: str) -> dict[str, object]:
                 t = time.perf_counter()
                 rep = build_on_cluster(cfg, repo, cluster=c.address)
                 secs[side].append(time.perf_counter() - t)
+                phases = phases or dict(rep.cluster["seconds"], total=secs[side][-1])
                 t = time.perf_counter()   # the same cells again into a fresh repository: builders already warm
                 again = build_on_cluster(cfg, work / f"{tag}-again-{k}", cluster=c.address)
                 warm.append(time.perf_counter() - t)
@@ -72,6 +76,7 @@ def throughput(cfg: Path, work: Path, tag: str) -> dict[str, object]:
                 c.stop()
         assert rep.count("built") == n, rep.to_dict()
         shas.append({r.cell.id: r.artifact.sha256 for r in rep.results if r.artifact})
+        blob_bytes = sum(r.artifact.size for r in rep.results if r.artifact)
         shutil.rmtree(repo, ignore_errors=True)
     assert all(set(s) == set(shas[0]) for s in shas), "cell ids differ"
 
@@ -79,7 +84,7 @@ def throughput(cfg: Path, work: Path, tag: str) -> dict[str, object]:
         return sum(a[c] != b[c] for c in a)
     mean = {s: statistics.mean(v) for s, v in secs.items()}
     return {"cells": n, "seconds": mean, "rate": {s: n / mean[s] * 60 for s in mean}, "warm": statistics.mean(warm),
-            "overhead_per_cell": (mean["cluster"] - mean["local"]) / n,
+            "overhead_per_cell": (mean["cluster"] - mean["local"]) / n, "phases": phases, "blob_bytes": blob_bytes,
             # the builder, not the cluster, decides whether a cell's bytes repeat: compare local with local too
             "differ_local_local": differ(shas[0], shas[3]),
             "differ_local_cluster": max(differ(shas[0], shas[1]), differ(shas[3], shas[2]))}
@@ -101,7 +106,9 @@ def task_overhead(work: Path, n: int = 400) -> dict[str, float]:
             from distributed import wait
 
             blob = os.urandom(64 << 20)
-            held = client.submit(hold, blob, pure=False)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sending large graph")
+                held = client.submit(hold, blob, pure=False)
             wait(held)                                                # the bytes are on a worker (not timed)
             t = time.perf_counter()
             data = client.submit(bytes, held, pure=False).result()   # a copy made there, returned here
@@ -181,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         f"client.submit)",
         f"a 64 MiB result returned from a worker to the submitter over loopback: {tasks['blob_mb_s']:.0f} MB/s",
     ] + [f"one locked manifest write merging 100 new entries into {n:,} entries: {s:.2f} s" for n, s in manifest.items()]
+    for key in ("small", "real"):
+        ph, n = runs[0][key]["phases"], runs[0][key]["cells"]
+        extra.append(f"{key}: {n} cells, {runs[0][key]['blob_bytes'] / 1e6:.1f} MB of blobs; first cluster build "
+                     f"{ph['total']:.2f} s wall; summed over cells: worker inputs (model files) {ph['inputs']:.2f} s, "
+                     f"builder {ph['builder']:.2f} s, worker blob read + sha256 {ph['blob']:.2f} s, submitter fetch "
+                     f"{ph['fetch']:.2f} s, submitter publish (sha256 + write) {ph['publish']:.2f} s")
 
     print(f"date {args.date}; {machine()}")
     width = max(len(k) for k, _ in rows)

@@ -157,9 +157,10 @@ def _farm_worker(python: str) -> list[str]:
 #: stripped build needs a GPU of its compute capability, so the farm routes those cells to GPU workers
 FARM_SPEC = dataclasses.replace(SPEC, worker_argv=_farm_worker, strip_needs_gpu=True)
 
-#: a folder: building a model whose file name starts with "slow" then writes ``started`` there (with
-#: the pid of the builder's parent, the farm worker) and waits until ``release`` appears; only the
-#: first such build waits (a retry of the cell elsewhere goes through), unless ``always`` exists
+#: a folder: building a model whose file name starts with "slow" then writes ``started`` (and
+#: ``started.<pid>``) there, with the pid of the builder's parent (the farm worker), and waits until
+#: ``release`` appears; only the first such build waits (a retry of the cell elsewhere goes through),
+#: unless ``always`` exists
 BLOCK_DIR = "REFBACKEND_BLOCK_DIR"
 
 
@@ -174,6 +175,7 @@ def _maybe_block(onnx: Path) -> None:
     d.mkdir(parents=True, exist_ok=True)
     tmp = d / f".started.{os.getpid()}"
     tmp.write_text(str(os.getppid()))
+    (d / f"started.{os.getpid()}").write_text(str(os.getppid()))   # one per blocked build, to count them
     os.replace(tmp, started)
     deadline = time.monotonic() + 120
     while not (d / "release").exists() and time.monotonic() < deadline:

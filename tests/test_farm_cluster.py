@@ -89,8 +89,8 @@ def release(c: DaskCluster) -> None:
 def reset_block(c: DaskCluster, *, always: bool = False) -> Path:
     d = c.workdir / "block"
     d.mkdir(exist_ok=True)
-    for name in ("started", "release", "always"):
-        (d / name).unlink(missing_ok=True)
+    for f in d.iterdir():
+        f.unlink()
     if always:
         (d / "always").write_text("")
     return d
@@ -151,6 +151,7 @@ def test_cluster_build_is_the_local_build(dask2: DaskCluster, matrix_repo, tmp_p
     assert {c["worker"] for c in d["cells"]} <= {"gpu89", "gpu86"}
     assert sorted(w["name"] for w in d["cluster"]["workers"]) == ["gpu86", "gpu89"]
     assert d["builder_runs"] == 8 and d["cluster"]["workers_lost"] == [] and d["manifest_writes"] >= 1
+    assert d["cluster"]["transfer"] == "shared filesystem"   # one machine: models read, blobs staged in place
     assert 1 <= d["cluster"]["peak_running"] <= 2          # what the workers said they ran at once
     assert_whole(repo)
     again = json.loads(cli("build", str(cfg), "--repo", str(repo), "--cluster", dask2.address, "--json").stdout)
@@ -172,10 +173,16 @@ def test_gpu_cells_land_on_the_worker_with_that_gpu(dask2: DaskCluster, ref_farm
     skipped = by_target["blackwell"]
     assert skipped.status == "skipped" and "gpu-sm120" in skipped.error and "12.0" in skipped.error
     assert any(line.startswith("[skip]") and "gpu-sm120" in line for line in lines)
-    # the same cells built here (planned as if this node had both GPUs) give the same blobs
+    # the same cells built here (planned as if this node had both GPUs) give the same blobs, and so do
+    # they when models and blobs travel as bytes (as to workers that do not share this filesystem)
     local = build(cfg, tmp_path / "local", plan=make_plan(load_config(cfg), gpu_ccs=("8.6", "8.9")))
     assert local.count("built") == 3
     assert blob_shas(tmp_path / "repo") == blob_shas(tmp_path / "local")
+    as_bytes = build_on_cluster(cfg, tmp_path / "bytes", cluster=dask2.address, transfer="bytes")
+    assert as_bytes.cluster["transfer"] == "bytes" and as_bytes.count("built") == 3
+    assert {r.cell.target: r.worker for r in as_bytes.results if r.status == "built"}["ada"] == "gpu89"
+    assert blob_shas(tmp_path / "bytes") == blob_shas(tmp_path / "local")
+    assert_whole(tmp_path / "bytes")
 
 
 def test_cluster_local_starts_its_own_workers(farm, tmp_path: Path) -> None:
@@ -261,9 +268,11 @@ def test_killed_worker_cell_is_retried_elsewhere_or_fails_alone(dask3: DaskClust
     cfg = ref_config(tmp_path / "rtxpack.toml", tmp_path / "models", [("p", ["8.6", "8.9"], False)], slow=True)
     local = build(cfg, tmp_path / "local")
     # 1. retried: the slow cell's worker is SIGKILLed mid-build; the scheduler runs it on another worker
+    #    (its model bytes too, if the killed worker held them)
     block = reset_block(dask3)
     out: dict = {}
-    t = threading.Thread(target=lambda: out.update(r=build_on_cluster(cfg, tmp_path / "r1", cluster=dask3.address)))
+    t = threading.Thread(target=lambda: out.update(r=build_on_cluster(cfg, tmp_path / "r1", cluster=dask3.address,
+                                                                      transfer="bytes")))
     t.start()
     killed = _killer(dask3, block)
     t.join(timeout=120)
@@ -349,6 +358,32 @@ def test_scheduler_gone_mid_build_is_a_clear_error_and_keeps_finished_cells(dask
     assert "rtxpack: error: lost the Dask scheduler" in text and "1 cell(s) were built and published, 1 were not" in text
     assert "fix: start the scheduler" in text and "Traceback" not in text
     assert [a.model for a in Manifest.load(repo)] == ["mlp"]
+    assert_whole(repo)
+
+
+def test_a_worker_that_stops_seeing_the_staging_folder_gets_bytes(dask2: DaskCluster, ref_farm, tmp_path: Path) -> None:
+    """Shared filesystem decided at the start; a task on a worker that then no longer sees the token file
+    (a worker without the share) answers needs_bytes and the cell is sent again with its model bytes."""
+    cfg = ref_config(tmp_path / "rtxpack.toml", tmp_path / "models", [("a", ["8.6"], False), ("b", ["8.9"], False),
+                                                                      ("c", ["12.0"], False)], slow=True, mlp=False)
+    block = reset_block(dask2, always=True)
+    out: dict = {}
+    lines: list[str] = []
+    repo = tmp_path / "repo"
+    t = threading.Thread(target=lambda: out.update(r=build_on_cluster(cfg, repo, cluster=dask2.address,
+                                                                      progress=lines.append)))
+    t.start()
+    wait_for(lambda: len(list(block.glob("started.*"))) == 2, what="both workers blocked")
+    for token in (repo / ".tmp").glob("cluster-*.token"):
+        token.unlink()
+    (block / "always").unlink()
+    (block / "release").write_text("")
+    t.join(timeout=60)
+    rep = out["r"]
+    assert rep.cluster["transfer"] == "shared filesystem" and rep.count("built") == 3, rep.to_dict()
+    assert any("does not see" in x and "sending it model bytes" in x for x in lines), lines
+    assert build(cfg, tmp_path / "local").count("built") == 3
+    assert blob_shas(repo) == blob_shas(tmp_path / "local")
     assert_whole(repo)
 
 

@@ -1,7 +1,7 @@
 """The farm on a Dask distributed cluster: cells and warm-ups as tasks, results back to this process.
 
 ``rtxpack build CONFIG --repo DIR --cluster tcp://host:8786`` (or ``--cluster local``: a
-LocalCluster of ``-j`` worker processes started here) plans and selects exactly as a local build
+LocalCluster of ``-j`` workers inside this process) plans and selects exactly as a local build
 (:class:`~.build.BuildSession`), submits each cell to be built as a task (``cluster_worker.run_cell``),
 and publishes the blobs that come back: this process alone writes blobs and the batched manifest,
 so the result is the repository a local build makes (same cell ids, same blobs). ``rtxpack warm
@@ -31,11 +31,13 @@ import contextlib
 import logging
 import os
 import queue
+import secrets
 import time
 import uuid
 import warnings
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from ..core import config as env_config
@@ -46,7 +48,7 @@ from ..core.errors import ClusterError, ConfigError
 from ..core.manifest import Artifact
 from ..core.versions import format_cc, parse_cc
 from .build import BuildReport, BuildSession, CellResult, sigterm_as_interrupt
-from .cluster_worker import STARTED_TOPIC, ModelFiles, hold, run_cell, warm_one
+from .cluster_worker import STARTED_TOPIC, ModelFiles, Staging, hold, run_cell, sees, warm_one
 from .config import FarmConfig, GpuSpec, load_config
 from .plan import Cell, Plan, make_plan
 from .repo import RepositoryWriter
@@ -142,8 +144,8 @@ def local_resources(cfg: FarmConfig) -> dict[str, float]:
 
 @contextlib.contextmanager
 def connect(address: str, *, workers: int = 2, resources: dict[str, float] | None = None) -> Iterator[Any]:
-    """A Dask client of the scheduler at ``address`` (or of a LocalCluster of ``workers`` processes for
-    ``local``) that has at least one worker; closed, with the LocalCluster, on the way out."""
+    """A Dask client of the scheduler at ``address`` (or of a LocalCluster of ``workers`` workers in this
+    process for ``local``) that has at least one worker; closed, with the LocalCluster, on the way out."""
     dd = _distributed()
     timeout = env_config.connect_timeout()
     with contextlib.ExitStack() as stack:
@@ -314,7 +316,10 @@ class _Tasks:
                 lost = self.lost_scheduler(fut)
                 if lost is not None:
                     return lost
-                handle(fut)
+                try:
+                    handle(fut)
+                except (OSError, CancelledError) as e:   # its result could not be fetched: the scheduler is gone
+                    return self._lost(f"{type(e).__name__}: {e}")
                 fut.release()
             tick()
         return None
@@ -345,6 +350,9 @@ class _Tasks:
             why = f"{type(e).__name__}: {e}"
         else:
             why = "cancelled"
+        return self._lost(why)
+
+    def _lost(self, why: str) -> ClusterError:
         return ClusterError(f"lost the Dask scheduler at {self.info.address} ({why})",
                             fix="start the scheduler and workers again and run the same command: what finished is "
                                 "published and up to date", scheduler=self.info.address)
@@ -384,8 +392,14 @@ def cluster_plan(cfg: FarmConfig, info: ClusterInfo, digests: DigestCache | None
 
 def build_on_cluster(config: FarmConfig | str | os.PathLike[str], repo: str | os.PathLike[str], *, cluster: str,
                      jobs: int = 2, cells: Iterable[str] | None = None,
-                     progress: Callable[[str], None] | None = None) -> BuildReport:
-    """Build the selected cells of ``config`` into ``repo`` on the Dask cluster at ``cluster`` (see the module doc)."""
+                     progress: Callable[[str], None] | None = None, transfer: str = "auto") -> BuildReport:
+    """Build the selected cells of ``config`` into ``repo`` on the Dask cluster at ``cluster`` (see the module doc).
+
+    ``transfer``: "auto" uses a shared filesystem when every worker sees this repository's staging
+    folder (models read in place, blobs staged there), else bytes; "bytes" always sends bytes."""
+    if transfer not in ("auto", "bytes"):
+        raise ConfigError(f"transfer={transfer!r} is not auto or bytes", fix="pass transfer='auto' or 'bytes'",
+                          value=transfer, option="transfer")
     t0 = time.monotonic()
     cfg = config if isinstance(config, FarmConfig) else load_config(config)
     with connect(cluster, workers=jobs, resources=local_resources(cfg) if cluster == LOCAL else None) as client:
@@ -397,20 +411,68 @@ def build_on_cluster(config: FarmConfig | str | os.PathLike[str], repo: str | os
         report.peak_workers = len(info.workers)
         report.cluster = info.to_dict()
         if session.todo:
-            _run_cells(client, info, session)
+            _run_cells(client, info, session, transfer)
         return session.report_now()
 
 
-def _run_cells(client: Any, info: ClusterInfo, session: BuildSession) -> None:
+@contextlib.contextmanager
+def _staging(folder: Path, nonce: str) -> Iterator[Staging]:
+    """A token file in ``folder`` that workers read to prove they see it; removed, with every blob staged
+    under its name (and those of builds that are gone), on the way out."""
+    for stale in folder.glob("cluster-*.*.plan"):   # left by a build that ended before its workers did
+        if not (folder / f"{stale.name.split('.', 1)[0]}.token").exists():
+            stale.unlink(missing_ok=True)
+    staging = Staging(folder=str(folder.resolve()), name=f"cluster-{nonce}", token=secrets.token_hex(16))
+    token = folder / f"{staging.name}.token"
+    token.write_text(staging.token)
+    try:
+        yield staging
+    finally:
+        token.unlink(missing_ok=True)
+        for f in folder.glob(f"{staging.name}.*"):
+            f.unlink(missing_ok=True)
+
+
+def _shared(client: Any, staging: Staging) -> bool:
+    """Whether every worker sees ``staging`` (a shared filesystem, or this machine)."""
+    try:
+        seen = client.run(sees, staging)
+    except Exception:  # noqa: BLE001 - a worker that cannot even run the probe will get bytes
+        return False
+    return bool(seen) and all(seen.values())
+
+
+def _run_cells(client: Any, info: ClusterInfo, session: BuildSession, transfer: str) -> None:
     session.hash_weights()
     report = session.report
+    assert report.cluster is not None
     toolchains = {t.name: t for t in session.plan.toolchains}
     tasks = _Tasks(client, info, session.say)
     cells: dict[str, Cell] = {}
     lost: ClusterError | None = None
+    told: set[str] = set()                    # workers said to be sent model bytes
+
+    def submit(cell: Cell, staging: Staging, *, ship: bool) -> None:
+        model = (tasks.input(f"model-{cell.model}", lambda: ModelFiles.read(cell.onnx, cell.model_digest or ""))
+                 if ship else None)
+        key = tasks.submit(f"cell-{cell.id[:16]}" + ("-bytes" if ship else ""), run_cell, cell,
+                           toolchains[cell.toolchain], model, staging, resources=cell_resources(cell))
+        cells[key] = cell
 
     def handle(fut: Any) -> None:
-        session.finish(_cell_result(session, cells[fut.key], fut, info))
+        cell = cells[fut.key]
+        if fut.status == "error":
+            session.finish(session.failed(cell, _task_error(fut, info), time.monotonic()))
+            return
+        t = time.monotonic()
+        out = fut.result()
+        if out.get("needs_bytes"):            # a worker that does not share our filesystem took it: resend
+            if out["worker"] not in told:
+                told.add(out["worker"])
+                session.say(f"{out['error']}: sending it model bytes")
+            submit(cell, staging, ship=True)
+            return
+        session.finish(_cell_result(session, cell, out, staging, time.monotonic() - t))
 
     def fail(key: str, why: str) -> None:
         session.finish(session.failed(cells[key], why, time.monotonic()))
@@ -419,14 +481,13 @@ def _run_cells(client: Any, info: ClusterInfo, session: BuildSession) -> None:
         if session.due():
             session.flush()
 
-    with sigterm_as_interrupt():
+    with sigterm_as_interrupt(), _staging(session.repository.tmp_dir(), tasks.nonce) as staging:
+        shared = transfer == "auto" and _shared(client, staging)
+        report.cluster["transfer"] = "shared filesystem" if shared else "bytes"
         try:
             for cell in session.todo:
-                model = tasks.input(f"model-{cell.model}", lambda c=cell: ModelFiles.read(c.onnx, c.model_digest or ""))
-                key = tasks.submit(f"cell-{cell.id[:16]}", run_cell, cell, toolchains[cell.toolchain], model,
-                                   resources=cell_resources(cell))
-                cells[key] = cell
-            tasks.inputs.clear()     # the scheduler keeps them while a cell needs them
+                submit(cell, staging, ship=not shared)
+            tasks.inputs.clear()     # the scheduler keeps each while a cell needs it (a resend submits it again)
             lost = tasks.drain(handle, fail, tick)
         except BaseException:
             tasks.cancel_all()
@@ -436,7 +497,6 @@ def _run_cells(client: Any, info: ClusterInfo, session: BuildSession) -> None:
             session.flush()       # finished cells are published also on Ctrl-C and when the scheduler is gone
             report.peak_workers = max(report.peak_workers, len(tasks.info.workers))
             report.worker_crashes += len(tasks.lost)
-            assert report.cluster is not None
             report.cluster.update(workers_lost=tasks.lost, retried=[cells[k].id for k in tasks.retried if k in cells],
                                   peak_running=tasks.peak_running)
     if lost is not None:
@@ -447,22 +507,28 @@ def _run_cells(client: Any, info: ClusterInfo, session: BuildSession) -> None:
                            f"{len(session.todo) - len(done)} were not", fix=lost.fix, scheduler=info.address) from lost
 
 
-def _cell_result(session: BuildSession, cell: Cell, fut: Any, info: ClusterInfo) -> CellResult:
+def _cell_result(session: BuildSession, cell: Cell, out: dict[str, Any], staging: Staging,
+                 fetched: float) -> CellResult:
     report = session.report
-    if fut.status == "error":
-        return session.failed(cell, _task_error(fut, info), time.monotonic())
-    t0 = time.monotonic()
-    out = fut.result()
     started = time.monotonic() - out.get("seconds", 0.0)
     report.builder_runs += bool(out.get("builder_run"))
     report.workers_started += bool(out.get("builder_started"))
     report.worker_crashes += bool(out.get("builder_crashed"))
     if not out.get("ok"):
         return session.failed(cell, out.get("error") or "unknown worker error", started, out.get("worker"))
-    t1 = time.monotonic()
-    res = session.publish_bytes(cell, out["data"], out["reply"], started, out["sha256"], out.get("worker"))
-    spent = report.cluster.setdefault("seconds", {}) if report.cluster is not None else {}
-    for phase, secs in dict(out.get("phases") or {}, fetch=t1 - t0, publish=time.monotonic() - t1).items():
+    t = time.monotonic()
+    if "file" in out:
+        staged = Path(out["file"])
+        if staged.parent != Path(staging.folder) or not staged.name.startswith(staging.name + "."):
+            return session.failed(cell, f"worker {out.get('worker')} named {staged}, not a file of {staging.folder}",
+                                  started, out.get("worker"))
+        res = session.publish_file(cell, staged, out["reply"], started)
+        res.worker = out.get("worker")
+    else:
+        res = session.publish_bytes(cell, out["data"], out["reply"], started, out["sha256"], out.get("worker"))
+    assert report.cluster is not None
+    spent = report.cluster.setdefault("seconds", {})
+    for phase, secs in dict(out.get("phases") or {}, fetch=fetched, publish=time.monotonic() - t).items():
         spent[phase] = round(spent.get(phase, 0.0) + secs, 3)
     return res
 
@@ -515,6 +581,7 @@ def warm_on_cluster(config: str | os.PathLike[str], repo: str | os.PathLike[str]
         tasks = _Tasks(client, info, say)
         names: dict[str, tuple[str, str]] = {}          # key -> (engine id, sku)
         handled = [0]
+        lost: ClusterError | None = None
 
         def handle(fut: Any) -> None:
             handled[0] += 1
@@ -573,6 +640,8 @@ def _warm_skip(art: Artifact, models: dict[str, Any], g: GpuSpec) -> str | None:
     """Why engine ``art`` is not sent to SKU ``g`` at all (the worker checks the rest on its real device)."""
     if art.model not in models:
         return "model not in the config"
+    if not models[art.model].onnx.is_file():
+        return f"ONNX file {models[art.model].onnx} (models '{art.model}'.onnx) does not exist"
     if not registry.known(art.backend):
         return f"backend {art.backend} is not registered here"
     if registry.get(art.backend).coverage(art.ccs, art.ptx, parse_cc(g.compute_capability)) is None:

@@ -3,11 +3,18 @@
 The Dask worker imports this module when it unpickles a task; it needs rtxpack installed, not
 the submitter's files. A cell runs the same builder a local build runs (the registry's
 ``worker_argv`` in ``--serve`` mode, kept alive across cells in one :class:`~.pool.WorkerPool`
-per worker process) in the worker's own environment: its python and backend version, its
+per Dask worker) in the worker's own environment: its python and backend version, its
 toolchain venvs (``RTXPACK_TOOLCHAINS_DIR``), its GPU (``RTXPACK_DEVICE`` describes it where
-there is none, as in the tests). Models arrive as bytes (:class:`ModelFiles`, written once per
-worker process into its scratch folder, keyed and checked by model digest); results go back as
-bytes with their sha256. Nothing here writes the repository: the submitting process does.
+there is none, as in the tests). Nothing here writes the repository: the submitting process does.
+
+Inputs and blobs travel one of two ways. Where the worker sees the submitter's files (a shared
+filesystem, or one machine: proved per task by reading the token file of :class:`Staging` in the
+repository's ``.tmp`` folder), the builder reads the model from its path and writes the blob into
+that staging folder, and the submitter moves it into ``blobs/`` after hashing it, as a local build
+does. Otherwise models arrive as bytes (:class:`ModelFiles`, written once per worker into its
+scratch folder, keyed and checked by model digest) and blobs go back as bytes with their sha256;
+a task that was given no model bytes and finds no token says so (``needs_bytes``) and the
+submitter sends the cell again with them.
 """
 from __future__ import annotations
 
@@ -52,9 +59,26 @@ class ModelFiles:
             _check_relative(rel, path)
         return cls(digest=digest, onnx=path.name, files=tuple((n, (path.parent / n).read_bytes()) for n in names))
 
-    @property
-    def size(self) -> int:
-        return sum(len(b) for _, b in self.files)
+
+@dataclass(frozen=True)
+class Staging:
+    """The submitter's staging folder (the repository's ``.tmp``) and the token that proves a worker sees it."""
+
+    folder: str                                  # absolute path on the submitter
+    name: str                                    # the token file is ``<name>.token``, staged blobs ``<name>.<cell>...``
+    token: str                                   # the token file's content
+
+    def visible(self) -> bool:
+        """Whether this process sees that very folder (no caching: a worker's view may change)."""
+        try:
+            return (Path(self.folder) / f"{self.name}.token").read_text() == self.token
+        except (OSError, UnicodeDecodeError):
+            return False
+
+
+def sees(staging: Staging) -> bool:
+    """``client.run`` probe: does this worker see the submitter's staging folder?"""
+    return staging.visible()
 
 
 def _check_relative(rel: str, onnx: Path | str) -> None:
@@ -129,10 +153,11 @@ def hold(value: Any) -> Any:
     return value
 
 
-def run_cell(cell: Cell, toolchain: tcs.Toolchain, model: ModelFiles) -> dict[str, Any]:
-    """Build one cell here: ``{"ok", "worker", "seconds", "phases", ...}`` with ``data`` (the blob) and
-    its ``sha256`` when built, ``error`` when not. Never raises for a cell's own failure. ``phases``:
-    seconds spent on inputs (model files, toolchain), in the builder, and reading + hashing the blob."""
+def run_cell(cell: Cell, toolchain: tcs.Toolchain, model: ModelFiles | None, staging: Staging) -> dict[str, Any]:
+    """Build one cell here: ``{"ok", "worker", "seconds", "phases", ...}`` with the blob as ``file`` (in the
+    staging folder) or as ``data`` + ``sha256``, ``error`` when not built, ``needs_bytes`` when ``model``
+    is None and this worker does not see the staging folder. Never raises for a cell's own failure.
+    ``phases``: seconds spent on inputs (model files, toolchain), in the builder, reading + hashing the blob."""
     t0 = time.monotonic()
     here = _here()
     label = here.label
@@ -144,23 +169,28 @@ def run_cell(cell: Cell, toolchain: tcs.Toolchain, model: ModelFiles) -> dict[st
         out.update(kw, seconds=time.monotonic() - t0)
         return out
 
+    shared = staging.visible()
+    if model is None and not shared:
+        return done(needs_bytes=True, error=f"worker {label} does not see {staging.folder}")
     try:
-        onnx = materialize(model, here.scratch / "models")
+        onnx = cell.onnx if model is None else str(materialize(model, here.scratch / "models"))
         python = sys.executable if toolchain.local else tcs.ensure(dataclasses.replace(toolchain, python=None))
     except (RtxpackError, OSError) as e:
         return done(error=str(e))
     phases["inputs"] = time.monotonic() - t0
     if toolchain.name in _broken:
         return done(error=_broken[toolchain.name])
-    plan = here.scratch / "plans" / f"{cell.id}.{os.getpid()}.{threading.get_ident()}.plan"
+    name = f"{cell.id}.{os.getpid()}.{threading.get_ident()}.plan"
+    plan = Path(staging.folder) / f"{staging.name}.{name}" if shared else here.scratch / "plans" / name
     plan.parent.mkdir(parents=True, exist_ok=True)
 
     def acquired() -> None:
         out["builder_run"] = True
     t1 = time.monotonic()
+    keep = False                     # a staged blob is left for the submitter
     try:
         try:
-            reply, fresh = run_request(here.builders, cell, python, build_request(cell, str(onnx), plan),
+            reply, fresh = run_request(here.builders, cell, python, build_request(cell, onnx, plan),
                                        acquired=acquired)
             phases["builder"] = time.monotonic() - t1
         except WorkerUnusable as e:
@@ -176,10 +206,14 @@ def run_cell(cell: Cell, toolchain: tcs.Toolchain, model: ModelFiles) -> dict[st
             return done(error=f"worker {label} has {cell.backend} {got}, but this cell is for {want} (the "
                               f"submitter's toolchain {cell.toolchain}); install {want} on every worker or pin it "
                               "under [[toolchains]]")
+        if shared:                   # the submitter hashes and moves it, as it does a local build's
+            keep = True
+            return done(ok=True, reply=reply, file=str(plan))
         t2 = time.monotonic()
         data = plan.read_bytes()
     finally:
-        plan.unlink(missing_ok=True)
+        if not keep:
+            plan.unlink(missing_ok=True)
     sha = hashlib.sha256(data).hexdigest()
     phases["blob"] = time.monotonic() - t2
     return done(ok=True, reply=reply, data=data, sha256=sha)
