@@ -1,15 +1,17 @@
 #!/usr/bin/env python
 """Cluster benchmark: the same matrix built locally at -j 2 and on a Dask cluster of 2 single-thread
-workers on this machine (same cores: expect parity), the scheduling overhead per cell, and the
-submitter-side costs that bound a large cluster (manifest writes, blob transfer, task submission).
+workers on this machine (same cores: expect parity), both as it runs here (a shared filesystem) and
+with models and blobs sent as bytes (as to other machines); the scheduling overhead per cell; and
+the submitter-side costs that bound a large cluster (manifest writes, blob transfer, task submission).
 
     python scripts/bench_cluster.py [--runs 2] [--out scripts/BENCH_CLUSTER.md] [--date 2026-11-21]
 
 Real TensorRT-RTX AOT builds on the CPU (the configs of scripts/bench_farm.py). Each throughput
-figure builds the same cells into fresh repositories in the order local, cluster, cluster, local,
-and takes the mean per side; every cluster build gets a freshly started ``dask scheduler`` and two
-``dask worker --nthreads 1`` processes (not timed), so both sides start their builder processes
-cold. The cluster time is end to end: connect, plan, submit, build, blobs back, publish.
+figure builds the same cells into fresh repositories in the order local, cluster, bytes, bytes,
+cluster, local, and takes the mean per side; every cluster build gets a freshly started ``dask
+scheduler`` and two ``dask worker --nthreads 1`` processes (not timed), so every side starts its
+builder processes cold. The cluster time is end to end: connect, plan, submit, build, blobs back,
+publish.
 """
 from __future__ import annotations
 
@@ -47,15 +49,20 @@ def start(work: Path, tag: str) -> DaskCluster:
     return c
 
 
+SIDES = ("local", "cluster", "bytes")
+ORDER = ("local", "cluster", "bytes", "bytes", "cluster", "local")
+
+
 def throughput(cfg: Path, work: Path, tag: str) -> dict[str, object]:
-    """local -j 2, cluster, cluster, local: seconds per side (mean) and the cluster's warm-builder rebuild."""
+    """Builds of the same cells in the order ORDER: local -j 2; the cluster as it runs here (a shared
+    filesystem: models read in place, blobs staged in the repository); the cluster with models and blobs
+    sent as bytes (what workers on other machines get). Mean seconds per side, phases per cluster side."""
     n = len(make_plan(load_config(cfg)).buildable)
-    secs: dict[str, list[float]] = {"local": [], "cluster": []}
-    warm: list[float] = []
-    phases: dict[str, float] = {}          # where a cluster build's time went (the first cluster build)
+    secs: dict[str, list[float]] = {s: [] for s in SIDES}
+    phases: dict[str, dict[str, float]] = {}   # side -> where its first build's time went
     blob_bytes = 0
-    shas: list[dict[str, str]] = []        # per build: cell id -> blob sha256
-    for k, side in enumerate(("local", "cluster", "cluster", "local")):
+    shas: dict[str, list[dict[str, str]]] = {s: [] for s in SIDES}   # cell id -> blob sha256, per build
+    for k, side in enumerate(ORDER):
         repo = work / f"{tag}-{side}-{k}"
         if side == "local":
             t = time.perf_counter()
@@ -65,29 +72,26 @@ def throughput(cfg: Path, work: Path, tag: str) -> dict[str, object]:
             c = start(work, f"{tag}-dask-{k}")
             try:
                 t = time.perf_counter()
-                rep = build_on_cluster(cfg, repo, cluster=c.address)
+                rep = build_on_cluster(cfg, repo, cluster=c.address, transfer="auto" if side == "cluster" else "bytes")
                 secs[side].append(time.perf_counter() - t)
-                phases = phases or dict(rep.cluster["seconds"], total=secs[side][-1])
-                t = time.perf_counter()   # the same cells again into a fresh repository: builders already warm
-                again = build_on_cluster(cfg, work / f"{tag}-again-{k}", cluster=c.address)
-                warm.append(time.perf_counter() - t)
-                assert again.count("built") == n, again.to_dict()
+                phases.setdefault(side, dict(rep.cluster["seconds"], total=secs[side][-1]))
             finally:
                 c.stop()
         assert rep.count("built") == n, rep.to_dict()
-        shas.append({r.cell.id: r.artifact.sha256 for r in rep.results if r.artifact})
+        shas[side].append({r.cell.id: r.artifact.sha256 for r in rep.results if r.artifact})
         blob_bytes = sum(r.artifact.size for r in rep.results if r.artifact)
         shutil.rmtree(repo, ignore_errors=True)
-    assert all(set(s) == set(shas[0]) for s in shas), "cell ids differ"
+    assert all(set(m) == set(shas["local"][0]) for v in shas.values() for m in v), "cell ids differ"
 
     def differ(a: dict[str, str], b: dict[str, str]) -> int:
         return sum(a[c] != b[c] for c in a)
     mean = {s: statistics.mean(v) for s, v in secs.items()}
-    return {"cells": n, "seconds": mean, "rate": {s: n / mean[s] * 60 for s in mean}, "warm": statistics.mean(warm),
-            "overhead_per_cell": (mean["cluster"] - mean["local"]) / n, "phases": phases, "blob_bytes": blob_bytes,
+    local = shas["local"]
+    return {"cells": n, "seconds": mean, "phases": phases, "blob_bytes": blob_bytes,
+            "overhead_per_cell": {s: (mean[s] - mean["local"]) / n for s in ("cluster", "bytes")},
             # the builder, not the cluster, decides whether a cell's bytes repeat: compare local with local too
-            "differ_local_local": differ(shas[0], shas[3]),
-            "differ_local_cluster": max(differ(shas[0], shas[1]), differ(shas[3], shas[2]))}
+            "differ": {"local": differ(local[0], local[1]),
+                       **{s: max(differ(local[0], shas[s][0]), differ(local[1], shas[s][1])) for s in ("cluster", "bytes")}}}
 
 
 def task_overhead(work: Path, n: int = 400) -> dict[str, float]:
@@ -165,21 +169,24 @@ def main(argv: list[str] | None = None) -> int:
         return [fmt(v) for v in vals] + [fmt(statistics.median(vals))]
 
     rows: list[tuple[str, list[str]]] = []
+    what = {"local": "local -j 2", "cluster": "cluster, 2 workers x 1 thread (shared filesystem)",
+            "bytes": "cluster, 2 workers x 1 thread, models and blobs as bytes"}
     for key, label in (("small", "example cells (3 MLP + small CNN x 3 targets)"),
                        ("real", "realistic cells (ResNet-50/26/14 + MLP, x 3 targets)")):
         n = runs[0][key]["cells"]
-        for side, what in (("local", "local -j 2"), ("cluster", "cluster, 2 workers x 1 thread")):
-            rows.append((f"{label}, {n} cells, {what}",
+        for side in SIDES:
+            rows.append((f"{label}, {n} cells, {what[side]}",
                          cols(lambda r, s=side, k=key: r[k]["seconds"][s],
                               lambda s, n=n: f"{s:.2f} s = {n / s * 60:.0f} cells/min")))
-        rows.append((f"{label}: cluster / local cells per minute",
-                     cols(lambda r, k=key: r[k]["seconds"]["local"] / r[k]["seconds"]["cluster"], lambda x: f"{x:.2f}x")))
-        rows.append((f"{label}: cluster overhead per cell (wall, cluster - local)",
-                     cols(lambda r, k=key: r[k]["overhead_per_cell"], lambda x: f"{x * 1000:+.0f} ms")))
-        rows.append((f"{label}: cells whose blob sha256 differs, local vs local / local vs cluster",
-                     [f"{r[key]['differ_local_local']} / {r[key]['differ_local_cluster']} of {n}" for r in runs] + [""]))
-        rows.append((f"{label}: cluster again, builders warm",
-                     cols(lambda r, k=key: r[k]["warm"], lambda s, n=n: f"{s:.2f} s = {n / s * 60:.0f} cells/min")))
+        for side in ("cluster", "bytes"):
+            rows.append((f"{label}: {side} / local cells per minute; overhead per cell",
+                         [f"{r[key]['seconds']['local'] / r[key]['seconds'][side]:.2f}x; "
+                          f"{r[key]['overhead_per_cell'][side] * 1000:+.0f} ms" for r in runs]
+                         + [f"{statistics.median(r[key]['seconds']['local'] / r[key]['seconds'][side] for r in runs):.2f}x; "
+                            f"{statistics.median(r[key]['overhead_per_cell'][side] for r in runs) * 1000:+.0f} ms"]))
+        rows.append((f"{label}: cells whose blob sha256 differs from local run 1 (local run 2 / cluster / bytes)",
+                     [f"{r[key]['differ']['local']} / {r[key]['differ']['cluster']} / {r[key]['differ']['bytes']} of {n}"
+                      for r in runs] + [""]))
     rows.append(("1-minute load average before -> after the run",
                  [f"{r['load_before']:.2f} -> {r['load_after']:.2f}" for r in runs] + [""]))
     extra = [
@@ -189,12 +196,13 @@ def main(argv: list[str] | None = None) -> int:
         f"a 64 MiB result returned from a worker to the submitter over loopback: {tasks['blob_mb_s']:.0f} MB/s",
     ] + [f"one locked manifest write merging 100 new entries into {n:,} entries: {s:.2f} s" for n, s in manifest.items()]
     for key in ("small", "real"):
-        ph, n = runs[0][key]["phases"], runs[0][key]["cells"]
-        extra.append(f"{key}: {n} cells, {runs[0][key]['blob_bytes'] / 1e6:.1f} MB of blobs; first cluster build "
-                     f"{ph['total']:.2f} s wall; summed over cells: worker inputs (model files) {ph['inputs']:.2f} s, "
-                     f"builder {ph['builder']:.2f} s, worker blob read + sha256 {ph['blob']:.2f} s, submitter fetch "
-                     f"{ph['fetch']:.2f} s, submitter publish (sha256 + write) {ph['publish']:.2f} s")
-
+        n = runs[0][key]["cells"]
+        extra.append(f"{key}: {n} cells, {runs[0][key]['blob_bytes'] / 1e6:.1f} MB of blobs")
+        for side, ph in runs[0][key]["phases"].items():
+            extra.append(f"{key}, {what[side]}: first build {ph['total']:.2f} s wall; summed over cells: worker "
+                         f"inputs (model files) {ph['inputs']:.2f} s, builder {ph['builder']:.2f} s, worker blob read + "
+                         f"sha256 {ph['blob']:.2f} s, submitter fetch {ph['fetch']:.2f} s, submitter publish (sha256 + "
+                         f"move or write) {ph['publish']:.2f} s")
     print(f"date {args.date}; {machine()}")
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -205,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         head = "| measurement | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " | median |"
         lines = [f"# Cluster benchmark ({args.date})", "", f"Machine: {machine()}.", "",
                  f"Command: `python scripts/bench_cluster.py --runs {len(runs)} --out scripts/BENCH_CLUSTER.md`. "
-                 "Each row is the mean of two builds in the order local, cluster, cluster, local; every cluster "
-                 "build starts a fresh `dask scheduler` + 2 `dask worker --nthreads 1` (start-up not timed).", "",
+                 "Each row is the mean of two builds, run in the order local, cluster, bytes, bytes, cluster, "
+                 "local; every cluster build starts a fresh `dask scheduler` + 2 `dask worker --nthreads 1` "
+                 "(start-up not timed; connect, plan, submit, build, return and publish timed).", "",
                  head, "|---" * (len(runs) + 2) + "|"] + [f"| {k} | " + " | ".join(v) + " |" for k, v in rows]
         lines += ["", "Submitter-side costs (run once):", ""] + [f"- {e}" for e in extra]
         args.out.write_text("\n".join(lines) + "\n")

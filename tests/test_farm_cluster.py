@@ -152,6 +152,7 @@ def test_cluster_build_is_the_local_build(dask2: DaskCluster, matrix_repo, tmp_p
     assert sorted(w["name"] for w in d["cluster"]["workers"]) == ["gpu86", "gpu89"]
     assert d["builder_runs"] == 8 and d["cluster"]["workers_lost"] == [] and d["manifest_writes"] >= 1
     assert d["cluster"]["transfer"] == "shared filesystem"   # one machine: models read, blobs staged in place
+    assert d["cluster"]["blobs"] == {"staged": 8, "bytes": 0}
     assert 1 <= d["cluster"]["peak_running"] <= 2          # what the workers said they ran at once
     assert_whole(repo)
     again = json.loads(cli("build", str(cfg), "--repo", str(repo), "--cluster", dask2.address, "--json").stdout)
@@ -180,6 +181,7 @@ def test_gpu_cells_land_on_the_worker_with_that_gpu(dask2: DaskCluster, ref_farm
     assert blob_shas(tmp_path / "repo") == blob_shas(tmp_path / "local")
     as_bytes = build_on_cluster(cfg, tmp_path / "bytes", cluster=dask2.address, transfer="bytes")
     assert as_bytes.cluster["transfer"] == "bytes" and as_bytes.count("built") == 3
+    assert as_bytes.cluster["blobs"] == {"staged": 0, "bytes": 3} and report.cluster["blobs"]["staged"] == 3
     assert {r.cell.target: r.worker for r in as_bytes.results if r.status == "built"}["ada"] == "gpu89"
     assert blob_shas(tmp_path / "bytes") == blob_shas(tmp_path / "local")
     assert_whole(tmp_path / "bytes")
@@ -340,15 +342,22 @@ def _lines(stream) -> tuple[list[str], threading.Thread]:  # type: ignore[no-unt
     return got, t
 
 
-def test_scheduler_gone_mid_build_is_a_clear_error_and_keeps_finished_cells(dask3: DaskCluster, ref_farm,
-                                                                          tmp_path: Path) -> None:
+def _build_until_the_slow_cell(c: DaskCluster, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """`rtxpack build --cluster` of an MLP cell and a slow one, returned once the MLP cell is built and the
+    slow one is blocked on a worker: (process, its stderr lines so far, their reader, the repository)."""
     cfg = ref_config(tmp_path / "rtxpack.toml", tmp_path / "models", [("p", ["8.6", "8.9"], False)], slow=True)
-    block = reset_block(dask3, always=True)
+    block = reset_block(c, always=True)
     repo = tmp_path / "repo"
-    proc = _ref_cli(["build", str(cfg), "--repo", str(repo), "--cluster", dask3.address])
+    proc = _ref_cli(["build", str(cfg), "--repo", str(repo), "--cluster", c.address])
     err, reader = _lines(proc.stderr)
     wait_for(lambda: (block / "started").exists() and any(" built " in x and "mlp" in x for x in err),
              what="the fast cell built and the slow one started")
+    return proc, err, reader, repo
+
+
+def test_scheduler_gone_mid_build_is_a_clear_error_and_keeps_finished_cells(dask3: DaskCluster, ref_farm,
+                                                                          tmp_path: Path) -> None:
+    proc, err, reader, repo = _build_until_the_slow_cell(dask3, tmp_path)
     t0 = time.monotonic()
     dask3.kill(dask3.scheduler)
     proc.wait(timeout=60)
@@ -381,6 +390,7 @@ def test_a_worker_that_stops_seeing_the_staging_folder_gets_bytes(dask2: DaskClu
     t.join(timeout=60)
     rep = out["r"]
     assert rep.cluster["transfer"] == "shared filesystem" and rep.count("built") == 3, rep.to_dict()
+    assert rep.cluster["blobs"] == {"staged": 2, "bytes": 1}     # the resent cell came back as bytes
     assert any("does not see" in x and "sending it model bytes" in x for x in lines), lines
     assert build(cfg, tmp_path / "local").count("built") == 3
     assert blob_shas(repo) == blob_shas(tmp_path / "local")
@@ -388,13 +398,7 @@ def test_a_worker_that_stops_seeing_the_staging_folder_gets_bytes(dask2: DaskClu
 
 
 def test_ctrl_c_cancels_the_tasks_and_keeps_finished_cells(dask2: DaskCluster, ref_farm, tmp_path: Path) -> None:
-    cfg = ref_config(tmp_path / "rtxpack.toml", tmp_path / "models", [("p", ["8.6", "8.9"], False)], slow=True)
-    block = reset_block(dask2, always=True)
-    repo = tmp_path / "repo"
-    proc = _ref_cli(["build", str(cfg), "--repo", str(repo), "--cluster", dask2.address])
-    err, reader = _lines(proc.stderr)
-    wait_for(lambda: (block / "started").exists() and any(" built " in x and "mlp" in x for x in err),
-             what="the fast cell built and the slow one started")
+    proc, err, reader, repo = _build_until_the_slow_cell(dask2, tmp_path)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=60)
     reader.join(timeout=10)

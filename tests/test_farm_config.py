@@ -36,12 +36,12 @@ backend = "tensorrt-rtx"
 version = "1.7.1.116"
 cuda = "13"
 [[gpus]]
-sku = "rtx4090"
+name = "NVIDIA GeForce RTX 4070"
 compute_capability = "8.9"
-name = "NVIDIA GeForce RTX 4090"
+sku = "rtx4070"
 [[gpus]]
-sku = "rtx3060"
-compute_capability = "sm_86"
+sku = "rtx2080"
+compute_capability = "sm_75"
 """
 
 
@@ -65,7 +65,7 @@ def test_full_config_parses(tmp_path: Path) -> None:
     assert cfg.toolchains_for("nvrtc")[0].version is None
     # [[gpus]]: the SKUs runtime caches are warmed for, each a Dask resource gpu-<sku>
     assert [(g.sku, g.compute_capability, g.name, g.resource) for g in cfg.gpus] == [
-        ("rtx4090", "8.9", "NVIDIA GeForce RTX 4090", "gpu-rtx4090"), ("rtx3060", "8.6", None, "gpu-rtx3060")]
+        ("rtx4070", "8.9", "NVIDIA GeForce RTX 4070", "gpu-rtx4070"), ("rtx2080", "7.5", None, "gpu-rtx2080")]
 
 
 @pytest.mark.parametrize("old,new,key,fix", [
@@ -79,11 +79,12 @@ def test_full_config_parses(tmp_path: Path) -> None:
     ("strip_weights = false", 'strip_weights = "no"', "targets[0].strip_weights", "true or false"),
     ('name = "portable"', 'name = "portable"\nflavour = 1', "targets[0].flavour", "remove it"),
     ('name = "gpu-side"', 'name = "portable"', "targets[1].name", "unique"),
-    ('sku = "rtx4090"', 'sku = "RTX 4090"', "gpus[0].sku", "lower-case"),
-    ('sku = "rtx4090"', 'sku = "sm89"', "gpus[0].sku", "not sm<digits>"),
-    ('sku = "rtx3060"', 'sku = "rtx4090"', "gpus[1].sku", "unique"),
-    ('compute_capability = "8.9"', 'compute_capability = "fast"', "gpus[0].compute_capability", "8.9"),
-    ('compute_capability = "8.9"\nname', 'memory = 24\nname', "gpus[0].memory", "remove it"),
+    ('sku = "rtx4070"', 'sku = "RTX 4070"', "gpus[0].sku", "lower-case"),
+    ('sku = "rtx4070"', 'sku = "sm89"', "gpus[0].sku", "not sm<digits>"),
+    ('sku = "rtx2080"', 'sku = "rtx4070"', "gpus[1].sku", "unique"),
+    ('compute_capability = "8.9"\nsku', 'compute_capability = "fast"\nsku', "gpus[0].compute_capability", "8.9"),
+    ('compute_capability = "8.9"\nsku', 'memory = 24\ncompute_capability = "8.9"\nsku', "gpus[0].memory",
+     "remove it"),
 ])
 def test_errors_name_file_key_and_fix(tmp_path: Path, old: str, new: str, key: str, fix: str) -> None:
     assert old in FULL

@@ -452,11 +452,12 @@ def _run_cells(client: Any, info: ClusterInfo, session: BuildSession, transfer: 
     lost: ClusterError | None = None
     told: set[str] = set()                    # workers said to be sent model bytes
 
-    def submit(cell: Cell, staging: Staging, *, ship: bool) -> None:
+    def submit(cell: Cell, *, ship: bool) -> None:
         model = (tasks.input(f"model-{cell.model}", lambda: ModelFiles.read(cell.onnx, cell.model_digest or ""))
                  if ship else None)
         key = tasks.submit(f"cell-{cell.id[:16]}" + ("-bytes" if ship else ""), run_cell, cell,
-                           toolchains[cell.toolchain], model, staging, resources=cell_resources(cell))
+                           toolchains[cell.toolchain], model, staging if transfer == "auto" else None,
+                           resources=cell_resources(cell))
         cells[key] = cell
 
     def handle(fut: Any) -> None:
@@ -470,7 +471,7 @@ def _run_cells(client: Any, info: ClusterInfo, session: BuildSession, transfer: 
             if out["worker"] not in told:
                 told.add(out["worker"])
                 session.say(f"{out['error']}: sending it model bytes")
-            submit(cell, staging, ship=True)
+            submit(cell, ship=True)
             return
         session.finish(_cell_result(session, cell, out, staging, time.monotonic() - t))
 
@@ -486,7 +487,7 @@ def _run_cells(client: Any, info: ClusterInfo, session: BuildSession, transfer: 
         report.cluster["transfer"] = "shared filesystem" if shared else "bytes"
         try:
             for cell in session.todo:
-                submit(cell, staging, ship=not shared)
+                submit(cell, ship=not shared)
             tasks.inputs.clear()     # the scheduler keeps each while a cell needs it (a resend submits it again)
             lost = tasks.drain(handle, fail, tick)
         except BaseException:
@@ -517,6 +518,9 @@ def _cell_result(session: BuildSession, cell: Cell, out: dict[str, Any], staging
     if not out.get("ok"):
         return session.failed(cell, out.get("error") or "unknown worker error", started, out.get("worker"))
     t = time.monotonic()
+    assert report.cluster is not None
+    how = report.cluster.setdefault("blobs", {"staged": 0, "bytes": 0})   # how blobs came back
+    how["staged" if "file" in out else "bytes"] += 1
     if "file" in out:
         staged = Path(out["file"])
         if staged.parent != Path(staging.folder) or not staged.name.startswith(staging.name + "."):
@@ -526,7 +530,6 @@ def _cell_result(session: BuildSession, cell: Cell, out: dict[str, Any], staging
         res.worker = out.get("worker")
     else:
         res = session.publish_bytes(cell, out["data"], out["reply"], started, out["sha256"], out.get("worker"))
-    assert report.cluster is not None
     spent = report.cluster.setdefault("seconds", {})
     for phase, secs in dict(out.get("phases") or {}, fetch=fetched, publish=time.monotonic() - t).items():
         spent[phase] = round(spent.get(phase, 0.0) + secs, 3)

@@ -153,10 +153,12 @@ def hold(value: Any) -> Any:
     return value
 
 
-def run_cell(cell: Cell, toolchain: tcs.Toolchain, model: ModelFiles | None, staging: Staging) -> dict[str, Any]:
+def run_cell(cell: Cell, toolchain: tcs.Toolchain, model: ModelFiles | None,
+             staging: Staging | None) -> dict[str, Any]:
     """Build one cell here: ``{"ok", "worker", "seconds", "phases", ...}`` with the blob as ``file`` (in the
-    staging folder) or as ``data`` + ``sha256``, ``error`` when not built, ``needs_bytes`` when ``model``
-    is None and this worker does not see the staging folder. Never raises for a cell's own failure.
+    staging folder, when given and seen) or as ``data`` + ``sha256``, ``error`` when not built,
+    ``needs_bytes`` when ``model`` is None and this worker does not see the staging folder. Never raises
+    for a cell's own failure.
     ``phases``: seconds spent on inputs (model files, toolchain), in the builder, reading + hashing the blob."""
     t0 = time.monotonic()
     here = _here()
@@ -169,9 +171,9 @@ def run_cell(cell: Cell, toolchain: tcs.Toolchain, model: ModelFiles | None, sta
         out.update(kw, seconds=time.monotonic() - t0)
         return out
 
-    shared = staging.visible()
+    shared = staging is not None and staging.visible()
     if model is None and not shared:
-        return done(needs_bytes=True, error=f"worker {label} does not see {staging.folder}")
+        return done(needs_bytes=True, error=f"worker {label} does not see {staging.folder if staging else 'it'}")
     try:
         onnx = cell.onnx if model is None else str(materialize(model, here.scratch / "models"))
         python = sys.executable if toolchain.local else tcs.ensure(dataclasses.replace(toolchain, python=None))
@@ -181,7 +183,7 @@ def run_cell(cell: Cell, toolchain: tcs.Toolchain, model: ModelFiles | None, sta
     if toolchain.name in _broken:
         return done(error=_broken[toolchain.name])
     name = f"{cell.id}.{os.getpid()}.{threading.get_ident()}.plan"
-    plan = Path(staging.folder) / f"{staging.name}.{name}" if shared else here.scratch / "plans" / name
+    plan = Path(staging.folder) / f"{staging.name}.{name}" if staging and shared else here.scratch / "plans" / name
     plan.parent.mkdir(parents=True, exist_ok=True)
 
     def acquired() -> None:
