@@ -144,8 +144,8 @@ def _warm_on_cluster(args: argparse.Namespace) -> int:
 
 def _add_cluster(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--cluster", metavar="ADDRESS",
-                   help=f"{what} on a Dask distributed scheduler (tcp://host:8786), or 'local' for a local cluster of "
-                        "-j worker processes; needs rtxpack[cluster]")
+                   help=f"{what} on a Dask distributed scheduler (tcp://host:8786), or 'local' for -j workers in this "
+                        "process; needs rtxpack[cluster]")
 
 
 def register(subparsers: Any) -> None:

@@ -110,6 +110,12 @@ class ClusterInfo:
     def label(self, address: str) -> str:
         return self.labels.get(address, address)
 
+    def start_one(self, resources: str) -> str:
+        """How to get a worker that declares ``resources`` ("gpu-sm89=1 ...")."""
+        if self.address == LOCAL:
+            return "this machine has no such GPU (the local cluster declares the GPUs it has); run on a cluster"
+        return f"start one: dask worker {self.address} --nthreads 1 --resources \"{resources}\""
+
     def to_dict(self) -> dict[str, Any]:
         return {"scheduler": self.address,
                 "workers": [{"name": label, "address": a, "resources": res}
@@ -297,8 +303,8 @@ class _Tasks:
                 continue
             gone = now - self.missing_since.setdefault(r, now)
             if gone >= NO_WORKER_GRACE_S:
-                why = (f"no worker of the cluster offers {r} any more (none for {gone:.0f} s); start one "
-                       f"(dask worker {self.info.address} --resources \"{r}=1\") and run again")
+                why = (f"no worker of the cluster offers {r} any more (none for {gone:.0f} s); "
+                       f"{self.info.start_one(f'{r}=1')} and run again")
                 out += [(k, why) for k, need in self.needs.items() if need == r and k in self.pending]
         for k, _ in out:
             self.client.cancel([self.pending.pop(k)])
@@ -384,8 +390,8 @@ def cluster_plan(cfg: FarmConfig, info: ClusterInfo, digests: DigestCache | None
                 r = next(iter(need))
                 c = replace(c, skipped=f"needs a GPU of compute capability {c.compute_capabilities[0]} to build "
                                        f"(weight stripping) and no worker of {info.where} declares {r} (GPU "
-                                       f"workers: {', '.join(offered) or 'none'}); start one with --resources "
-                                       f"\"{r}=1\" or set strip_weights = false")
+                                       f"workers: {', '.join(offered) or 'none'}); {info.start_one(f'{r}=1')}, "
+                                       "or set strip_weights = false")
         cells.append(c)
     return replace(plan, cells=cells)
 
@@ -576,8 +582,8 @@ def warm_on_cluster(config: str | os.PathLike[str], repo: str | os.PathLike[str]
                          "resource": g.resource, "workers": offering})
             if not offering:
                 missing.append({"sku": g.sku, "resource": g.resource,
-                                "reason": f"no worker of {info.where} declares {g.resource}; start one on a GPU node "
-                                          f"with --resources \"{g.resource}=1 {cc_resource(g.compute_capability)}=1\""})
+                                "reason": f"no worker of {info.where} declares {g.resource}; "
+                                          + info.start_one(f"{g.resource}=1 {cc_resource(g.compute_capability)}=1")})
                 say(f"[missing] {g.sku} (CC {g.compute_capability}): no worker declares {g.resource}")
         results: list[WarmResult] = []
         caches: list[tuple[Artifact, bytes]] = []
