@@ -191,6 +191,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("config", help="rtxpack.toml (for the ONNX files and warm-up shapes)")
     p.add_argument("--repo", required=True, help="repository directory to add runtime caches to")
     _add_cluster(p, "warm on one worker of every [[gpus]] SKU")
-    p.add_argument("-j", "--jobs", type=int, default=2, help="with --cluster local: worker processes")
+    p.add_argument("-j", "--jobs", type=int, default=2, help="with --cluster local: workers")
     add_json(p)
     p.set_defaults(func=cmd_warm)

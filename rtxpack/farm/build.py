@@ -10,7 +10,8 @@ up-to-date and to-do, the weights digests, progress lines, and publishing. Execu
 in where the builder runs: :func:`build` runs cells here (``-j N`` threads sharing at most N
 builder processes of ``pool``; a thread keeps to one toolchain while it has cells, switching
 retires an idle builder when N are alive), ``cluster.build_on_cluster`` runs them as tasks on
-Dask workers, whose blobs come back as bytes.
+Dask workers, whose blobs come back staged in the repository's ``.tmp`` (a shared filesystem) or
+as bytes.
 
 Publishing (this process alone writes the repository): a built cell's blob goes into ``blobs/``
 as soon as it finishes; the manifest (read-merge-write under the repository lock) is updated in
@@ -75,7 +76,7 @@ class BuildReport:
     peak_workers: int = 0            # most worker processes alive at once (<= jobs)
     manifest_writes: int = 0         # locked manifest updates (batched)
     seconds: float = 0.0
-    cluster: dict[str, Any] | None = None   # cluster builds: scheduler, workers, workers lost, cells retried
+    cluster: dict[str, Any] | None = None   # cluster builds: scheduler, workers, lost, retried, transfer, times
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)

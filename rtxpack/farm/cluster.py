@@ -4,7 +4,10 @@
 LocalCluster of ``-j`` workers inside this process) plans and selects exactly as a local build
 (:class:`~.build.BuildSession`), submits each cell to be built as a task (``cluster_worker.run_cell``),
 and publishes the blobs that come back: this process alone writes blobs and the batched manifest,
-so the result is the repository a local build makes (same cell ids, same blobs). ``rtxpack warm
+so the result is the repository a local build makes (same cell ids, same blobs where the builder
+reproduces them). Where every worker sees this repository's ``.tmp`` (a shared filesystem, or one
+machine) models are read in place and blobs staged there; otherwise both travel as bytes (see
+``cluster_worker``). ``rtxpack warm
 CONFIG --repo DIR --cluster ADDRESS`` makes runtime caches for every ``[[gpus]]`` SKU of the
 config that has a worker, and names the SKUs that have none.
 
