@@ -9,8 +9,12 @@ The real backends are exercised on the GPU (tests/test_nvrtc_*.py, tests/test_e2
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
+import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -41,6 +45,7 @@ class RefBackend:
         import onnx
 
         STATS["builds"] += 1
+        _maybe_block(Path(onnx_path))
         model = onnx.load(str(onnx_path))
         weights = initializers(model)
         header = {"ccs": list(compute_capabilities or []), "stripped": strip_weights,
@@ -143,10 +148,45 @@ SPEC = BackendSpec(name=NAME, display="reference", factory=lambda: RefBackend(),
                    probe=lambda: VERSION, extra="test", supported_ccs=None, exact_version=False, jit_target="exact")
 
 
-def install() -> RefBackend:
+def _farm_worker(python: str) -> list[str]:
+    return [python, str(Path(__file__).resolve()), "--serve"]
+
+
+#: the reference backend as a farm target (the cluster tests): its builder is rtxpack.farm.worker in a
+#: process that registers it first (this file run as a script), and, as for TensorRT-RTX, a weight-
+#: stripped build needs a GPU of its compute capability, so the farm routes those cells to GPU workers
+FARM_SPEC = dataclasses.replace(SPEC, worker_argv=_farm_worker, strip_needs_gpu=True)
+
+#: a folder: building a model whose file name starts with "slow" then writes ``started`` (and
+#: ``started.<pid>``) there, with the pid of the builder's parent (the farm worker), and waits until
+#: ``release`` appears; only the first such build waits (a retry of the cell elsewhere goes through),
+#: unless ``always`` exists
+BLOCK_DIR = "REFBACKEND_BLOCK_DIR"
+
+
+def _maybe_block(onnx: Path) -> None:
+    folder = os.environ.get(BLOCK_DIR)
+    if not folder or not onnx.name.startswith("slow"):
+        return
+    d = Path(folder)
+    started = d / "started"
+    if started.exists() and not (d / "always").exists():
+        return
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".started.{os.getpid()}"
+    tmp.write_text(str(os.getppid()))
+    (d / f"started.{os.getpid()}").write_text(str(os.getppid()))   # one per blocked build, to count them
+    os.replace(tmp, started)
+    deadline = time.monotonic() + 120
+    while not (d / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def install(*, farm: bool = False) -> RefBackend:
     """Register the reference backend, as any backend is registered: one BackendSpec (the
-    ``reference_backend`` fixture in conftest.py unregisters it after the test)."""
-    registry.register(SPEC, replace=True)
+    ``reference_backend`` fixture in conftest.py unregisters it after the test). ``farm``: the
+    variant the build farm can build with (:data:`FARM_SPEC`)."""
+    registry.register(FARM_SPEC if farm else SPEC, replace=True)
     return RefBackend()
 
 
@@ -175,3 +215,10 @@ def publish(repo_dir: Path, model: str, onnx_path: Path, *, ccs=("7.5", "8.6", "
                    stripped=stripped)
     repo.add_artifacts([art, *extra_artifacts])
     return art
+
+
+if __name__ == "__main__":   # the farm's builder for FARM_SPEC: rtxpack.farm.worker with this backend registered
+    install(farm=True)
+    from rtxpack.farm.worker import main
+
+    sys.exit(main())

@@ -35,6 +35,13 @@ os = "windows"
 backend = "tensorrt-rtx"
 version = "1.7.1.116"
 cuda = "13"
+[[gpus]]
+name = "NVIDIA GeForce RTX 4070"
+compute_capability = "8.9"
+sku = "rtx4070"
+[[gpus]]
+sku = "rtx2080"
+compute_capability = "sm_75"
 """
 
 
@@ -59,6 +66,9 @@ def test_full_config_parses(tmp_path: Path) -> None:
     assert cfg.toolchains[0].version == "1.7.1.116" and cfg.toolchains[0].cuda == "13"
     # no [[toolchains]] for nvrtc: the default (this interpreter's) is used
     assert cfg.toolchains_for("nvrtc")[0].version is None
+    # [[gpus]]: the SKUs runtime caches are warmed for, each a Dask resource gpu-<sku>
+    assert [(g.sku, g.compute_capability, g.name, g.resource) for g in cfg.gpus] == [
+        ("rtx4070", "8.9", "NVIDIA GeForce RTX 4070", "gpu-rtx4070"), ("rtx2080", "7.5", None, "gpu-rtx2080")]
 
 
 @pytest.mark.parametrize("old,new,key,fix", [
@@ -86,6 +96,12 @@ def test_full_config_parses(tmp_path: Path) -> None:
     ('onnx = "models/resnet50.onnx"', 'onnx = "models/resnet05.onnx"', "models[0].onnx", "fix the path"),
     ('onnx = "models/resnet50.onnx"', 'onnx = "models"', "models[0].onnx", ".onnx file"),
     ('cuda = "13"', "cuda = true", "toolchains[0].cuda", "12, 13"),
+    ('sku = "rtx4070"', 'sku = "RTX 4070"', "gpus[0].sku", "lower-case"),
+    ('sku = "rtx4070"', 'sku = "sm89"', "gpus[0].sku", "not sm<digits>"),
+    ('sku = "rtx2080"', 'sku = "rtx4070"', "gpus[1].sku", "unique"),
+    ('compute_capability = "8.9"\nsku', 'compute_capability = "fast"\nsku', "gpus[0].compute_capability", "8.9"),
+    ('compute_capability = "8.9"\nsku', 'memory = 24\ncompute_capability = "8.9"\nsku', "gpus[0].memory",
+     "remove it"),
 ])
 def test_errors_name_file_key_and_fix(tmp_path: Path, old: str, new: str, key: str, fix: str) -> None:
     assert old in FULL

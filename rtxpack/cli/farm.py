@@ -60,7 +60,12 @@ def cmd_build(args: argparse.Namespace) -> int:
             emit(args, {"repo": str(repo), "cells": [], "shard": args.shard},
                  f"shard {args.shard}: no cell falls in this shard; nothing to build")
             return 0
-    report = build(cfg, repo, jobs=args.jobs, cells=cells, progress=progress, plan=plan)
+    if args.cluster:
+        from ..farm.cluster import build_on_cluster
+
+        report = build_on_cluster(cfg, repo, cluster=args.cluster, jobs=args.jobs, cells=cells, progress=progress)
+    else:
+        report = build(cfg, repo, jobs=args.jobs, cells=cells, progress=progress, plan=plan)
     d = report.to_dict()
     all_skipped = bool(report.results) and report.count("skipped") == len(report.results)
     if all_skipped:
@@ -184,6 +189,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 # ---- warm --------------------------------------------------------------------------------------
 def cmd_warm(args: argparse.Namespace) -> int:
+    if args.cluster:
+        return _warm_on_cluster(args)
     from ..farm.warm import warm
 
     config = existing_file(args.config, "CONFIG", what="config file (rtxpack.toml)")
@@ -193,6 +200,30 @@ def cmd_warm(args: argparse.Namespace) -> int:
     emit(args, data, lambda: "\n".join([f"{r.status:<8} {r.engine}: {r.reason}" for r in results]
                                        + [f"{data['warmed']} warmed, {data['skipped']} skipped, {data['failed']} failed"]))
     return 1 if data["failed"] else 0
+
+
+def _warm_on_cluster(args: argparse.Namespace) -> int:
+    from ..farm.cluster import warm_on_cluster
+
+    report = warm_on_cluster(args.config, args.repo, cluster=args.cluster, jobs=args.jobs, progress=say(args))
+    data = report.to_dict()
+
+    def text() -> str:
+        lines = [f"{r.status:<8} {r.engine} [{r.gpu}]" + (f" on {r.worker}" if r.worker else "") + f": {r.reason}"
+                 for r in report.results]
+        lines += [f"missing  {m['sku']}: {m['reason']}" for m in report.missing]
+        lines.append(f"{data['warmed']} warmed, {data['skipped']} skipped, {data['failed']} failed; "
+                     f"{len(report.gpus) - len(report.missing)} of {len(report.gpus)} GPU SKU(s) had a worker"
+                     + (f" (none for: {', '.join(m['sku'] for m in report.missing)})" if report.missing else ""))
+        return "\n".join(lines)
+    emit(args, data, text)
+    return 1 if data["failed"] else 0
+
+
+def _add_cluster(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help=f"{what} on a Dask distributed scheduler (tcp://host:8786), or 'local' for -j workers in this "
+                        "process; needs rtxpack[cluster]")
 
 
 def register(subparsers: Any) -> None:
@@ -212,6 +243,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--allow-all-skipped", action="store_true",
                    help="exit 0 even when every selected cell was skipped (nothing buildable on this node)")
     p.add_argument("--force", action="store_true", help="write into a non-empty directory that is not a repository")
+    _add_cluster(p, "run the cells as tasks")
     add_json(p)
     p.set_defaults(func=cmd_build)
 
@@ -259,5 +291,7 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("warm", help="run warm-up shapes on this GPU and add runtime caches to a repository")
     p.add_argument("config", help="rtxpack.toml (for the ONNX files and warm-up shapes)")
     p.add_argument("--repo", required=True, help="repository directory to add runtime caches to")
+    _add_cluster(p, "warm on one worker of every [[gpus]] SKU")
+    p.add_argument("-j", "--jobs", type=int, default=2, help="with --cluster local: workers")
     add_json(p)
     p.set_defaults(func=cmd_warm)

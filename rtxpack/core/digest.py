@@ -54,6 +54,14 @@ def _external_locations(model: Any) -> list[str]:
     return sorted(locations)
 
 
+def model_files(onnx_path: str | os.PathLike[str]) -> list[str]:
+    """The external-data files an ONNX file names, relative to its folder, sorted (what a copy of the
+    model must carry besides the .onnx itself)."""
+    import onnx
+
+    return _external_locations(onnx.load(str(onnx_path), load_external_data=False))
+
+
 def external_files(onnx_path: str | os.PathLike[str]) -> list[str]:
     """The external-data files an ONNX file names (locations relative to its folder), sorted."""
     return load_structure(onnx_path)[1]

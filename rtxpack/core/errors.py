@@ -16,6 +16,7 @@
     │   ├── UnsupportedModel (ValueError)   operators or shapes a backend cannot handle
     │   └── RefitError (ValueError)         refit weights do not match the stripped plan
     └── BuildError                          a farm cell failed
+        └── ClusterError                    Dask missing, scheduler unreachable or lost, no worker fits
 
 Every error's message says what went wrong *and* how to fix it (``fix``). Structured details are
 declared per class, as httpx and huggingface_hub do: each class lists the fields it carries in
@@ -175,3 +176,10 @@ class BuildError(RtxpackError):
     """A build-farm cell failed."""
 
     _OWN = ("toolchain", "cell")
+
+
+class ClusterError(BuildError):
+    """A cluster build or warm-up cannot go on: Dask is not installed, the scheduler cannot be reached
+    or went away, or no worker is connected."""
+
+    _OWN = ("scheduler",)

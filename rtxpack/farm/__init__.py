@@ -1,9 +1,12 @@
 """The publisher side (the build farm): rtxpack.toml -> plan (cells) -> build -> repository -> publish.
 
 Modules: ``config`` (parse rtxpack.toml), ``toolchains`` (venv per pinned backend version),
-``plan`` (cells, stable ids, skips), ``build`` (parallel workers), ``worker`` (in-interpreter
-builder), ``repo`` (the repository directory: write, merge), ``bundle`` (offline archives),
-``sign`` (keygen, sign), ``warm`` (runtime caches on farm GPUs), ``ci`` (GitHub Actions matrix).
+``plan`` (cells, stable ids, skips), ``build`` (what to build, publishing, the local executor),
+``pool`` (long-lived builder processes), ``worker`` (in-interpreter builder), ``cluster`` (the
+Dask executor: build and warm on a cluster, routing by resource; needs rtxpack[cluster]),
+``cluster_worker`` (what runs on a Dask worker), ``repo`` (the repository directory: write,
+merge), ``bundle`` (offline archives), ``sign`` (keygen, sign), ``warm`` (runtime caches on farm
+GPUs), ``ci`` (GitHub Actions matrix).
 """
 from __future__ import annotations
 

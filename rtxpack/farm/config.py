@@ -1,10 +1,11 @@
-"""``rtxpack.toml``: what the farm builds (models x targets x toolchains).
+"""``rtxpack.toml``: what the farm builds (models x targets x toolchains) and the GPUs it warms for.
 
 Parsing is strict: an unknown key or a wrong type is a :class:`ConfigError` naming the file,
 the key and the fix, because a typo in a release matrix should fail before a build, not after.
 """
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,12 +62,34 @@ class ToolchainSpec:
 
 
 @dataclass(frozen=True)
+class GpuSpec:
+    """A GPU SKU the app supports: ``rtxpack warm --cluster`` makes runtime caches on a worker that has one.
+
+    A farm GPU worker declares it as the Dask resource :attr:`resource` (``gpu-<sku>``), next to
+    its compute capability's ``gpu-sm<XY>`` (what weight-stripped builds need)."""
+
+    sku: str                                        # short id: "rtx4090"
+    compute_capability: str                         # "8.9"
+    name: str | None = None                         # the name the driver reports, checked on the worker
+
+    @property
+    def resource(self) -> str:
+        return f"gpu-{self.sku}"
+
+
+#: a SKU id is one Dask resource name: no spaces, commas or '=' (``dask worker --resources``), and not
+#: ``sm<digits>``, which names a compute capability's resource
+SKU_PATTERN = re.compile(r"^(?!sm\d+$)[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
 class FarmConfig:
     path: Path
     project: Mapping[str, Any]
     models: tuple[ModelSpec, ...]
     targets: tuple[TargetSpec, ...]
     toolchains: tuple[ToolchainSpec, ...]           # explicit ones; empty = defaults per backend
+    gpus: tuple[GpuSpec, ...] = ()                  # SKUs to warm runtime caches for ([[gpus]])
 
     @property
     def root(self) -> Path:
@@ -242,6 +265,24 @@ def _toolchain(r: _Reader, i: int, d: Any) -> ToolchainSpec:
     return ToolchainSpec(backend=backend, version=version, cuda=cuda)
 
 
+def _gpu(r: _Reader, i: int, d: Any, seen: set[str]) -> GpuSpec:
+    key = f"gpus[{i}]"
+    d = r.table(d, key)
+    r.known(d, key, {"sku", "compute_capability", "name"})
+    sku = r.string(d, key, "sku")
+    assert sku is not None
+    if not SKU_PATTERN.match(sku):
+        raise r.err(f"{key}.sku", f"{sku!r} cannot be a Dask resource name",
+                    "use lower-case letters, digits, '.', '_' or '-' (e.g. \"rtx4090\"), not sm<digits>")
+    if sku in seen:
+        raise r.err(f"{key}.sku", f"GPU {sku!r} is listed twice", "give every [[gpus]] a unique sku")
+    seen.add(sku)
+    if "compute_capability" not in d:
+        raise r.err(f"{key}.compute_capability", "is missing", "add compute_capability = \"8.9\" (the SKU's)")
+    (cc,) = _ccs(r, f"{key}.compute_capability", [d["compute_capability"]])
+    return GpuSpec(sku=sku, compute_capability=cc, name=r.string(d, key, "name", required=False))
+
+
 def load_config(path: str | Path) -> FarmConfig:
     """Parse and check ``rtxpack.toml``; ConfigError names the file, key and fix."""
     p = Path(path).resolve()
@@ -262,7 +303,7 @@ def load_config(path: str | Path) -> FarmConfig:
                           path=str(p)) from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML ({e})", fix="fix the syntax at the line shown", path=str(p)) from e
-    r.known(data, "(top level)", {"project", "models", "targets", "toolchains"})
+    r.known(data, "(top level)", {"project", "models", "targets", "toolchains", "gpus"})
     project = r.table(data.get("project", {}), "project")
     r.known(project, "project", set(PROJECT_KEYS))
     for name in project:
@@ -280,4 +321,9 @@ def load_config(path: str | Path) -> FarmConfig:
     toolchains = tuple(_toolchain(r, i, d) for i, d in enumerate(tcs))
     if len(set(toolchains)) != len(toolchains):
         raise r.err("toolchains", "the same toolchain is listed twice", "remove the duplicate [[toolchains]]")
-    return FarmConfig(path=p, project=dict(project), models=models, targets=targets, toolchains=toolchains)
+    gpus = data.get("gpus", [])
+    if not isinstance(gpus, list):
+        raise r.err("gpus", "expected an array of tables", "write [[gpus]] tables")
+    seen_g: set[str] = set()
+    return FarmConfig(path=p, project=dict(project), models=models, targets=targets, toolchains=toolchains,
+                      gpus=tuple(_gpu(r, i, d, seen_g) for i, d in enumerate(gpus)))

@@ -48,10 +48,11 @@ def _label(cell: Any) -> str:
 
 def cell_line(result: Any, done: int, total: int) -> str:
     """The line of a finished cell: ``[3/8] built <cell> in 1.2 s -> blobs/... (N bytes)``."""
+    where = f" on {result.worker}" if getattr(result, "worker", None) else ""
     if result.status == "built" and result.artifact is not None:
         return (f"[{done}/{total}] built {_label(result.cell)} in {result.seconds:.1f} s -> {result.artifact.path} "
-                f"({result.artifact.size} bytes)")
-    return f"[{done}/{total}] FAILED {_label(result.cell)}: {result.error}"
+                f"({result.artifact.size} bytes){where}")
+    return f"[{done}/{total}] FAILED {_label(result.cell)}{where}: {result.error}"
 
 
 class LineProgress(BuildProgress):

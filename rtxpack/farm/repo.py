@@ -84,9 +84,14 @@ class RepositoryWriter:
                 src.unlink()
         return sha, size
 
-    def add_blob_bytes(self, data: bytes) -> tuple[str, int]:
-        """Put ``data`` in ``blobs/`` by content; returns (sha256, size)."""
+    def add_blob_bytes(self, data: bytes, *, expected_sha256: str | None = None) -> tuple[str, int]:
+        """Put ``data`` in ``blobs/`` by content; returns (sha256, size). ``expected_sha256``: what the
+        sender hashed (bytes that came over the network); a mismatch writes nothing."""
         sha = hashlib.sha256(data).hexdigest()
+        if expected_sha256 is not None and sha != expected_sha256:
+            raise ChecksumMismatch(f"{len(data)} bytes received with sha256 {sha}, the sender hashed {expected_sha256}",
+                                   fix="build the cell again; the transfer corrupted it", expected_sha256=expected_sha256,
+                                   actual_sha256=sha, actual_size=len(data))
         dest = self.root / blob_relpath(sha)
         if not (dest.is_file() and dest.stat().st_size == len(data)):
             atomic_write(dest, data)

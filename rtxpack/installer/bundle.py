@@ -173,9 +173,10 @@ class BundleReader:
             raise self._damaged(where, e) from e
         except _DAMAGED as e:
             self.close()
-            raise BundleError(f"{where}: not a readable .tar or .tar.gz bundle ({type(e).__name__}: {e})",
-                              fix="pass a file written by `rtxpack bundle` (.tar or .tar.gz); copy it again if it "
-                                  "was cut short", path=where) from e
+            raise BundleError(f"{where}: not an rtxpack bundle (not a readable .tar or .tar.gz archive: "
+                              f"{type(e).__name__}: {e}) and not a repository directory",
+                              fix="pass a file written by `rtxpack bundle` (.tar or .tar.gz; copy it again if it was "
+                                  "cut short), a repository directory or an http(s) URL", path=where) from e
         except BaseException:
             self.close()
             raise
