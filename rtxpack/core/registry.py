@@ -168,8 +168,10 @@ TRT_RTX_CC_BITS: tuple[tuple[int, str], ...] = ((0, "7.5"), (1, "8.0"), (2, "8.6
 #: lowest compute capability per precision on any NVIDIA GPU (the hardware: FP8 from Ada, FP4 from
 #: Blackwell, BF16 from Ampere)
 HARDWARE_PRECISION_FLOORS: Mapping[str, CC] = {"fp8": (8, 9), "fp4": (12, 0), "bf16": (8, 0)}
-#: our nvrtc plan format version (what an installed nvrtc backend reads and writes)
-NVRTC_FORMAT = "1.0.0"
+#: our nvrtc plan format version (what an installed nvrtc backend reads and writes). Same major =
+#: readable when not newer: 1.1.0 (typed int64/int32/bool tensors, the exported-model operators) reads
+#: 1.0.0 plans; a 1.0.0 runtime refuses 1.1.0 plans, so the resolver passes them over instead of failing.
+NVRTC_FORMAT = "1.1.0"
 
 
 def tensorrt_rtx_installed() -> tuple[str | None, str | None]:

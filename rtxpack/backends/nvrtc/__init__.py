@@ -17,6 +17,7 @@ import numpy as np
 
 from ...core.errors import UnsupportedModel
 from ...core.digest import weights_digest_from_arrays
+from ...core.registry import NVRTC_FORMAT
 from ..base import BackendInfo, PlanInfo
 from .compile import cc_to_sm, compile_targets, nvrtc_version, sm_to_cc
 from .kernels import COMPILE_OPTIONS, entry_name, kernel_digest, module_digest, program_source
@@ -27,7 +28,7 @@ from .schedule import concrete_input_shapes, plan_shapes
 from .weights import device_tensors, device_weight_names, host_weight_names
 from .plan import FLAG_PTX, FLAG_STRIPPED, FORMAT_VERSION, is_nvrtc_plan, read_header, write_plan
 
-NVRTC_BACKEND_VERSION = "1.0.0"
+NVRTC_BACKEND_VERSION = NVRTC_FORMAT   # one number: core/registry.py says what it means
 #: targets built when the caller names none (CI builds these)
 DEFAULT_CCS: tuple[str, ...] = ("7.5", "8.6", "8.9", "9.0", "12.0")
 WEIGHT_ALIGN = 256
