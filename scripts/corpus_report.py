@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 import traceback
-from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +90,7 @@ def cmd_ort(full_dir: str, out: str, names: list[str]) -> None:
 def _build_one(path: str, profiles_json: str) -> dict:
     """Runs in a child process: one nvrtc build; returns a JSON-able record."""
     from rtxpack.backends.nvrtc import NvrtcBackend
-    from rtxpack.errors import UnsupportedModel
+    from rtxpack.core.errors import UnsupportedModel
 
     profiles = json.loads(profiles_json) or None
     t0 = time.time()
@@ -249,7 +248,7 @@ def gap_items(rec: dict) -> list[str]:
     return sorted(set(items))
 
 
-NOTES = """## Notes (hand-checked 2026-11-21; torch 2.13.0+cpu, torchvision 0.28, transformers 5.23, diffusers 0.42.1,
+NOTES = """## Notes from the gap analysis that started issue 12, before the backend work (hand-checked 2026-11-21; torch 2.13.0+cpu, torchvision 0.28, transformers 5.23, diffusers 0.42.1,
 onnx 1.23.2, onnxscript 0.7.2, onnxruntime 1.31.1)
 
 - Every torch export succeeded with both exporters, with named dynamic dims (batch; seq for BERT/GPT-2;
@@ -349,7 +348,9 @@ def cmd_table(ort_json: str, nvrtc_json: str, analysis_json: str | None = None) 
     L += ["", "## Gaps, by how many corpus models need each", "", "| gap | models | which |", "|---|---|---|"]
     for g, ms in doc["gaps"].items():
         L.append(f"| {g} | {len(ms)} | {', '.join(ms)} |")
-    if an:
+    if not doc["gaps"]:
+        L[-5:] = ["", "## Gaps", "", f"None: every one of the {len(rows)} models builds."]
+    if an and doc["gaps"]:
         split: dict[str, dict[str, list[str]]] = {"device": {}, "host": {}, "cascade": {}, "data_dependent": {},
                                                    "latent": {}}
         for r in rows:

@@ -42,7 +42,7 @@ def op_model(path: Path, op: str, inputs: dict[str, np.ndarray], *, inits: dict[
              **attrs: Any) -> Path:
     """A one-node model ``op(*inputs, *extra_inputs)``; ``inits`` become initializers (weights)."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     inits = inits or {}
     graph_inputs = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype),

@@ -76,7 +76,7 @@ onnx = "{models}/cnn.onnx"
 
 
 def target(name: str, ccs: list[str], **extra: object) -> str:
-    lines = [f"[[targets]]", f'name = "{name}"', 'backend = "tensorrt-rtx"', f"compute_capabilities = {json.dumps(ccs)}"]
+    lines = ["[[targets]]", f'name = "{name}"', 'backend = "tensorrt-rtx"', f"compute_capabilities = {json.dumps(ccs)}"]
     lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
     return "\n".join(lines) + "\n"
 

@@ -413,9 +413,8 @@ __device__ void reduce_mean(const float* __restrict__ x, float* __restrict__ y, 
   if (threadIdx.x == 0) y[row] = s / (float)len;
 }
 
-__device__ void layernorm(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ bias,
-                          float* __restrict__ y, int len, float eps) {
-  const long long base = (long long)blockIdx.x * len;
+// Mean of x[base, base + len) and 1 / sqrt(variance + eps) into *rstd, computed by the whole block.
+__device__ float row_mean_rstd(const float* __restrict__ x, long long base, int len, float eps, float* rstd) {
   float s = 0.f;
   for (int i = threadIdx.x; i < len; i += blockDim.x) s += x[base + i];
   const float mean = block_sum(s) / (float)len;
@@ -424,7 +423,15 @@ __device__ void layernorm(const float* __restrict__ x, const float* __restrict__
     float d = x[base + i] - mean;
     v += d * d;
   }
-  const float rstd = rsqrtf(block_sum(v) / (float)len + eps);
+  *rstd = rsqrtf(block_sum(v) / (float)len + eps);
+  return mean;
+}
+
+__device__ void layernorm(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ bias,
+                          float* __restrict__ y, int len, float eps) {
+  const long long base = (long long)blockIdx.x * len;
+  float rstd;
+  const float mean = row_mean_rstd(x, base, len, eps, &rstd);
   for (int i = threadIdx.x; i < len; i += blockDim.x) {
     float t = (x[base + i] - mean) * rstd * scale[i];
     y[base + i] = bias ? t + bias[i] : t;

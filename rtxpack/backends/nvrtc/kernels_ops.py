@@ -373,15 +373,8 @@ __device__ void group_norm(const float* __restrict__ x, const float* __restrict_
                            float* __restrict__ y, int G, int cpg, int inner, float eps, int per_group) {
   const int row = blockIdx.x, len = cpg * inner, g = row % G;
   const long long base = (long long)row * len;
-  float s = 0.f;
-  for (int i = threadIdx.x; i < len; i += blockDim.x) s += x[base + i];
-  const float mean = block_sum(s) / (float)len;
-  float v = 0.f;
-  for (int i = threadIdx.x; i < len; i += blockDim.x) {
-    float d = x[base + i] - mean;
-    v += d * d;
-  }
-  const float rstd = rsqrtf(block_sum(v) / (float)len + eps);
+  float rstd;
+  const float mean = row_mean_rstd(x, base, len, eps, &rstd);
   for (int i = threadIdx.x; i < len; i += blockDim.x) {
     const int c = per_group ? g : g * cpg + i / inner;
     float t = (x[base + i] - mean) * rstd;
