@@ -149,6 +149,8 @@ def test_mistake_is_one_line_plus_fix(case: Case, ws: dict, monkeypatch: pytest.
     obj = json.loads(out)
     assert obj["error"] and obj["fix"] and all(w in obj["message"] + obj["fix"] for w in words), obj
     assert "Traceback" not in err
+    rc, out, err = _run(["--json"] + argv_of(ws), env, monkeypatch, capsys)   # where a hurried user puts it
+    assert rc == 1 and json.loads(out)["error"] == obj["error"] and "Traceback" not in err, out
 
 
 def test_real_process_mistakes(ws: dict) -> None:

@@ -53,9 +53,18 @@ def _debug() -> bool:
         return False
 
 
+def _json_anywhere(argv: list[str]) -> list[str]:
+    """``rtxpack --json install ...`` means ``rtxpack install ... --json``: every command takes --json,
+    and a hurried user puts it first."""
+    k = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    if "--json" not in argv[:k] or k == len(argv):
+        return argv
+    return [a for a in argv[:k] if a != "--json"] + argv[k:] + ["--json"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     harden_streams()
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _json_anywhere(list(sys.argv[1:] if argv is None else argv))
     as_json = "--json" in argv
     with warnings.catch_warnings():
         warnings.showwarning = format_warning
