@@ -22,7 +22,7 @@ from ..base import BackendInfo, PlanInfo
 from .compile import cc_to_sm, compile_targets, nvrtc_version, sm_to_cc
 from .kernels import COMPILE_OPTIONS, entry_name, kernel_digest, module_digest, program_source
 from .lowering import kernels_for
-from .onnx_import import import_onnx
+from .onnx_import import import_onnx, unsupported_model
 from .runtime import NvrtcLoadedPlan, driver_version
 from .schedule import concrete_input_shapes, plan_shapes
 from .weights import device_tensors, device_weight_names, host_weight_names
@@ -73,7 +73,7 @@ class NvrtcBackend:
         if precision != "fp32":
             raise UnsupportedModel(f"the nvrtc backend builds fp32 plans only, not {precision!r}",
                                    fix='use precision="fp32" (or the tensorrt-rtx backend for fp16/int8)')
-        graph, weights = import_onnx(onnx_path)
+        graph, weights = import_onnx(onnx_path, keep_unsupported=True)
         profiles = {k: {kk: [int(x) for x in vv] for kk, vv in v.items()} for k, v in (profiles or {}).items()}
         names = {i["name"]: i for i in graph["inputs"]}
         for k, p in profiles.items():
@@ -83,6 +83,14 @@ class NvrtcBackend:
             if not all(len(p.get(f, ())) == len(names[k]["shape"]) for f in ("min", "opt", "max")):
                 raise UnsupportedModel(f"profile for {k!r} needs min/opt/max of rank {len(names[k]['shape'])}",
                                        fix="give min, opt and max shapes with one value per dimension")
+            for d, (lo, mid, hi, dim) in enumerate(zip(p["min"], p["opt"], p["max"], names[k]["shape"])):
+                if not 1 <= lo <= mid <= hi:
+                    raise UnsupportedModel(f"profile for {k!r}, dimension {d}: min {lo}, opt {mid}, max {hi}",
+                                           fix="give 1 <= min <= opt <= max in every dimension")
+                if isinstance(dim, int) and dim > 0 and not lo == hi == dim:
+                    raise UnsupportedModel(f"profile for {k!r}, dimension {d}: the model fixes it at {dim}, the "
+                                           f"profile says {lo}..{hi}", fix=f"use {dim} there, or export that "
+                                           "dimension as dynamic")
         graph["profiles"] = profiles
         # validate the whole model on the CPU (shapes, broadcasts, launches) before compiling anything
         resident = set(device_weight_names(graph))
@@ -90,7 +98,11 @@ class NvrtcBackend:
         checks = [concrete_input_shapes(graph, opt)]
         checks += [concrete_input_shapes(graph, {k: v[f] for k, v in profiles.items()}) for f in ("min", "max")
                    if profiles]
-        validated = [plan_shapes(graph, shapes, weights, resident) for shapes in checks]
+        # every node nothing can run, the importer's and the planner's, in one error before any compile
+        problems = {f"#{k}": p for k, p in enumerate(graph.pop("problems", []))}
+        validated = [plan_shapes(graph, shapes, weights, resident, problems=problems) for shapes in checks]
+        if problems:
+            raise unsupported_model(onnx_path, list(problems.values()))
         # every kernel the validated shapes launch, plus the alternatives a GPU of another size picks
         # (tile shapes, split-K); tensors computed on the host (e.g. weight-normed conv weights) have
         # their planned shapes

@@ -42,8 +42,8 @@ def itemsize(node: Mapping[str, Any], index: int = 0) -> int:
 def _conv_geometry(node, xs: Shape, ws: Sequence[int]):
     a = node["attrs"]
     if len(xs) != 4:
-        raise UnsupportedModel(f"Conv (node {node['name']!r}) with a {len(xs)}-D input; only 2-D convolutions are "
-                               "supported", fix="use Conv2d")
+        raise UnsupportedModel(f"Conv (node {node['name']!r}) over {len(xs) - 2} spatial dimension(s); 1-D and 2-D "
+                               "convolutions are supported", fix="use Conv1d or Conv2d")
     kh, kw = int(ws[2]), int(ws[3])
     sh, sw = a.get("strides", [1, 1])
     dh, dw = a.get("dilations", [1, 1])

@@ -112,18 +112,31 @@ def load_model(onnx_path: Any) -> Any:
                                path=str(onnx_path)) from e
 
 
-def import_onnx(onnx_path: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Parse, shape-infer, place, check and fuse; returns ``(graph, initializers)``."""
+def import_onnx(onnx_path: Any, *, keep_unsupported: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Parse, shape-infer, place, check and fuse; returns ``(graph, initializers)``.
+
+    Unsupported nodes raise one UnsupportedModel listing them all; with ``keep_unsupported`` they stay
+    in the graph as ``where="unsupported"`` and ``graph["problems"]`` lists them, so that planning
+    can add the nodes only it can refuse (a Resize mode, a 3-D Conv) to the same one error."""
     import onnx
 
 
     model = load_model(onnx_path)
+    label = "the model" if isinstance(onnx_path, onnx.ModelProto) else repr(str(onnx_path))
+    if not model.graph.output:   # protobuf parses an empty (or wrong) file as an empty model
+        raise UnsupportedModel(f"{label} has no graph outputs: an empty file, or not an ONNX model",
+                               fix="pass the .onnx file the exporter wrote")
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:  # noqa: BLE001 - inference is advisory (fusion safety), never required
         inferred = model
     g = model.graph
-    weights = initializers(model)
+    try:
+        weights = initializers(model)
+    except Exception as e:  # noqa: BLE001 - onnx raises ValidationError/OSError for missing external data
+        raise UnsupportedModel(f"cannot read the weights of {label}: {e}",
+                               fix="keep the external-data files beside the .onnx and pass its path "
+                                   "(or onnx.load() it with its external data)") from e
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     shapes: dict[str, list] = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
@@ -137,15 +150,18 @@ def import_onnx(onnx_path: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     problems: list[str] = []
     for idx, n in enumerate(g.node):
         name = n.name or f"{n.op_type}_{idx}"
+        ins = list(n.input)
+        unsupported = {"op": n.op_type, "name": name, "inputs": ins, "outputs": list(n.output), "attrs": {},
+                       "where": "unsupported"}
         if n.domain not in ("", "ai.onnx"):
             problems.append(f"{n.domain}::{n.op_type} (node {name!r})")
+            nodes.append(unsupported)
             continue
         if n.op_type == "Constant":
             constants[n.output[0]] = _constant_value(n)
             host_known.add(n.output[0])
             continue
         attrs = {a.name: _attr_value(a) for a in n.attribute}
-        ins = list(n.input)
         all_host = all(i == "" or i in host_known for i in ins) and any(ins)
         if n.op_type in ("Shape", "Size") or (all_host and n.op_type not in NEVER_HOST and host_evaluable(n.op_type, opset)):
             where = "host"
@@ -156,11 +172,14 @@ def import_onnx(onnx_path: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             if bad:
                 problems.append(f"{n.op_type} (node {name!r}: input {bad[0]!r} is computed on the GPU; "
                                 "only shape-derived values are supported there)")
+                where = "unsupported"
             extra = [o for o in list(n.output)[1:] if o] if n.op_type == "MaxPool" else []
             if extra:
                 problems.append(f"{n.op_type} (node {name!r}: optional output {extra[0]!r} is not supported)")
+                where = "unsupported"
         else:
             problems.append(f"{n.op_type} (node {name!r})")
+            nodes.append(unsupported)
             continue
         nodes.append({"op": n.op_type, "name": name, "inputs": ins, "outputs": list(n.output), "attrs": attrs,
                       "where": where})
@@ -168,11 +187,8 @@ def import_onnx(onnx_path: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         if inp["dtype"] not in IO_DTYPES:
             problems.append(f"input {inp['name']!r} has dtype {inp['dtype']} (model inputs may be "
                             f"{', '.join(IO_DTYPES)})")
-    if problems:
-        raise UnsupportedModel(
-            f"the nvrtc backend cannot build {Path(str(onnx_path)).name}: {len(problems)} unsupported node(s): "
-            + "; ".join(problems),
-            fix="replace or remove these operators (or use the tensorrt-rtx backend)", unsupported=problems)
+    if problems and not keep_unsupported:
+        raise unsupported_model(onnx_path, problems)
 
     outputs = [o.name for o in g.output]
     nodes = fuse(nodes, weights, shapes, set(outputs))
@@ -191,7 +207,19 @@ def import_onnx(onnx_path: Any) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         "device_weights": device_weights,
         "value_shapes": {k: v for k, v in shapes.items() if k in outputs},
     }
+    if problems:
+        graph["problems"] = problems
     return graph, weights
+
+
+def unsupported_model(onnx_path: Any, problems: Sequence[str]) -> UnsupportedModel:
+    """The one error for a model with unsupported nodes: every one of them, by name."""
+    import onnx
+
+    label = "the model" if isinstance(onnx_path, onnx.ModelProto) else Path(str(onnx_path)).name
+    return UnsupportedModel(
+        f"the nvrtc backend cannot build {label}: {len(problems)} unsupported node(s): " + "; ".join(problems),
+        fix="replace or remove these operators (or use the tensorrt-rtx backend)", unsupported=list(problems))
 
 
 def _same_static_shape(a: Sequence | None, b: Sequence | None) -> bool:

@@ -35,11 +35,14 @@ class ShapePlan:
 
 
 def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], weights: Mapping[str, np.ndarray],
-                device_resident: set[str], num_sms: int = 132) -> ShapePlan:
+                device_resident: set[str], num_sms: int = 132, *,
+                problems: dict[str, str] | None = None) -> ShapePlan | None:
     """Evaluate host nodes, infer shapes, emit launches and assign arena offsets.
 
     ``weights`` holds the initializers the host needs (at least ``host_weight_names``); the
-    shapes of all others come from the graph's weight records.
+    shapes of all others come from the graph's weight records. With ``problems`` (a build checking a
+    model), a node that cannot be planned is recorded there by name instead of raising, the nodes
+    that depend on it are passed over, and None is returned when anything was recorded.
     """
     shapes: dict[str, Shape] = {w["name"]: tuple(int(d) for d in w["shape"]) for w in graph["weights"]}
     host: dict[str, np.ndarray] = {k: decode_array(v) for k, v in graph["constants"].items()}
@@ -72,28 +75,46 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
     uploads: dict[str, np.ndarray] = {}
     temp_bytes: dict[str, int] = {}
     step = 0
+    unknown: set[str] = {i["name"] for i in graph["inputs"] if i.get("dtype", "float32") not in ITEMSIZE}
     for nd in graph["nodes"]:
         ins = nd["inputs"]
+        if problems is not None and (nd["where"] == "unsupported" or any(i in unknown for i in ins)):
+            unknown.update(o for o in nd["outputs"] if o)    # reported by the import, or follows from a node that is
+            continue
         try:
             in_shapes = [shapes[i] if i else None for i in ins]
         except KeyError as e:
             raise UnsupportedModel(f"node {nd['name']!r} reads {e.args[0]!r}, which nothing produces",
                                    fix="check the model with onnx.checker") from e
         if nd["where"] == "host":
-            outs = eval_host(nd, [hv(i) if i else None for i in ins], in_shapes, graph.get("opset", 17))
+            try:
+                outs = eval_host(nd, [hv(i) if i else None for i in ins], in_shapes, graph.get("opset", 17))
+            except UnsupportedModel as e:
+                if problems is None:
+                    raise
+                problems.setdefault(nd["name"], _problem(e))
+                unknown.update(o for o in nd["outputs"] if o)
+                continue
             for name, val in zip(nd["outputs"], outs):
                 host[name], shapes[name] = val, tuple(val.shape)
             continue
         in_dtypes = [dtype_of(i) for i in ins]
         out_dtypes = output_dtypes(nd, in_dtypes)
         try:
-            oshapes, ls, temps = plan_node({**nd, "opset": graph.get("opset", 17), "in_dtypes": in_dtypes,
-                                            "out_dtypes": out_dtypes}, in_shapes, hv, num_sms)
-        except UnsupportedModel:
-            raise
-        except (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError) as e:
-            raise UnsupportedModel(f"{nd['op']} (node {nd['name']!r}) cannot be planned for input shapes "
-                                   f"{in_shapes}: {e}", fix="check the input shapes against the model") from e
+            try:
+                oshapes, ls, temps = plan_node({**nd, "opset": graph.get("opset", 17), "in_dtypes": in_dtypes,
+                                                "out_dtypes": out_dtypes}, in_shapes, hv, num_sms)
+            except UnsupportedModel:
+                raise
+            except (ValueError, IndexError, TypeError, KeyError, ZeroDivisionError) as e:
+                raise UnsupportedModel(f"{nd['op']} (node {nd['name']!r}) cannot be planned for input shapes "
+                                       f"{in_shapes}: {e}", fix="check the input shapes against the model") from e
+        except UnsupportedModel as e:
+            if problems is None:
+                raise
+            problems.setdefault(nd["name"], _problem(e))
+            unknown.update(o for o in nd["outputs"] if o)
+            continue
         skip = set(HOST_INPUTS.get(nd["op"], ()))
         for i, t in enumerate(ins):
             if not t or i in skip:
@@ -119,9 +140,13 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
                 born[name], last[name], temp_bytes[name] = step, step, v
         launches.extend(ls)
         step += 1
+    if unknown and problems is not None:
+        return None
     for o in graph["outputs"]:
         if o not in shapes:
             raise UnsupportedModel(f"output {o!r} is never produced", fix="check the model")
+        if o in wdtypes and o not in host and o in weights:   # an initializer returned as is (a buffer)
+            host[o] = np.asarray(weights[o])
         r = root.get(o, o)
         if r in born:
             last[r] = step
@@ -147,6 +172,12 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
         if o in host:
             dtypes.setdefault(o, host_dtype_name(host[o]))
     return ShapePlan(shapes, host, launches, root, offsets, total, uploads, dtypes)
+
+
+def _problem(e: UnsupportedModel) -> str:
+    """One node's refusal as a line of the model's error: what, and its own fix."""
+    fix = getattr(e, "fix", None)
+    return f"{e.message} ({fix})" if fix else e.message
 
 
 def device_bytes(arr: np.ndarray) -> bytes:

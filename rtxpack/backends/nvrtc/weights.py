@@ -69,7 +69,7 @@ def host_weight_names(graph: Mapping[str, Any]) -> set[str]:
     for nd in graph["nodes"]:
         pos = range(len(nd["inputs"])) if nd["where"] == "host" else HOST_INPUTS.get(nd["op"], ())
         out |= {nd["inputs"][i] for i in pos if i < len(nd["inputs"]) and nd["inputs"][i] in weights}
-    return out
+    return out | {o for o in graph["outputs"] if o in weights}   # an initializer returned as a model output
 
 
 def device_tensors(graph: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> tuple[list[dict[str, Any]], bytes]:
