@@ -24,7 +24,7 @@ from rtxpack.backends.nvrtc import compile as nv_compile
 from rtxpack.backends.nvrtc import runtime as nv_runtime
 from rtxpack.backends.nvrtc.kernels import FAMILIES, KernelSpec
 from rtxpack.backends.nvrtc.plan import read_plan
-from rtxpack.backends.nvrtc.schedule import ALIGN, ShapePlan, check_profile, device_bytes, plan_shapes
+from rtxpack.backends.nvrtc.schedule import ALIGN, ShapePlan, device_bytes, plan_shapes
 
 from .emu import EmuError, EmuModule, compile_source
 
@@ -164,20 +164,14 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
         pass
 
     # ---------------------------------------------------------------- run
-    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
-        """Run with ``{name: numpy array}`` (float32); returns ``{name: numpy array}``."""
-        if self._closed:
-            raise nv_runtime.BackendError("this plan was closed", fix="load it again")
-        if not self._weights_ready:
-            raise nv_runtime.BackendError("this plan is weight-stripped and has no weights yet",
-                                          fix="call refit(onnx_path) with the model's ONNX before run()")
-        arrays = self.input_arrays(inputs)
-        shapes = {n: tuple(a.shape) for n, a in arrays.items()}
-        check_profile(self.graph, self.graph.get("profiles") or {}, shapes)
-        st = self._state(shapes)
-        for n, a in arrays.items():
-            if a.nbytes:
-                ctypes_buffer(self._addr(st.plan, st.arena, n), a.nbytes)[:] = a.view(np.uint8).reshape(-1)
+    # the device steps of the runtime's run(), on host memory
+    def _activate(self) -> None:
+        pass
+
+    def _to_device(self, addr: int, a: np.ndarray) -> None:
+        ctypes_buffer(addr, a.nbytes)[:] = a.view(np.uint8).reshape(-1)
+
+    def _execute(self, st: Any) -> None:
         self.module.set_schedule(self.schedule, self.seed + st.runs)
         for i, (label, entry, grid, block, ptrs, _) in enumerate(st.launches):
             self.module.launch(entry, grid, (block, 1, 1), ptrs.ctypes.data)
@@ -185,17 +179,12 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
             if not (st.keep.redzones_intact() and self._wmem.redzones_intact()):
                 raise EmuError(f"launch {i} ({label}, grid {grid}, block {block}) wrote outside the arena or the "
                                "weights (red zone overwritten)")
-        st.runs += 1
-        outs: dict[str, Any] = {}
-        for n in self.output_names:
-            if n in st.plan.host:
-                outs[n] = np.array(st.plan.host[n])
-                continue
-            o = self.output_buffer(st.plan, n)
-            if o.nbytes:
-                o[...] = ctypes_buffer(self._addr(st.plan, st.arena, n), o.nbytes).view(o.dtype).reshape(o.shape)
-            outs[n] = o.view(np.bool_) if st.plan.dtypes.get(n) == "bool" else o
-        return outs
+
+    def _to_host(self, o: np.ndarray, addr: int) -> None:
+        o[...] = ctypes_buffer(addr, o.nbytes).view(o.dtype).reshape(o.shape)
+
+    def _sync(self) -> None:
+        pass
 
     def runtime_cache(self) -> bytes:
         """The emulator JIT-compiles nothing for a GPU: the cache it was given, unchanged."""

@@ -342,24 +342,15 @@ class NvrtcLoadedPlan:
         if not self._weights_ready:
             raise BackendError("this plan is weight-stripped and has no weights yet",
                                fix="call refit(onnx_path) with the model's ONNX before run()")
-        cu = _driver()
-        check(cu.cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")
+        self._activate()
         arrays = self.input_arrays(inputs)
         shapes = {n: tuple(a.shape) for n, a in arrays.items()}
         check_profile(self.graph, self.graph.get("profiles") or {}, shapes)
         st = self._state(shapes)
         for n, a in arrays.items():
             if a.nbytes:
-                check(cu.cuMemcpyHtoDAsync(self._addr(st.plan, st.arena, n), a.ctypes.data, a.nbytes, self._stream),
-                       "cuMemcpyHtoDAsync")
-        # the first run of a shape launches directly (lowest time to first inference); the second
-        # captures the whole run into a CUDA graph, replayed from then on with one launch
-        if st.graph_exec is None and st.runs >= 1 and st.launches and self._opts.get("cuda_graph", True):
-            self._capture(st)
-        if st.graph_exec is not None:
-            check(cu.cuGraphLaunch(st.graph_exec, self._stream), "cuGraphLaunch")
-        else:
-            self._launch_all(st)
+                self._to_device(self._addr(st.plan, st.arena, n), a)
+        self._execute(st)
         st.runs += 1
         outs: dict[str, Any] = {}
         for n in self.output_names:
@@ -368,11 +359,33 @@ class NvrtcLoadedPlan:
                 continue
             o = self.output_buffer(st.plan, n)
             if o.nbytes:
-                check(cu.cuMemcpyDtoHAsync(o.ctypes.data, self._addr(st.plan, st.arena, n), o.nbytes, self._stream),
-                       "cuMemcpyDtoHAsync")
+                self._to_host(o, self._addr(st.plan, st.arena, n))
             outs[n] = o
-        check(cu.cuStreamSynchronize(self._stream), "cuStreamSynchronize")
+        self._sync()
         return {n: (o.view(np.bool_) if st.plan.dtypes.get(n) == "bool" else o) for n, o in outs.items()}
+
+    # the device steps of run() (the CPU emulator in tests/cudaemu overrides these five)
+    def _activate(self) -> None:
+        check(_driver().cuCtxSetCurrent(self._ctx), "cuCtxSetCurrent")
+
+    def _to_device(self, addr: int, a: np.ndarray) -> None:
+        check(_driver().cuMemcpyHtoDAsync(addr, a.ctypes.data, a.nbytes, self._stream), "cuMemcpyHtoDAsync")
+
+    def _execute(self, st: _ShapeState) -> None:
+        # the first run of a shape launches directly (lowest time to first inference); the second
+        # captures the whole run into a CUDA graph, replayed from then on with one launch
+        if st.graph_exec is None and st.runs >= 1 and st.launches and self._opts.get("cuda_graph", True):
+            self._capture(st)
+        if st.graph_exec is not None:
+            check(_driver().cuGraphLaunch(st.graph_exec, self._stream), "cuGraphLaunch")
+        else:
+            self._launch_all(st)
+
+    def _to_host(self, o: np.ndarray, addr: int) -> None:
+        check(_driver().cuMemcpyDtoHAsync(o.ctypes.data, addr, o.nbytes, self._stream), "cuMemcpyDtoHAsync")
+
+    def _sync(self) -> None:
+        check(_driver().cuStreamSynchronize(self._stream), "cuStreamSynchronize")
 
     def time_steady(self, inputs: Mapping[str, Any], iters: int = 50) -> float:
         """Median milliseconds of one steady-state run (the CUDA graph replay, CUDA events around
