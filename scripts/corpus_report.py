@@ -345,11 +345,11 @@ def cmd_table(ort_json: str, nvrtc_json: str, analysis_json: str | None = None) 
         exp = "dynamo" if "dynamo=True" in r["exporter"] else ("TorchScript" if "dynamo=False" in r["exporter"] else r["exporter"])
         L.append(f"| {r['model']} | {r['family']} | {exp} | {r['opset']} | {r['nodes']} | {ob} | {nvs} | "
                  f"{detail.replace('|', '/')} |")
-    L += ["", "## Gaps, by how many corpus models need each", "", "| gap | models | which |", "|---|---|---|"]
-    for g, ms in doc["gaps"].items():
-        L.append(f"| {g} | {len(ms)} | {', '.join(ms)} |")
-    if not doc["gaps"]:
-        L[-5:] = ["", "## Gaps", "", f"None: every one of the {len(rows)} models builds."]
+    if doc["gaps"]:
+        L += ["", "## Gaps, by how many corpus models need each", "", "| gap | models | which |", "|---|---|---|"]
+        L += [f"| {g} | {len(ms)} | {', '.join(ms)} |" for g, ms in doc["gaps"].items()]
+    else:
+        L += ["", "## Gaps", "", f"None: every one of the {len(rows)} models builds."]
     if an and doc["gaps"]:
         split: dict[str, dict[str, list[str]]] = {"device": {}, "host": {}, "cascade": {}, "data_dependent": {},
                                                    "latent": {}}
