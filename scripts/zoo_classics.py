@@ -115,6 +115,15 @@ class _G:
         return m
 
 
+def _classifier(g: _G, x: str) -> str:
+    """AlexNet's and VGG's head: fc6 and fc7 with Dropout (and its mask output), fc8, Softmax."""
+    x = g.dropout("fc6", g.fc("fc6", x, 4096), 0.5, "_fc6_mask_1")
+    x = g.dropout("fc7", g.fc("fc7", x, 4096), 0.5, "_fc7_mask_1")
+    x = g.fc("fc8", x, 1000, relu=False)
+    g.nodes.append(g.h.make_node("Softmax", [x], ["prob_1"]))
+    return "prob_1"
+
+
 def alexnet(g: _G) -> str:
     x = g.conv("conv1", "data_0", 96, 11, s=4)
     x = g.pool("pool1", g.lrn("norm1", x), 3, 2)
@@ -124,11 +133,7 @@ def alexnet(g: _G) -> str:
     x = g.conv("conv4", x, 384, 3, p=1, group=2)
     x = g.conv("conv5", x, 256, 3, p=1, group=2)
     x = g.flatten_fc(g.pool("pool5", x, 3, 2))
-    x = g.dropout("fc6", g.fc("fc6", x, 4096), 0.5, "_fc6_mask_1")
-    x = g.dropout("fc7", g.fc("fc7", x, 4096), 0.5, "_fc7_mask_1")
-    x = g.fc("fc8", x, 1000, relu=False)
-    g.nodes.append(g.h.make_node("Softmax", [x], ["prob_1"]))
-    return "prob_1"
+    return _classifier(g, x)
 
 
 def vgg19(g: _G) -> str:
@@ -138,11 +143,7 @@ def vgg19(g: _G) -> str:
             x = g.conv(f"conv{stage}_{i}", x, ch, 3, p=1)
         x = g.pool(f"pool{stage}", x, 2, 2)
     x = g.flatten_fc(x)
-    x = g.dropout("fc6", g.fc("fc6", x, 4096), 0.5, "_fc6_mask_1")
-    x = g.dropout("fc7", g.fc("fc7", x, 4096), 0.5, "_fc7_mask_1")
-    x = g.fc("fc8", x, 1000, relu=False)
-    g.nodes.append(g.h.make_node("Softmax", [x], ["prob_1"]))
-    return "prob_1"
+    return _classifier(g, x)
 
 
 def squeezenet(g: _G) -> str:
