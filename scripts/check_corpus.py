@@ -32,6 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "scripts")]
 import model_corpus as mc  # noqa: E402
 
 TOL = 1e-3
+TOL_FP16 = 1e-2      # fp16 plans: fp16 operands on tensor cores, fp32 accumulation
 #: torch architectures of the zoo reconstructions (the zoo files themselves are Caffe2 conversions)
 ZOO_PEERS = {"zoo_bvlcalexnet-9": "alexnet", "zoo_vgg19-caffe2-9": "vgg19", "zoo_squeezenet1.0-8": "squeezenet1_0",
              "zoo_inception-v1-7": "googlenet"}
@@ -48,7 +49,7 @@ def _dynamic_dims(name: str) -> dict[str, tuple[int, int, int]]:
     return out
 
 
-def build_one(name: str, workdir: str, cc: str) -> dict[str, Any]:
+def build_one(name: str, workdir: str, cc: str, precision: str = "fp32") -> dict[str, Any]:
     """Materialize + AOT build (runs in a worker process)."""
     from rtxpack.backends.nvrtc import NvrtcBackend
 
@@ -58,7 +59,8 @@ def build_one(name: str, workdir: str, cc: str) -> dict[str, Any]:
         if not path.exists():
             mc.materialize(name, workdir, seed=0)
         t0 = time.perf_counter()
-        plan = NvrtcBackend().build(path, compute_capabilities=[cc], ptx=False, profiles=mc.profiles(name))
+        plan = NvrtcBackend().build(path, compute_capabilities=[cc], ptx=False, profiles=mc.profiles(name),
+                                    precision=precision)
         rec["build_s"] = round(time.perf_counter() - t0, 2)
         rec["plan_bytes"] = len(plan)
         (Path(workdir) / f"{name}.plan").write_bytes(plan)
@@ -143,7 +145,7 @@ def _torch_peer(name: str, feeds: dict[str, np.ndarray], iters: int) -> float | 
 
 
 def check_one(rec: dict[str, Any], workdir: str, run: str, big_batch: int, iters: int, peer: bool,
-              only: tuple[str, ...] = ()) -> dict[str, Any]:
+              only: tuple[str, ...] = (), tol: float = TOL) -> dict[str, Any]:
     name = rec["model"]
     if rec["status"] != "built":
         return rec
@@ -168,7 +170,8 @@ def check_one(rec: dict[str, Any], workdir: str, run: str, big_batch: int, iters
                 got = loaded.run(feeds)
                 worst[label] = max(_err(got[k], v) for k, v in ref.items())
             rec["errors"] = {k: float(f"{v:.3g}") for k, v in worst.items()}
-            rec["status"] = "ok" if all(v <= TOL for v in worst.values()) else "mismatch"
+            rec["status"] = "ok" if all(v <= tol for v in worst.values()) else "mismatch"
+            rec["tuning"] = dict(getattr(loaded, "tuning", {}) or {})
             if run == "gpu":
                 feeds = mc.typical_inputs(name, seed=1, batch=1)
                 first = loaded.run(feeds)
@@ -210,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4, help="the larger batch")
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                    help="fp16: tensor-core plans, checked within 1e-2 of the output's scale")
     ap.add_argument("--model-timeout", type=float, default=240, help="seconds per model on the GPU")
     ap.add_argument("--cases", default="", help="only these checks, e.g. b1,min (default: b1, bN, min, max)")
     ap.add_argument("--json", default="")
@@ -225,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        built = list(pool.map(build_one, names, [args.workdir] * len(names), [cc] * len(names)))
+        built = list(pool.map(build_one, names, [args.workdir] * len(names), [cc] * len(names),
+                              [args.precision] * len(names)))
     print(f"built {sum(r['status'] == 'built' for r in built)}/{len(built)} in {time.perf_counter() - t0:.0f} s",
           flush=True)
     recs = []
@@ -237,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     for rec in built:
         if args.run != "none":
             job = (rec, args.workdir, args.run, args.batch, args.iters, not args.no_peer,
-                   tuple(c for c in args.cases.split(",") if c))
+                   tuple(c for c in args.cases.split(",") if c), TOL_FP16 if args.precision == "fp16" else TOL)
             if pool is not None:
                 try:
                     rec = pool.submit(check_one, *job).result(timeout=args.model_timeout)

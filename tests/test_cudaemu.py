@@ -81,6 +81,9 @@ def corpus(tmp_path_factory) -> dict[str, tuple[Path, dict, bytes]]:
         out["model:" + name] = (path, {}, build_plan(path))
     for name, (path, inputs, _, _) in _extra_cases(tmp).items():
         out["extra:" + name] = (path, inputs, build_plan(path))
+    for name in ("resnet_small", "transformer_block"):      # fp16: the tensor-core families (test_nvrtc_fp16.py)
+        path = out["model:" + name][0]
+        out["fp16:" + name] = (path, {"x": rand(1, *FEATURES[name])}, build_plan(path, precision="fp16"))
     return out
 
 

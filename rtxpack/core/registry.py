@@ -171,7 +171,8 @@ HARDWARE_PRECISION_FLOORS: Mapping[str, CC] = {"fp8": (8, 9), "fp4": (12, 0), "b
 #: our nvrtc plan format version (what an installed nvrtc backend reads and writes). Same major =
 #: readable when not newer: 1.1.0 (typed int64/int32/bool tensors, the exported-model operators) reads
 #: 1.0.0 plans; a 1.0.0 runtime refuses 1.1.0 plans, so the resolver passes them over instead of failing.
-NVRTC_FORMAT = "1.1.0"
+#: 1.2.0: fp16 plans (tensor-core kernels, fp16 weight copies) and per-layer kernel candidates for the tuner.
+NVRTC_FORMAT = "1.2.0"
 
 
 def tensorrt_rtx_installed() -> tuple[str | None, str | None]:
@@ -222,8 +223,8 @@ BUILTIN: tuple[BackendSpec, ...] = (
         default_ccs=("8.0", "8.6", "8.9", "12.0", "12.1")),
     BackendSpec(
         name="nvrtc", display="nvrtc", factory="rtxpack.backends.nvrtc:NvrtcBackend", magic=b"RTXPNVRT",
-        probe=_nvrtc_probe, extra="gpu", supported_ccs=None, precisions=("fp32",),
-        precision_floors=HARDWARE_PRECISION_FLOORS,
+        probe=_nvrtc_probe, extra="gpu", supported_ccs=None, precisions=("fp32", "fp16"),
+        precision_floors={**HARDWARE_PRECISION_FLOORS, "fp16": (7, 5)},   # fp16 = tensor cores (Turing+)
         exact_version=False, jit_target="exact",
         worker_argv=lambda python: [python, "-m", "rtxpack.farm.worker", "--serve"],
         default_ccs=("7.5", "8.6", "8.9", "9.0", "12.0")),

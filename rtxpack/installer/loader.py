@@ -322,6 +322,9 @@ def _note_cache_use(loaded: Any, prov: Provenance) -> None:
     sources = getattr(loaded, "kernel_sources", None)
     if sources:
         prov.steps.append({"step": "kernels", "sources": dict(sources), "seconds": 0.0})
+    tuning = getattr(loaded, "tuning", None)
+    if isinstance(tuning, dict):       # filled in by the first run of each input shape (fp16 nvrtc plans)
+        prov.steps.append(tuning)
     ignored = getattr(loaded, "runtime_cache_status", None)
     if ignored:
         prov.runtime_cache += f" ({ignored})"

@@ -24,7 +24,8 @@ from rtxpack.backends.nvrtc import compile as nv_compile
 from rtxpack.backends.nvrtc import runtime as nv_runtime
 from rtxpack.backends.nvrtc.kernels import FAMILIES, KernelSpec
 from rtxpack.backends.nvrtc.plan import read_plan
-from rtxpack.backends.nvrtc.schedule import ALIGN, ShapePlan, device_bytes, plan_shapes
+from rtxpack.backends.nvrtc.schedule import ALIGN, ShapePlan, device_bytes
+from rtxpack.backends.nvrtc.tuning import tune
 
 from .emu import EmuError, EmuModule, compile_source
 
@@ -89,6 +90,12 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
         self.schedule, self.seed = schedule, seed
         self._runtime_cache_in = runtime_cache or b""
         self.cache_status = "emulator: no runtime cache"
+        # tuning: the emulator's times say nothing about a GPU, so it tunes only with a timer a test
+        # gives (options["tune_timer"](layer, label) -> ms); the choices go to the runtime cache as on a GPU
+        if "tune_timer" not in self._opts:
+            self._opts.setdefault("tune_budget_s", 0)
+        self._cache = nv_runtime.RuntimeCache.parse(runtime_cache)
+        self._init_tuning(str(self._opts.get("emu_gpu", "CPU emulator")))
         t1 = time.perf_counter()
         source = self._blob(bytes(kblobs), self._index["source"]).decode()
         self.module = module if module is not None else compile_source(source)
@@ -142,7 +149,7 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
             self._states.move_to_end(key)
             return st
         t0 = time.perf_counter()
-        sp = plan_shapes(self.graph, shapes, self._host_w, set(self._waddr), self.num_sms)
+        sp = self._plan_for(shapes)
         keep = HostBuffer(max(sp.arena_bytes, ALIGN), fill=POISON if self.poison else 0)
         arena, view = keep.addr, keep.view
         for name, val in sp.uploads.items():
@@ -159,6 +166,10 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
         while len(self._states) > nv_runtime.MAX_SHAPES:
             self._states.popitem(last=False)
         return state
+
+    def _tune(self, sp: ShapePlan, budget_s: float) -> tuple[dict[str, str], dict[str, Any]]:
+        timer = self._opts["tune_timer"]
+        return tune(sp, self.num_sms, lambda layer, label, launches, extra: timer(layer, label), budget_s)
 
     def _free_state(self, st: Any) -> None:   # host memory: garbage-collected with the state
         pass
@@ -187,8 +198,12 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
         pass
 
     def runtime_cache(self) -> bytes:
-        """The emulator JIT-compiles nothing for a GPU: the cache it was given, unchanged."""
-        return self._runtime_cache_in
+        """The emulator JIT-compiles nothing for a GPU: the cache it was given, plus tuned choices."""
+        if not self._tuning.shapes:
+            return self._runtime_cache_in
+        cache = nv_runtime.RuntimeCache.parse(self._runtime_cache_in)
+        self._tuning.store(cache)
+        return cache.serialize()
 
     def close(self) -> None:
         if self._closed:

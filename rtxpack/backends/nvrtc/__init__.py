@@ -34,6 +34,25 @@ DEFAULT_CCS: tuple[str, ...] = ("7.5", "8.6", "8.9", "9.0", "12.0")
 WEIGHT_ALIGN = 256
 
 
+def use_tensor_cores(graph: dict[str, Any], weights: Mapping[str, np.ndarray]) -> None:
+    """fp16 plans: mark the layers that run on tensor cores (``tc``) and their operands stored as fp16
+    (``tc_half``, input indices): every Conv that is an implicit GEMM (at least 8 output channels per
+    group, weights from the model) and every Gemm / MatMul, its weight operands in fp16."""
+    for nd in graph["nodes"]:
+        if nd["where"] != "device" or nd["op"] not in ("Conv", "Gemm", "MatMul"):
+            continue
+        ins, a = nd["inputs"], nd["attrs"]
+        if nd["op"] == "Conv":
+            w = weights.get(ins[1]) if len(ins) > 1 else None
+            if w is None or w.ndim < 3 or w.shape[0] // a.get("group", 1) < 8:
+                continue
+            a["tc"], a["tc_half"] = 1, [1]
+        else:
+            a["tc"] = 1
+            a["tc_half"] = [i for i in (0, 1) if i < len(ins) and ins[i] in weights
+                            and np.issubdtype(weights[ins[i]].dtype, np.floating)]
+
+
 def _is_stripped_dtype(arr: np.ndarray) -> bool:
     """Floating-point initializers are weights: a stripped plan omits them and a full plan carries
     them in device layout (DWGT); integer initializers are shape data, kept in WGHT."""
@@ -70,10 +89,18 @@ class NvrtcBackend:
               profiles: Mapping[str, Mapping[str, Sequence[int]]] | None = None, ptx: bool = True) -> bytes:
         """Import, validate (plan every shape once on the CPU), compile all kernels for every SM, pack."""
 
-        if precision != "fp32":
-            raise UnsupportedModel(f"the nvrtc backend builds fp32 plans only, not {precision!r}",
-                                   fix='use precision="fp32" (or the tensorrt-rtx backend for fp16/int8)')
+        if precision not in ("fp32", "fp16"):
+            raise UnsupportedModel(f"the nvrtc backend builds fp32 and fp16 plans, not {precision!r}",
+                                   fix='use precision="fp32" or "fp16" (or the tensorrt-rtx backend for bf16/fp8/int8)')
+        ccs = list(compute_capabilities or DEFAULT_CCS)
+        sms = sorted({cc_to_sm(c) for c in ccs})
+        if precision == "fp16" and sms[0] < 75:
+            raise UnsupportedModel(f"fp16 plans run on tensor cores, which compute capability {sm_to_cc(sms[0])} does "
+                                   "not have (7.5 and newer do)", fix="build fp32 plans for GPUs older than Turing")
         graph, weights = import_onnx(onnx_path, keep_unsupported=True)
+        graph["precision"] = precision
+        if precision == "fp16":
+            use_tensor_cores(graph, weights)
         profiles = {k: {kk: [int(x) for x in vv] for kk, vv in v.items()} for k, v in (profiles or {}).items()}
         names = {i["name"]: i for i in graph["inputs"]}
         for k, p in profiles.items():
@@ -110,8 +137,6 @@ class NvrtcBackend:
         wshapes.update({k: v.shape for k, v in weights.items()})
         specs = sorted({s for nd in graph["nodes"] if nd["where"] == "device" for s in kernels_for(nd, wshapes)}
                        | {ln.spec for sp in validated for ln in sp.launches}, key=lambda s: s.key())
-        ccs = list(compute_capabilities or DEFAULT_CCS)
-        sms = sorted({cc_to_sm(c) for c in ccs})
         source = program_source(specs)
         cubins, ptx_blob = compile_targets(source, sms, max(sms) if ptx else None)
         blobs = bytearray()

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from .dtypes import C_TYPES
 from .kernels_ops import OPS_FAMILIES, OPS_SOURCE, OPS_TEMPLATE_KINDS
+from .kernels_tc import TC_FAMILIES, TC_SOURCE, TC_TEMPLATE_KINDS, tc_block_threads
 
 #: NVRTC options used for every program (the arch option is added per target)
 COMPILE_OPTIONS: tuple[str, ...] = ("--std=c++17", "-default-device", "--fmad=true")
@@ -505,7 +506,7 @@ __device__ void gather(const float* __restrict__ data, const long long* __restri
 }
 """
 
-PRELUDE += OPS_SOURCE
+PRELUDE += OPS_SOURCE + TC_SOURCE
 
 # family -> (parameter declarations, number of template args). Entries forward every parameter.
 _CONV_PARAMS = ("const float* x, const float* w, const float* bias, const float* res, float* y, int N, int C, int H, "
@@ -534,8 +535,9 @@ FAMILIES: dict[str, str] = {
 }
 
 FAMILIES.update(OPS_FAMILIES)
+FAMILIES.update(TC_FAMILIES)
 #: template-argument kinds per family: "i" integer, "b" bool, "t" element type code (default: all "i")
-TEMPLATE_KINDS: dict[str, str] = {"conv_igemm": "iiiiib", **OPS_TEMPLATE_KINDS}
+TEMPLATE_KINDS: dict[str, str] = {"conv_igemm": "iiiiib", **OPS_TEMPLATE_KINDS, **TC_TEMPLATE_KINDS}
 
 UNARY_OPS = {"Relu": 0, "LeakyRelu": 1, "Sigmoid": 2, "Tanh": 3, "Erf": 4, "Gelu": 5, "GeluTanh": 6, "Clip": 7,
              "Sqrt": 8, "Copy": 9}
@@ -571,6 +573,8 @@ class KernelSpec:
         if self.family in ("conv_igemm", "gemm"):
             bm, bn, _, tm, tn = self.targs[:5]
             return (bm // tm) * (bn // tn)
+        if self.family in TC_FAMILIES:
+            return tc_block_threads(self.targs)
         return 256
 
     def wrapper(self, entry: str) -> str:

@@ -16,6 +16,7 @@ from .host_ops import attr_or_input, flatten_shape, reshape_target, slice_params
 from . import lowering_ops as ops
 from .dtypes import ITEMSIZE
 from .kernels import BINARY_OPS, TILES, UNARY_OPS, KernelSpec
+from .kernels_tc import TC_TILES
 from .launch import Launch, Shape, blocks as _blocks, broadcast, bstrides as _bstrides, collapse as _collapse, i6 as _i6
 from .launch import rowthreads as _rowthreads, strides_of as _strides
 
@@ -90,8 +91,55 @@ def _conv_specs(node, ws: Sequence[int]) -> list[KernelSpec]:
         return [KernelSpec("conv_direct")]
     k1 = (ws[2] == 1 and ws[3] == 1 and list(a.get("strides", [1, 1])) == [1, 1]
           and not any(a.get("pads", [0] * 4)) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"))
+    if a.get("tc"):
+        return [KernelSpec("conv_tc", t + (int(k1),)) for t in TC_TILES.values()] + [KernelSpec("splitk_reduce")]
     return [KernelSpec("conv_igemm", TILES[t] + (int(k1),)) for t in ("large", "big", "small")] + \
         [KernelSpec("splitk_reduce")]
+
+
+def _gemm_specs(node: Mapping[str, Any]) -> list[KernelSpec]:
+    a = node["attrs"]
+    if a.get("tc"):
+        half = set(a.get("tc_half", ()))
+        return [KernelSpec("gemm_tc", t + (int(0 in half), int(1 in half))) for t in TC_TILES.values()] + \
+            [KernelSpec("gemm_splitk_reduce")]
+    return [KernelSpec("gemm", TILES[t]) for t in ("big", "small")] + [KernelSpec("gemm_splitk_reduce")]
+
+
+def _split_k(blocks: int, K: int, bk: int, num_sms: int) -> int:
+    """Split-K factor that fills two waves of ``num_sms`` with ``blocks`` tiles (each split >= 8 k-steps;
+    no empty splits)."""
+    splits = max(1, min(math.ceil(2 * num_sms / blocks), K // (8 * bk), 16)) if blocks < 2 * num_sms else 1
+    if splits > 1:
+        chunk = math.ceil(K / (splits * bk)) * bk
+        splits = math.ceil(K / chunk)
+    return splits
+
+
+def _tc_candidates(rows: int, cols: int, K: int, copies: int, num_sms: int, splittable: bool
+                   ) -> tuple[list[tuple[str, int]], tuple[str, int]]:
+    """Tensor-core (tile, split-K) candidates of a rows x cols x K product repeated ``copies`` times
+    (groups, batch), and the heuristic's pick among them: the biggest tile that still gives half a
+    wave of blocks, then split-K to fill the GPU."""
+    cands: list[tuple[str, int]] = []
+    pick = None
+    for label, (bm, bn, bk, _, _) in TC_TILES.items():
+        blocks = math.ceil(cols / bn) * math.ceil(rows / bm) * copies
+        s = _split_k(blocks, K, bk, num_sms) if splittable else 1
+        cands += [(label, 1)] + ([(label, s)] if s > 1 else [])
+        if pick is None and rows >= bm and blocks >= num_sms // 2:
+            pick = (label, s)
+    return cands, pick or cands[-1]
+
+
+def _choose(node: Mapping[str, Any], cands: list[tuple[str, int]], heuristic: tuple[str, int]
+            ) -> tuple[tuple[str, int], dict[str, Any]]:
+    """The candidate the node's tuned ``choice`` names (else the heuristic's), and the "#tune" record
+    (every candidate's label, the one planned) the runtime's tuner reads."""
+    labels = [f"{t}/s{s}" for t, s in cands]
+    choice = node.get("choice")
+    chosen = cands[labels.index(choice)] if choice in labels else heuristic
+    return chosen, {"#tune": (labels, f"{chosen[0]}/s{chosen[1]}")}
 
 
 def conv_weight_names(node) -> tuple[str, str]:
@@ -109,7 +157,7 @@ def kernels_for(node: Mapping[str, Any], weight_shapes: Mapping[str, Sequence[in
         return _conv_specs(node, weight_shapes[node["inputs"][1]]) if node["inputs"][1] in weight_shapes else \
             [KernelSpec("conv_direct")]
     if op in ("Gemm", "MatMul"):
-        return [KernelSpec("gemm", TILES[t]) for t in ("big", "small")] + [KernelSpec("gemm_splitk_reduce")]
+        return _gemm_specs(node)
     if op in BINARY_OPS:
         return [KernelSpec("binary", (BINARY_OPS[op],))]
     if op == "Sum":
@@ -313,21 +361,22 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     if specs[0].family == "conv_direct":
         return [out], [Launch(specs[0], _blocks(int(np.prod(out))), 256, args)], {}
     P, M, K = x[0] * oh * ow, oc // g, int(ws[1]) * kh * kw
-    # the biggest tile that still gives half a wave of blocks; split-K then fills the GPU
-    spec = specs[2]
-    for cand in specs[:2]:
-        if M >= cand.targs[0] and math.ceil(P / cand.targs[1]) * math.ceil(M / cand.targs[0]) * g >= num_sms // 2:
-            spec = cand
-            break
-    bm, bn, bk = spec.targs[0], spec.targs[1], spec.targs[2]
-    blocks = math.ceil(P / bn) * math.ceil(M / bm) * g
-    splits = 1
-    if blocks < 2 * num_sms and g == 1:
-        splits = max(1, min(math.ceil(2 * num_sms / blocks), K // (8 * bk), 16))
-        if splits > 1:   # no empty splits
-            chunk = math.ceil(K / (splits * bk)) * bk
-            splits = math.ceil(K / chunk)
     extra: dict[str, Any] = {}
+    if a.get("tc"):
+        cands, heur = _tc_candidates(M, P, K, g, num_sms, g == 1)
+        (label, splits), extra = _choose(node, cands, heur)
+        spec = KernelSpec("conv_tc", TC_TILES[label] + (specs[0].targs[5],))
+        args[1] = wname + "#h"
+    else:
+        # the biggest tile that still gives half a wave of blocks; split-K then fills the GPU
+        spec = specs[2]
+        for cand in specs[:2]:
+            if M >= cand.targs[0] and math.ceil(P / cand.targs[1]) * math.ceil(M / cand.targs[0]) * g >= num_sms // 2:
+                spec = cand
+                break
+        blocks = math.ceil(P / spec.targs[1]) * math.ceil(M / spec.targs[0]) * g
+        splits = _split_k(blocks, K, spec.targs[2], num_sms) if g == 1 else 1
+    bm, bn = spec.targs[0], spec.targs[1]
     ktab = ""
     if not spec.targs[5]:   # im2col offsets per k for this input size: the kernel does no divisions
         ktab = f"{y}#ktab"
@@ -416,25 +465,28 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     if res and tuple(shapes[3]) != tuple(out):
         raise UnsupportedModel(f"fused residual of node {node['name']!r} has shape {shapes[3]}, expected {out}",
                                fix="report this model to rtxpack")
-    big = math.ceil(M / 64) * math.ceil(N / 64) * nbatch
-    spec = KernelSpec("gemm", TILES["big" if big >= num_sms else "small"])
-    bm, bn, bk = spec.targs[0], spec.targs[1], spec.targs[2]
-    blocks = math.ceil(N / bn) * math.ceil(M / bm) * nbatch
-    splits = 1
-    if nbatch == 1 and blocks < 2 * num_sms:
-        splits = max(1, min(math.ceil(2 * num_sms / blocks), K // (8 * bk), 16))
-        if splits > 1:
-            chunk = math.ceil(K / (splits * bk)) * bk
-            splits = math.ceil(K / chunk)
     y = node["outputs"][0]
     args = [ins[0], ins[1], bias, res, y, M, N, K, sAm, sAk, sBk, sBn, nb1, sA0, sA1, sB0, sB1,
             sbm, sbn, alpha, beta, int(a.get("relu", 0))]
+    extra: dict[str, Any] = {}
+    if a.get("tc"):
+        cands, heur = _tc_candidates(M, N, K, nbatch, num_sms, nbatch == 1)
+        (label, splits), extra = _choose(node, cands, heur)
+        half = set(a.get("tc_half", ()))
+        spec = KernelSpec("gemm_tc", TC_TILES[label] + (int(0 in half), int(1 in half)))
+        args[0], args[1] = [ins[i] + "#h" if i in half else ins[i] for i in (0, 1)]
+    else:
+        big = math.ceil(M / 64) * math.ceil(N / 64) * nbatch
+        spec = KernelSpec("gemm", TILES["big" if big >= num_sms else "small"])
+        blocks = math.ceil(N / spec.targs[1]) * math.ceil(M / spec.targs[0]) * nbatch
+        splits = _split_k(blocks, K, spec.targs[2], num_sms) if nbatch == 1 else 1
+    bm, bn = spec.targs[0], spec.targs[1]
     if splits == 1:
         return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), nbatch), spec.block_threads,
-                              args + [1, ""])], {}
+                              args + [1, ""])], extra
     scratch = f"{y}#splitk"
+    extra[scratch] = splits * M * N * 4
     return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), splits), spec.block_threads,
                           args + [splits, scratch]),
                    Launch(KernelSpec("gemm_splitk_reduce"), _blocks(M * N), 256,
-                          [scratch, bias, res, y, M, N, splits, sbm, sbn, alpha, beta, int(a.get("relu", 0))])], \
-        {scratch: splits * M * N * 4}
+                          [scratch, bias, res, y, M, N, splits, sbm, sbn, alpha, beta, int(a.get("relu", 0))])], extra

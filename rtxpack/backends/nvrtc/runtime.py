@@ -26,7 +26,8 @@ from .compile import compile_program, nvrtc_version, nvrtc_version_probe
 from .onnx_import import load_model
 from .kernels import KernelSpec, param_types
 from .plan import read_plan
-from .schedule import ALIGN, ShapePlan, check_profile, device_bytes, plan_shapes
+from .schedule import ALIGN, ShapePlan, Tunable, check_profile, device_bytes, plan_shapes
+from .tuning import DEFAULT_BUDGET_S, TuningTable, cache_key as tuning_key, shape_key, tune
 from .weights import device_tensors
 
 MAX_SHAPES = 8
@@ -86,6 +87,9 @@ class NvrtcLoadedPlan:
         if runtime_cache and not self._cache.status.startswith("ignored"):
             self._cache.status = f"loaded {len(self._cache.entries)} entries"
         self.cache_status = self._cache.status
+        name = check(cu.cuDeviceGetName(256, self._dev), "cuDeviceGetName")
+        self.gpu_name = name.split(b"\0", 1)[0].decode(errors="replace") if isinstance(name, bytes) else str(name)
+        self._init_tuning(f"{self.gpu_name} ({self.num_sms} SMs)")
         self._stream = check(cu.cuStreamCreate(cu.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
         t1 = time.perf_counter()
         cubin = self._select_module(bytes(kblobs))
@@ -247,9 +251,11 @@ class NvrtcLoadedPlan:
         self._weights_ready = True
 
     # ---------------------------------------------------------------- per-shape state
-    def _addr(self, st: ShapePlan, arena: int, name: str) -> int:
+    def _addr(self, st: ShapePlan, arena: int, name: str, extra: Mapping[str, int] | None = None) -> int:
         if not name:
             return 0
+        if extra and name in extra:
+            return extra[name]
         r = st.root.get(name, name)
         if r in self._waddr:
             return self._waddr[r]
@@ -257,16 +263,18 @@ class NvrtcLoadedPlan:
             return arena + st.offsets[r]
         raise BackendError(f"tensor {name!r} has no device memory", fix="report this model to rtxpack")
 
-    def pack_args(self, sp: ShapePlan, arena: int, ln: Any) -> tuple[bytes, list[int]]:
+    def pack_args(self, sp: ShapePlan, arena: int, ln: Any, extra: Mapping[str, int] | None = None
+                  ) -> tuple[bytes, list[int]]:
         """The argument bytes of one launch as ``cuLaunchKernel`` takes them (each argument at its
-        natural alignment), and each argument's offset; tensor names become addresses here."""
+        natural alignment), and each argument's offset; tensor names become addresses here
+        (``extra``: addresses of buffers outside the arena, a tuning candidate's scratch)."""
         buf, offs = bytearray(), []
         for kind, v in zip(param_types(ln.spec.family), ln.args):
             fmt, align = _ARG_FORMATS[kind]
             buf += b"\0" * ((-len(buf)) % align)
             offs.append(len(buf))
             if kind == "p":
-                buf += struct.pack(fmt, self._addr(sp, arena, v))
+                buf += struct.pack(fmt, self._addr(sp, arena, v, extra))
             elif kind in ("I6", "F6"):
                 buf += struct.pack(fmt, *v)
             else:
@@ -283,12 +291,8 @@ class NvrtcLoadedPlan:
 
         cu = _driver()
         t0 = time.perf_counter()
-        sp = plan_shapes(self.graph, shapes, self._host_w, set(self._waddr), self.num_sms)
-        arena = int(check(cu.cuMemAlloc(max(sp.arena_bytes, ALIGN)), f"cuMemAlloc({sp.arena_bytes} bytes arena)"))
-        for name, val in sp.uploads.items():
-            b = np.frombuffer(device_bytes(val), dtype=np.uint8).copy()
-            if b.size:
-                check(cu.cuMemcpyHtoD(arena + sp.offsets[name], b.ctypes.data, b.size), "cuMemcpyHtoD(constants)")
+        sp = self._plan_for(shapes)
+        arena = self._arena_for(sp)
         packed = []
         for ln in sp.launches:
             fn = self._funcs.get(ln.spec)
@@ -304,6 +308,89 @@ class NvrtcLoadedPlan:
         while len(self._states) > MAX_SHAPES:
             self._free_state(self._states.popitem(last=False)[1])
         return state
+
+    def _arena_for(self, sp: ShapePlan) -> int:
+        """A device arena for ``sp`` with its uploads (constants, im2col tables) written."""
+        cu = _driver()
+        arena = int(check(cu.cuMemAlloc(max(sp.arena_bytes, ALIGN)), f"cuMemAlloc({sp.arena_bytes} bytes arena)"))
+        for name, val in sp.uploads.items():
+            b = np.frombuffer(device_bytes(val), dtype=np.uint8).copy()
+            if b.size:
+                check(cu.cuMemcpyHtoD(arena + sp.offsets[name], b.ctypes.data, b.size), "cuMemcpyHtoD(constants)")
+        return arena
+
+    # ---------------------------------------------------------------- tuning (fp16 plans)
+    def _init_tuning(self, gpu: str) -> None:
+        self._tuning = TuningTable(tuning_key(self._index["module"], self.sm, gpu, self.driver_version), self._cache)
+        #: what picked the kernels of tunable layers (also a provenance step of load())
+        self.tuning: dict[str, Any] = {"step": "tuning", "gpu": gpu, "source": "no tunable layers yet", "seconds": 0.0}
+
+    def _plan_for(self, shapes: Mapping[str, tuple]) -> ShapePlan:
+        """plan_shapes with this GPU's choices for these shapes: from the runtime cache, else tuned now
+        (bounded by ``tune_budget_s``; 0 = the heuristic's kernels), else the heuristic's."""
+        skey = shape_key(shapes, self.input_names)
+        known = self._tuning.shapes.get(skey)
+        sp = plan_shapes(self.graph, shapes, self._host_w, set(self._waddr), self.num_sms, choices=known)
+        if not sp.tunable:
+            return sp
+        if known is not None:
+            self.tuning.update(source="runtime cache", shapes=skey, seconds=0.0)
+            return sp
+        budget = float(self._opts.get("tune_budget_s", DEFAULT_BUDGET_S))
+        if budget <= 0:
+            self.tuning.update(source="heuristic (tuning off: tune_budget_s=0)", shapes=skey)
+            return sp
+        choices, report = self._tune(sp, budget)
+        self._tuning.shapes[skey] = choices
+        self._tuning.store(self._cache)
+        self.tuning.update(source="tuned on this GPU", shapes=skey, **report)
+        return plan_shapes(self.graph, shapes, self._host_w, set(self._waddr), self.num_sms, choices=choices)
+
+    def _tune(self, sp: ShapePlan, budget_s: float) -> tuple[dict[str, str], dict[str, Any]]:
+        """Time each candidate in the arena of ``sp`` (CUDA events, median of a few runs)."""
+        cu = _driver()
+        arena = self._arena_for(sp)
+        start, end = check(cu.cuEventCreate(0), "cuEventCreate"), check(cu.cuEventCreate(0), "cuEventCreate")
+
+        def timer(layer: Tunable, label: str, launches: list[Any], extra: dict[str, Any]) -> float:
+            sizes = {k: (len(device_bytes(v)) if isinstance(v, np.ndarray) else int(v)) for k, v in extra.items()}
+            offs, pos = {}, 0
+            for k, n in sizes.items():
+                offs[k], pos = pos, pos + -(-max(n, 1) // ALIGN) * ALIGN
+            tmp = int(check(cu.cuMemAlloc(max(pos, ALIGN)), "cuMemAlloc(tuning scratch)")) if extra else 0
+            try:
+                for k, v in extra.items():
+                    if isinstance(v, np.ndarray):
+                        b = np.frombuffer(device_bytes(v), dtype=np.uint8).copy()
+                        check(cu.cuMemcpyHtoD(tmp + offs[k], b.ctypes.data, b.size), "cuMemcpyHtoD(tuning table)")
+                over = {k: tmp + o for k, o in offs.items()}
+                packed = []
+                for ln in launches:
+                    buf, aoffs = self.pack_args(sp, arena, ln, over)
+                    blob = np.frombuffer(buf + b"\0" * 8, dtype=np.uint8).copy()
+                    packed.append((self._funcs[ln.spec], ln.grid, ln.block,
+                                   np.array([blob.ctypes.data + o for o in aoffs], dtype=np.uint64), blob))
+                times = []
+                for rep in range(4):       # the first is a warm-up
+                    check(cu.cuEventRecord(start, self._stream), "cuEventRecord")
+                    for fn, grid, block, ptrs, _ in packed:
+                        check(cu.cuLaunchKernel(fn, grid[0], grid[1], grid[2], block, 1, 1, 0, self._stream,
+                                                ptrs.ctypes.data, 0), "cuLaunchKernel (tuning)")
+                    check(cu.cuEventRecord(end, self._stream), "cuEventRecord")
+                    check(cu.cuEventSynchronize(end), "cuEventSynchronize")
+                    if rep:
+                        times.append(float(check(cu.cuEventElapsedTime(start, end), "cuEventElapsedTime")))
+                return sorted(times)[len(times) // 2]
+            finally:
+                if tmp:
+                    cu.cuMemFree(tmp)
+
+        try:
+            return tune(sp, self.num_sms, timer, budget_s)
+        finally:
+            cu.cuEventDestroy(start)
+            cu.cuEventDestroy(end)
+            cu.cuMemFree(arena)
 
     def _launch_all(self, state: _ShapeState) -> None:
         cu = _driver()
@@ -435,7 +522,8 @@ class NvrtcLoadedPlan:
         return np.empty(plan.shapes[name], dtype=np.uint8 if dt == "bool" else dt)
 
     def runtime_cache(self) -> bytes:
-        """Serialized runtime cache (JIT results of this and any earlier loads it was given)."""
+        """Serialized runtime cache (JIT results and tuned kernel choices of this and any earlier
+        loads it was given)."""
         return self._cache.serialize()
 
     def close(self) -> None:

@@ -32,17 +32,34 @@ class ShapePlan:
     arena_bytes: int
     uploads: dict[str, np.ndarray] = field(default_factory=dict)   # host values the GPU reads
     dtypes: dict[str, str] = field(default_factory=dict)           # element type of every device tensor
+    tunable: list["Tunable"] = field(default_factory=list)         # layers with kernel candidates (fp16)
+
+
+@dataclass
+class Tunable:
+    """A layer whose kernel the tuner picks: its candidates (labels such as ``t64x64/s4``: tile and
+    split-K), the one planned, its launches ``sp.launches[first:first + count]``, and what
+    ``plan_node`` needs to plan any other candidate."""
+
+    node: dict[str, Any]
+    shapes: list[Any]
+    labels: list[str]
+    chosen: str
+    first: int
+    count: int
 
 
 def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], weights: Mapping[str, np.ndarray],
                 device_resident: set[str], num_sms: int = 132, *,
-                problems: dict[str, str] | None = None) -> ShapePlan | None:
+                problems: dict[str, str] | None = None, choices: Mapping[str, str] | None = None
+                ) -> ShapePlan | None:
     """Evaluate host nodes, infer shapes, emit launches and assign arena offsets.
 
     ``weights`` holds the initializers the host needs (at least ``host_weight_names``); the
     shapes of all others come from the graph's weight records. With ``problems`` (a build checking a
     model), a node that cannot be planned is recorded there by name instead of raising, the nodes
     that depend on it are passed over, and None is returned when anything was recorded.
+    ``choices`` (layer name -> candidate label, from the tuner) overrides the heuristic's kernel.
     """
     shapes: dict[str, Shape] = {w["name"]: tuple(int(d) for d in w["shape"]) for w in graph["weights"]}
     host: dict[str, np.ndarray] = {k: decode_array(v) for k, v in graph["constants"].items()}
@@ -74,6 +91,7 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
     last: dict[str, int] = {}
     uploads: dict[str, np.ndarray] = {}
     temp_bytes: dict[str, int] = {}
+    tunable: list[Tunable] = []
     step = 0
     unknown: set[str] = {i["name"] for i in graph["inputs"] if i.get("dtype", "float32") not in ITEMSIZE}
     for nd in graph["nodes"]:
@@ -92,8 +110,11 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
             else:
                 in_dtypes = [dtype_of(i) for i in ins]
                 out_dtypes = output_dtypes(nd, in_dtypes)
-                oshapes, ls, temps = _plan_node({**nd, "opset": graph.get("opset", 17), "in_dtypes": in_dtypes,
-                                                 "out_dtypes": out_dtypes}, in_shapes, hv, num_sms)
+                full = {**nd, "opset": graph.get("opset", 17), "in_dtypes": in_dtypes, "out_dtypes": out_dtypes}
+                if choices and nd["name"] in choices:
+                    full["choice"] = choices[nd["name"]]
+                oshapes, ls, temps = _plan_node(full, in_shapes, hv, num_sms)
+                tune = temps.pop("#tune", None)
         except UnsupportedModel as e:
             if problems is None:
                 raise
@@ -127,6 +148,8 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
                 dtypes[name] = host_dtype_name(v)
             else:                            # scratch (split-K partial sums): alive for this node only
                 born[name], last[name], temp_bytes[name] = step, step, v
+        if tune is not None:
+            tunable.append(Tunable(full, in_shapes, tune[0], tune[1], len(launches), len(ls)))
         launches.extend(ls)
         step += 1
     if unknown and problems is not None:
@@ -160,7 +183,7 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
     for o in graph["outputs"]:
         if o in host:
             dtypes.setdefault(o, host_dtype_name(host[o]))
-    return ShapePlan(shapes, host, launches, root, offsets, total, uploads, dtypes)
+    return ShapePlan(shapes, host, launches, root, offsets, total, uploads, dtypes, tunable)
 
 
 def _plan_node(nd: Mapping[str, Any], in_shapes: list, hv: Any, num_sms: int) -> Any:

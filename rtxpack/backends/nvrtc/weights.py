@@ -30,6 +30,15 @@ def device_weight_names(graph: Mapping[str, Any]) -> dict[str, str]:
             w, b = conv_weight_names(nd)
             out[w], out[b] = "conv_bn_w", "conv_bn_b"
             skip |= {1, 2}
+        for i in nd["attrs"].get("tc_half", ()):   # fp16 plans: tensor-core operands stored as fp16 ("#h")
+            src = nd["inputs"][i]
+            if nd["op"] == "Conv" and "bn" in nd["attrs"]:
+                src = conv_weight_names(nd)[0]
+                out.pop(src, None)    # only the fp16 copy is read
+                out[src + "#h"] = "half:conv_bn_w"
+            else:
+                out[src + "#h"] = "half:raw"
+            skip.add(i)
         if nd["op"] == "BatchNormalization":
             out[nd["name"] + "#scale"], out[nd["name"] + "#shift"] = "bn_scale", "bn_shift"
             skip |= {1, 2, 3, 4}
@@ -39,8 +48,14 @@ def device_weight_names(graph: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def derive_weight(graph_node: Mapping[str, Any], recipe: str, w: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Fold BatchNormalization parameters (computed in float64, stored as float32)."""
+def derive_weight(graph_node: Mapping[str, Any], recipe: str, w: Mapping[str, np.ndarray], device_name: str = ""
+                  ) -> np.ndarray:
+    """Fold BatchNormalization parameters (computed in float64, stored as float32); ``half:RECIPE`` is
+    RECIPE rounded to float16 (the tensor-core operands of fp16 plans)."""
+    if recipe.startswith("half:"):
+        base = recipe[5:]
+        src = w[device_name[:-2]] if base == "raw" else derive_weight(graph_node, base, w)
+        return np.asarray(src, dtype=np.float32).astype(np.float16)
     ins = graph_node["inputs"]
     if recipe.startswith("conv_bn"):
         scale_n, bias_n, mean_n, var_n = graph_node["attrs"]["bn"]["params"]
@@ -78,8 +93,9 @@ def device_tensors(graph: Mapping[str, Any], weights: Mapping[str, np.ndarray]) 
     nodes = {nd["name"]: nd for nd in graph["nodes"]}
     recs, parts, pos = [], [], 0
     for name, recipe in sorted(device_weight_names(graph).items()):
-        arr = weights[name] if recipe == "raw" else derive_weight(nodes[name.split("#")[0]], recipe, weights)
-        b = device_bytes(arr)
+        arr = weights[name] if recipe == "raw" else derive_weight(nodes.get(name.split("#")[0], {}), recipe, weights,
+                                                                 name)
+        b = arr.astype("<f2").tobytes() if arr.dtype == np.float16 else device_bytes(arr)
         recs.append({"name": name, "offset": pos, "nbytes": len(b)})
         pad = (-len(b)) % ALIGN or (ALIGN if not b else 0)
         parts += [b, b"\0" * pad]

@@ -1,0 +1,352 @@
+"""Tensor-core kernels of fp16 plans: implicit-GEMM convolution and batched GEMM on ``mma.sync``.
+
+Operands are rounded to fp16 as they enter shared memory (weights are already fp16 in device
+memory, activations are converted on the fly), products accumulate in fp32, and the epilogue
+(bias, residual, ReLU, alpha/beta) runs in fp32 on fp32 activations. One warp computes a WM x WN
+tile with ``mma.m16n8k16`` (two ``m16n8k8`` on Turing), fed by ``ldmatrix`` from shared tiles whose
+rows are padded by 8 halves, so the eight 16-byte rows a ldmatrix phase reads hit 8 distinct bank
+groups. Split-K partials use the fp32 reducers of kernels.py (``splitk_reduce``,
+``gemm_splitk_reduce``): a tensor-core launch and its reducer are one tuning candidate.
+
+The helpers (``mma_m16n8k16_f16f32``, ``ldmatrix_x*``, ``f2h``/``h2f``) are inline PTX on the GPU;
+compiled by the CPU emulator of tests/cudaemu (which defines ``RTX_EMULATOR``) they are the
+emulator's warp exchanges, so CI runs these very kernels without a GPU.
+"""
+from __future__ import annotations
+
+MMA_SOURCE = r"""
+// ---- tensor-core helpers. Fragments of mma.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16
+// with floating point type"), g = lane >> 2, t = lane % 4; element i of a fragment is in register
+// i / 2, the even element in the low 16 bits:
+//   a[0] = A[g][2t..2t+1]  a[1] = A[g+8][2t..2t+1]  a[2] = A[g][2t+8..2t+9]  a[3] = A[g+8][2t+8..2t+9]
+//   b[0] = B[2t..2t+1][g]  b[1] = B[2t+8..2t+9][g]  c[0..1] = C[g][2t..2t+1]  c[2..3] = C[g+8][2t..2t+1]
+// ldmatrix_x{1,2,4}[_trans](r, p): lane 8*j + i passes the address of row i of 8x8 matrix j (16-byte
+// aligned rows of 16-bit elements in shared memory); lane l receives in r[j] the elements (row l/4,
+// cols 2*(l%4), 2*(l%4)+1) of matrix j (with _trans: rows 2*(l%4), 2*(l%4)+1, col l/4). So for a
+// row-major 16x16 f16 tile As, ldmatrix_x4(a, &As[lane % 16][(lane / 16) * 8]) is the a fragment, and
+// for an 8x16 (n x k) tile Bt, ldmatrix_x2(b, &Bt[lane % 8][((lane / 8) % 2) * 8]) is the b fragment.
+#ifdef RTX_EMULATOR
+
+__device__ __forceinline__ void mma_m16n8k16_f16f32(float d[4], const unsigned a[4], const unsigned b[2],
+                                                    const float c[4]) {
+  rtx_emu::mma_m16n8k16_f16f32(d, a, b, c);
+}
+__device__ __forceinline__ void ldmatrix_x1(unsigned r[1], const void* p) { rtx_emu::ldmatrix(r, 1, false, p); }
+__device__ __forceinline__ void ldmatrix_x2(unsigned r[2], const void* p) { rtx_emu::ldmatrix(r, 2, false, p); }
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const void* p) { rtx_emu::ldmatrix(r, 4, false, p); }
+__device__ __forceinline__ void ldmatrix_x1_trans(unsigned r[1], const void* p) { rtx_emu::ldmatrix(r, 1, true, p); }
+__device__ __forceinline__ void ldmatrix_x2_trans(unsigned r[2], const void* p) { rtx_emu::ldmatrix(r, 2, true, p); }
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* p) { rtx_emu::ldmatrix(r, 4, true, p); }
+__device__ __forceinline__ unsigned short f2h(float f) { return __half_as_ushort(__float2half_rn(f)); }
+__device__ __forceinline__ float h2f(unsigned short h) { return __half2float(__ushort_as_half(h)); }
+
+#else  // NVRTC
+
+__device__ __forceinline__ void mma_m16n8k16_f16f32(float d[4], const unsigned a[4], const unsigned b[2],
+                                                    const float c[4]) {
+#if __CUDA_ARCH__ >= 800
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%10, %11, %12, %13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+        "f"(c[3]));
+#elif __CUDA_ARCH__ >= 750
+  // Turing: the k = 0..7 half (a[0], a[1], b[0]) then the k = 8..15 half (a[2], a[3], b[1])
+  float t[4];
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
+               "{%7, %8, %9, %10};\n"
+               : "=f"(t[0]), "=f"(t[1]), "=f"(t[2]), "=f"(t[3])
+               : "r"(a[0]), "r"(a[1]), "r"(b[0]), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, "
+               "{%7, %8, %9, %10};\n"
+               : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+               : "r"(a[2]), "r"(a[3]), "r"(b[1]), "f"(t[0]), "f"(t[1]), "f"(t[2]), "f"(t[3]));
+#else
+  __trap();  // no tensor cores before Turing: fp16 plans are not built for these GPUs
+#endif
+}
+
+#define RTX_LDMATRIX(NAME, NUM, SUFFIX, OUTS, ...)                                                      \
+  __device__ __forceinline__ void NAME(unsigned r[NUM], const void* p) {                                \
+    const unsigned addr = (unsigned)__cvta_generic_to_shared(p);                                          \
+    asm volatile("ldmatrix.sync.aligned.m8n8.x" #NUM SUFFIX ".shared.b16 " OUTS ", [%" #NUM "];\n"      \
+                 : __VA_ARGS__                                                                           \
+                 : "r"(addr));                                                                           \
+  }
+#if __CUDA_ARCH__ >= 750
+RTX_LDMATRIX(ldmatrix_x1, 1, "", "{%0}", "=r"(r[0]))
+RTX_LDMATRIX(ldmatrix_x2, 2, "", "{%0, %1}", "=r"(r[0]), "=r"(r[1]))
+RTX_LDMATRIX(ldmatrix_x4, 4, "", "{%0, %1, %2, %3}", "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]))
+RTX_LDMATRIX(ldmatrix_x1_trans, 1, ".trans", "{%0}", "=r"(r[0]))
+RTX_LDMATRIX(ldmatrix_x2_trans, 2, ".trans", "{%0, %1}", "=r"(r[0]), "=r"(r[1]))
+RTX_LDMATRIX(ldmatrix_x4_trans, 4, ".trans", "{%0, %1, %2, %3}", "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]))
+#else
+__device__ __forceinline__ void ldmatrix_x1(unsigned r[1], const void* p) { __trap(); }
+__device__ __forceinline__ void ldmatrix_x2(unsigned r[2], const void* p) { __trap(); }
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const void* p) { __trap(); }
+__device__ __forceinline__ void ldmatrix_x1_trans(unsigned r[1], const void* p) { __trap(); }
+__device__ __forceinline__ void ldmatrix_x2_trans(unsigned r[2], const void* p) { __trap(); }
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* p) { __trap(); }
+#endif
+#undef RTX_LDMATRIX
+__device__ __forceinline__ unsigned short f2h(float f) {
+  unsigned short h;
+  asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+  return h;
+}
+__device__ __forceinline__ float h2f(unsigned short h) {
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+  return f;
+}
+
+#endif  // RTX_EMULATOR
+__device__ __forceinline__ unsigned pack_h2(unsigned short lo, unsigned short hi) {
+  return (unsigned)lo | ((unsigned)hi << 16);
+}
+"""
+
+TC_SOURCE = MMA_SOURCE + r"""
+// One BK-deep step of a block tile held in shared memory as As[BM][BK + 8] (m x k) and Bs[BN][BK + 8]
+// (n x k): warp (wm0, wn0) accumulates its WM x WN tile into acc.
+template <int BK, int WM, int WN>
+__device__ __forceinline__ void tc_step(const unsigned short (*As)[BK + 8], const unsigned short (*Bs)[BK + 8],
+                                        float (&acc)[WM / 16][WN / 8][4], int wm0, int wn0, int lane) {
+#pragma unroll
+  for (int kk = 0; kk < BK; kk += 16) {
+    unsigned a[WM / 16][4], b[WN / 8][2];
+#pragma unroll
+    for (int i = 0; i < WM / 16; ++i) ldmatrix_x4(a[i], &As[wm0 + i * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
+#pragma unroll
+    for (int j = 0; j < WN / 8; ++j) ldmatrix_x2(b[j], &Bs[wn0 + j * 8 + (lane & 7)][kk + ((lane >> 3) & 1) * 8]);
+#pragma unroll
+    for (int i = 0; i < WM / 16; ++i)
+#pragma unroll
+      for (int j = 0; j < WN / 8; ++j) mma_m16n8k16_f16f32(acc[i][j], a[i], b[j], acc[i][j]);
+  }
+}
+
+// Implicit-GEMM convolution on tensor cores: C[oc, p] = sum_k W[oc, k] * im2col(X)[k, p], W fp16
+// [OC][Cg*KH*KW], X/Y fp32 NCHW. Arguments, grid and split-K workspace as conv_igemm.
+template <int BM, int BN, int BK, int WM, int WN, bool K1>
+__device__ void conv_tc(const float* __restrict__ x, const unsigned short* __restrict__ w,
+                        const float* __restrict__ bias, const float* __restrict__ res, float* __restrict__ y, int N,
+                        int C, int H, int W, int OC, int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw,
+                        int dh, int dw, int G, int relu, int S, float* __restrict__ ws,
+                        const int4* __restrict__ ktab) {
+  constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8;
+  static_assert(NT % BN == 0 && BK % (2 * (NT / BN)) == 0, "B loader: one pixel column, an even k run per thread");
+  static_assert((BM * BK / 2) % NT == 0, "A loader: whole k pairs per thread");
+  constexpr int KR = BK / (NT / BN), AP = BM * BK / 2 / NT;   // k run per thread (B), k pairs per thread (A)
+  __shared__ __align__(16) unsigned short As[2][BM][LD];
+  __shared__ __align__(16) unsigned short Bs[2][BN][LD];
+  const int g = blockIdx.z / S, split = blockIdx.z - g * S, Cg = C / G, OCg = OC / G;
+  const int M = OCg, OHW = OH * OW, P = N * OHW, KK = KH * KW, K = Cg * KK;
+  const int kchunk = ((K + S * BK - 1) / (S * BK)) * BK;
+  const int kb = split * kchunk, ke = min(K, kb + kchunk);
+  const int m0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm0 = (warp / WX) * WM, wn0 = (warp % WX) * WN;
+  const unsigned short* __restrict__ wg = w + (long long)g * OCg * K;
+  float acc[WM / 16][WN / 8][4];
+#pragma unroll
+  for (int i = 0; i < WM / 16; ++i)
+#pragma unroll
+    for (int j = 0; j < WN / 8; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+  // this thread's im2col column (output pixel) and k run are fixed: decode the pixel once
+  const int bn = tid % BN, kr0 = (tid / BN) * KR, pcol = p0 + bn;
+  const bool pvalid = pcol < P;
+  const int ncol = pvalid ? pcol / OHW : 0, rcol = pvalid ? pcol - ncol * OHW : 0;
+  const int ohc = rcol / OW, owc = rcol - ohc * OW;
+  const int ih0 = ohc * sh - ph, iw0 = owc * sw - pw;
+  const float* __restrict__ xcol = K1 ? x + ((long long)ncol * C + g * Cg) * OHW + rcol
+                                      : x + ((long long)ncol * C + g * Cg) * H * W + (long long)ih0 * W + iw0;
+  unsigned ra[AP], rb[KR / 2];
+  auto load = [&](int k0) {
+#pragma unroll
+    for (int t = 0; t < AP; ++t) {
+      const int e = tid + t * NT, i = e / (BK / 2), kk = 2 * (e % (BK / 2)), m = m0 + i, k = k0 + kk;
+      const unsigned short* src = wg + (long long)m * K + k;
+      unsigned short lo = 0, hi = 0;
+      if (m < M) {
+        if (k < ke) lo = src[0];
+        if (k + 1 < ke) hi = src[1];
+      }
+      ra[t] = pack_h2(lo, hi);
+    }
+#pragma unroll
+    for (int t = 0; t < KR / 2; ++t) {
+      float v[2];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        const int k = k0 + kr0 + 2 * t + u;
+        float e = 0.f;
+        if (pvalid && k < ke) {
+          if (K1) {
+            e = xcol[(long long)k * OHW];
+          } else {
+            const int4 tb = ktab[k];
+            const int ih = ih0 + tb.y, iw = iw0 + tb.z;
+            if (ih >= 0 && ih < H && iw >= 0 && iw < W) e = xcol[tb.x];
+          }
+        }
+        v[u] = e;
+      }
+      rb[t] = pack_h2(f2h(v[0]), f2h(v[1]));
+    }
+  };
+  auto store = [&](int buf) {
+#pragma unroll
+    for (int t = 0; t < AP; ++t) {
+      const int e = tid + t * NT;
+      *reinterpret_cast<unsigned*>(&As[buf][e / (BK / 2)][2 * (e % (BK / 2))]) = ra[t];
+    }
+#pragma unroll
+    for (int t = 0; t < KR / 2; ++t) *reinterpret_cast<unsigned*>(&Bs[buf][bn][kr0 + 2 * t]) = rb[t];
+  };
+  load(kb);
+  store(0);
+  __syncthreads();
+  int buf = 0;
+  for (int k0 = kb; k0 < ke; k0 += BK) {
+    const bool more = k0 + BK < ke;
+    if (more) load(k0 + BK);
+    tc_step<BK, WM, WN>(As[buf], Bs[buf], acc, wm0, wn0, lane);
+    if (more) {
+      store(buf ^ 1);
+      __syncthreads();
+      buf ^= 1;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < WM / 16; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = m0 + wm0 + i * 16 + (lane >> 2) + h * 8;
+      if (m >= M) continue;
+      const int oc = g * OCg + m;
+      const float bv = bias ? bias[oc] : 0.f;
+#pragma unroll
+      for (int j = 0; j < WN / 8; ++j)
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int p = p0 + wn0 + j * 8 + 2 * (lane & 3) + u;
+          if (p >= P) continue;
+          const float a = acc[i][j][2 * h + u];
+          if (S > 1) {
+            ws[((long long)split * OC + oc) * P + p] = a;
+            continue;
+          }
+          const int n = p / OHW, r = p - n * OHW;
+          const long long o = ((long long)n * OC + oc) * OHW + r;
+          float v = a + bv;
+          if (res) v += res[o];
+          if (relu) v = fmaxf(v, 0.f);
+          y[o] = v;
+        }
+    }
+}
+
+template <bool H> __device__ __forceinline__ unsigned short tc_elem(const void* p, long long i) {
+  if (H) return static_cast<const unsigned short*>(p)[i];
+  return f2h(static_cast<const float*>(p)[i]);
+}
+
+// Batched GEMM on tensor cores, arguments and epilogue as gemm(); AH / BH: that operand is fp16 in
+// device memory (a weight), else fp32 (an activation, rounded to fp16 on its way to shared memory).
+template <int BM, int BN, int BK, int WM, int WN, bool AH, bool BH>
+__device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, const float* __restrict__ bias,
+                        const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk,
+                        int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, float alpha,
+                        float beta, int relu, int S, float* __restrict__ ws) {
+  constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8;
+  __shared__ __align__(16) unsigned short As[BM][LD];
+  __shared__ __align__(16) unsigned short Bs[BN][LD];
+  const int split = S > 1 ? blockIdx.z : 0;
+  const int kchunk = ((K + S * BK - 1) / (S * BK)) * BK, kb = split * kchunk, ke = min(K, kb + kchunk);
+  const int b = S > 1 ? 0 : blockIdx.z, b0 = b / nb1, b1 = b - b0 * nb1;
+  const long long aofs = (long long)b0 * sA0 + (long long)b1 * sA1, bofs = (long long)b0 * sB0 + (long long)b1 * sB1;
+  const long long cofs = (long long)b * M * N;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm0 = (warp / WX) * WM, wn0 = (warp % WX) * WN;
+  float acc[WM / 16][WN / 8][4];
+#pragma unroll
+  for (int i = 0; i < WM / 16; ++i)
+#pragma unroll
+    for (int j = 0; j < WN / 8; ++j)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+  for (int k0 = kb; k0 < ke; k0 += BK) {
+    // consecutive threads walk the operand's contiguous dimension (coalesced reads)
+    for (int e = tid; e < BM * BK; e += NT) {
+      int i, kk;
+      if (sAm == 1) { i = e % BM; kk = e / BM; } else { kk = e % BK; i = e / BK; }
+      const int m = m0 + i, k = k0 + kk;
+      As[i][kk] = (m < M && k < ke) ? tc_elem<AH>(A, aofs + (long long)m * sAm + (long long)k * sAk) : 0;
+    }
+    for (int e = tid; e < BK * BN; e += NT) {
+      int j, kk;
+      if (sBn == 1) { j = e % BN; kk = e / BN; } else { kk = e % BK; j = e / BK; }
+      const int n = n0 + j, k = k0 + kk;
+      Bs[j][kk] = (n < N && k < ke) ? tc_elem<BH>(B, bofs + (long long)k * sBk + (long long)n * sBn) : 0;
+    }
+    __syncthreads();
+    tc_step<BK, WM, WN>(As, Bs, acc, wm0, wn0, lane);
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < WM / 16; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = m0 + wm0 + i * 16 + (lane >> 2) + h * 8;
+      if (m >= M) continue;
+#pragma unroll
+      for (int j = 0; j < WN / 8; ++j)
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int n = n0 + wn0 + j * 8 + 2 * (lane & 3) + u;
+          if (n >= N) continue;
+          const float a = acc[i][j][2 * h + u];
+          if (S > 1) {
+            ws[((long long)split * M + m) * N + n] = a;
+            continue;
+          }
+          float v = alpha * a;
+          if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
+          const long long o = cofs + (long long)m * N + n;
+          if (res) v += res[o];
+          if (relu) v = fmaxf(v, 0.f);
+          Cm[o] = v;
+        }
+    }
+}
+"""
+
+_CONV = ("const float* x, const unsigned short* w, const float* bias, const float* res, float* y, int N, int C, "
+         "int H, int W, int OC, int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw, int dh, int dw, "
+         "int G, int relu, int S, float* ws, const int4* ktab")
+TC_FAMILIES: dict[str, str] = {
+    "conv_tc": _CONV,
+    "gemm_tc": ("const void* A, const void* B, const float* bias, const float* res, float* Cm, int M, int N, int K, "
+                "int sAm, int sAk, int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, "
+                "float alpha, float beta, int relu, int S, float* ws"),
+}
+TC_TEMPLATE_KINDS: dict[str, str] = {"conv_tc": "iiiiib", "gemm_tc": "iiiiibb"}
+
+#: tensor-core block tiles (BM, BN, BK, WM, WN): 4 warps each (128 threads); BM over output channels
+#: (conv) / rows (gemm), BN over output pixels / columns. The tuner times them per layer.
+TC_TILES: dict[str, tuple[int, int, int, int, int]] = {
+    "t128x64": (128, 64, 32, 64, 32),
+    "t64x64": (64, 64, 32, 32, 32),
+    "t64x32": (64, 32, 32, 32, 16),
+    "t32x32": (32, 32, 32, 16, 16),
+}
+
+
+def tc_block_threads(targs: tuple[int, ...]) -> int:
+    bm, bn, _, wm, wn = targs[:5]
+    return (bm // wm) * (bn // wn) * 32

@@ -1,0 +1,192 @@
+"""fp16 nvrtc plans (tensor-core kernels) and the on-device tuner whose choices live in the runtime cache.
+
+On the CPU (CI): the CUDA emulator runs the very tensor-core kernels (mma.sync / ldmatrix as warp
+exchanges): every whole model of test_nvrtc_gpu.py within fp16 tolerance of the fp32 reference,
+every tuning candidate of every layer (each tile, split-K or not) with the same answer, tuned
+choices round-tripping through the runtime cache, and a cache made on another GPU never selecting
+a kernel. On a GPU (marker ``gpu``): the same models with real timing-based tuning, the second
+load taking its choices from the runtime cache without tuning.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cudaemu import EmuLoadedPlan, build_plan, compiler
+from nvrtc_helpers import local_cc, rand, reference
+from rtxpack.backends.nvrtc import NvrtcBackend
+from rtxpack.backends.nvrtc.kernels_tc import TC_TILES
+from rtxpack.backends.nvrtc.plan import read_plan
+from rtxpack.core.errors import UnsupportedModel
+from test_nvrtc_gpu import _models
+
+#: fp16 storage of the tensor-core operands, fp32 accumulation: error bound relative to the output's scale
+FP16_TOL = 1e-2
+FEATURES = {"mlp": [64], "resnet_small": [3, 32, 32], "small_cnn": [3, 32, 32], "inception_block": [32, 16, 16],
+            "transformer_block": [16, 64]}
+emu = pytest.mark.skipif(compiler() is None, reason="needs g++ to compile the kernels for the CPU")
+
+
+def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(got.astype(np.float64) - ref).max() / max(float(np.abs(ref).max()), 1e-6))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, tuple[Path, bytes]]:
+    tmp = tmp_path_factory.mktemp("fp16")
+    return {name: (path, build_plan(path, precision="fp16")) for name, (path, _) in _models(tmp).items()}
+
+
+def _prefer(k: int):
+    """A tune_timer that makes candidate ``k`` of every layer the fastest (wrapping around)."""
+    return lambda layer, label: 0.0 if label == layer.labels[k % len(layer.labels)] else 1.0
+
+
+@emu
+@pytest.mark.parametrize("name", list(FEATURES))
+def test_fp16_model_within_tolerance_on_the_emulator(models, name: str) -> None:
+    path, plan = models[name]
+    _, graph, index, _, _ = read_plan(plan)
+    assert graph["precision"] == "fp16"
+    assert {k["family"] for k in index["kernels"]} & {"conv_tc", "gemm_tc"}
+    with EmuLoadedPlan(plan) as p:
+        for batch in (1, 3):
+            x = rand(batch, *FEATURES[name])
+            for k, r in reference(path, {"x": x}).items():
+                assert rel_err(p.run({"x": x})[k], r) <= FP16_TOL, (name, batch, k)
+        assert any(lab.startswith(("conv_tc", "gemm_tc")) for lab in p.launch_counts), p.launch_counts
+
+
+@emu
+def test_every_tuning_candidate_gives_the_same_answer(models) -> None:
+    """Forcing each candidate in turn (through the tuner, as a GPU's timings would) runs every tile
+    and split-K choice of every layer; all agree with the reference, and every tensor-core tile runs
+    for the im2col and the 1x1 convolution path and for GEMM."""
+    seen: set[str] = set()
+    for name in ("resnet_small", "transformer_block", "inception_block"):
+        path, plan = models[name]
+        x = rand(2, *FEATURES[name])
+        ref = reference(path, {"x": x})
+        most = 0
+        with EmuLoadedPlan(plan, options={"tune_timer": _prefer(0)}) as p0:
+            p0.run({"x": x})
+            most = max(len(t.labels) for t in p0._state({"x": x.shape}).plan.tunable)
+        for k in range(most):
+            with EmuLoadedPlan(plan, options={"tune_timer": _prefer(k)}) as p:
+                out = p.run({"x": x})
+                assert p.tuning["source"] == "tuned on this GPU"
+                seen |= set(p.launch_counts)
+            for key, r in ref.items():
+                assert rel_err(out[key], r) <= FP16_TOL, (name, k, key)
+    for bm, bn, bk, wm, wn in TC_TILES.values():
+        for k1 in (0, 1):
+            assert any(s.startswith(f"conv_tc<{bm},{bn},{bk},{wm},{wn},{k1}>") for s in seen), (bm, bn, k1)
+        assert any(s.startswith(f"gemm_tc<{bm},{bn},{bk},{wm},{wn},") for s in seen), (bm, bn)
+    assert any(s.endswith("/splitK") and s.startswith("conv_tc") for s in seen)
+
+
+@emu
+def test_tuned_choices_ship_in_the_runtime_cache(models) -> None:
+    path, plan = models["resnet_small"]
+    x = rand(1, 3, 32, 32)
+    calls: list[str] = []
+
+    def timer(layer, label):
+        calls.append(label)
+        return 0.0 if label == layer.labels[-1] else 1.0
+
+    with EmuLoadedPlan(plan, options={"tune_timer": timer, "emu_gpu": "GPU A"}) as p:
+        y = p.run({"x": x})["y"]
+        tuned = p.tuning
+        cache = p.runtime_cache()
+        planned = [ln.spec for ln in p._state({"x": x.shape}).plan.launches]
+    assert tuned["source"] == "tuned on this GPU" and tuned["timed"] >= 1 and calls
+    assert tuned["distinct"] <= tuned["layers"]          # same-shaped layers are timed once
+    # the next start on the same GPU: choices from the cache, no timing at all
+    calls.clear()
+    with EmuLoadedPlan(plan, runtime_cache=cache, options={"tune_timer": timer, "emu_gpu": "GPU A"}) as p:
+        np.testing.assert_array_equal(p.run({"x": x})["y"], y)
+        assert p.tuning["source"] == "runtime cache" and not calls
+        assert [ln.spec for ln in p._state({"x": x.shape}).plan.launches] == planned
+    # another GPU never selects a kernel from that cache: it tunes for itself
+    with EmuLoadedPlan(plan, runtime_cache=cache, options={"tune_timer": timer, "emu_gpu": "GPU B"}) as p:
+        p.run({"x": x})
+        assert p.tuning["source"] == "tuned on this GPU" and calls
+    # no time for tuning: the heuristic's kernels, said so
+    with EmuLoadedPlan(plan, options={"tune_timer": timer, "tune_budget_s": 0}) as p:
+        p.run({"x": x})
+        assert p.tuning["source"].startswith("heuristic")
+
+
+@emu
+def test_a_tampered_choice_falls_back_to_the_heuristic(models) -> None:
+    from rtxpack.backends.nvrtc.cache import RuntimeCache
+    from rtxpack.backends.nvrtc.tuning import cache_key, shape_key
+
+    path, plan = models["small_cnn"]
+    _, _, index, _, _ = read_plan(plan)
+    x = rand(1, 3, 32, 32)
+    with EmuLoadedPlan(plan) as p:
+        heur = [ln.spec for ln in p._state({"x": x.shape}).plan.launches]
+        layers = [t.node["name"] for t in p._state({"x": x.shape}).plan.tunable]
+    cache = RuntimeCache()
+    key = cache_key(index["module"], 0, "CPU emulator", 0)
+    skey = shape_key({"x": x.shape}, ["x"])
+    cache.put(key, ('{"shapes": {"%s": {%s}}}' % (skey, ", ".join(f'"{n}": "t999x1/s99"' for n in layers))).encode())
+    with EmuLoadedPlan(plan, runtime_cache=cache.serialize()) as p:
+        out = p.run({"x": x})["y"]
+        assert p.tuning["source"] == "runtime cache"
+        assert [ln.spec for ln in p._state({"x": x.shape}).plan.launches] == heur
+    assert rel_err(out, reference(path, {"x": x})["y"]) <= FP16_TOL
+    # garbage instead of JSON: ignored, tuned again
+    cache.put(key, b"\xff not json")
+    with EmuLoadedPlan(plan, runtime_cache=cache.serialize(), options={"tune_timer": _prefer(1)}) as p:
+        p.run({"x": x})
+        assert p.tuning["source"] == "tuned on this GPU"
+
+
+def test_fp16_needs_tensor_cores_and_names_the_fix(models) -> None:
+    path, _ = models["small_cnn"]
+    with pytest.raises(UnsupportedModel, match="7.5 and newer") as e:
+        NvrtcBackend().build(path, compute_capabilities=["6.1", "8.6"], precision="fp16")
+    assert "fp32" in e.value.fix
+    with pytest.raises(UnsupportedModel, match="fp32 and fp16"):
+        NvrtcBackend().build(path, precision="int8")
+
+
+def test_fp16_plan_stores_tensor_core_weights_in_half(models) -> None:
+    """Conv and Linear weights are fp16 in the plan's device section (about half of fp32's bytes)."""
+    path, plan16 = models["resnet_small"]
+    plan32 = build_plan(path)
+    dev = {r["name"]: r["nbytes"] for r in read_plan(plan16)[1]["device_tensors"]}
+    dev32 = {r["name"]: r["nbytes"] for r in read_plan(plan32)[1]["device_tensors"]}
+    half = [n for n in dev if n.endswith("#h")]
+    assert half and all(dev[n] * 2 == dev32[n[:-2]] for n in half)
+    assert sum(dev.values()) < 0.6 * sum(dev32.values())
+
+
+# ---------------------------------------------------------------- on a GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(local_cc() is None, reason="needs an NVIDIA GPU with a driver")
+@pytest.mark.parametrize("name", list(FEATURES))
+def test_fp16_on_the_gpu_tunes_then_uses_the_cache(tmp_path: Path, name: str) -> None:
+    path, _ = _models(tmp_path)[name]
+    be = NvrtcBackend()
+    plan = be.build(path, compute_capabilities=[local_cc()], precision="fp16")
+    x = rand(2, *FEATURES[name])
+    ref = reference(path, {"x": x})
+    with be.load(plan) as p:
+        out = p.run({"x": x})
+        assert p.tuning["source"] == "tuned on this GPU" and p.tuning["seconds"] <= 2.5, p.tuning
+        cache = p.runtime_cache()
+        for _ in range(2):                          # CUDA graph replays give the same answer
+            np.testing.assert_array_equal(p.run({"x": x})[next(iter(ref))], out[next(iter(ref))])
+    for k, r in ref.items():
+        assert rel_err(out[k], r) <= FP16_TOL, (k, rel_err(out[k], r))
+    with be.load(plan, runtime_cache=cache) as p:
+        again = p.run({"x": x})
+        assert p.tuning["source"] == "runtime cache", p.tuning
+    for k in ref:
+        np.testing.assert_array_equal(again[k], out[k])
