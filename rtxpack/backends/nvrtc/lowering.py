@@ -450,6 +450,10 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
             raise UnsupportedModel(f"MatMul (node {node['name']!r}) with batch broadcasting over {len(batch)} "
                                    "non-collapsible dimensions", fix="reshape to at most 2 batch dimensions")
         out = tuple(bshape) + ((M,) if not a1 else ()) + ((N,) if not b1 else ())
+        if len(batch) == 1 and batch[0] > 1 and bstr[1][0] == 0 and bstr[0][0] == M * K:
+            # a weight shared by every batch, A's matrices back to back ([B, L, K] x [K, N], the
+            # Linear of a transformer or a channels-last MLP): one GEMM of B*L rows, not B GEMVs
+            M, batch, bstr = batch[0] * M, [1], [[0], [0]]
     if len(batch) == 1:
         nb1, sA0, sA1, sB0, sB1 = batch[0], 0, bstr[0][0], 0, bstr[1][0]
     else:

@@ -499,6 +499,29 @@ class NvrtcLoadedPlan:
                 cu.cuEventDestroy(b)
         return times[len(times) // 2]
 
+    def profile(self, inputs: Mapping[str, Any], iters: int = 5) -> list[dict[str, Any]]:
+        """Milliseconds of each launch of a run on these inputs, timed alone (CUDA events around
+        ``iters`` back-to-back launches of it): where a model's time goes."""
+        cu = _driver()
+        self.run(inputs)
+        st = self._state({n: tuple(a.shape) for n, a in self.input_arrays(inputs).items()})
+        start, end = check(cu.cuEventCreate(0), "cuEventCreate"), check(cu.cuEventCreate(0), "cuEventCreate")
+        out = []
+        try:
+            for ln, (fn, grid, block, ptrs, _) in zip(st.plan.launches, st.launches):
+                check(cu.cuEventRecord(start, self._stream), "cuEventRecord")
+                for _ in range(iters):
+                    check(cu.cuLaunchKernel(fn, grid[0], grid[1], grid[2], block, 1, 1, 0, self._stream,
+                                            ptrs.ctypes.data, 0), "cuLaunchKernel")
+                check(cu.cuEventRecord(end, self._stream), "cuEventRecord")
+                check(cu.cuEventSynchronize(end), "cuEventSynchronize")
+                ms = float(check(cu.cuEventElapsedTime(start, end), "cuEventElapsedTime")) / iters
+                out.append({"kernel": ln.spec.key(), "grid": list(ln.grid), "block": ln.block, "ms": ms})
+        finally:
+            cu.cuEventDestroy(start)
+            cu.cuEventDestroy(end)
+        return out
+
     def input_arrays(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """The inputs as the device stores them (each in its model input's type; bool as bytes)."""
         missing = [n for n in self.input_names if n not in inputs]
