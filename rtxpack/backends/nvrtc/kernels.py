@@ -39,6 +39,13 @@ template <int OP> __device__ __forceinline__ float unary_op(float x, float a, fl
   return x;
 }
 
+// the activation a conv / GEMM epilogue applies (the "relu" argument): 0 none, 1 ReLU, 2 GELU (erf)
+__device__ __forceinline__ float epilogue_act(int act, float v) {
+  if (act == 1) return fmaxf(v, 0.f);
+  if (act == 2) return unary_op<5>(v, 0.f, 0.f);
+  return v;
+}
+
 template <int OP> __device__ void unary(const float* __restrict__ x, float* __restrict__ y, long long n, float a, float b) {
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
     y[i] = unary_op<OP>(x[i], a, b);
@@ -202,7 +209,7 @@ __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict_
       long long o = ((long long)n * OC + oc) * OHW + r;
       float v = acc[i][j] + bv;
       if (res) v += res[o];
-      if (relu) v = fmaxf(v, 0.f);
+      v = epilogue_act(relu, v);
       y[o] = v;
     }
   }
@@ -220,7 +227,7 @@ __device__ void splitk_reduce(const float* __restrict__ ws, const float* __restr
     float v = bias ? bias[oc] : 0.f;
     for (int s = 0; s < S; ++s) v += ws[((long long)s * OC + oc) * P + p];
     if (res) v += res[i];
-    if (relu) v = fmaxf(v, 0.f);
+    v = epilogue_act(relu, v);
     y[i] = v;
   }
 }
@@ -237,7 +244,7 @@ __device__ void gemm_splitk_reduce(const float* __restrict__ ws, const float* __
     v *= alpha;
     if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
     if (res) v += res[i];
-    if (relu) v = fmaxf(v, 0.f);
+    v = epilogue_act(relu, v);
     Cm[i] = v;
   }
 }
@@ -272,7 +279,7 @@ __device__ void conv_direct(const float* __restrict__ x, const float* __restrict
       }
     }
     if (res) acc += res[i];
-    if (relu) acc = fmaxf(acc, 0.f);
+    acc = epilogue_act(relu, acc);
     y[i] = acc;
   }
 }
@@ -345,7 +352,7 @@ __device__ void gemm(const float* __restrict__ A, const float* __restrict__ B, c
       if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
       long long o = cofs + (long long)m * N + n;
       if (res) v += res[o];
-      if (relu) v = fmaxf(v, 0.f);
+      v = epilogue_act(relu, v);
       Cm[o] = v;
     }
   }

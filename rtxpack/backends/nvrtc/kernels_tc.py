@@ -244,7 +244,7 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
           const long long o = ((long long)n * OC + oc) * OHW + r;
           float v = a + bv;
           if (res) v += res[o];
-          if (relu) v = fmaxf(v, 0.f);
+          v = epilogue_act(relu, v);
           y[o] = v;
         }
     }
@@ -319,7 +319,7 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
           if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
           const long long o = cofs + (long long)m * N + n;
           if (res) v += res[o];
-          if (relu) v = fmaxf(v, 0.f);
+          v = epilogue_act(relu, v);
           Cm[o] = v;
         }
     }

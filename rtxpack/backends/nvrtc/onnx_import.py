@@ -191,7 +191,7 @@ def import_onnx(onnx_path: Any, *, keep_unsupported: bool = False) -> tuple[dict
         raise unsupported_model(onnx_path, problems)
 
     outputs = [o.name for o in g.output]
-    nodes = fuse(nodes, weights, shapes, set(outputs))
+    nodes = fuse(fuse_gelu(nodes, {**constants, **weights}, set(outputs)), weights, shapes, set(outputs), constants)
     device_weights = sorted({i for nd in nodes if nd["where"] == "device" for i in nd["inputs"] if i in weights}
                             | {v for nd in nodes for v in nd["attrs"].get("bn", {}).get("params", [])})
     graph = {
@@ -226,8 +226,86 @@ def _same_static_shape(a: Sequence | None, b: Sequence | None) -> bool:
     return a is not None and b is not None and len(a) == len(b) and all(x is not None and x == y for x, y in zip(a, b))
 
 
-def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[str, list], outputs: set[str]) -> list[dict]:
-    """Fold BatchNormalization into Conv; fuse bias, residual Add and Relu epilogues (see module doc)."""
+def fuse_gelu(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[str]) -> list[dict]:
+    """x * 0.5 * (1 + erf(x / sqrt(2))) as the exporters write it (Div or Mul, Erf, Add, then
+    Mul(x, .) * 0.5 or (x * 0.5) * .) -> one Gelu node: one kernel (or a GEMM epilogue) instead of five."""
+    made: dict[str, int] = {}
+    for i, nd in enumerate(nodes):
+        for o in nd["outputs"]:
+            made[o] = i
+    consumers: dict[str, list[int]] = {}
+    for i, nd in enumerate(nodes):
+        for t in nd["inputs"]:
+            consumers.setdefault(t, []).append(i)
+
+    def scalar(name: str) -> float | None:
+        v = values.get(name)
+        return float(np.asarray(v).reshape(-1)[0]) if v is not None and np.asarray(v).size == 1 else None
+
+    def only(out: str, op: str) -> int | None:
+        c = consumers.get(out, [])
+        return c[0] if len(c) == 1 and out not in outputs and nodes[c[0]]["op"] == op \
+            and nodes[c[0]]["where"] == "device" else None
+
+    def other(k: int, t: str) -> str | None:
+        ins = nodes[k]["inputs"]
+        return ins[1] if ins[0] == t else ins[0] if len(ins) == 2 and ins[1] == t else None
+
+    def near(v: float | None, want: float) -> bool:
+        return v is not None and abs(v - want) <= 1e-3 * abs(want)
+
+    drop: set[int] = set()
+    for e, nd in enumerate(nodes):
+        if nd["op"] != "Erf" or nd["where"] != "device" or nd["inputs"][0] not in made:
+            continue
+        d = made[nd["inputs"][0]]
+        dn = nodes[d]
+        if dn["op"] not in ("Div", "Mul") or dn["where"] != "device" or only(dn["outputs"][0], "Erf") != e:
+            continue
+        x = dn["inputs"][0]
+        if not near(scalar(dn["inputs"][1]), 2 ** 0.5 if dn["op"] == "Div" else 2 ** -0.5):
+            continue
+        a = only(nd["outputs"][0], "Add")
+        if a is None or not near(scalar(other(a, nd["outputs"][0]) or ""), 1.0):
+            continue
+        m = only(nodes[a]["outputs"][0], "Mul")
+        if m is None:
+            continue
+        partner = other(m, nodes[a]["outputs"][0])
+        parts = [d, e, a, m]
+        if near(scalar(partner or ""), 0.5):                  # x * ((1 + erf) * 0.5)
+            last = only(nodes[m]["outputs"][0], "Mul")
+            if last is None or other(last, nodes[m]["outputs"][0]) != x or set(consumers.get(x, [])) != {d, last}:
+                continue
+            parts.append(last)
+        elif partner == x:                                    # (x * (1 + erf)) * 0.5
+            last = only(nodes[m]["outputs"][0], "Mul")
+            if last is None or not near(scalar(other(last, nodes[m]["outputs"][0]) or ""), 0.5) \
+                    or set(consumers.get(x, [])) != {d, m}:
+                continue
+            parts.append(last)
+        else:                                                 # (x * 0.5) * (1 + erf)
+            h = made.get(partner or "")
+            if h is None or nodes[h]["op"] != "Mul" or other(h, x) is None or not near(scalar(other(h, x)), 0.5) \
+                    or set(consumers.get(x, [])) != {d, h} or only(partner, "Mul") != m:
+                continue
+            parts.append(h)
+            last = m
+        y = nodes[last]["outputs"][0]
+        nodes[last] = {"op": "Gelu", "name": nodes[last]["name"], "inputs": [x], "outputs": [y], "attrs": {},
+                       "where": "device"}
+        drop.update(p for p in parts if p != last)
+    return [nd for k, nd in enumerate(nodes) if k not in drop]
+
+
+def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[str, list], outputs: set[str],
+         constants: Mapping[str, np.ndarray] | None = None) -> list[dict]:
+    """Fold BatchNormalization into Conv; fuse bias, residual Add and Relu / GELU epilogues (see module
+    doc). A MatMul's bias may be an initializer or a Constant node's value (uploaded once per shape)."""
+    vectors = {**(constants or {}), **weights}
+    for nd in nodes:          # exporters alias equal initializers through Identity (evaluated on the host)
+        if nd["op"] == "Identity" and nd["where"] == "host" and nd["inputs"][0] in vectors:
+            vectors[nd["outputs"][0]] = vectors[nd["inputs"][0]]
     consumers: dict[str, list[int]] = {}
     for i, nd in enumerate(nodes):
         for t in nd["inputs"]:
@@ -260,8 +338,8 @@ def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[s
             removed.add(j)
             j = sole_next(j, out)
         if nd["op"] == "MatMul" and j is not None and nodes[j]["op"] == "Add" and ins[2] == "":
-            other = [t for t in nodes[j]["inputs"] if t != out]
-            if len(other) == 1 and other[0] in weights and weights[other[0]].ndim == 1 and nodes[j]["inputs"][0] == out:
+            other = [t for t in nodes[j]["inputs"] if t != out]    # Add(out, bias) or Add(bias, out)
+            if len(other) == 1 and other[0] in vectors and np.ndim(vectors[other[0]]) == 1:
                 ins[2] = other[0]
                 out, pos = nodes[j]["outputs"][0], j
                 removed.add(j)
@@ -274,8 +352,9 @@ def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[s
                 out, pos = nodes[j]["outputs"][0], j
                 removed.add(j)
                 j = sole_next(j, out)
-        if j is not None and nodes[j]["op"] == "Relu":
-            attrs["relu"] = 1
+        if j is not None and (nodes[j]["op"] == "Relu" or (nodes[j]["op"] == "Gelu" and
+                                                          nodes[j]["attrs"].get("approximate", "none") == "none")):
+            attrs["relu"] = 1 if nodes[j]["op"] == "Relu" else 2     # the epilogue's activation code
             out, pos = nodes[j]["outputs"][0], j
             removed.add(j)
         if pos != i:
