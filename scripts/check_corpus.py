@@ -105,8 +105,9 @@ def _cases(name: str, big_batch: int) -> list[tuple[str, dict[str, Any]]]:
     return cases
 
 
-def _torch_peer(name: str, feeds: dict[str, np.ndarray], iters: int) -> float | None:
-    """Batch-1 median ms of the same architecture in PyTorch eager, captured in a CUDA graph."""
+def torch_peer_call(name: str, feeds: dict[str, np.ndarray], half: bool = False) -> Any:
+    """``call()`` running the same architecture as corpus model ``name`` in PyTorch on the GPU (its own
+    initial weights: kernel times do not depend on the values), inputs as CUDA tensors."""
     import torch
 
     import export_models as em
@@ -120,9 +121,20 @@ def _torch_peer(name: str, feeds: dict[str, np.ndarray], iters: int) -> float | 
     fn = getattr(module, "_export_fn", None)
     module = module.cuda().eval()
     args = [torch.from_numpy(np.ascontiguousarray(v)).cuda() for v in feeds.values()]
-    call = (lambda: fn(module, *args)) if fn is not None else (lambda: module(*args))
+    if half:
+        module = module.half()
+        args = [a.half() if a.is_floating_point() else a for a in args]
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
+    if fn is not None:
+        return module, lambda m=module: fn(m, *args)
+    return module, lambda m=module: m(*args)
+
+
+def cuda_graph_ms(call: Any, iters: int) -> float:
+    """Median ms of one replay of ``call`` captured in a CUDA graph (after 3 warm-up calls)."""
+    import torch
+
     with torch.no_grad():
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
@@ -133,15 +145,26 @@ def _torch_peer(name: str, feeds: dict[str, np.ndarray], iters: int) -> float | 
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
             call()
-        times = []
-        for _ in range(iters):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            g.replay()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
+        return event_ms(g.replay, iters)
+
+
+def event_ms(fn: Any, iters: int) -> float:
+    import torch
+
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
     return sorted(times)[len(times) // 2]
+
+
+def _torch_peer(name: str, feeds: dict[str, np.ndarray], iters: int) -> float | None:
+    """Batch-1 median ms of the same architecture in PyTorch eager, captured in a CUDA graph."""
+    return cuda_graph_ms(torch_peer_call(name, feeds)[1], iters)
 
 
 def check_one(rec: dict[str, Any], workdir: str, run: str, big_batch: int, iters: int, peer: bool,
