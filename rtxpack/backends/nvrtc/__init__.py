@@ -37,7 +37,8 @@ WEIGHT_ALIGN = 256
 def use_tensor_cores(graph: dict[str, Any], weights: Mapping[str, np.ndarray]) -> None:
     """fp16 plans: mark the layers that run on tensor cores (``tc``) and their operands stored as fp16
     (``tc_half``, input indices): every Conv that is an implicit GEMM (at least 8 output channels per
-    group, weights from the model) and every Gemm / MatMul, its weight operands in fp16."""
+    group, weights from the model) and every Gemm / MatMul, its weight operands in fp16 (``tc_bt``: B's
+    copy transposed to [N, K])."""
     for nd in graph["nodes"]:
         if nd["where"] != "device" or nd["op"] not in ("Conv", "Gemm", "MatMul"):
             continue
@@ -51,6 +52,9 @@ def use_tensor_cores(graph: dict[str, Any], weights: Mapping[str, np.ndarray]) -
             a["tc"] = 1
             a["tc_half"] = [i for i in (0, 1) if i < len(ins) and ins[i] in weights
                             and np.issubdtype(weights[ins[i]].dtype, np.floating)]
+            # a 2-D weight B laid out [K, N] gets its fp16 copy as [N, K]: k-contiguous rows load 8 at a time
+            if 1 in a["tc_half"] and weights[ins[1]].ndim == 2 and not (nd["op"] == "Gemm" and a.get("transB", 0)):
+                a["tc_bt"] = 1
 
 
 def _is_stripped_dtype(arr: np.ndarray) -> bool:

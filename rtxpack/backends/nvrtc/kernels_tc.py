@@ -137,7 +137,7 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
                         const int4* __restrict__ ktab) {
   constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8;
   static_assert(NT % BN == 0 && BK % (2 * (NT / BN)) == 0, "B loader: one pixel column, an even k run per thread");
-  static_assert((BM * BK / 2) % NT == 0, "A loader: whole k pairs per thread");
+  static_assert((BM * BK / 8) % NT == 0, "A loader: whole 8-half vectors per thread");
   constexpr int KR = BK / (NT / BN), AP = BM * BK / 2 / NT;   // k run per thread (B), k pairs per thread (A)
   __shared__ __align__(16) unsigned short As[2][BM][LD];
   __shared__ __align__(16) unsigned short Bs[2][BN][LD];
@@ -165,17 +165,29 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
   const float* __restrict__ xcol = K1 ? x + ((long long)ncol * C + g * Cg) * OHW + rcol
                                       : x + ((long long)ncol * C + g * Cg) * H * W + (long long)ih0 * W + iw0;
   unsigned ra[AP], rb[KR / 2];
+  // weights: 8 halves (16 bytes) per load when rows are 16-byte aligned (K % 8 == 0), else pairs
+  const bool vec = (K & 7) == 0;
   auto load = [&](int k0) {
+    if (vec) {
 #pragma unroll
-    for (int t = 0; t < AP; ++t) {
-      const int e = tid + t * NT, i = e / (BK / 2), kk = 2 * (e % (BK / 2)), m = m0 + i, k = k0 + kk;
-      const unsigned short* src = wg + (long long)m * K + k;
-      unsigned short lo = 0, hi = 0;
-      if (m < M) {
-        if (k < ke) lo = src[0];
-        if (k + 1 < ke) hi = src[1];
+      for (int t = 0; t < AP / 4; ++t) {
+        const int e = tid + t * NT, i = e / (BK / 8), kk = 8 * (e % (BK / 8)), m = m0 + i, k = k0 + kk;
+        const uint4 v = (m < M && k < ke) ? *reinterpret_cast<const uint4*>(wg + (long long)m * K + k)
+                                          : make_uint4(0u, 0u, 0u, 0u);
+        ra[4 * t] = v.x; ra[4 * t + 1] = v.y; ra[4 * t + 2] = v.z; ra[4 * t + 3] = v.w;
       }
-      ra[t] = pack_h2(lo, hi);
+    } else {
+#pragma unroll
+      for (int t = 0; t < AP; ++t) {
+        const int e = tid + t * NT, i = e / (BK / 2), kk = 2 * (e % (BK / 2)), m = m0 + i, k = k0 + kk;
+        const unsigned short* src = wg + (long long)m * K + k;
+        unsigned short lo = 0, hi = 0;
+        if (m < M) {
+          if (k < ke) lo = src[0];
+          if (k + 1 < ke) hi = src[1];
+        }
+        ra[t] = pack_h2(lo, hi);
+      }
     }
 #pragma unroll
     for (int t = 0; t < KR / 2; ++t) {
@@ -199,10 +211,19 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
     }
   };
   auto store = [&](int buf) {
+    if (vec) {
 #pragma unroll
-    for (int t = 0; t < AP; ++t) {
-      const int e = tid + t * NT;
-      *reinterpret_cast<unsigned*>(&As[buf][e / (BK / 2)][2 * (e % (BK / 2))]) = ra[t];
+      for (int t = 0; t < AP / 4; ++t) {
+        const int e = tid + t * NT;
+        *reinterpret_cast<uint4*>(&As[buf][e / (BK / 8)][8 * (e % (BK / 8))]) =
+            make_uint4(ra[4 * t], ra[4 * t + 1], ra[4 * t + 2], ra[4 * t + 3]);
+      }
+    } else {
+#pragma unroll
+      for (int t = 0; t < AP; ++t) {
+        const int e = tid + t * NT;
+        *reinterpret_cast<unsigned*>(&As[buf][e / (BK / 2)][2 * (e % (BK / 2))]) = ra[t];
+      }
     }
 #pragma unroll
     for (int t = 0; t < KR / 2; ++t) *reinterpret_cast<unsigned*>(&Bs[buf][bn][kr0 + 2 * t]) = rb[t];
@@ -255,6 +276,15 @@ template <bool H> __device__ __forceinline__ unsigned short tc_elem(const void* 
   return f2h(static_cast<const float*>(p)[i]);
 }
 
+// 8 consecutive elements from element offset i (16-byte aligned for fp16, 32 for fp32) as 8 fp16
+template <bool H> __device__ __forceinline__ uint4 tc_vec8(const void* p, long long i) {
+  if (H) return *reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(p) + i);
+  const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
+  const float4 b = *reinterpret_cast<const float4*>(static_cast<const float*>(p) + i + 4);
+  return make_uint4(pack_h2(f2h(a.x), f2h(a.y)), pack_h2(f2h(a.z), f2h(a.w)), pack_h2(f2h(b.x), f2h(b.y)),
+                    pack_h2(f2h(b.z), f2h(b.w)));
+}
+
 // Batched GEMM on tensor cores, arguments and epilogue as gemm(); AH / BH: that operand is fp16 in
 // device memory (a weight), else fp32 (an activation, rounded to fp16 on its way to shared memory).
 template <int BM, int BN, int BK, int WM, int WN, bool AH, bool BH>
@@ -280,19 +310,38 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
     for (int j = 0; j < WN / 8; ++j)
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+  // k-contiguous operands with 16-byte aligned rows load 8 elements at a time
+  const bool vecA = sAk == 1 && (K & 7) == 0 && (sAm & 7) == 0 && (aofs & 7) == 0;
+  const bool vecB = sBk == 1 && (K & 7) == 0 && (sBn & 7) == 0 && (bofs & 7) == 0;
   for (int k0 = kb; k0 < ke; k0 += BK) {
-    // consecutive threads walk the operand's contiguous dimension (coalesced reads)
-    for (int e = tid; e < BM * BK; e += NT) {
-      int i, kk;
-      if (sAm == 1) { i = e % BM; kk = e / BM; } else { kk = e % BK; i = e / BK; }
-      const int m = m0 + i, k = k0 + kk;
-      As[i][kk] = (m < M && k < ke) ? tc_elem<AH>(A, aofs + (long long)m * sAm + (long long)k * sAk) : 0;
+    if (vecA) {
+      for (int e = tid; e < BM * BK / 8; e += NT) {
+        const int i = e / (BK / 8), kk = 8 * (e % (BK / 8)), m = m0 + i, k = k0 + kk;
+        *reinterpret_cast<uint4*>(&As[i][kk]) =
+            (m < M && k < ke) ? tc_vec8<AH>(A, aofs + (long long)m * sAm + k) : make_uint4(0u, 0u, 0u, 0u);
+      }
+    } else {
+      // consecutive threads walk the operand's contiguous dimension (coalesced reads)
+      for (int e = tid; e < BM * BK; e += NT) {
+        int i, kk;
+        if (sAm == 1) { i = e % BM; kk = e / BM; } else { kk = e % BK; i = e / BK; }
+        const int m = m0 + i, k = k0 + kk;
+        As[i][kk] = (m < M && k < ke) ? tc_elem<AH>(A, aofs + (long long)m * sAm + (long long)k * sAk) : 0;
+      }
     }
-    for (int e = tid; e < BK * BN; e += NT) {
-      int j, kk;
-      if (sBn == 1) { j = e % BN; kk = e / BN; } else { kk = e % BK; j = e / BK; }
-      const int n = n0 + j, k = k0 + kk;
-      Bs[j][kk] = (n < N && k < ke) ? tc_elem<BH>(B, bofs + (long long)k * sBk + (long long)n * sBn) : 0;
+    if (vecB) {
+      for (int e = tid; e < BN * BK / 8; e += NT) {
+        const int j = e / (BK / 8), kk = 8 * (e % (BK / 8)), n = n0 + j, k = k0 + kk;
+        *reinterpret_cast<uint4*>(&Bs[j][kk]) =
+            (n < N && k < ke) ? tc_vec8<BH>(B, bofs + (long long)n * sBn + k) : make_uint4(0u, 0u, 0u, 0u);
+      }
+    } else {
+      for (int e = tid; e < BK * BN; e += NT) {
+        int j, kk;
+        if (sBn == 1) { j = e % BN; kk = e / BN; } else { kk = e % BK; j = e / BK; }
+        const int n = n0 + j, k = k0 + kk;
+        Bs[j][kk] = (n < N && k < ke) ? tc_elem<BH>(B, bofs + (long long)k * sBk + (long long)n * sBn) : 0;
+      }
     }
     __syncthreads();
     tc_step<BK, WM, WN>(As, Bs, acc, wm0, wn0, lane);

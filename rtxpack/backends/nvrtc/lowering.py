@@ -479,6 +479,8 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
         half = set(a.get("tc_half", ()))
         spec = KernelSpec("gemm_tc", TC_TILES[label] + (int(0 in half), int(1 in half)))
         args[0], args[1] = [ins[i] + "#h" if i in half else ins[i] for i in (0, 1)]
+        if a.get("tc_bt"):            # B's fp16 copy is stored [N, K] (see use_tensor_cores)
+            args[1], args[10], args[11] = ins[1] + "#ht", 1, K
     else:
         big = math.ceil(M / 64) * math.ceil(N / 64) * nbatch
         spec = KernelSpec("gemm", TILES["big" if big >= num_sms else "small"])

@@ -36,6 +36,8 @@ def device_weight_names(graph: Mapping[str, Any]) -> dict[str, str]:
                 src = conv_weight_names(nd)[0]
                 out.pop(src, None)    # only the fp16 copy is read
                 out[src + "#h"] = "half:conv_bn_w"
+            elif i == 1 and nd["attrs"].get("tc_bt"):
+                out[src + "#ht"] = "half_t:raw"      # transposed to [N, K]
             else:
                 out[src + "#h"] = "half:raw"
             skip.add(i)
@@ -51,11 +53,12 @@ def device_weight_names(graph: Mapping[str, Any]) -> dict[str, str]:
 def derive_weight(graph_node: Mapping[str, Any], recipe: str, w: Mapping[str, np.ndarray], device_name: str = ""
                   ) -> np.ndarray:
     """Fold BatchNormalization parameters (computed in float64, stored as float32); ``half:RECIPE`` is
-    RECIPE rounded to float16 (the tensor-core operands of fp16 plans)."""
-    if recipe.startswith("half:"):
-        base = recipe[5:]
-        src = w[device_name[:-2]] if base == "raw" else derive_weight(graph_node, base, w)
-        return np.asarray(src, dtype=np.float32).astype(np.float16)
+    RECIPE rounded to float16 (the tensor-core operands of fp16 plans), ``half_t:`` also transposed."""
+    if recipe.startswith(("half:", "half_t:")):
+        kind, base = recipe.split(":", 1)
+        src = w[device_name.rsplit("#", 1)[0]] if base == "raw" else derive_weight(graph_node, base, w)
+        src = np.asarray(src, dtype=np.float32)
+        return np.ascontiguousarray(src.T if kind == "half_t" else src).astype(np.float16)
     ins = graph_node["inputs"]
     if recipe.startswith("conv_bn"):
         scale_n, bias_n, mean_n, var_n = graph_node["attrs"]["bn"]["params"]
