@@ -5,8 +5,8 @@ memory, activations are converted on the fly), products accumulate in fp32, and 
 (bias, residual, ReLU, alpha/beta) runs in fp32 on fp32 activations. One warp computes a WM x WN
 tile with ``mma.m16n8k16`` (two ``m16n8k8`` on Turing), fed by ``ldmatrix`` from shared tiles whose
 rows are padded by 8 halves, so the eight 16-byte rows a ldmatrix phase reads hit 8 distinct bank
-groups. Split-K runs in one launch: the last split of each tile to finish sums the fp32 partials
-(a per-tile counter, reset by that block for the next run) and applies the epilogue.
+groups. Split-K partials use the fp32 reducers of kernels.py (``splitk_reduce``,
+``gemm_splitk_reduce``): a tensor-core launch and its reducer are one tuning candidate.
 
 The helpers (``mma_m16n8k16_f16f32``, ``ldmatrix_x*``, ``f2h``/``h2f``) are inline PTX on the GPU;
 compiled by the CPU emulator of tests/cudaemu (which defines ``RTX_EMULATOR``) they are the
@@ -108,26 +108,6 @@ __device__ __forceinline__ unsigned pack_h2(unsigned short lo, unsigned short hi
 """
 
 TC_SOURCE = MMA_SOURCE + r"""
-// Split-K in one launch: each split block stores its partial tile, then counts itself in the tile's
-// counter; the block that brings it to S (the last to finish) resets it for the next run and returns
-// true: it sums the S partials (in split order, so results do not depend on which block was last).
-__device__ __forceinline__ bool splitk_last(int* counter, int S) {
-  __shared__ int last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    last = atomicAdd(counter, 1) == S - 1;
-    if (last) *counter = 0;
-  }
-  __syncthreads();
-  return last != 0;
-}
-__device__ __forceinline__ float splitk_sum(const float* p, long long stride, int S) {
-  float s = 0.f;
-  for (int t = 0; t < S; ++t) s += *(volatile const float*)(p + t * stride);   // other blocks' writes, from L2
-  return s;
-}
-
 // One BK-deep step of a block tile held in shared memory as As[BM][BK + 8] (m x k) and Bs[BN][BK + 8]
 // (n x k): warp (wm0, wn0) accumulates its WM x WN tile into acc.
 template <int BK, int WM, int WN>
@@ -154,7 +134,7 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
                         const float* __restrict__ bias, const float* __restrict__ res, float* __restrict__ y, int N,
                         int C, int H, int W, int OC, int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw,
                         int dh, int dw, int G, int relu, int S, float* __restrict__ ws,
-                        const int4* __restrict__ ktab, int* __restrict__ cnt) {
+                        const int4* __restrict__ ktab) {
   constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8;
   static_assert(NT % BN == 0 && BK % (2 * (NT / BN)) == 0, "B loader: one pixel column, an even k run per thread");
   static_assert((BM * BK / 8) % NT == 0, "A loader: whole 8-half vectors per thread");
@@ -262,32 +242,33 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
       buf ^= 1;
     }
   }
-  auto each = [&](auto&& f) {   // f(accumulator, row m, column p) for this thread's in-range elements
 #pragma unroll
-    for (int i = 0; i < WM / 16; ++i)
+  for (int i = 0; i < WM / 16; ++i)
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
+    for (int h = 0; h < 2; ++h) {
+      const int m = m0 + wm0 + i * 16 + (lane >> 2) + h * 8;
+      if (m >= M) continue;
+      const int oc = g * OCg + m;
+      const float bv = bias ? bias[oc] : 0.f;
 #pragma unroll
-        for (int j = 0; j < WN / 8; ++j)
+      for (int j = 0; j < WN / 8; ++j)
 #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const int m = m0 + wm0 + i * 16 + (lane >> 2) + h * 8, p = p0 + wn0 + j * 8 + 2 * (lane & 3) + u;
-            if (m < M && p < P) f(acc[i][j][2 * h + u], m, p);
+        for (int u = 0; u < 2; ++u) {
+          const int p = p0 + wn0 + j * 8 + 2 * (lane & 3) + u;
+          if (p >= P) continue;
+          const float a = acc[i][j][2 * h + u];
+          if (S > 1) {
+            ws[((long long)split * OC + oc) * P + p] = a;
+            continue;
           }
-  };
-  if (S > 1) {   // ws[split][oc][p]; the last split of this tile to finish sums them all (fixed order)
-    const long long wofs = (long long)g * OCg * P;
-    each([&](float& a, int m, int p) { ws[(long long)split * OC * P + wofs + (long long)m * P + p] = a; });
-    if (!splitk_last(cnt + (long long)g * gridDim.x * gridDim.y + blockIdx.y * gridDim.x + blockIdx.x, S)) return;
-    each([&](float& a, int m, int p) { a = splitk_sum(ws + wofs + (long long)m * P + p, (long long)OC * P, S); });
-  }
-  each([&](float& a, int m, int p) {
-    const int oc = g * OCg + m, n = p / OHW, r = p - n * OHW;
-    const long long o = ((long long)n * OC + oc) * OHW + r;
-    float v = a + (bias ? bias[oc] : 0.f);
-    if (res) v += res[o];
-    y[o] = epilogue_act(relu, v);
-  });
+          const int n = p / OHW, r = p - n * OHW;
+          const long long o = ((long long)n * OC + oc) * OHW + r;
+          float v = a + bv;
+          if (res) v += res[o];
+          v = epilogue_act(relu, v);
+          y[o] = v;
+        }
+    }
 }
 
 template <bool H> __device__ __forceinline__ unsigned short tc_elem(const void* p, long long i) {
@@ -310,7 +291,7 @@ template <int BM, int BN, int BK, int WM, int WN, bool AH, bool BH>
 __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, const float* __restrict__ bias,
                         const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk,
                         int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, float alpha,
-                        float beta, int relu, int S, float* __restrict__ ws, int* __restrict__ cnt) {
+                        float beta, int relu, int S, float* __restrict__ ws) {
   constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8;
   __shared__ __align__(16) unsigned short As[BM][LD];
   __shared__ __align__(16) unsigned short Bs[BN][LD];
@@ -366,42 +347,42 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
     tc_step<BK, WM, WN>(As, Bs, acc, wm0, wn0, lane);
     __syncthreads();
   }
-  auto each = [&](auto&& f) {
 #pragma unroll
-    for (int i = 0; i < WM / 16; ++i)
+  for (int i = 0; i < WM / 16; ++i)
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
+    for (int h = 0; h < 2; ++h) {
+      const int m = m0 + wm0 + i * 16 + (lane >> 2) + h * 8;
+      if (m >= M) continue;
 #pragma unroll
-        for (int j = 0; j < WN / 8; ++j)
+      for (int j = 0; j < WN / 8; ++j)
 #pragma unroll
-          for (int u = 0; u < 2; ++u) {
-            const int m = m0 + wm0 + i * 16 + (lane >> 2) + h * 8, n = n0 + wn0 + j * 8 + 2 * (lane & 3) + u;
-            if (m < M && n < N) f(acc[i][j][2 * h + u], m, n);
+        for (int u = 0; u < 2; ++u) {
+          const int n = n0 + wn0 + j * 8 + 2 * (lane & 3) + u;
+          if (n >= N) continue;
+          const float a = acc[i][j][2 * h + u];
+          if (S > 1) {
+            ws[((long long)split * M + m) * N + n] = a;
+            continue;
           }
-  };
-  if (S > 1) {   // ws[split][m][n], summed by the tile's last split (see conv_tc)
-    each([&](float& a, int m, int n) { ws[((long long)split * M + m) * N + n] = a; });
-    if (!splitk_last(cnt + blockIdx.y * gridDim.x + blockIdx.x, S)) return;
-    each([&](float& a, int m, int n) { a = splitk_sum(ws + (long long)m * N + n, (long long)M * N, S); });
-  }
-  each([&](float& a, int m, int n) {
-    float v = alpha * a;
-    if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
-    const long long o = cofs + (long long)m * N + n;
-    if (res) v += res[o];
-    Cm[o] = epilogue_act(relu, v);
-  });
+          float v = alpha * a;
+          if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
+          const long long o = cofs + (long long)m * N + n;
+          if (res) v += res[o];
+          v = epilogue_act(relu, v);
+          Cm[o] = v;
+        }
+    }
 }
 """
 
 _CONV = ("const float* x, const unsigned short* w, const float* bias, const float* res, float* y, int N, int C, "
          "int H, int W, int OC, int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw, int dh, int dw, "
-         "int G, int relu, int S, float* ws, const int4* ktab, int* cnt")
+         "int G, int relu, int S, float* ws, const int4* ktab")
 TC_FAMILIES: dict[str, str] = {
     "conv_tc": _CONV,
     "gemm_tc": ("const void* A, const void* B, const float* bias, const float* res, float* Cm, int M, int N, int K, "
                 "int sAm, int sAk, int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, "
-                "float alpha, float beta, int relu, int S, float* ws, int* cnt"),
+                "float alpha, float beta, int relu, int S, float* ws"),
 }
 TC_TEMPLATE_KINDS: dict[str, str] = {"conv_tc": "iiiiib", "gemm_tc": "iiiiibb"}
 

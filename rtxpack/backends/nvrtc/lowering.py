@@ -92,7 +92,7 @@ def _conv_specs(node, ws: Sequence[int]) -> list[KernelSpec]:
     k1 = (ws[2] == 1 and ws[3] == 1 and list(a.get("strides", [1, 1])) == [1, 1]
           and not any(a.get("pads", [0] * 4)) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"))
     if a.get("tc"):
-        return [KernelSpec("conv_tc", t + (int(k1),)) for t in TC_TILES.values()]
+        return [KernelSpec("conv_tc", t + (int(k1),)) for t in TC_TILES.values()] + [KernelSpec("splitk_reduce")]
     return [KernelSpec("conv_igemm", TILES[t] + (int(k1),)) for t in ("large", "big", "small")] + \
         [KernelSpec("splitk_reduce")]
 
@@ -101,7 +101,8 @@ def _gemm_specs(node: Mapping[str, Any]) -> list[KernelSpec]:
     a = node["attrs"]
     if a.get("tc"):
         half = set(a.get("tc_half", ()))
-        return [KernelSpec("gemm_tc", t + (int(0 in half), int(1 in half))) for t in TC_TILES.values()]
+        return [KernelSpec("gemm_tc", t + (int(0 in half), int(1 in half))) for t in TC_TILES.values()] + \
+            [KernelSpec("gemm_splitk_reduce")]
     return [KernelSpec("gemm", TILES[t]) for t in ("big", "small")] + [KernelSpec("gemm_splitk_reduce")]
 
 
@@ -383,17 +384,13 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
         dkh, dkw = (r // kw) * dh, (r % kw) * dw
         extra[ktab] = np.stack([c * x[2] * x[3] + dkh * x[3] + dkw, dkh, dkw, np.zeros_like(c)], 1).astype(np.int32)
     grid = (math.ceil(P / bn), math.ceil(M / bm), g * splits)
-    tc = spec.family == "conv_tc"
     if splits == 1:
-        return [out], [Launch(spec, grid, spec.block_threads, args + [1, "", ktab] + ([""] if tc else []))], extra
+        return [out], [Launch(spec, grid, spec.block_threads, args + [1, "", ktab])], extra
     scratch = f"{y}#splitk"
-    total = int(np.prod(out))
-    extra[scratch] = splits * total * 4
-    if tc:       # one launch: the last split of each tile reduces (per-tile counters, zero between runs)
-        extra[f"{y}#cnt"] = np.zeros(grid[0] * grid[1] * g, np.int32)
-        return [out], [Launch(spec, grid, spec.block_threads, args + [splits, scratch, ktab, f"{y}#cnt"])], extra
     conv = Launch(spec, grid, spec.block_threads, args + [splits, scratch, ktab])
+    total = int(np.prod(out))
     red = Launch(KernelSpec("splitk_reduce"), _blocks(total), 256, [scratch, bname, res, y, x[0], oc, oh * ow, splits, relu])
+    extra[scratch] = splits * total * 4
     return [out], [conv, red], extra
 
 
@@ -490,16 +487,11 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
         blocks = math.ceil(N / spec.targs[1]) * math.ceil(M / spec.targs[0]) * nbatch
         splits = _split_k(blocks, K, spec.targs[2], num_sms) if nbatch == 1 else 1
     bm, bn = spec.targs[0], spec.targs[1]
-    tc = spec.family == "gemm_tc"
     if splits == 1:
         return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), nbatch), spec.block_threads,
-                              args + [1, ""] + ([""] if tc else []))], extra
+                              args + [1, ""])], extra
     scratch = f"{y}#splitk"
     extra[scratch] = splits * M * N * 4
-    if tc:       # one launch (see _plan_conv)
-        extra[f"{y}#cnt"] = np.zeros(math.ceil(N / bn) * math.ceil(M / bm), np.int32)
-        return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), splits), spec.block_threads,
-                              args + [splits, scratch, f"{y}#cnt"])], extra
     return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), splits), spec.block_threads,
                           args + [splits, scratch]),
                    Launch(KernelSpec("gemm_splitk_reduce"), _blocks(M * N), 256,
