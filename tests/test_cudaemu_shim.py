@@ -1,4 +1,4 @@
-"""cuda_shim.h and mma_device.cuh on their own: warp collectives, barriers, atomics, half, the
+"""cuda_shim.h and the backend's tensor-core helpers (kernels_tc.MMA_SOURCE) on their own: warp collectives, barriers, atomics, half, the
 tensor-core helpers (fragment layouts against numpy, two independent ways), wmma, errors.
 
 Kernels in ``PORTABLE`` are plain CUDA: the ``backend`` fixture runs them on the emulator and,
@@ -396,16 +396,17 @@ def test_bad_launches_are_errors(emu_only) -> None:
 
 
 def test_mma_device_header_compiles_with_nvrtc_for_every_ci_arch() -> None:
-    """The GPU branch of mma_device.cuh (inline PTX) is valid for NVRTC from sm_75 (trap
-    fallback for mma, ldmatrix real) to sm_120, pasted after the backend's PRELUDE."""
+    """The tensor-core helpers of the backend's PRELUDE (inline PTX) are valid for NVRTC from sm_75
+    (mma.m16n8k16 as two m16n8k8) to sm_120, with these tests' kernels after them."""
     from rtxpack.backends.nvrtc import compile as nv_compile
     from rtxpack.backends.nvrtc.kernels import PRELUDE
 
     if nv_compile.nvrtc_version() is None:
         pytest.skip("needs NVRTC")
-    src = PRELUDE + _portable_source()
+    src = PRELUDE + PORTABLE
     for sm in (75, 90, 120):
         assert nv_compile.compile_program(src, sm)
     ptx = nv_compile.compile_program(src, 90, ptx=True).decode()
     assert "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32" in ptx
     assert "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16" in ptx
+    assert "mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32" in nv_compile.compile_program(src, 75, ptx=True).decode()

@@ -205,8 +205,8 @@ def test_dynamic_batch_and_profiles(models) -> None:
         b.build(models["mlp"], compute_capabilities=["8.6"], profiles={"nope": {"min": [1], "opt": [1], "max": [1]}})
     with pytest.raises(UnsupportedModel, match="rank"):
         b.build(models["mlp"], compute_capabilities=["8.6"], profiles={"x": {"min": [1], "opt": [1], "max": [1]}})
-    with pytest.raises(UnsupportedModel, match="fp32"):
-        b.build(models["mlp"], compute_capabilities=["8.6"], precision="fp16")
+    with pytest.raises(UnsupportedModel, match="fp32 and fp16"):
+        b.build(models["mlp"], compute_capabilities=["8.6"], precision="int8")
     graph, _ = import_onnx(models["mlp"])
     assert graph["inputs"][0]["shape"] == ["N", 64]
 

@@ -167,6 +167,47 @@ def test_fp16_plan_stores_tensor_core_weights_in_half(models) -> None:
     assert sum(dev.values()) < 0.6 * sum(dev32.values())
 
 
+@emu
+@pytest.mark.parametrize("name", ["small_cnn", "transformer_block"])
+def test_an_fp16_onnx_builds_as_is(tmp_path: Path, models, name: str) -> None:
+    """fp16 initializers, inputs and outputs (a model converted to float16): float16 in and out, fp32
+    inside (fp16 plans: fp16 tensor-core operands), within fp16 tolerance of the fp32 model."""
+    from rtxpack.demo.models import fp16_variant
+
+    src = models[name][0]
+    half = fp16_variant(src, tmp_path / f"{name}16.onnx")
+    x = rand(2, *FEATURES[name]).astype(np.float16)
+    ref = reference(src, {"x": x.astype(np.float32)})
+    for precision in ("fp32", "fp16"):
+        with EmuLoadedPlan(build_plan(half, precision=precision)) as p:
+            out = p.run({"x": x})
+        for k, r in ref.items():
+            assert out[k].dtype == np.float16
+            assert rel_err(out[k].astype(np.float32), r) <= FP16_TOL, (precision, k)
+
+
+@emu
+def test_stripped_fp16_plan_refits_to_the_same_weights(models) -> None:
+    path, full = models["resnet_small"]
+    stripped = build_plan(path, precision="fp16", strip_weights=True)
+    assert NvrtcBackend().inspect(stripped).stripped and "DWGT" not in NvrtcBackend().inspect(stripped).details["sections"]
+    x = rand(2, 3, 32, 32)
+    with EmuLoadedPlan(full) as a, EmuLoadedPlan(stripped) as b:
+        b.refit(path)
+        np.testing.assert_array_equal(a.run({"x": x})["y"], b.run({"x": x})["y"])
+
+
+def test_the_resolver_knows_fp16_needs_turing() -> None:
+    from rtxpack.core import registry
+
+    nvrtc = registry.get("nvrtc")
+    assert "fp16" in nvrtc.precisions
+    assert nvrtc.precision_problem("fp16", (8, 6)) is None and nvrtc.precision_problem("fp32", (6, 1)) is None
+    assert "7.5" in nvrtc.precision_problem("fp16", (6, 1))
+    assert "7.5" in nvrtc.plan_problem(["6.1", "8.6"], "fp16", False, [], "t")
+    assert nvrtc.plan_problem(["7.5", "8.6"], "fp16", False, [], "t") is None
+
+
 # ---------------------------------------------------------------- on a GPU
 @pytest.mark.gpu
 @pytest.mark.skipif(local_cc() is None, reason="needs an NVIDIA GPU with a driver")

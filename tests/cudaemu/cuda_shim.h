@@ -40,7 +40,7 @@
 // __fmaf_rn, __int_as_float & co, __popc/__clz/__ffs/__brev; min/max for every arithmetic mix;
 // vector types (char4, uchar4, short2, ushort2, int2/3/4, uint2/3/4, float1/2/3/4, double2,
 // longlong2) with make_*; __half (= GCC _Float16) and __half2 with the usual conversions and
-// arithmetic; nvcuda::wmma (see below); the tensor-core helpers of mma_device.cuh, whose
+// arithmetic; nvcuda::wmma (see below); the tensor-core helpers of the backend (kernels_tc.MMA_SOURCE), whose
 // emulator branch calls rtx_emu::mma_m16n8k16_f16f32 / rtx_emu::ldmatrix. `#include
 // <cuda_fp16.h>` and `#include <mma.h>` resolve to this file (tests/cudaemu/include).
 //
@@ -563,7 +563,7 @@ static inline unsigned vote(unsigned mask, int pred) {
   return s.out[0];
 }
 
-// the tensor-core helpers used by mma_device.cuh's emulator branch
+// the tensor-core helpers used by kernels_tc.MMA_SOURCE's emulator branch
 static inline void mma_m16n8k16_f16f32(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
   WarpSlot& s = my_slot();
   for (int i = 0; i < 4; ++i) s.in[i] = a[i];

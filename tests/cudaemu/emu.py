@@ -31,7 +31,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SHIM = HERE / "cuda_shim.h"
 INCLUDE = HERE / "include"
-MMA_DEVICE = HERE / "mma_device.cuh"
 #: -march=native: the .so is keyed by this CPU's flags too; -fno-strict-aliasing: CUDA code puns
 #: types (float4 loads of float arrays); FMA contraction stays on, like NVRTC's --fmad=true
 DEFAULT_FLAGS: tuple[str, ...] = ("-std=c++17", "-O2", "-march=native", "-fno-strict-aliasing", "-fPIC", "-shared",
@@ -142,7 +141,7 @@ def compile_source(source: str, *, flags: Sequence[str] = DEFAULT_FLAGS, timeout
     if not cxx:
         raise EmuError("no C++ compiler (g++) to build the CUDA emulator with")
     h = hashlib.sha256()
-    shim_files = [SHIM, *sorted(INCLUDE.glob("*.h")), *([MMA_DEVICE] if MMA_DEVICE.exists() else [])]
+    shim_files = [SHIM, *sorted(INCLUDE.glob("*.h"))]
     for part in (*(f.read_bytes() for f in shim_files), source.encode(), "\0".join(flags).encode(),
                  _compiler_version(cxx).encode(), _cpu_signature().encode()):
         h.update(hashlib.sha256(part).digest())
@@ -241,5 +240,8 @@ class EmuModule:
 
 
 def mma_device_source() -> str:
-    """mma_device.cuh: tensor-core helpers (inline PTX on the GPU, warp exchanges in the emulator)."""
-    return MMA_DEVICE.read_text()
+    """The backend's tensor-core helpers (kernels_tc.MMA_SOURCE: inline PTX on the GPU, warp exchanges
+    in the emulator), on their own."""
+    from rtxpack.backends.nvrtc.kernels_tc import MMA_SOURCE
+
+    return MMA_SOURCE

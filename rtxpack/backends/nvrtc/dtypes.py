@@ -32,8 +32,8 @@ def device_dtype(name: str, what: str) -> str:
     """``name`` as the device stores it; UnsupportedModel naming ``what`` for a type it cannot hold."""
     if name in ITEMSIZE:
         return name
-    if name == "float64":
-        return "float32"   # host arithmetic in double; the device keeps float32
+    if name in ("float64", "float16"):
+        return "float32"   # host arithmetic in double; the device keeps float32 (fp16 weights: see weights.py)
     raise UnsupportedModel(f"{what} has element type {name}, which the nvrtc backend does not hold on the GPU",
                            fix="use float32, int64, int32 or bool tensors (or the tensorrt-rtx backend)")
 

@@ -184,6 +184,8 @@ def import_onnx(onnx_path: Any, *, keep_unsupported: bool = False) -> tuple[dict
         nodes.append({"op": n.op_type, "name": name, "inputs": ins, "outputs": list(n.output), "attrs": attrs,
                       "where": where})
     for inp in inputs:
+        if inp["dtype"] == "float16":      # an fp16 model: float32 on the device, converted at the boundary
+            inp["dtype"], inp["io_dtype"] = "float32", "float16"
         if inp["dtype"] not in IO_DTYPES:
             problems.append(f"input {inp['name']!r} has dtype {inp['dtype']} (model inputs may be "
                             f"{', '.join(IO_DTYPES)})")
@@ -206,6 +208,8 @@ def import_onnx(onnx_path: Any, *, keep_unsupported: bool = False) -> tuple[dict
                     for k, v in sorted(weights.items())],
         "device_weights": device_weights,
         "value_shapes": {k: v for k, v in shapes.items() if k in outputs},
+        # outputs an fp16 model declares as float16 (the device computes them in float32)
+        "output_io_dtypes": {o.name: "float16" for o in g.output if o.type.tensor_type.elem_type == 10},
     }
     if problems:
         graph["problems"] = problems

@@ -449,7 +449,9 @@ class NvrtcLoadedPlan:
                 self._to_host(o, self._addr(st.plan, st.arena, n))
             outs[n] = o
         self._sync()
-        return {n: (o.view(np.bool_) if st.plan.dtypes.get(n) == "bool" else o) for n, o in outs.items()}
+        cast = self.graph.get("output_io_dtypes") or {}
+        return {n: (o.view(np.bool_) if st.plan.dtypes.get(n) == "bool" else o.astype(cast[n]) if n in cast else o)
+                for n, o in outs.items()}
 
     # the device steps of run() (the CPU emulator in tests/cudaemu overrides these five)
     def _activate(self) -> None:

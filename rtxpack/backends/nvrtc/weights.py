@@ -98,7 +98,7 @@ def device_tensors(graph: Mapping[str, Any], weights: Mapping[str, np.ndarray]) 
     for name, recipe in sorted(device_weight_names(graph).items()):
         arr = weights[name] if recipe == "raw" else derive_weight(nodes.get(name.split("#")[0], {}), recipe, weights,
                                                                  name)
-        b = arr.astype("<f2").tobytes() if arr.dtype == np.float16 else device_bytes(arr)
+        b = arr.astype("<f2").tobytes() if recipe.startswith("half") else device_bytes(arr)
         recs.append({"name": name, "offset": pos, "nbytes": len(b)})
         pad = (-len(b)) % ALIGN or (ALIGN if not b else 0)
         parts += [b, b"\0" * pad]
