@@ -289,7 +289,6 @@ class NvrtcLoadedPlan:
             return st
         import time
 
-        cu = _driver()
         t0 = time.perf_counter()
         sp = self._plan_for(shapes)
         arena = self._arena_for(sp)
