@@ -231,3 +231,68 @@ def test_fp16_on_the_gpu_tunes_then_uses_the_cache(tmp_path: Path, name: str) ->
         assert p.tuning["source"] == "runtime cache", p.tuning
     for k in ref:
         np.testing.assert_array_equal(again[k], out[k])
+
+
+_CHILD = r'''
+import json, sys
+import numpy as np
+import rtxpack
+from rtxpack.demo import models as examples
+a = json.loads(sys.argv[1])
+s = rtxpack.load("net", repo=a["repo"], backend="nvrtc", precision="fp16")
+x = np.random.default_rng(0).standard_normal(a["shape"]).astype(np.float32)
+y = s.run({s.input_names[0]: x})
+ref = examples.reference_run(a["onnx"], {s.input_names[0]: x})
+err = max(float(np.abs(y[k] - ref[k]).max()) / max(1e-6, float(np.abs(ref[k]).max())) for k in ref)
+s.close()
+p = s.provenance.to_dict()
+print("RESULT " + json.dumps({"err": err, "steps": p["steps"], "plan": p["plan"], "runtime_cache": p["runtime_cache"]}))
+'''
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.skipif(local_cc() is None, reason="needs an NVIDIA GPU with a driver")
+def test_warm_on_a_farm_gpu_ships_the_tuned_choices(tmp_path: Path) -> None:
+    """precision = "fp16" in rtxpack.toml -> rtxpack build (no GPU) -> rtxpack warm (tunes on this GPU) ->
+    a fresh app process loads with precision="fp16": its kernels come from the shipped choices, no tuning."""
+    import json
+    import subprocess
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import load_flow
+    from rtxpack.demo import models as examples
+
+    onnx = examples.resnet(tmp_path / "models" / "net.onnx", layers=(1, 2, 1, 1), width=16, size=32, classes=10)
+    cc = local_cc()
+    (tmp_path / "rtxpack.toml").write_text(f'''[project]
+name = "fp16"
+version = "1.0.0"
+[[models]]
+name = "net"
+onnx = "{onnx}"
+precision = "fp16"
+warmup = [{{x = [1, 3, 32, 32]}}]
+[[targets]]
+name = "gpu"
+backend = "nvrtc"
+compute_capabilities = ["{cc}"]
+''')
+    repo = tmp_path / "repo"
+    built = load_flow.rtxpack_cli(["build", str(tmp_path / "rtxpack.toml"), "--repo", str(repo)],
+                                  load_flow.env_for(tmp_path / "farm", CUDA_VISIBLE_DEVICES=""))
+    assert built["failed"] == 0 and built["built"] == 1, built
+    warmed = load_flow.rtxpack_cli(["warm", str(tmp_path / "rtxpack.toml"), "--repo", str(repo)],
+                                   load_flow.env_for(tmp_path / "farm"))
+    assert warmed["warmed"] == 1, warmed
+    r = subprocess.run([sys.executable, "-c", _CHILD, json.dumps({"repo": str(repo), "onnx": str(onnx),
+                                                                 "shape": [1, 3, 32, 32]})],
+                       capture_output=True, text=True, env=load_flow.env_for(tmp_path / "app"), timeout=300)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads(line[7:])
+    tuning = next(st for st in res["steps"] if st["step"] == "tuning")
+    assert tuning["source"] == "runtime cache", tuning
+    assert res["runtime_cache"].startswith("shipped"), res["runtime_cache"]
+    assert res["err"] <= FP16_TOL, res["err"]
