@@ -147,6 +147,17 @@ def test_a_tampered_choice_falls_back_to_the_heuristic(models) -> None:
         assert p.tuning["source"] == "tuned on this GPU"
 
 
+@emu
+@pytest.mark.parametrize("bad", ["abc", -1, float("nan"), float("inf"), True, [2]])
+def test_a_bad_tuning_budget_is_one_clear_error(models, bad) -> None:
+    from rtxpack.core.errors import BackendError
+
+    with EmuLoadedPlan(models["small_cnn"][1], options={"tune_timer": _prefer(0), "tune_budget_s": bad}) as p:
+        with pytest.raises(BackendError, match="tune_budget_s") as e:
+            p.run({"x": rand(1, 3, 32, 32)})
+    assert "seconds" in e.value.fix
+
+
 def test_fp16_needs_tensor_cores_and_names_the_fix(models) -> None:
     path, _ = models["small_cnn"]
     with pytest.raises(UnsupportedModel, match="7.5 and newer") as e:

@@ -27,7 +27,7 @@ from .onnx_import import load_model
 from .kernels import KernelSpec, param_types
 from .plan import read_plan
 from .schedule import ALIGN, ShapePlan, Tunable, check_profile, device_bytes, plan_shapes
-from .tuning import DEFAULT_BUDGET_S, TuningTable, cache_key as tuning_key, shape_key, tune
+from .tuning import TuningTable, cache_key as tuning_key, shape_key, tune, tune_budget
 from .weights import device_tensors
 
 MAX_SHAPES = 8
@@ -335,7 +335,7 @@ class NvrtcLoadedPlan:
         if known is not None:
             self.tuning.update(source="runtime cache", shapes=skey, seconds=0.0)
             return sp
-        budget = float(self._opts.get("tune_budget_s", DEFAULT_BUDGET_S))
+        budget = tune_budget(self._opts)
         if budget <= 0:
             self.tuning.update(source="heuristic (tuning off: tune_budget_s=0)", shapes=skey)
             return sp

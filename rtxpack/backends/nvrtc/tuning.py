@@ -17,12 +17,29 @@ import json
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from ...core.errors import BackendError
 from .cache import CacheKey, RuntimeCache
 from .lowering import plan_node
 from .schedule import ShapePlan, Tunable
 
 DEFAULT_BUDGET_S = 2.0
 TIMER = Callable[[Tunable, str, list[Any], dict[str, Any]], float]
+
+
+def tune_budget(options: Mapping[str, Any]) -> float:
+    """The ``tune_budget_s`` load option in seconds (0 = no tuning, None = the default); BackendError
+    for anything else."""
+    v = options.get("tune_budget_s")
+    if v is None:
+        return DEFAULT_BUDGET_S
+    try:
+        budget = float(v)
+    except (TypeError, ValueError):
+        budget = float("nan")
+    if not 0 <= budget < float("inf") or isinstance(v, bool):
+        raise BackendError(f"load option tune_budget_s={v!r} is not a number of seconds",
+                           fix="pass seconds >= 0, e.g. options={'tune_budget_s': 2} (0 turns tuning off)")
+    return budget
 
 
 def shape_key(shapes: Mapping[str, Sequence[int]], names: Sequence[str]) -> str:
