@@ -95,6 +95,60 @@ __device__ __forceinline__ void load4(float* dst, const float* src) {
   dst[0] = v.x; dst[1] = v.y; dst[2] = v.z; dst[3] = v.w;
 }
 
+// One output pixel's column of im2col(x) (group offset c0 = g * Cg channels), decoded once and read
+// at any k: x itself for a 1x1 stride-1 convolution (K1), else through the per-k table
+// ktab[k] = (c*H*W + kh*dh*W + kw*dw, kh*dh, kw*dw), so no divisions per element.
+struct Im2col {
+  const float* __restrict__ base;
+  int ih0, iw0, H, W, HW;
+  bool valid;
+  template <bool K1> __device__ __forceinline__ float at(int k, const int4* __restrict__ ktab) const {
+    if (!valid) return 0.f;
+    if (K1) return base[(long long)k * HW];
+    const int4 tb = ktab[k];
+    const int ih = ih0 + tb.y, iw = iw0 + tb.z;
+    return ih >= 0 && ih < H && iw >= 0 && iw < W ? base[tb.x] : 0.f;
+  }
+};
+template <bool K1>
+__device__ __forceinline__ Im2col im2col_column(const float* __restrict__ x, int p, int P, int C, int c0, int H,
+                                                int W, int OH, int OW, int sh, int sw, int ph, int pw) {
+  const int OHW = OH * OW;
+  Im2col col;
+  col.valid = p < P;
+  const int n = col.valid ? p / OHW : 0, r = col.valid ? p - n * OHW : 0;
+  const int oh = r / OW, ow = r - oh * OW;
+  col.ih0 = oh * sh - ph;
+  col.iw0 = ow * sw - pw;
+  col.H = H;
+  col.W = W;
+  col.HW = OHW;    // K1: the output has the input's size
+  col.base = K1 ? x + ((long long)n * C + c0) * OHW + r
+                : x + ((long long)n * C + c0) * H * W + (long long)col.ih0 * W + col.iw0;
+  return col;
+}
+
+// The double-buffered k loop of the implicit-GEMM convolutions: load(k0) fetches the BK-slice at k0
+// into registers, store(buf) writes them to shared buffer buf, step(buf) multiplies that buffer; the
+// next slice is in flight while the current one is multiplied.
+template <int BK, class Load, class Store, class Step>
+__device__ __forceinline__ void double_buffered(int kb, int ke, Load&& load, Store&& store, Step&& step) {
+  load(kb);
+  store(0);
+  __syncthreads();
+  int buf = 0;
+  for (int k0 = kb; k0 < ke; k0 += BK) {
+    const bool more = k0 + BK < ke;
+    if (more) load(k0 + BK);
+    step(buf);
+    if (more) {
+      store(buf ^ 1);
+      __syncthreads();
+      buf ^= 1;
+    }
+  }
+}
+
 // Implicit-GEMM convolution, one group per blockIdx.z: C[oc, p] = sum_k W[oc, k] * im2col(X)[k, p]
 // with p = (n, oh, ow). Epilogue: + bias[oc] (+ residual) (relu). BatchNorm is folded into W, bias.
 template <int BM, int BN, int BK, int TM, int TN, bool K1>
@@ -123,13 +177,8 @@ __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict_
   constexpr int KSTEP = NT / BN;
   float ra[AL], rb[BL];
   // this thread's im2col column (output pixel) is the same for every k: decode it once
-  const int pcol = p0 + tid % BN, kk0 = tid / BN;
-  const bool pvalid = pcol < P;
-  const int ncol = pvalid ? pcol / OHW : 0, rcol = pvalid ? pcol - ncol * OHW : 0;
-  const int ohc = rcol / OW, owc = rcol - ohc * OW;
-  const int ih0 = ohc * sh - ph, iw0 = owc * sw - pw;
-  const float* __restrict__ xcol = K1 ? x + ((long long)ncol * C + g * Cg) * OHW + rcol
-                                      : x + ((long long)ncol * C + g * Cg) * H * W + (long long)ih0 * W + iw0;
+  const int kk0 = tid / BN;
+  const Im2col col = im2col_column<K1>(x, p0 + tid % BN, P, C, g * Cg, H, W, OH, OW, sh, sw, ph, pw);
   auto load = [&](int k0) {
 #pragma unroll
     for (int t = 0; t < AL; ++t) {
@@ -141,17 +190,7 @@ __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict_
 #pragma unroll
     for (int t = 0; t < BL; ++t) {
       int kk = kk0 + t * KSTEP, k = k0 + kk;
-      float v = 0.f;
-      if (kk < BK && pvalid && k < ke) {
-        if (K1) {
-          v = xcol[(long long)k * OHW];
-        } else {
-          const int4 tb = ktab[k];   // (c*H*W + kh*dh*W + kw*dw, kh*dh, kw*dw): no divisions per element
-          int ih = ih0 + tb.y, iw = iw0 + tb.z;
-          if (ih >= 0 && ih < H && iw >= 0 && iw < W) v = xcol[tb.x];
-        }
-      }
-      rb[t] = v;
+      rb[t] = kk < BK && k < ke ? col.at<K1>(k, ktab) : 0.f;
     }
   };
   auto store = [&](int buf) {
@@ -166,13 +205,7 @@ __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict_
       if (e < BK * BN) Bs[buf][e / BN][e % BN] = rb[t];
     }
   };
-  load(kb);
-  store(0);
-  __syncthreads();
-  int buf = 0;
-  for (int k0 = kb; k0 < ke; k0 += BK) {
-    const bool more = k0 + BK < ke;
-    if (more) load(k0 + BK);
+  double_buffered<BK>(kb, ke, load, store, [&](int buf) {
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       float a[TM], b[TN];
@@ -185,12 +218,7 @@ __device__ void conv_igemm(const float* __restrict__ x, const float* __restrict_
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
     }
-    if (more) {
-      store(buf ^ 1);
-      __syncthreads();
-      buf ^= 1;
-    }
-  }
+  });
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
     int m = m0 + ty * TM + i;

@@ -127,6 +127,24 @@ __device__ __forceinline__ void tc_step(const unsigned short (*As)[BK + 8], cons
   }
 }
 
+// f(value, row, column) for each accumulator element this lane holds of its warp's tile at (r0, c0)
+// that lies inside the R x C output (the fragment layout of mma.m16n8k16's C/D).
+template <int WM, int WN, class F>
+__device__ __forceinline__ void tc_each(const float (&acc)[WM / 16][WN / 8][4], int r0, int c0, int R, int C,
+                                        int lane, F&& f) {
+#pragma unroll
+  for (int i = 0; i < WM / 16; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int j = 0; j < WN / 8; ++j)
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+          const int r = r0 + i * 16 + (lane >> 2) + h * 8, c = c0 + j * 8 + 2 * (lane & 3) + u;
+          if (r < R && c < C) f(acc[i][j][2 * h + u], r, c);
+        }
+}
+
 // Implicit-GEMM convolution on tensor cores: C[oc, p] = sum_k W[oc, k] * im2col(X)[k, p], W fp16
 // [OC][Cg*KH*KW], X/Y fp32 NCHW. Arguments, grid and split-K workspace as conv_igemm.
 template <int BM, int BN, int BK, int WM, int WN, bool K1>
@@ -157,13 +175,8 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
   // this thread's im2col column (output pixel) and k run are fixed: decode the pixel once
-  const int bn = tid % BN, kr0 = (tid / BN) * KR, pcol = p0 + bn;
-  const bool pvalid = pcol < P;
-  const int ncol = pvalid ? pcol / OHW : 0, rcol = pvalid ? pcol - ncol * OHW : 0;
-  const int ohc = rcol / OW, owc = rcol - ohc * OW;
-  const int ih0 = ohc * sh - ph, iw0 = owc * sw - pw;
-  const float* __restrict__ xcol = K1 ? x + ((long long)ncol * C + g * Cg) * OHW + rcol
-                                      : x + ((long long)ncol * C + g * Cg) * H * W + (long long)ih0 * W + iw0;
+  const int bn = tid % BN, kr0 = (tid / BN) * KR;
+  const Im2col col = im2col_column<K1>(x, p0 + bn, P, C, g * Cg, H, W, OH, OW, sh, sw, ph, pw);
   unsigned ra[AP], rb[KR / 2];
   // weights: 8 halves (16 bytes) per load when rows are 16-byte aligned (K % 8 == 0), else pairs
   const bool vec = (K & 7) == 0;
@@ -191,23 +204,8 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
     }
 #pragma unroll
     for (int t = 0; t < KR / 2; ++t) {
-      float v[2];
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        const int k = k0 + kr0 + 2 * t + u;
-        float e = 0.f;
-        if (pvalid && k < ke) {
-          if (K1) {
-            e = xcol[(long long)k * OHW];
-          } else {
-            const int4 tb = ktab[k];
-            const int ih = ih0 + tb.y, iw = iw0 + tb.z;
-            if (ih >= 0 && ih < H && iw >= 0 && iw < W) e = xcol[tb.x];
-          }
-        }
-        v[u] = e;
-      }
-      rb[t] = pack_h2(f2h(v[0]), f2h(v[1]));
+      const int k = k0 + kr0 + 2 * t;
+      rb[t] = pack_h2(f2h(k < ke ? col.at<K1>(k, ktab) : 0.f), f2h(k + 1 < ke ? col.at<K1>(k + 1, ktab) : 0.f));
     }
   };
   auto store = [&](int buf) {
@@ -228,47 +226,19 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
 #pragma unroll
     for (int t = 0; t < KR / 2; ++t) *reinterpret_cast<unsigned*>(&Bs[buf][bn][kr0 + 2 * t]) = rb[t];
   };
-  load(kb);
-  store(0);
-  __syncthreads();
-  int buf = 0;
-  for (int k0 = kb; k0 < ke; k0 += BK) {
-    const bool more = k0 + BK < ke;
-    if (more) load(k0 + BK);
-    tc_step<BK, WM, WN>(As[buf], Bs[buf], acc, wm0, wn0, lane);
-    if (more) {
-      store(buf ^ 1);
-      __syncthreads();
-      buf ^= 1;
+  double_buffered<BK>(kb, ke, load, store, [&](int buf) { tc_step<BK, WM, WN>(As[buf], Bs[buf], acc, wm0, wn0, lane); });
+  tc_each<WM, WN>(acc, m0 + wm0, p0 + wn0, M, P, lane, [&](float a, int m, int p) {
+    const int oc = g * OCg + m;
+    if (S > 1) {
+      ws[((long long)split * OC + oc) * P + p] = a;
+      return;
     }
-  }
-#pragma unroll
-  for (int i = 0; i < WM / 16; ++i)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int m = m0 + wm0 + i * 16 + (lane >> 2) + h * 8;
-      if (m >= M) continue;
-      const int oc = g * OCg + m;
-      const float bv = bias ? bias[oc] : 0.f;
-#pragma unroll
-      for (int j = 0; j < WN / 8; ++j)
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int p = p0 + wn0 + j * 8 + 2 * (lane & 3) + u;
-          if (p >= P) continue;
-          const float a = acc[i][j][2 * h + u];
-          if (S > 1) {
-            ws[((long long)split * OC + oc) * P + p] = a;
-            continue;
-          }
-          const int n = p / OHW, r = p - n * OHW;
-          const long long o = ((long long)n * OC + oc) * OHW + r;
-          float v = a + bv;
-          if (res) v += res[o];
-          v = epilogue_act(relu, v);
-          y[o] = v;
-        }
-    }
+    const int n = p / OHW, r = p - n * OHW;
+    const long long o = ((long long)n * OC + oc) * OHW + r;
+    float v = a + (bias ? bias[oc] : 0.f);
+    if (res) v += res[o];
+    y[o] = epilogue_act(relu, v);
+  });
 }
 
 template <bool H> __device__ __forceinline__ unsigned short tc_elem(const void* p, long long i) {
@@ -347,31 +317,17 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
     tc_step<BK, WM, WN>(As, Bs, acc, wm0, wn0, lane);
     __syncthreads();
   }
-#pragma unroll
-  for (int i = 0; i < WM / 16; ++i)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int m = m0 + wm0 + i * 16 + (lane >> 2) + h * 8;
-      if (m >= M) continue;
-#pragma unroll
-      for (int j = 0; j < WN / 8; ++j)
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-          const int n = n0 + wn0 + j * 8 + 2 * (lane & 3) + u;
-          if (n >= N) continue;
-          const float a = acc[i][j][2 * h + u];
-          if (S > 1) {
-            ws[((long long)split * M + m) * N + n] = a;
-            continue;
-          }
-          float v = alpha * a;
-          if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
-          const long long o = cofs + (long long)m * N + n;
-          if (res) v += res[o];
-          v = epilogue_act(relu, v);
-          Cm[o] = v;
-        }
+  tc_each<WM, WN>(acc, m0 + wm0, n0 + wn0, M, N, lane, [&](float a, int m, int n) {
+    if (S > 1) {
+      ws[((long long)split * M + m) * N + n] = a;
+      return;
     }
+    float v = alpha * a;
+    if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
+    const long long o = cofs + (long long)m * N + n;
+    if (res) v += res[o];
+    Cm[o] = epilogue_act(relu, v);
+  });
 }
 """
 
