@@ -246,6 +246,14 @@ template <bool H> __device__ __forceinline__ unsigned short tc_elem(const void* 
   return f2h(static_cast<const float*>(p)[i]);
 }
 
+// elements i, i + stride, ... (the first ``count`` of 8; zeros after) as 8 fp16
+template <bool H> __device__ __forceinline__ uint4 tc_gather8(const void* p, long long i, int stride, int count) {
+  unsigned short h[8];
+#pragma unroll
+  for (int u = 0; u < 8; ++u) h[u] = u < count ? tc_elem<H>(p, i + (long long)u * stride) : (unsigned short)0;
+  return make_uint4(pack_h2(h[0], h[1]), pack_h2(h[2], h[3]), pack_h2(h[4], h[5]), pack_h2(h[6], h[7]));
+}
+
 // 8 consecutive elements from element offset i (16-byte aligned for fp16, 32 for fp32) as 8 fp16
 template <bool H> __device__ __forceinline__ uint4 tc_vec8(const void* p, long long i) {
   if (H) return *reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(p) + i);
@@ -262,9 +270,10 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
                         const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk,
                         int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, float alpha,
                         float beta, int relu, int S, float* __restrict__ ws) {
-  constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8;
-  __shared__ __align__(16) unsigned short As[BM][LD];
-  __shared__ __align__(16) unsigned short Bs[BN][LD];
+  constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8, AV = BM * BK / 8 / NT, BV = BN * BK / 8 / NT;
+  static_assert((BM * BK / 8) % NT == 0 && (BN * BK / 8) % NT == 0, "whole runs of 8 k per thread");
+  __shared__ __align__(16) unsigned short As[2][BM][LD];
+  __shared__ __align__(16) unsigned short Bs[2][BN][LD];
   const int split = S > 1 ? blockIdx.z : 0;
   const int kchunk = ((K + S * BK - 1) / (S * BK)) * BK, kb = split * kchunk, ke = min(K, kb + kchunk);
   const int b = S > 1 ? 0 : blockIdx.z, b0 = b / nb1, b1 = b - b0 * nb1;
@@ -280,43 +289,39 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
     for (int j = 0; j < WN / 8; ++j)
 #pragma unroll
       for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
-  // k-contiguous operands with 16-byte aligned rows load 8 elements at a time
+  // each thread stages runs of 8 consecutive k of both operands in registers (one 16-byte load when the
+  // operand is k-contiguous with 16-byte aligned rows, else 8 loads): the next slice is fetched while
+  // the current one is multiplied
   const bool vecA = sAk == 1 && (K & 7) == 0 && (sAm & 7) == 0 && (aofs & 7) == 0;
   const bool vecB = sBk == 1 && (K & 7) == 0 && (sBn & 7) == 0 && (bofs & 7) == 0;
-  for (int k0 = kb; k0 < ke; k0 += BK) {
-    if (vecA) {
-      for (int e = tid; e < BM * BK / 8; e += NT) {
-        const int i = e / (BK / 8), kk = 8 * (e % (BK / 8)), m = m0 + i, k = k0 + kk;
-        *reinterpret_cast<uint4*>(&As[i][kk]) =
-            (m < M && k < ke) ? tc_vec8<AH>(A, aofs + (long long)m * sAm + k) : make_uint4(0u, 0u, 0u, 0u);
-      }
-    } else {
-      // consecutive threads walk the operand's contiguous dimension (coalesced reads)
-      for (int e = tid; e < BM * BK; e += NT) {
-        int i, kk;
-        if (sAm == 1) { i = e % BM; kk = e / BM; } else { kk = e % BK; i = e / BK; }
-        const int m = m0 + i, k = k0 + kk;
-        As[i][kk] = (m < M && k < ke) ? tc_elem<AH>(A, aofs + (long long)m * sAm + (long long)k * sAk) : 0;
-      }
+  uint4 ra[AV], rb[BV];
+  auto load = [&](int k0) {
+#pragma unroll
+    for (int t = 0; t < AV; ++t) {
+      const int e = tid + t * NT, m = m0 + e / (BK / 8), k = k0 + 8 * (e % (BK / 8));
+      const long long at = aofs + (long long)m * sAm + (long long)k * sAk;
+      ra[t] = m >= M || k >= ke ? make_uint4(0u, 0u, 0u, 0u) : vecA ? tc_vec8<AH>(A, at) : tc_gather8<AH>(A, at, sAk, ke - k);
     }
-    if (vecB) {
-      for (int e = tid; e < BN * BK / 8; e += NT) {
-        const int j = e / (BK / 8), kk = 8 * (e % (BK / 8)), n = n0 + j, k = k0 + kk;
-        *reinterpret_cast<uint4*>(&Bs[j][kk]) =
-            (n < N && k < ke) ? tc_vec8<BH>(B, bofs + (long long)n * sBn + k) : make_uint4(0u, 0u, 0u, 0u);
-      }
-    } else {
-      for (int e = tid; e < BK * BN; e += NT) {
-        int j, kk;
-        if (sBn == 1) { j = e % BN; kk = e / BN; } else { kk = e % BK; j = e / BK; }
-        const int n = n0 + j, k = k0 + kk;
-        Bs[j][kk] = (n < N && k < ke) ? tc_elem<BH>(B, bofs + (long long)k * sBk + (long long)n * sBn) : 0;
-      }
+#pragma unroll
+    for (int t = 0; t < BV; ++t) {
+      const int e = tid + t * NT, n = n0 + e / (BK / 8), k = k0 + 8 * (e % (BK / 8));
+      const long long at = bofs + (long long)n * sBn + (long long)k * sBk;
+      rb[t] = n >= N || k >= ke ? make_uint4(0u, 0u, 0u, 0u) : vecB ? tc_vec8<BH>(B, at) : tc_gather8<BH>(B, at, sBk, ke - k);
     }
-    __syncthreads();
-    tc_step<BK, WM, WN>(As, Bs, acc, wm0, wn0, lane);
-    __syncthreads();
-  }
+  };
+  auto store = [&](int buf) {
+#pragma unroll
+    for (int t = 0; t < AV; ++t) {
+      const int e = tid + t * NT;
+      *reinterpret_cast<uint4*>(&As[buf][e / (BK / 8)][8 * (e % (BK / 8))]) = ra[t];
+    }
+#pragma unroll
+    for (int t = 0; t < BV; ++t) {
+      const int e = tid + t * NT;
+      *reinterpret_cast<uint4*>(&Bs[buf][e / (BK / 8)][8 * (e % (BK / 8))]) = rb[t];
+    }
+  };
+  double_buffered<BK>(kb, ke, load, store, [&](int buf) { tc_step<BK, WM, WN>(As[buf], Bs[buf], acc, wm0, wn0, lane); });
   tc_each<WM, WN>(acc, m0 + wm0, n0 + wn0, M, N, lane, [&](float a, int m, int n) {
     if (S > 1) {
       ws[((long long)split * M + m) * N + n] = a;
