@@ -148,7 +148,7 @@ def test_a_tampered_choice_falls_back_to_the_heuristic(models) -> None:
 
 
 @emu
-@pytest.mark.parametrize("bad", ["abc", -1, float("nan"), float("inf"), True, [2]])
+@pytest.mark.parametrize("bad", ["abc", "2", -1, float("nan"), float("inf"), True, [2]])
 def test_a_bad_tuning_budget_is_one_clear_error(models, bad) -> None:
     from rtxpack.core.errors import BackendError
 
@@ -156,6 +156,56 @@ def test_a_bad_tuning_budget_is_one_clear_error(models, bad) -> None:
         with pytest.raises(BackendError, match="tune_budget_s") as e:
             p.run({"x": rand(1, 3, 32, 32)})
     assert "seconds" in e.value.fix
+
+
+@emu
+def test_a_budget_cut_tuning_is_finished_by_a_later_start(models) -> None:
+    """A start with no time to tune keeps the heuristic's kernels but does not freeze them: the next
+    start with time tunes the layers it did not reach (and the one after that uses the cache)."""
+    _, plan = models["resnet_small"]
+    x = rand(1, 3, 32, 32)
+    last = _prefer(0)     # the 128x64 tile: not what the heuristic picks for these small layers
+    with EmuLoadedPlan(plan, options={"tune_timer": last, "tune_budget_s": 1e-12}) as p:
+        p.run({"x": x})
+        assert p.tuning["source"] == "heuristic (tuning budget spent)" and p.tuning["timed"] == 0, p.tuning
+        cache = p.runtime_cache()
+        heur = [ln.spec for ln in p._state({"x": x.shape}).plan.launches]
+    with EmuLoadedPlan(plan, runtime_cache=cache, options={"tune_timer": last}) as p:
+        p.run({"x": x})
+        assert p.tuning["source"].startswith("tuned on this GPU") and p.tuning["timed"] >= 1, p.tuning
+        tuned = [ln.spec for ln in p._state({"x": x.shape}).plan.launches]
+        cache = p.runtime_cache()
+    assert tuned != heur
+    with EmuLoadedPlan(plan, runtime_cache=cache, options={"tune_timer": last}) as p:
+        p.run({"x": x})
+        assert p.tuning["source"] == "runtime cache"
+
+
+def test_a_forged_cache_with_a_valid_checksum_is_ignored_not_raised() -> None:
+    import hashlib
+    import struct
+
+    from rtxpack.backends.nvrtc.cache import MAGIC, VERSION, RuntimeCache
+
+    def forged(key: bytes) -> bytes:
+        blob = b"x"
+        out = MAGIC + struct.pack("<II", VERSION, 1) + struct.pack("<I", len(key)) + key + \
+            struct.pack("<Q", len(blob)) + blob + hashlib.sha256(blob).digest()
+        return out + hashlib.sha256(out).digest()
+
+    for key in (b"[1, 2]", b'{"module": "m"}', b'{"module": "m", "arch": "sm_90", "compiler": "c", '
+                b'"compiler_version": "1", "driver": [1]}', b"[" * 100000, b'"text"'):
+        c = RuntimeCache.parse(forged(key))
+        assert not c.entries and c.status.startswith("ignored"), (key[:40], c.status)
+
+
+def test_a_float_compute_capability_reads_as_written() -> None:
+    from rtxpack.backends.nvrtc.compile import cc_to_sm
+    from rtxpack.core.errors import ConfigError
+
+    assert cc_to_sm(9.0) == 90 and cc_to_sm(8.6) == 86 and cc_to_sm(12.0) == 120
+    with pytest.raises(ConfigError, match="compute capability"):
+        cc_to_sm(None)
 
 
 def test_fp16_needs_tensor_cores_and_names_the_fix(models) -> None:

@@ -167,9 +167,10 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
             self._states.popitem(last=False)
         return state
 
-    def _tune(self, sp: ShapePlan, budget_s: float) -> tuple[dict[str, str], dict[str, Any]]:
+    def _tune(self, sp: ShapePlan, budget_s: float, known: Mapping[str, str] | None = None
+              ) -> tuple[dict[str, str], dict[str, Any]]:
         timer = self._opts["tune_timer"]
-        return tune(sp, self.num_sms, lambda layer, label, launches, extra: timer(layer, label), budget_s)
+        return tune(sp, self.num_sms, lambda layer, label, launches, extra: timer(layer, label), budget_s, known)
 
     def _free_state(self, st: Any) -> None:   # host memory: garbage-collected with the state
         pass

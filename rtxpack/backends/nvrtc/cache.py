@@ -60,6 +60,9 @@ class RuntimeCache:
             return cls(_parse(bytes(data)), status="")
         except ValueError as e:
             return cls(status=f"ignored: {e}")
+        except (TypeError, KeyError, RecursionError, struct.error, OverflowError):
+            # a checksum anyone can recompute: a well-summed blob with odd keys is still not ours
+            return cls(status="ignored: malformed entry key")
 
 
 def _parse(data: bytes) -> dict[CacheKey, bytes]:
@@ -73,7 +76,11 @@ def _parse(data: bytes) -> dict[CacheKey, bytes]:
     pos, end, entries = 16, len(data) - 32, {}
     for _ in range(n):
         (kl,) = struct.unpack_from("<I", data, pos)
-        key = CacheKey(**json.loads(data[pos + 4:pos + 4 + kl]))
+        fields = json.loads(data[pos + 4:pos + 4 + kl])
+        if not isinstance(fields, dict) or set(fields) != set(CacheKey.__dataclass_fields__) or not all(
+                isinstance(fields[f], int if f == "driver" else str) for f in fields):
+            raise ValueError("malformed entry key")
+        key = CacheKey(**fields)
         pos += 4 + kl
         (bl,) = struct.unpack_from("<Q", data, pos)
         blob = data[pos + 8:pos + 8 + bl]

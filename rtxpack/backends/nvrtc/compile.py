@@ -70,11 +70,13 @@ def supported_archs() -> list[int]:
 
 
 def cc_to_sm(cc: str) -> int:
-    """"8.6" -> 86, "12.0" -> 120."""
+    """"8.6" -> 86, "12.0" -> 120 (a float 8.6, as a hurried caller writes it, reads the same)."""
+    if isinstance(cc, float):
+        cc = f"{cc:.1f}"
     try:
         major, minor = cc.split(".")
         return int(major) * 10 + int(minor)
-    except ValueError as e:
+    except (ValueError, AttributeError) as e:
         raise ConfigError(f"bad compute capability {cc!r}", fix='write it as "8.6", "9.0" or "12.0"', value=cc) from e
 
 

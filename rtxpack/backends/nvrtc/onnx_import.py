@@ -193,7 +193,8 @@ def import_onnx(onnx_path: Any, *, keep_unsupported: bool = False) -> tuple[dict
         raise unsupported_model(onnx_path, problems)
 
     outputs = [o.name for o in g.output]
-    nodes = fuse(fuse_gelu(nodes, {**constants, **weights}, set(outputs)), weights, shapes, set(outputs), constants)
+    nodes = fuse(fuse_gelu(nodes, {**constants, **weights}, set(outputs), shapes), weights, shapes, set(outputs),
+                 constants)
     device_weights = sorted({i for nd in nodes if nd["where"] == "device" for i in nd["inputs"] if i in weights}
                             | {v for nd in nodes for v in nd["attrs"].get("bn", {}).get("params", [])})
     graph = {
@@ -230,9 +231,13 @@ def _same_static_shape(a: Sequence | None, b: Sequence | None) -> bool:
     return a is not None and b is not None and len(a) == len(b) and all(x is not None and x == y for x, y in zip(a, b))
 
 
-def fuse_gelu(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[str]) -> list[dict]:
+def fuse_gelu(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[str],
+              shapes: Mapping[str, list] | None = None) -> list[dict]:
     """x * 0.5 * (1 + erf(x / sqrt(2))) as the exporters write it (Div or Mul, Erf, Add, then
-    Mul(x, .) * 0.5 or (x * 0.5) * .) -> one Gelu node: one kernel (or a GEMM epilogue) instead of five."""
+    Mul(x, .) * 0.5 or (x * 0.5) * .) -> one Gelu node: one kernel (or a GEMM epilogue) instead of five.
+    Only exact GELU: each constant equal to its value to its own type's precision, and of a rank that
+    cannot broadcast x to a bigger shape."""
+    shapes = shapes or {}
     made: dict[str, int] = {}
     for i, nd in enumerate(nodes):
         for o in nd["outputs"]:
@@ -242,9 +247,13 @@ def fuse_gelu(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[
         for t in nd["inputs"]:
             consumers.setdefault(t, []).append(i)
 
-    def scalar(name: str) -> float | None:
+    def scalar(name: str) -> tuple[float, float, int] | None:
+        """(value, tolerance, rank) of a one-element constant."""
         v = values.get(name)
-        return float(np.asarray(v).reshape(-1)[0]) if v is not None and np.asarray(v).size == 1 else None
+        if v is None or np.asarray(v).size != 1 or np.asarray(v).dtype.kind != "f":
+            return None
+        a = np.asarray(v)
+        return float(a.reshape(-1)[0]), 2 * float(np.finfo(a.dtype).eps), a.ndim
 
     def only(out: str, op: str) -> int | None:
         c = consumers.get(out, [])
@@ -255,8 +264,13 @@ def fuse_gelu(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[
         ins = nodes[k]["inputs"]
         return ins[1] if ins[0] == t else ins[0] if len(ins) == 2 and ins[1] == t else None
 
-    def near(v: float | None, want: float) -> bool:
-        return v is not None and abs(v - want) <= 1e-3 * abs(want)
+    rank_of_x = [0]
+
+    def near(c: tuple[float, float, int] | None, want: float) -> bool:
+        if c is None:
+            return False
+        value, tol, rank = c
+        return abs(value - want) <= tol * abs(want) and (rank == 0 or rank <= rank_of_x[0])
 
     drop: set[int] = set()
     for e, nd in enumerate(nodes):
@@ -267,6 +281,7 @@ def fuse_gelu(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[
         if dn["op"] not in ("Div", "Mul") or dn["where"] != "device" or only(dn["outputs"][0], "Erf") != e:
             continue
         x = dn["inputs"][0]
+        rank_of_x[0] = len(shapes.get(x) or ()) if shapes.get(x) is not None else -1   # unknown: scalars only
         if not near(scalar(dn["inputs"][1]), 2 ** 0.5 if dn["op"] == "Div" else 2 ** -0.5):
             continue
         a = only(nd["outputs"][0], "Add")

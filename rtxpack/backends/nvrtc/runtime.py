@@ -240,7 +240,7 @@ class NvrtcLoadedPlan:
                                  f"the plan expects {rec['dtype']}{rec['shape']}", fix=fix, weight=name)
             sha = sha256_bytes(np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<")).tobytes())
             if (self.stripped or not rec.get("stored", True)) and sha != rec["sha256"]:
-                raise RefitError(f"refit: weight {name!r} differs from the one this stripped plan was built from "
+                raise RefitError(f"refit: weight {name!r} differs from the one this plan was built from "
                                  f"(sha256 {sha[:16]}... != {rec['sha256'][:16]}...)", fix=fix, weight=name,
                                  expected_sha256=rec["sha256"], actual_sha256=sha)
         self._host_w = {rec["name"]: new[rec["name"]] for rec in self.graph["weights"]}
@@ -332,20 +332,24 @@ class NvrtcLoadedPlan:
         sp = plan_shapes(self.graph, shapes, self._host_w, set(self._waddr), self.num_sms, choices=known)
         if not sp.tunable:
             return sp
-        if known is not None:
-            self.tuning.update(source="runtime cache", shapes=skey, seconds=0.0)
-            return sp
+        missing = [t for t in sp.tunable if t.node["name"] not in (known or {})]
         budget = tune_budget(self._opts)
-        if budget <= 0:
-            self.tuning.update(source="heuristic (tuning off: tune_budget_s=0)", shapes=skey)
+        if not missing or budget <= 0:
+            self.tuning.update(source="runtime cache" if known is not None else
+                               "heuristic (tuning off: tune_budget_s=0)", shapes=skey, seconds=0.0)
+            if known is not None and missing:
+                self.tuning["untuned_layers"] = len(missing)   # a budget-cut record, tuned further when allowed
             return sp
-        choices, report = self._tune(sp, budget)
-        self._tuning.shapes[skey] = choices
-        self._tuning.store(self._cache)
-        self.tuning.update(source="tuned on this GPU", shapes=skey, **report)
+        choices, report = self._tune(sp, budget, known)
+        if len(choices) > len(known or {}):   # a record only of what was measured: the rest is tuned next time
+            self._tuning.shapes[skey] = choices
+            self._tuning.store(self._cache)
+        self.tuning.update(source=("tuned on this GPU" if report["timed"] else "heuristic (tuning budget spent)")
+                           + (" + runtime cache" if known else ""), shapes=skey, **report)
         return plan_shapes(self.graph, shapes, self._host_w, set(self._waddr), self.num_sms, choices=choices)
 
-    def _tune(self, sp: ShapePlan, budget_s: float) -> tuple[dict[str, str], dict[str, Any]]:
+    def _tune(self, sp: ShapePlan, budget_s: float, known: Mapping[str, str] | None = None
+              ) -> tuple[dict[str, str], dict[str, Any]]:
         """Time each candidate in the arena of ``sp`` (CUDA events, median of a few runs)."""
         cu = _driver()
         arena = self._arena_for(sp)
@@ -385,7 +389,7 @@ class NvrtcLoadedPlan:
                     cu.cuMemFree(tmp)
 
         try:
-            return tune(sp, self.num_sms, timer, budget_s)
+            return tune(sp, self.num_sms, timer, budget_s, known)
         finally:
             cu.cuEventDestroy(start)
             cu.cuEventDestroy(end)

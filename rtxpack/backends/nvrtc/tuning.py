@@ -17,6 +17,8 @@ import json
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
+
 from ...core.errors import BackendError
 from .cache import CacheKey, RuntimeCache
 from .lowering import plan_node
@@ -32,11 +34,9 @@ def tune_budget(options: Mapping[str, Any]) -> float:
     v = options.get("tune_budget_s")
     if v is None:
         return DEFAULT_BUDGET_S
-    try:
-        budget = float(v)
-    except (TypeError, ValueError):
-        budget = float("nan")
-    if not 0 <= budget < float("inf") or isinstance(v, bool):
+    budget = float(v) if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
+        else float("nan")
+    if not 0 <= budget < float("inf"):
         raise BackendError(f"load option tune_budget_s={v!r} is not a number of seconds",
                            fix="pass seconds >= 0, e.g. options={'tune_budget_s': 2} (0 turns tuning off)")
     return budget
@@ -63,7 +63,7 @@ class TuningTable:
             try:
                 data = json.loads(bytes(blob))
                 self.shapes = {str(k): {str(a): str(b) for a, b in v.items()} for k, v in data["shapes"].items()}
-            except (ValueError, KeyError, TypeError, AttributeError):
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                 self.shapes = {}      # unreadable: tune again (and overwrite it)
 
     def store(self, cache: RuntimeCache) -> None:
@@ -78,18 +78,21 @@ def _signature(t: Tunable) -> str:
                        [bool(i) for i in t.node["inputs"]], t.labels], sort_keys=True, default=str)
 
 
-def tune(sp: ShapePlan, num_sms: int, timer: TIMER, budget_s: float = DEFAULT_BUDGET_S
-         ) -> tuple[dict[str, str], dict[str, Any]]:
-    """Time every candidate of every tunable layer of ``sp``; returns (choices, report).
+def tune(sp: ShapePlan, num_sms: int, timer: TIMER, budget_s: float = DEFAULT_BUDGET_S,
+         known: Mapping[str, str] | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+    """Time every candidate of every tunable layer of ``sp`` not in ``known`` (choices an earlier, budget-cut
+    tuning made, kept as they are); returns (choices, report).
 
     ``timer(layer, label, launches, scratch)`` gives the milliseconds of one run of a candidate's
     launches (``scratch``: the extra buffers those launches name, as ``plan_node`` returns them).
     """
     t0 = time.perf_counter()
-    choices: dict[str, str] = {}
+    choices: dict[str, str] = dict(known or {})
     by_sig: dict[str, str] = {}
     timed = skipped = changed = 0
     for t in sp.tunable:
+        if t.node["name"] in choices:
+            continue
         sig = _signature(t)
         if sig in by_sig:
             choices[t.node["name"]] = by_sig[sig]
