@@ -49,7 +49,7 @@ def _prefer(k: int):
 def test_fp16_model_within_tolerance_on_the_emulator(models, name: str) -> None:
     path, plan = models[name]
     _, graph, index, _, _ = read_plan(plan)
-    assert graph["precision"] == "fp16"
+    assert graph["precision"] == "fp16" and NvrtcBackend().inspect(plan).details["precision"] == "fp16"
     assert {k["family"] for k in index["kernels"]} & {"conv_tc", "gemm_tc"}
     with EmuLoadedPlan(plan) as p:
         for batch in (1, 3):
@@ -221,6 +221,7 @@ def test_fp16_plan_stores_tensor_core_weights_in_half(models) -> None:
     """Conv and Linear weights are fp16 in the plan's device section (about half of fp32's bytes)."""
     path, plan16 = models["resnet_small"]
     plan32 = build_plan(path)
+    assert NvrtcBackend().inspect(plan32).details["precision"] == "fp32"
     dev = {r["name"]: r["nbytes"] for r in read_plan(plan16)[1]["device_tensors"]}
     dev32 = {r["name"]: r["nbytes"] for r in read_plan(plan32)[1]["device_tensors"]}
     half = [n for n in dev if n.endswith("#h")]
@@ -256,6 +257,22 @@ def test_stripped_fp16_plan_refits_to_the_same_weights(models) -> None:
     with EmuLoadedPlan(full) as a, EmuLoadedPlan(stripped) as b:
         b.refit(path)
         np.testing.assert_array_equal(a.run({"x": x})["y"], b.run({"x": x})["y"])
+
+
+def test_inspect_says_the_precision_and_checks_it_against_the_manifest(tmp_path: Path, models) -> None:
+    from types import SimpleNamespace
+
+    from rtxpack.backends.inspect import cross_check, inspect_file
+
+    path = tmp_path / "net.plan"
+    path.write_bytes(models["mlp"][1])
+    info = inspect_file(path)
+    assert info["precision"] == "fp16"
+    art = SimpleNamespace(backend="nvrtc", backend_version=info["backend_version"], ptx=info["ptx"],
+                          compute_capabilities=info["compute_capabilities"], size=info["size"], precision="fp32")
+    assert cross_check(info, art) == ["precision: plan is fp16, manifest says fp32"]
+    art.precision = "fp16"
+    assert cross_check(info, art) == []
 
 
 def test_the_resolver_knows_fp16_needs_turing() -> None:

@@ -30,6 +30,8 @@ def plan_info(data: bytes, source: str) -> dict[str, Any]:
                            "compute_capabilities": list(info.compute_capabilities), "ptx": bool(info.ptx)}
     if "header" in info.details:
         out["header"] = dict(info.details["header"])
+    if "precision" in info.details:        # backends whose header says it (nvrtc)
+        out["precision"] = info.details["precision"]
     if info.stripped:
         out["stripped"] = True
     if info.weights_digest:
@@ -55,6 +57,8 @@ def cross_check(info: dict[str, Any], artifact: Any) -> list[str]:
                    f"{', '.join(artifact.compute_capabilities)}")
     if bool(info.get("ptx")) != bool(artifact.ptx):
         out.append(f"ptx: plan {'has' if info.get('ptx') else 'has no'} PTX, manifest says ptx={artifact.ptx}")
+    if "precision" in info and getattr(artifact, "precision", info["precision"]) != info["precision"]:
+        out.append(f"precision: plan is {info['precision']}, manifest says {artifact.precision}")
     if artifact.size != info["size"]:
         out.append(f"size: file has {info['size']} bytes, manifest says {artifact.size}")
     return out

@@ -174,7 +174,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if not wants_json(args):
         print(f"{info['file']}: {info['backend']} {info['backend_version']}, "
               f"compute capabilities {', '.join(info['compute_capabilities']) or '(none)'}"
-              + (", PTX" if info.get("ptx") else "") + f", {info['size']} bytes, sha256 {info['sha256'][:16]}")
+              + (", PTX" if info.get("ptx") else "") + (f", {info['precision']}" if "precision" in info else "")
+              + f", {info['size']} bytes, sha256 {info['sha256'][:16]}")
         if "manifest" in info:
             m = info["manifest"]
             if m.get("artifact") is None:

@@ -26,7 +26,7 @@ from .onnx_import import import_onnx, unsupported_model
 from .runtime import NvrtcLoadedPlan, driver_version
 from .schedule import concrete_input_shapes, plan_shapes
 from .weights import device_tensors, device_weight_names, host_weight_names
-from .plan import FLAG_PTX, FLAG_STRIPPED, FORMAT_VERSION, is_nvrtc_plan, read_header, write_plan
+from .plan import FLAG_FP16, FLAG_PTX, FLAG_STRIPPED, FORMAT_VERSION, is_nvrtc_plan, read_header, write_plan
 
 NVRTC_BACKEND_VERSION = NVRTC_FORMAT   # one number: core/registry.py says what it means
 #: targets built when the caller names none (CI builds these)
@@ -178,7 +178,8 @@ class NvrtcBackend:
         graph["weights_digest"] = wdigest
         graph["stripped"] = bool(strip_weights)
         v = nvrtc_version() or (0, 0)
-        flags = (FLAG_STRIPPED if strip_weights else 0) | (FLAG_PTX if ptx_blob else 0)
+        flags = (FLAG_STRIPPED if strip_weights else 0) | (FLAG_PTX if ptx_blob else 0) | \
+            (FLAG_FP16 if precision == "fp16" else 0)
         return write_plan(backend_version=NVRTC_BACKEND_VERSION, flags=flags, nvrtc_version=v,
                           n_kernels=len(specs), sms=sms, weights_digest=wdigest, model_name=graph["name"],
                           graph=graph, kernel_index=index, kernel_blobs=bytes(blobs), weights_blob=bytes(wblob),
@@ -193,6 +194,7 @@ class NvrtcBackend:
             compute_capabilities=tuple(sm_to_cc(s) for s in h.sms), ptx=h.ptx, stripped=h.stripped,
             weights_digest=h.weights_digest or None,
             details={"format_version": h.format_version, "nvrtc_version": "%d.%d" % h.nvrtc_version,
+                     "precision": h.precision,
                      "kernels": h.n_kernels, "model": h.model_name,
                      "sections": {k: v[1] for k, v in h.sections.items()}})
 

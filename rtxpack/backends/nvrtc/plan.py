@@ -2,7 +2,7 @@
 
     offset 0   header (HEADER_SIZE bytes, fixed):
                magic b"RTXPNVRT" | u32 format version | u32 header size | 16s backend version
-               | u32 flags (1 = weights stripped, 2 = has PTX) | u16 nvrtc major | u16 nvrtc minor
+               | u32 flags (1 = weights stripped, 2 = has PTX, 4 = fp16 plan) | u16 nvrtc major | u16 nvrtc minor
                | u32 n_kernels | u32 n_ccs | 16 x u16 SM numbers (86 = CC 8.6) | 32s weights digest (raw sha256)
                | 64s model name (utf-8, NUL padded) | u32 n_sections
                | up to 6 x (4s tag, u64 offset, u64 length, 32s sha256)
@@ -30,7 +30,7 @@ from ...core.errors import BackendError
 MAGIC = b"RTXPNVRT"
 FORMAT_VERSION = 1
 HEADER_SIZE = 512
-FLAG_STRIPPED, FLAG_PTX = 1, 2
+FLAG_STRIPPED, FLAG_PTX, FLAG_FP16 = 1, 2, 4
 _HEAD = struct.Struct("<8sII16sIHHII16H32s64sI")
 _SECT = struct.Struct("<4sQQ32s")
 MAX_SECTIONS = 6  # header: 176 bytes + 6 x 52 fits in HEADER_SIZE
@@ -61,6 +61,10 @@ class PlanHeader:
     @property
     def ptx(self) -> bool:
         return bool(self.flags & FLAG_PTX)
+
+    @property
+    def precision(self) -> str:
+        return "fp16" if self.flags & FLAG_FP16 else "fp32"
 
 
 def _bad(msg: str) -> BackendError:
