@@ -277,6 +277,19 @@ __device__ void gemm_splitk_reduce(const float* __restrict__ ws, const float* __
   }
 }
 
+// The (n, c, h, w) coordinates of element i of an NCHW tensor with C channels of H x W.
+struct Nchw { int n, c, h, w; };
+__device__ __forceinline__ Nchw nchw_of(long long i, int C, int H, int W) {
+  Nchw o;
+  o.w = i % W;
+  long long r = i / W;
+  o.h = r % H;
+  r /= H;
+  o.c = r % C;
+  o.n = r / C;
+  return o;
+}
+
 // Direct convolution, one thread per output (depthwise and other narrow groups).
 __device__ void conv_direct(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
                             const float* __restrict__ res, float* __restrict__ y, int N, int C, int H, int W, int OC,
@@ -285,12 +298,8 @@ __device__ void conv_direct(const float* __restrict__ x, const float* __restrict
   const int Cg = C / G, OCg = OC / G;
   const long long total = (long long)N * OC * OH * OW;
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
-    int ow = i % OW;
-    long long r = i / OW;
-    int oh = r % OH;
-    r /= OH;
-    int oc = r % OC;
-    int n = r / OC;
+    const Nchw o = nchw_of(i, OC, OH, OW);
+    const int ow = o.w, oh = o.h, oc = o.c, n = o.n;
     int g = oc / OCg;
     float acc = bias ? bias[oc] : 0.f;
     const float* wp = w + (long long)oc * Cg * KH * KW;

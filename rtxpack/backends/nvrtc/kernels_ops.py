@@ -214,6 +214,19 @@ __device__ void gather_elements_b(const void* __restrict__ dp, const void* __res
   }
 }
 
+// Element offset of the index tuple idx[0..k) into dimensions kdim with strides kstride (a negative
+// index counts from the end of its dimension): GatherND and ScatterND.
+__device__ __forceinline__ long long nd_offset(const long long* __restrict__ idx, int k, const I6& kstride,
+                                               const I6& kdim) {
+  long long o = 0;
+  for (int q = 0; q < k; ++q) {
+    long long v = idx[q];
+    if (v < 0) v += kdim.v[q];
+    o += v * kstride.v[q];
+  }
+  return o;
+}
+
 // GatherND: rows j of the indices' last dimension (k values) pick data slices of `inner` elements.
 template <int B>
 __device__ void gather_nd_b(const void* __restrict__ dp, const long long* __restrict__ idx, void* __restrict__ yp,
@@ -223,14 +236,8 @@ __device__ void gather_nd_b(const void* __restrict__ dp, const long long* __rest
   const T* __restrict__ d = (const T*)dp;
   T* __restrict__ y = (T*)yp;
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-    long long j = i / inner, t = i - j * inner;
-    long long o = (j / per_batch) * batch_stride;
-    for (int q = 0; q < k; ++q) {
-      long long v = idx[j * k + q];
-      if (v < 0) v += kdim.v[q];
-      o += v * kstride.v[q];
-    }
-    y[i] = d[o + t];
+    const long long j = i / inner, t = i - j * inner;
+    y[i] = d[(j / per_batch) * batch_stride + nd_offset(idx + j * k, k, kstride, kdim) + t];
   }
 }
 
@@ -242,13 +249,8 @@ __device__ void scatter_nd_b(const long long* __restrict__ idx, const void* __re
   const T* __restrict__ u = (const T*)up;
   T* __restrict__ y = (T*)yp;
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-    long long j = i / inner, t = i - j * inner, o = 0;
-    for (int q = 0; q < k; ++q) {
-      long long v = idx[j * k + q];
-      if (v < 0) v += kdim.v[q];
-      o += v * kstride.v[q];
-    }
-    y[o + t] = u[i];
+    const long long j = i / inner, t = i - j * inner;
+    y[nd_offset(idx + j * k, k, kstride, kdim) + t] = u[i];
   }
 }
 
@@ -498,12 +500,8 @@ __device__ void conv_transpose2d(const float* __restrict__ x, const float* __res
   const int Cg = C / G, OCg = OC / G;
   const long long total = (long long)N * OC * OH * OW;
   for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
-    int ow = i % OW;
-    long long r = i / OW;
-    int oh = r % OH;
-    r /= OH;
-    int oc = r % OC;
-    int n = r / OC;
+    const Nchw o = nchw_of(i, OC, OH, OW);
+    const int ow = o.w, oh = o.h, oc = o.c, n = o.n;
     int g = oc / OCg, ocg = oc - g * OCg;
     float acc = bias ? bias[oc] : 0.f;
     for (int kh = 0; kh < KH; ++kh) {

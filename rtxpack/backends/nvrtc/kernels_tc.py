@@ -127,6 +127,51 @@ __device__ __forceinline__ void tc_step(const unsigned short (*As)[BK + 8], cons
   }
 }
 
+template <bool H> __device__ __forceinline__ unsigned short tc_elem(const void* p, long long i) {
+  if (H) return static_cast<const unsigned short*>(p)[i];
+  return f2h(static_cast<const float*>(p)[i]);
+}
+
+// elements i, i + stride, ... (the first ``count`` of 8; zeros after) as 8 fp16
+template <bool H> __device__ __forceinline__ uint4 tc_gather8(const void* p, long long i, int stride, int count) {
+  unsigned short h[8];
+#pragma unroll
+  for (int u = 0; u < 8; ++u) h[u] = u < count ? tc_elem<H>(p, i + (long long)u * stride) : (unsigned short)0;
+  return make_uint4(pack_h2(h[0], h[1]), pack_h2(h[2], h[3]), pack_h2(h[4], h[5]), pack_h2(h[6], h[7]));
+}
+
+// 8 consecutive elements from element offset i (16-byte aligned for fp16, 32 for fp32) as 8 fp16
+template <bool H> __device__ __forceinline__ uint4 tc_vec8(const void* p, long long i) {
+  if (H) return *reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(p) + i);
+  const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
+  const float4 b = *reinterpret_cast<const float4*>(static_cast<const float*>(p) + i + 4);
+  return make_uint4(pack_h2(f2h(a.x), f2h(a.y)), pack_h2(f2h(a.z), f2h(a.w)), pack_h2(f2h(b.x), f2h(b.y)),
+                    pack_h2(f2h(b.z), f2h(b.w)));
+}
+
+// Stage a ROWS x BK slice of an operand (rows r0.., k from k0; element (r, k) at ofs + r * sR + k * sK)
+// in registers: each thread holds whole runs of 8 k (one 16-byte load when ``vec``: k-contiguous with
+// 16-byte aligned rows, else 8 loads), zeros past R rows or at k >= ke. tc_unstage writes them to a
+// shared tile s[ROWS][BK + 8].
+template <int ROWS, int BK, int NT, bool H>
+__device__ __forceinline__ void tc_stage(uint4 (&r)[ROWS * BK / 8 / NT], const void* p, long long ofs, int r0, int R,
+                                         int sR, int sK, int k0, int ke, bool vec, int tid) {
+#pragma unroll
+  for (int t = 0; t < ROWS * BK / 8 / NT; ++t) {
+    const int e = tid + t * NT, row = r0 + e / (BK / 8), k = k0 + 8 * (e % (BK / 8));
+    const long long at = ofs + (long long)row * sR + (long long)k * sK;
+    r[t] = row >= R || k >= ke ? make_uint4(0u, 0u, 0u, 0u) : vec ? tc_vec8<H>(p, at) : tc_gather8<H>(p, at, sK, ke - k);
+  }
+}
+template <int ROWS, int BK, int NT>
+__device__ __forceinline__ void tc_unstage(const uint4 (&r)[ROWS * BK / 8 / NT], unsigned short (*s)[BK + 8], int tid) {
+#pragma unroll
+  for (int t = 0; t < ROWS * BK / 8 / NT; ++t) {
+    const int e = tid + t * NT;
+    *reinterpret_cast<uint4*>(&s[e / (BK / 8)][8 * (e % (BK / 8))]) = r[t];
+  }
+}
+
 // f(value, row, column) for each accumulator element this lane holds of its warp's tile at (r0, c0)
 // that lies inside the R x C output (the fragment layout of mma.m16n8k16's C/D).
 template <int WM, int WN, class F>
@@ -156,7 +201,7 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
   constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8;
   static_assert(NT % BN == 0 && BK % (2 * (NT / BN)) == 0, "B loader: one pixel column, an even k run per thread");
   static_assert((BM * BK / 8) % NT == 0, "A loader: whole 8-half vectors per thread");
-  constexpr int KR = BK / (NT / BN), AP = BM * BK / 2 / NT;   // k run per thread (B), k pairs per thread (A)
+  constexpr int KR = BK / (NT / BN);   // k run per thread (B)
   __shared__ __align__(16) unsigned short As[2][BM][LD];
   __shared__ __align__(16) unsigned short Bs[2][BN][LD];
   const int g = blockIdx.z / S, split = blockIdx.z - g * S, Cg = C / G, OCg = OC / G;
@@ -167,41 +212,15 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm0 = (warp / WX) * WM, wn0 = (warp % WX) * WN;
   const unsigned short* __restrict__ wg = w + (long long)g * OCg * K;
-  float acc[WM / 16][WN / 8][4];
-#pragma unroll
-  for (int i = 0; i < WM / 16; ++i)
-#pragma unroll
-    for (int j = 0; j < WN / 8; ++j)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+  float acc[WM / 16][WN / 8][4] = {};
   // this thread's im2col column (output pixel) and k run are fixed: decode the pixel once
   const int bn = tid % BN, kr0 = (tid / BN) * KR;
   const Im2col col = im2col_column<K1>(x, p0 + bn, P, C, g * Cg, H, W, OH, OW, sh, sw, ph, pw);
-  unsigned ra[AP], rb[KR / 2];
-  // weights: 8 halves (16 bytes) per load when rows are 16-byte aligned (K % 8 == 0), else pairs
-  const bool vec = (K & 7) == 0;
+  uint4 ra[BM * BK / 8 / NT];
+  unsigned rb[KR / 2];
+  const bool vec = (K & 7) == 0;   // weight rows 16-byte aligned: 8 halves per load
   auto load = [&](int k0) {
-    if (vec) {
-#pragma unroll
-      for (int t = 0; t < AP / 4; ++t) {
-        const int e = tid + t * NT, i = e / (BK / 8), kk = 8 * (e % (BK / 8)), m = m0 + i, k = k0 + kk;
-        const uint4 v = (m < M && k < ke) ? *reinterpret_cast<const uint4*>(wg + (long long)m * K + k)
-                                          : make_uint4(0u, 0u, 0u, 0u);
-        ra[4 * t] = v.x; ra[4 * t + 1] = v.y; ra[4 * t + 2] = v.z; ra[4 * t + 3] = v.w;
-      }
-    } else {
-#pragma unroll
-      for (int t = 0; t < AP; ++t) {
-        const int e = tid + t * NT, i = e / (BK / 2), kk = 2 * (e % (BK / 2)), m = m0 + i, k = k0 + kk;
-        const unsigned short* src = wg + (long long)m * K + k;
-        unsigned short lo = 0, hi = 0;
-        if (m < M) {
-          if (k < ke) lo = src[0];
-          if (k + 1 < ke) hi = src[1];
-        }
-        ra[t] = pack_h2(lo, hi);
-      }
-    }
+    tc_stage<BM, BK, NT, true>(ra, wg, 0, m0, M, K, 1, k0, ke, vec, tid);
 #pragma unroll
     for (int t = 0; t < KR / 2; ++t) {
       const int k = k0 + kr0 + 2 * t;
@@ -209,20 +228,7 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
     }
   };
   auto store = [&](int buf) {
-    if (vec) {
-#pragma unroll
-      for (int t = 0; t < AP / 4; ++t) {
-        const int e = tid + t * NT;
-        *reinterpret_cast<uint4*>(&As[buf][e / (BK / 8)][8 * (e % (BK / 8))]) =
-            make_uint4(ra[4 * t], ra[4 * t + 1], ra[4 * t + 2], ra[4 * t + 3]);
-      }
-    } else {
-#pragma unroll
-      for (int t = 0; t < AP; ++t) {
-        const int e = tid + t * NT;
-        *reinterpret_cast<unsigned*>(&As[buf][e / (BK / 2)][2 * (e % (BK / 2))]) = ra[t];
-      }
-    }
+    tc_unstage<BM, BK, NT>(ra, As[buf], tid);
 #pragma unroll
     for (int t = 0; t < KR / 2; ++t) *reinterpret_cast<unsigned*>(&Bs[buf][bn][kr0 + 2 * t]) = rb[t];
   };
@@ -239,28 +245,6 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
     if (res) v += res[o];
     y[o] = epilogue_act(relu, v);
   });
-}
-
-template <bool H> __device__ __forceinline__ unsigned short tc_elem(const void* p, long long i) {
-  if (H) return static_cast<const unsigned short*>(p)[i];
-  return f2h(static_cast<const float*>(p)[i]);
-}
-
-// elements i, i + stride, ... (the first ``count`` of 8; zeros after) as 8 fp16
-template <bool H> __device__ __forceinline__ uint4 tc_gather8(const void* p, long long i, int stride, int count) {
-  unsigned short h[8];
-#pragma unroll
-  for (int u = 0; u < 8; ++u) h[u] = u < count ? tc_elem<H>(p, i + (long long)u * stride) : (unsigned short)0;
-  return make_uint4(pack_h2(h[0], h[1]), pack_h2(h[2], h[3]), pack_h2(h[4], h[5]), pack_h2(h[6], h[7]));
-}
-
-// 8 consecutive elements from element offset i (16-byte aligned for fp16, 32 for fp32) as 8 fp16
-template <bool H> __device__ __forceinline__ uint4 tc_vec8(const void* p, long long i) {
-  if (H) return *reinterpret_cast<const uint4*>(static_cast<const unsigned short*>(p) + i);
-  const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(p) + i);
-  const float4 b = *reinterpret_cast<const float4*>(static_cast<const float*>(p) + i + 4);
-  return make_uint4(pack_h2(f2h(a.x), f2h(a.y)), pack_h2(f2h(a.z), f2h(a.w)), pack_h2(f2h(b.x), f2h(b.y)),
-                    pack_h2(f2h(b.z), f2h(b.w)));
 }
 
 // Batched GEMM on tensor cores, arguments and epilogue as gemm(); AH / BH: that operand is fp16 in
@@ -282,13 +266,7 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm0 = (warp / WX) * WM, wn0 = (warp % WX) * WN;
-  float acc[WM / 16][WN / 8][4];
-#pragma unroll
-  for (int i = 0; i < WM / 16; ++i)
-#pragma unroll
-    for (int j = 0; j < WN / 8; ++j)
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[i][j][r] = 0.f;
+  float acc[WM / 16][WN / 8][4] = {};
   // each thread stages runs of 8 consecutive k of both operands in registers (one 16-byte load when the
   // operand is k-contiguous with 16-byte aligned rows, else 8 loads): the next slice is fetched while
   // the current one is multiplied
@@ -296,30 +274,12 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
   const bool vecB = sBk == 1 && (K & 7) == 0 && (sBn & 7) == 0 && (bofs & 7) == 0;
   uint4 ra[AV], rb[BV];
   auto load = [&](int k0) {
-#pragma unroll
-    for (int t = 0; t < AV; ++t) {
-      const int e = tid + t * NT, m = m0 + e / (BK / 8), k = k0 + 8 * (e % (BK / 8));
-      const long long at = aofs + (long long)m * sAm + (long long)k * sAk;
-      ra[t] = m >= M || k >= ke ? make_uint4(0u, 0u, 0u, 0u) : vecA ? tc_vec8<AH>(A, at) : tc_gather8<AH>(A, at, sAk, ke - k);
-    }
-#pragma unroll
-    for (int t = 0; t < BV; ++t) {
-      const int e = tid + t * NT, n = n0 + e / (BK / 8), k = k0 + 8 * (e % (BK / 8));
-      const long long at = bofs + (long long)n * sBn + (long long)k * sBk;
-      rb[t] = n >= N || k >= ke ? make_uint4(0u, 0u, 0u, 0u) : vecB ? tc_vec8<BH>(B, at) : tc_gather8<BH>(B, at, sBk, ke - k);
-    }
+    tc_stage<BM, BK, NT, AH>(ra, A, aofs, m0, M, sAm, sAk, k0, ke, vecA, tid);
+    tc_stage<BN, BK, NT, BH>(rb, B, bofs, n0, N, sBn, sBk, k0, ke, vecB, tid);
   };
   auto store = [&](int buf) {
-#pragma unroll
-    for (int t = 0; t < AV; ++t) {
-      const int e = tid + t * NT;
-      *reinterpret_cast<uint4*>(&As[buf][e / (BK / 8)][8 * (e % (BK / 8))]) = ra[t];
-    }
-#pragma unroll
-    for (int t = 0; t < BV; ++t) {
-      const int e = tid + t * NT;
-      *reinterpret_cast<uint4*>(&Bs[buf][e / (BK / 8)][8 * (e % (BK / 8))]) = rb[t];
-    }
+    tc_unstage<BM, BK, NT>(ra, As[buf], tid);
+    tc_unstage<BN, BK, NT>(rb, Bs[buf], tid);
   };
   double_buffered<BK>(kb, ke, load, store, [&](int buf) { tc_step<BK, WM, WN>(As[buf], Bs[buf], acc, wm0, wn0, lane); });
   tc_each<WM, WN>(acc, m0 + wm0, n0 + wn0, M, N, lane, [&](float a, int m, int n) {
