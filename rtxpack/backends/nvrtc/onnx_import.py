@@ -264,13 +264,13 @@ def fuse_gelu(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[
         ins = nodes[k]["inputs"]
         return ins[1] if ins[0] == t else ins[0] if len(ins) == 2 and ins[1] == t else None
 
-    rank_of_x = [0]
+    xrank = -1     # rank of the candidate's x (-1: unknown, scalars only), set per Erf below
 
     def near(c: tuple[float, float, int] | None, want: float) -> bool:
         if c is None:
             return False
         value, tol, rank = c
-        return abs(value - want) <= tol * abs(want) and (rank == 0 or rank <= rank_of_x[0])
+        return abs(value - want) <= tol * abs(want) and (rank == 0 or rank <= xrank)
 
     drop: set[int] = set()
     for e, nd in enumerate(nodes):
@@ -281,7 +281,7 @@ def fuse_gelu(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[
         if dn["op"] not in ("Div", "Mul") or dn["where"] != "device" or only(dn["outputs"][0], "Erf") != e:
             continue
         x = dn["inputs"][0]
-        rank_of_x[0] = len(shapes.get(x) or ()) if shapes.get(x) is not None else -1   # unknown: scalars only
+        xrank = len(shapes[x]) if shapes.get(x) is not None else -1
         if not near(scalar(dn["inputs"][1]), 2 ** 0.5 if dn["op"] == "Div" else 2 ** -0.5):
             continue
         a = only(nd["outputs"][0], "Add")

@@ -292,16 +292,7 @@ class NvrtcLoadedPlan:
         t0 = time.perf_counter()
         sp = self._plan_for(shapes)
         arena = self._arena_for(sp)
-        packed = []
-        for ln in sp.launches:
-            fn = self._funcs.get(ln.spec)
-            if fn is None:
-                raise BackendError(f"the plan has no kernel {ln.spec.key()}", fix="rebuild the plan with this rtxpack")
-            buf, offs = self.pack_args(sp, arena, ln)
-            blob = np.frombuffer(buf + b"\0" * 8, dtype=np.uint8).copy()   # kernel arguments, kept alive
-            ptrs = np.array([blob.ctypes.data + o for o in offs], dtype=np.uint64)
-            packed.append((fn, ln.grid, ln.block, ptrs, blob))
-        state = _ShapeState(sp, arena, packed)
+        state = _ShapeState(sp, arena, [self._packed(sp, arena, ln) for ln in sp.launches])
         self._states[key] = state
         self.last_shape_plan_s = time.perf_counter() - t0
         while len(self._states) > MAX_SHAPES:
@@ -367,22 +358,8 @@ class NvrtcLoadedPlan:
                         b = np.frombuffer(device_bytes(v), dtype=np.uint8).copy()
                         check(cu.cuMemcpyHtoD(tmp + offs[k], b.ctypes.data, b.size), "cuMemcpyHtoD(tuning table)")
                 over = {k: tmp + o for k, o in offs.items()}
-                packed = []
-                for ln in launches:
-                    buf, aoffs = self.pack_args(sp, arena, ln, over)
-                    blob = np.frombuffer(buf + b"\0" * 8, dtype=np.uint8).copy()
-                    packed.append((self._funcs[ln.spec], ln.grid, ln.block,
-                                   np.array([blob.ctypes.data + o for o in aoffs], dtype=np.uint64), blob))
-                times = []
-                for rep in range(4):       # the first is a warm-up
-                    check(cu.cuEventRecord(start, self._stream), "cuEventRecord")
-                    for fn, grid, block, ptrs, _ in packed:
-                        check(cu.cuLaunchKernel(fn, grid[0], grid[1], grid[2], block, 1, 1, 0, self._stream,
-                                                ptrs.ctypes.data, 0), "cuLaunchKernel (tuning)")
-                    check(cu.cuEventRecord(end, self._stream), "cuEventRecord")
-                    check(cu.cuEventSynchronize(end), "cuEventSynchronize")
-                    if rep:
-                        times.append(float(check(cu.cuEventElapsedTime(start, end), "cuEventElapsedTime")))
+                packed = [self._packed(sp, arena, ln, over) for ln in launches]
+                times = [self._timed(packed, start, end) for _ in range(4)][1:]    # the first is a warm-up
                 return sorted(times)[len(times) // 2]
             finally:
                 if tmp:
@@ -395,11 +372,34 @@ class NvrtcLoadedPlan:
             cu.cuEventDestroy(end)
             cu.cuMemFree(arena)
 
-    def _launch_all(self, state: _ShapeState) -> None:
+    def _packed(self, sp: ShapePlan, arena: int, ln: Any, extra: Mapping[str, int] | None = None
+                ) -> tuple[Any, tuple, int, Any, Any]:
+        """(function, grid, block, argument pointers, argument bytes kept alive) of one launch."""
+        fn = self._funcs.get(ln.spec)
+        if fn is None:
+            raise BackendError(f"the plan has no kernel {ln.spec.key()}", fix="rebuild the plan with this rtxpack")
+        buf, offs = self.pack_args(sp, arena, ln, extra)
+        blob = np.frombuffer(buf + b"\0" * 8, dtype=np.uint8).copy()
+        return fn, ln.grid, ln.block, np.array([blob.ctypes.data + o for o in offs], dtype=np.uint64), blob
+
+    def _launch(self, packed: Any) -> None:
+        fn, grid, block, ptrs, _ = packed
+        check(_driver().cuLaunchKernel(fn, grid[0], grid[1], grid[2], block, 1, 1, 0, self._stream, ptrs.ctypes.data,
+                                       0), "cuLaunchKernel")
+
+    def _timed(self, packed: list[Any], start: Any, end: Any) -> float:
+        """Milliseconds of these launches, back to back on the stream (CUDA events ``start``/``end``)."""
         cu = _driver()
-        for fn, grid, block, ptrs, _ in state.launches:
-            check(cu.cuLaunchKernel(fn, grid[0], grid[1], grid[2], block, 1, 1, 0, self._stream, ptrs.ctypes.data, 0),
-                   "cuLaunchKernel")
+        check(cu.cuEventRecord(start, self._stream), "cuEventRecord")
+        for p in packed:
+            self._launch(p)
+        check(cu.cuEventRecord(end, self._stream), "cuEventRecord")
+        check(cu.cuEventSynchronize(end), "cuEventSynchronize")
+        return float(check(cu.cuEventElapsedTime(start, end), "cuEventElapsedTime"))
+
+    def _launch_all(self, state: _ShapeState) -> None:
+        for p in state.launches:
+            self._launch(p)
 
     def _capture(self, state: _ShapeState) -> None:
         cu = _driver()
@@ -513,14 +513,8 @@ class NvrtcLoadedPlan:
         start, end = check(cu.cuEventCreate(0), "cuEventCreate"), check(cu.cuEventCreate(0), "cuEventCreate")
         out = []
         try:
-            for ln, (fn, grid, block, ptrs, _) in zip(st.plan.launches, st.launches):
-                check(cu.cuEventRecord(start, self._stream), "cuEventRecord")
-                for _ in range(iters):
-                    check(cu.cuLaunchKernel(fn, grid[0], grid[1], grid[2], block, 1, 1, 0, self._stream,
-                                            ptrs.ctypes.data, 0), "cuLaunchKernel")
-                check(cu.cuEventRecord(end, self._stream), "cuEventRecord")
-                check(cu.cuEventSynchronize(end), "cuEventSynchronize")
-                ms = float(check(cu.cuEventElapsedTime(start, end), "cuEventElapsedTime")) / iters
+            for ln, p in zip(st.plan.launches, st.launches):
+                ms = self._timed([p] * iters, start, end) / iters
                 out.append({"kernel": ln.spec.key(), "grid": list(ln.grid), "block": ln.block, "ms": ms})
         finally:
             cu.cuEventDestroy(start)

@@ -26,19 +26,20 @@ def device_weight_names(graph: Mapping[str, Any]) -> dict[str, str]:
         if nd["where"] != "device":
             continue
         skip = set(HOST_INPUTS.get(nd["op"], ()))
+        half = nd["attrs"].get("tc_half", ())    # fp16 plans: tensor-core operands stored as fp16 ("#h")
         if nd["op"] == "Conv" and "bn" in nd["attrs"]:
             w, b = conv_weight_names(nd)
-            out[w], out[b] = "conv_bn_w", "conv_bn_b"
-            skip |= {1, 2}
-        for i in nd["attrs"].get("tc_half", ()):   # fp16 plans: tensor-core operands stored as fp16 ("#h")
-            src = nd["inputs"][i]
-            if nd["op"] == "Conv" and "bn" in nd["attrs"]:
-                src = conv_weight_names(nd)[0]
-                out.pop(src, None)    # only the fp16 copy is read
-                out[src + "#h"] = "half:conv_bn_w"
-            elif i == 1 and nd["attrs"].get("tc_bt"):
-                out[src + "#ht"] = "half_t:raw"      # transposed to [N, K]
+            out[b] = "conv_bn_b"
+            if 1 in half:
+                out[w + "#h"] = "half:conv_bn_w"    # only the fp16 copy is read
             else:
+                out[w] = "conv_bn_w"
+            skip |= {1, 2}
+        for i in half:
+            src = nd["inputs"][i]
+            if i == 1 and nd["attrs"].get("tc_bt"):
+                out[src + "#ht"] = "half_t:raw"      # transposed to [N, K]
+            elif not (nd["op"] == "Conv" and "bn" in nd["attrs"]):
                 out[src + "#h"] = "half:raw"
             skip.add(i)
         if nd["op"] == "BatchNormalization":
