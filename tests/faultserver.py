@@ -179,6 +179,7 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                 return
             if behaviour.startswith(("cut:", "stall:")):
                 n = int(behaviour.split(":", 1)[1])
+                server._record(Hit(path, rng, status, min(n, len(body)), behaviour))   # before the client can see it
                 self.send_response(status)
                 for k, v in headers.items():
                     self.send_header(k, v)
@@ -186,7 +187,6 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                 self.end_headers()
                 self.wfile.write(body[:n])
                 self.wfile.flush()
-                server._record(Hit(path, rng, status, min(n, len(body)), behaviour))
                 if behaviour.startswith("stall:"):
                     server._stopped.wait(30)
                 self.close_connection = True
@@ -195,6 +195,8 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
 
         def _send(self, status: int, body: bytes, headers: dict[str, str], path: str, rng: str | None,
                   behaviour: str) -> None:
+            # recorded before the response goes out: a client that has its answer finds the hit logged
+            server._record(Hit(path, rng, status, len(body), behaviour))
             self.send_response(status)
             for k, v in headers.items():
                 self.send_header(k, v)
@@ -204,6 +206,5 @@ def _make_handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(body)
             except OSError:
                 pass
-            server._record(Hit(path, rng, status, len(body), behaviour))
 
     return Handler
