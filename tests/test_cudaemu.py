@@ -19,7 +19,7 @@ import pytest
 from cudaemu import EmuError, EmuLoadedPlan, build_plan, compile_source, compiler, plan_kernel_specs
 from nvrtc_helpers import assert_close, op_cases, rand, reference, softmax_coerced_2d
 from rtxpack.backends.nvrtc import runtime as nv_runtime
-from rtxpack.backends.nvrtc.kernels import FAMILIES, TILES, KernelSpec, program_source
+from rtxpack.backends.nvrtc.kernels import FAMILIES, GEMM_TILES, TILES, KernelSpec, program_source
 from rtxpack.backends.nvrtc.plan import read_header, read_plan
 from test_nvrtc_gpu import _models
 
@@ -64,8 +64,9 @@ def _extra_cases(tmp: Path) -> dict[str, tuple[Path, dict[str, np.ndarray], int,
         # M = 72: the 64x64 tile
         "conv_big_splitk": (*conv("conv_big", rand(72, 16, 3, 3), **pads), 8, {key("conv_igemm", big + (0,), True)}),
         "conv1x1_big": (*conv("conv1x1_big", rand(72, 16, 1, 1)), 2, {key("conv_igemm", big + (1,))}),
-        "gemm_big_splitk": (gemm, {"a": a, "b": b}, 4, {key("gemm", big, True)}),
-        "gemm_big": (gemm, {"a": a, "b": b}, 2, {key("gemm", big)}),
+        # M = 130 rows: the 128x64 fp32 GEMM tile, split-K when 4 blocks leave SMs idle
+        "gemm_big_splitk": (gemm, {"a": a, "b": b}, 4, {key("gemm", GEMM_TILES["f128x64"], True)}),
+        "gemm_big": (gemm, {"a": a, "b": b}, 2, {key("gemm", GEMM_TILES["f128x64"])}),
     }
 
 
@@ -159,11 +160,49 @@ def test_every_kernel_family_and_path_is_exercised(tmp_path: Path, corpus, progr
     for t in TILES.values():
         for k1 in (0, 1):
             assert any(lab.startswith(KernelSpec("conv_igemm", t + (k1,)).key()) for lab in labels), (t, k1)
-    for t in ("big", "small"):
-        assert any(lab.startswith(KernelSpec("gemm", TILES[t]).key()) for lab in labels), t
+    assert any(lab.startswith("gemm<") for lab in labels)   # every fp32 GEMM tile: the test below
     for fam in ("conv_igemm", "gemm"):
         assert any(lab.startswith(fam + "<") and lab.endswith("/splitK") for lab in labels), fam
         assert any(lab.startswith(fam + "<") and not lab.endswith("/splitK") for lab in labels), fam
+
+
+def test_every_fp32_gemm_candidate_gives_the_same_answer(tmp_path: Path) -> None:
+    """fp32 GEMMs are tuned like the tensor-core layers: forcing each (tile, split-K) candidate in turn
+    runs every GEMM tile, with and without split-K, on every operand layout the loaders know (k- or
+    row-contiguous runs of 4, odd sizes and offsets that take the element-wise path), all exact."""
+    from nvrtc_helpers import op_model
+
+    def prefer(k: int):
+        return lambda layer, label: 0.0 if label == layer.labels[k % len(layer.labels)] else 1.0
+
+    a, b = rand(130, 256), rand(256, 90)
+    cases = {
+        "matmul": (op_model(tmp_path / "mm.onnx", "MatMul", {"a": a}, extra_inputs=["b"], inits={"b": b}), {"a": a}),
+        "gemm_t": (op_model(tmp_path / "gt.onnx", "Gemm", {"a": rand(45, 37)}, extra_inputs=["b", "c"],
+                            inits={"b": rand(29, 45), "c": rand(29)}, transA=1, transB=1, alpha=0.5, beta=2.0),
+                   {"a": rand(45, 37)}),
+        "batched_odd": (op_model(tmp_path / "bo.onnx", "MatMul", {"a": rand(3, 37, 45), "b": rand(3, 45, 29)}),
+                        {"a": rand(3, 37, 45), "b": rand(3, 45, 29)}),
+        "gemv": (op_model(tmp_path / "gv.onnx", "MatMul", {"a": rand(1, 300)}, extra_inputs=["b"],
+                          inits={"b": rand(300, 70)}), {"a": rand(1, 300)}),
+    }
+    seen: set[str] = set()
+    for name, (path, feeds) in cases.items():
+        plan = build_plan(path)
+        ref = reference(path, feeds)
+        with EmuLoadedPlan(plan, num_sms=4, options={"tune_timer": prefer(0)}) as p0:
+            p0.run(feeds)
+            most = max(len(t.labels) for t in p0._state({k: v.shape for k, v in feeds.items()}).plan.tunable)
+        for k in range(most):
+            with EmuLoadedPlan(plan, num_sms=4, options={"tune_timer": prefer(k)}) as p:
+                out = p.run(feeds)
+                assert p.tuning["source"] == "tuned on this GPU", (name, p.tuning)
+                seen |= set(p.launch_counts)
+            for key, r in ref.items():
+                assert_close(out[key], r)
+    for t in GEMM_TILES.values():
+        assert any(s.startswith(KernelSpec("gemm", t).key()) and not s.endswith("/splitK") for s in seen), t
+    assert any(s.startswith("gemm<") and s.endswith("/splitK") for s in seen)
 
 
 def test_plan_source_runs_as_is(corpus) -> None:

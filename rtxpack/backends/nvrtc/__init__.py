@@ -38,8 +38,10 @@ def use_tensor_cores(graph: dict[str, Any], weights: Mapping[str, np.ndarray]) -
     """fp16 plans: mark the layers that run on tensor cores (``tc``) and their operands stored as fp16
     (``tc_half``, input indices): every Conv that is an implicit GEMM (at least 8 output channels per
     group, weights from the model) and every Gemm / MatMul, its weight operands in fp16 (``tc_bt``: B's
-    copy transposed to [N, K])."""
+    copy transposed to [N, K]), and every fused Attention (flash attention on tensor cores)."""
     for nd in graph["nodes"]:
+        if nd["where"] == "device" and nd["op"] == "Attention":
+            nd["attrs"]["tc"] = 1
         if nd["where"] != "device" or nd["op"] not in ("Conv", "Gemm", "MatMul"):
             continue
         ins, a = nd["inputs"], nd["attrs"]

@@ -321,8 +321,56 @@ __device__ void conv_direct(const float* __restrict__ x, const float* __restrict
   }
 }
 
+// Stage a ROWS x BK slice of an fp32 operand (element (r, k) at p[ofs + r * sR + k * sK]; rows from r0,
+// k from k0) in registers, runs of 4 per thread: along the rows when ``rvec`` (row-contiguous, 16-byte
+// aligned), along k when ``kvec`` (k-contiguous, 16-byte aligned rows), else 4 loads along k; one
+// 16-byte load per run when the whole run is inside (R rows, k < ke), zeros outside. f32_unstage writes
+// them k-major to s[BK][ROWS + 4].
+template <int ROWS, int BK, int NT>
+__device__ __forceinline__ void f32_stage(float4 (&r)[ROWS * BK / 4 / NT], const float* __restrict__ p, long long ofs,
+                                          int r0, int R, int sR, int sK, int k0, int ke, bool rvec, bool kvec, int tid) {
+#pragma unroll
+  for (int t = 0; t < ROWS * BK / 4 / NT; ++t) {
+    const int e = tid + t * NT;
+    const int row = rvec ? r0 + 4 * (e % (ROWS / 4)) : r0 + e / (BK / 4);
+    const int k = rvec ? k0 + e / (ROWS / 4) : k0 + 4 * (e % (BK / 4));
+    const int dr = rvec ? 1 : 0, dk = rvec ? 0 : 1;     // the run's direction
+    const long long at = ofs + (long long)row * sR + (long long)k * sK;
+    if ((rvec && row + 3 < R && k < ke) || (kvec && row < R && k + 3 < ke)) {
+      r[t] = *reinterpret_cast<const float4*>(p + at);
+    } else {
+      float v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int ru = row + u * dr, ku = k + u * dk;
+        v[u] = ru < R && ku < ke ? p[at + (long long)u * (rvec ? sR : sK)] : 0.f;
+      }
+      r[t] = make_float4(v[0], v[1], v[2], v[3]);
+    }
+  }
+}
+template <int ROWS, int BK, int NT>
+__device__ __forceinline__ void f32_unstage(const float4 (&r)[ROWS * BK / 4 / NT], float (*s)[ROWS + 4], bool rvec,
+                                            int tid) {
+#pragma unroll
+  for (int t = 0; t < ROWS * BK / 4 / NT; ++t) {
+    const int e = tid + t * NT;
+    if (rvec) {
+      *reinterpret_cast<float4*>(&s[e / (ROWS / 4)][4 * (e % (ROWS / 4))]) = r[t];
+    } else {
+      const int row = e / (BK / 4), k = 4 * (e % (BK / 4));
+      s[k][row] = r[t].x;
+      s[k + 1][row] = r[t].y;
+      s[k + 2][row] = r[t].z;
+      s[k + 3][row] = r[t].w;
+    }
+  }
+}
+
 // Batched GEMM with arbitrary strides: C[b, m, n] = alpha * sum_k A[m, k] B[k, n] + beta * bias (+ res) (relu).
-// Batch b = b0 * nb1 + b1 (two batch levels cover broadcast MatMul after collapsing).
+// Batch b = b0 * nb1 + b1 (two batch levels cover broadcast MatMul after collapsing). Each thread
+// computes a TM x TN microtile from k-major shared tiles; the next BK-slice is loaded into registers
+// (16-byte loads along whichever dimension of an operand is contiguous) while the current one is used.
 template <int BM, int BN, int BK, int TM, int TN>
 __device__ void gemm(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias,
                      const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk,
@@ -330,56 +378,51 @@ __device__ void gemm(const float* __restrict__ A, const float* __restrict__ B, c
                      float beta, int relu, int S, float* __restrict__ ws) {
   // split-K (S > 1, one batch only): blockIdx.z = split; partial sums go to ws[split][m][n]
   constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
-  __shared__ __align__(16) float As[BK][BM];
-  __shared__ __align__(16) float Bs[BK][BN];
+  static_assert((BM * BK / 4) % NT == 0 && (BN * BK / 4) % NT == 0, "whole runs of 4 per thread");
+  __shared__ __align__(16) float As[2][BK][BM + 4];
+  __shared__ __align__(16) float Bs[2][BK][BN + 4];
   const int split = S > 1 ? blockIdx.z : 0;
   const int kchunk = ((K + S * BK - 1) / (S * BK)) * BK, kb = split * kchunk, ke = min(K, kb + kchunk);
   const int b = S > 1 ? 0 : blockIdx.z, b0 = b / nb1, b1 = b - b0 * nb1;
-  A += (long long)b0 * sA0 + (long long)b1 * sA1;
-  B += (long long)b0 * sB0 + (long long)b1 * sB1;
+  const long long aofs = (long long)b0 * sA0 + (long long)b1 * sA1, bofs = (long long)b0 * sB0 + (long long)b1 * sB1;
   const long long cofs = (long long)b * M * N;
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
   const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
-  float acc[TM][TN];
-#pragma unroll
-  for (int i = 0; i < TM; ++i)
-#pragma unroll
-    for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
-  for (int k0 = kb; k0 < ke; k0 += BK) {
-    for (int e = tid; e < BM * BK; e += NT) {
-      int i, kk;
-      if (sAm == 1) { i = e % BM; kk = e / BM; } else { kk = e % BK; i = e / BK; }
-      int m = m0 + i, k = k0 + kk;
-      As[kk][i] = (m < M && k < ke) ? A[(long long)m * sAm + (long long)k * sAk] : 0.f;
-    }
-    for (int e = tid; e < BK * BN; e += NT) {
-      int j, kk;
-      if (sBn == 1) { j = e % BN; kk = e / BN; } else { kk = e % BK; j = e / BK; }
-      int n = n0 + j, k = k0 + kk;
-      Bs[kk][j] = (n < N && k < ke) ? B[(long long)k * sBk + (long long)n * sBn] : 0.f;
-    }
-    __syncthreads();
+  const bool aK = sAk == 1 && (sAm & 3) == 0 && (aofs & 3) == 0;
+  const bool aR = !aK && sAm == 1 && (sAk & 3) == 0 && (aofs & 3) == 0;
+  const bool bK = sBk == 1 && (sBn & 3) == 0 && (bofs & 3) == 0;
+  const bool bR = !bK && sBn == 1 && (sBk & 3) == 0 && (bofs & 3) == 0;
+  float acc[TM][TN] = {};
+  float4 ra[BM * BK / 4 / NT], rb[BN * BK / 4 / NT];
+  auto load = [&](int k0) {
+    f32_stage<BM, BK, NT>(ra, A, aofs, m0, M, sAm, sAk, k0, ke, aR, aK, tid);
+    f32_stage<BN, BK, NT>(rb, B, bofs, n0, N, sBn, sBk, k0, ke, bR, bK, tid);
+  };
+  auto store = [&](int buf) {
+    f32_unstage<BM, BK, NT>(ra, As[buf], aR, tid);
+    f32_unstage<BN, BK, NT>(rb, Bs[buf], bR, tid);
+  };
+  double_buffered<BK>(kb, ke, load, store, [&](int buf) {
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       float a[TM], bb[TN];
 #pragma unroll
-      for (int i = 0; i < TM; i += 4) load4(&a[i], &As[kk][ty * TM + i]);
+      for (int i = 0; i < TM; i += 4) load4(&a[i], &As[buf][kk][ty * TM + i]);
 #pragma unroll
-      for (int j = 0; j < TN; j += 4) load4(&bb[j], &Bs[kk][tx * TN + j]);
+      for (int j = 0; j < TN; j += 4) load4(&bb[j], &Bs[buf][kk][tx * TN + j]);
 #pragma unroll
       for (int i = 0; i < TM; ++i)
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], bb[j], acc[i][j]);
     }
-    __syncthreads();
-  }
+  });
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
-    int m = m0 + ty * TM + i;
+    const int m = m0 + ty * TM + i;
     if (m >= M) continue;
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
-      int n = n0 + tx * TN + j;
+      const int n = n0 + tx * TN + j;
       if (n >= N) continue;
       if (S > 1) {
         ws[((long long)split * M + m) * N + n] = acc[i][j];
@@ -387,10 +430,9 @@ __device__ void gemm(const float* __restrict__ A, const float* __restrict__ B, c
       }
       float v = alpha * acc[i][j];
       if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
-      long long o = cofs + (long long)m * N + n;
+      const long long o = cofs + (long long)m * N + n;
       if (res) v += res[o];
-      v = epilogue_act(relu, v);
-      Cm[o] = v;
+      Cm[o] = epilogue_act(relu, v);
     }
   }
 }
@@ -447,6 +489,27 @@ __device__ void softmax(const float* __restrict__ x, float* __restrict__ y, int 
   s = block_sum(s);
   const float inv = 1.f / s;
   for (int i = threadIdx.x; i < len; i += blockDim.x) y[base + (long long)i * inner] = expf(x[base + (long long)i * inner] - m) * inv;
+}
+
+// Attention probabilities, one row of scores per block, in place: y = softmax(x + mask) over the last
+// axis; row r is query m = r % Sq of batch b = r / Sq = b0 * nb1 + b1, its mask element for column n at
+// b0 * sM0 + b1 * sM1 + m * sMm + n * sMn. ``guard``: a row with no finite score gives zeros.
+__device__ void attn_softmax(const float* x, const float* __restrict__ mask, float* y, int len, int Sq, int nb1,
+                             int sM0, int sM1, int sMm, int sMn, int guard) {
+  const int row = blockIdx.x, b = row / Sq, m = row - b * Sq, b0 = b / nb1, b1 = b - b0 * nb1;
+  const long long base = (long long)row * len, mb = (long long)b0 * sM0 + (long long)b1 * sM1 + (long long)m * sMm;
+  auto at = [&](int i) { return x[base + i] + (mask ? mask[mb + (long long)i * sMn] : 0.f); };
+  float mx = RTX_NEG_INF;
+  for (int i = threadIdx.x; i < len; i += blockDim.x) mx = fmaxf(mx, at(i));
+  mx = block_max(mx);
+  float s = 0.f;
+  for (int i = threadIdx.x; i < len; i += blockDim.x) s += expf(at(i) - mx);
+  s = block_sum(s);
+  const float inv = 1.f / s;
+  for (int i = threadIdx.x; i < len; i += blockDim.x) {
+    const float p = expf(at(i) - mx) * inv;
+    y[base + i] = guard && p != p ? 0.f : p;
+  }
 }
 
 __device__ void reduce_mean(const float* __restrict__ x, float* __restrict__ y, int len, int inner) {
@@ -569,6 +632,8 @@ FAMILIES: dict[str, str] = {
     "gemm_splitk_reduce": ("const float* ws, const float* bias, const float* res, float* Cm, int M, int N, int S, "
                            "int sbm, int sbn, float alpha, float beta, int relu"),
     "softmax": "const float* x, float* y, int len, int inner",
+    "attn_softmax": ("const float* x, const float* mask, float* y, int len, int Sq, int nb1, int sM0, int sM1, "
+                     "int sMm, int sMn, int guard"),
     "reduce_mean": "const float* x, float* y, int len, int inner",
     "layernorm": "const float* x, const float* scale, const float* bias, float* y, int len, float eps",
     "channel_affine": "const float* x, const float* scale, const float* shift, float* y, int n, int C, int inner",
@@ -591,6 +656,14 @@ BINARY_OPS = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3, "Pow": 4}
 # (BM, BN, BK, TM, TN), BM over output channels and BN over output pixels; microtiles are multiples
 # of 4 (LDS.128). "large" for big layers (more FMAs per load), "small" keeps SMs busy at batch 1.
 TILES = {"large": (128, 64, 8, 8, 4), "big": (64, 64, 8, 4, 4), "small": (32, 32, 8, 4, 4)}
+#: fp32 GEMM block tiles (BM, BN, BK, TM, TN), biggest first: the candidates the tuner times per layer
+#: (with split-K), and the order the heuristic tries them in.
+GEMM_TILES: dict[str, tuple[int, int, int, int, int]] = {
+    "f128x64": (128, 64, 16, 8, 8),
+    "f64x64": (64, 64, 16, 8, 4),
+    "f64x32": (64, 32, 16, 4, 4),
+    "f32x32": (32, 32, 16, 4, 4),
+}
 
 
 def _arg_type(decl: str) -> str:

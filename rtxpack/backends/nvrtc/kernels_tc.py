@@ -294,6 +294,125 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
     Cm[o] = epilogue_act(relu, v);
   });
 }
+
+// Fused attention on tensor cores (flash attention): O = softmax(scale * Q Kt + mask) V for a block of
+// 64 queries (16 per warp) of batch b = b0 * nb1 + b1; keys and values stream through shared memory
+// in blocks of 64 and the softmax runs online (a running max and sum per row, the partial output
+// rescaled when the max grows), so the score matrix never reaches memory. Element strides:
+// Q (b0, b1, m, d), Kt (b0, b1, d, n), V (b0, b1, n, d), mask (b0, b1, m, n), O (b0, b1, m, d) (so the
+// exporters' head transposes around attention are read and written in place, not copied). The
+// head sizes D (Q, K) and DV (V) are at most DP. ``guard``: a row with no finite score gives zeros
+// (an exporter's IsNaN -> Where after the softmax), else NaN as softmax does.
+template <int DP>
+__device__ void attn_tc(const float* __restrict__ q, const float* __restrict__ kt, const float* __restrict__ v,
+                        const float* __restrict__ mask, float* __restrict__ o, int Sq, int Skv, int D, int DV,
+                        int nb1, int sQ0, int sQ1, int sQm, int sQd, int sK0, int sK1, int sKd, int sKn, int sV0,
+                        int sV1, int sVn, int sVd, int sM0, int sM1, int sMm, int sMn, int sO0, int sO1, int sOm,
+                        int sOd, float scale, int guard) {
+  constexpr int BQ = 64, BKV = 64, NT = 128, LD = DP + 8;
+  static_assert(DP % 16 == 0 && DP <= 128, "head size: a multiple of 16 up to 128");
+  __shared__ __align__(16) unsigned short Ks[BKV][LD];   // the query tile first, then each key block (n x d)
+  __shared__ __align__(16) unsigned short Vs[BKV][LD];   // each value block (n x d)
+  const int b = blockIdx.y, b0 = b / nb1, b1 = b - b0 * nb1;
+  const long long qo = (long long)b0 * sQ0 + (long long)b1 * sQ1, ko = (long long)b0 * sK0 + (long long)b1 * sK1;
+  const long long vo = (long long)b0 * sV0 + (long long)b1 * sV1, mo = (long long)b0 * sM0 + (long long)b1 * sM1;
+  const int m0 = blockIdx.x * BQ, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const bool vq = sQd == 1 && (D & 7) == 0 && (sQm & 7) == 0 && (qo & 7) == 0;
+  const bool vk = sKd == 1 && (D & 7) == 0 && (sKn & 7) == 0 && (ko & 7) == 0;
+  const bool vv = sVd == 1 && (DV & 7) == 0 && (sVn & 7) == 0 && (vo & 7) == 0;
+  unsigned qa[DP / 16][4];
+  {
+    uint4 r[BQ * DP / 8 / NT];
+    tc_stage<BQ, DP, NT, false>(r, q, qo, m0, Sq, sQm, sQd, 0, D, vq, tid);
+    tc_unstage<BQ, DP, NT>(r, Ks, tid);
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; ++kk) ldmatrix_x4(qa[kk], &Ks[warp * 16 + (lane & 15)][kk * 16 + (lane >> 4) * 8]);
+    __syncthreads();
+  }
+  float oacc[DP / 8][4] = {};
+  float mrow[2] = {RTX_NEG_INF, RTX_NEG_INF}, lrow[2] = {0.f, 0.f};   // lrow: this lane's share of the row sum
+  for (int n0 = 0; n0 < Skv; n0 += BKV) {
+    {
+      uint4 rk[BKV * DP / 8 / NT], rv[BKV * DP / 8 / NT];
+      tc_stage<BKV, DP, NT, false>(rk, kt, ko, n0, Skv, sKn, sKd, 0, D, vk, tid);
+      tc_stage<BKV, DP, NT, false>(rv, v, vo, n0, Skv, sVn, sVd, 0, DV, vv, tid);
+      tc_unstage<BKV, DP, NT>(rk, Ks, tid);
+      tc_unstage<BKV, DP, NT>(rv, Vs, tid);
+    }
+    __syncthreads();
+    float s[BKV / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < DP / 16; ++kk)
+#pragma unroll
+      for (int j = 0; j < BKV / 8; ++j) {
+        unsigned bf[2];
+        ldmatrix_x2(bf, &Ks[j * 8 + (lane & 7)][kk * 16 + ((lane >> 3) & 1) * 8]);
+        mma_m16n8k16_f16f32(s[j], qa[kk], bf, s[j]);
+      }
+    float mx[2] = {RTX_NEG_INF, RTX_NEG_INF};
+#pragma unroll
+    for (int j = 0; j < BKV / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = m0 + warp * 16 + (lane >> 2) + (e >> 1) * 8, c = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
+        float val = RTX_NEG_INF;
+        if (c < Skv) val = s[j][e] * scale + (mask && r < Sq ? mask[mo + (long long)r * sMm + (long long)c * sMn] : 0.f);
+        s[j][e] = val;
+        mx[e >> 1] = fmaxf(mx[e >> 1], val);
+      }
+    float corr[2], base[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+      mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+      const float mnew = fmaxf(mrow[h], mx[h]);
+      base[h] = mnew == RTX_NEG_INF ? 0.f : mnew;     // no finite score yet: exp(-inf - 0) = 0
+      corr[h] = expf(mrow[h] - base[h]);
+      mrow[h] = mnew;
+      lrow[h] *= corr[h];
+    }
+#pragma unroll
+    for (int j = 0; j < BKV / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        s[j][e] = expf(s[j][e] - base[e >> 1]);
+        lrow[e >> 1] += s[j][e];
+      }
+#pragma unroll
+    for (int jd = 0; jd < DP / 8; ++jd)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) oacc[jd][e] *= corr[e >> 1];
+#pragma unroll
+    for (int kk = 0; kk < BKV / 16; ++kk) {
+      // the C fragments of two 16x8 score tiles are the A fragment of one 16x16 slice of P
+      const unsigned pa[4] = {pack_h2(f2h(s[2 * kk][0]), f2h(s[2 * kk][1])), pack_h2(f2h(s[2 * kk][2]), f2h(s[2 * kk][3])),
+                              pack_h2(f2h(s[2 * kk + 1][0]), f2h(s[2 * kk + 1][1])),
+                              pack_h2(f2h(s[2 * kk + 1][2]), f2h(s[2 * kk + 1][3]))};
+#pragma unroll
+      for (int jd = 0; jd < DP / 8; ++jd) {
+        unsigned bf[2];
+        ldmatrix_x2_trans(bf, &Vs[kk * 16 + (lane & 15)][jd * 8]);
+        mma_m16n8k16_f16f32(oacc[jd], pa, bf, oacc[jd]);
+      }
+    }
+    __syncthreads();   // every warp is done with this key / value block before the next is stored
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 1);
+    lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 2);
+  }
+  float* __restrict__ ob = o + (long long)b0 * sO0 + (long long)b1 * sO1;
+#pragma unroll
+  for (int jd = 0; jd < DP / 8; ++jd)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int r = m0 + warp * 16 + (lane >> 2) + (e >> 1) * 8, d = jd * 8 + 2 * (lane & 3) + (e & 1);
+      const float l = lrow[e >> 1];
+      if (r < Sq && d < DV) ob[(long long)r * sOm + (long long)d * sOd] = l > 0.f ? oacc[jd][e] / l : guard ? 0.f : __int_as_float(0x7fc00000);
+    }
+}
 """
 
 _CONV = ("const float* x, const unsigned short* w, const float* bias, const float* res, float* y, int N, int C, "
@@ -304,8 +423,12 @@ TC_FAMILIES: dict[str, str] = {
     "gemm_tc": ("const void* A, const void* B, const float* bias, const float* res, float* Cm, int M, int N, int K, "
                 "int sAm, int sAk, int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, "
                 "float alpha, float beta, int relu, int S, float* ws"),
+    "attn_tc": ("const float* q, const float* kt, const float* v, const float* mask, float* o, int Sq, int Skv, "
+                "int D, int DV, int nb1, int sQ0, int sQ1, int sQm, int sQd, int sK0, int sK1, int sKd, int sKn, "
+                "int sV0, int sV1, int sVn, int sVd, int sM0, int sM1, int sMm, int sMn, int sO0, int sO1, int sOm, "
+                "int sOd, float scale, int guard"),
 }
-TC_TEMPLATE_KINDS: dict[str, str] = {"conv_tc": "iiiiib", "gemm_tc": "iiiiibb"}
+TC_TEMPLATE_KINDS: dict[str, str] = {"conv_tc": "iiiiib", "gemm_tc": "iiiiibb", "attn_tc": "i"}
 
 #: tensor-core block tiles (BM, BN, BK, WM, WN): 4 warps each (128 threads); BM over output channels
 #: (conv) / rows (gemm), BN over output pixels / columns. The tuner times them per layer.
@@ -317,6 +440,12 @@ TC_TILES: dict[str, tuple[int, int, int, int, int]] = {
 }
 
 
+#: head sizes (rounded up to 16) of the fused attention kernel; bigger heads run unfused
+ATTN_DPS = (32, 64, 128)
+
+
 def tc_block_threads(targs: tuple[int, ...]) -> int:
+    if len(targs) == 1:          # attn_tc<DP>: 4 warps of 16 query rows
+        return 128
     bm, bn, _, wm, wn = targs[:5]
     return (bm // wm) * (bn // wn) * 32

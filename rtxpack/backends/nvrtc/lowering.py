@@ -15,8 +15,8 @@ from ...core.errors import UnsupportedModel
 from .host_ops import attr_or_input, flatten_shape, reshape_target, slice_params, squeeze_shape, unsqueeze_shape
 from . import lowering_ops as ops
 from .dtypes import ITEMSIZE
-from .kernels import BINARY_OPS, TILES, UNARY_OPS, KernelSpec
-from .kernels_tc import TC_TILES
+from .kernels import BINARY_OPS, GEMM_TILES, TILES, UNARY_OPS, KernelSpec
+from .kernels_tc import ATTN_DPS, TC_TILES
 from .launch import Launch, Shape, blocks as _blocks, broadcast, bstrides as _bstrides, collapse as _collapse, i6 as _i6
 from .launch import rowthreads as _rowthreads, strides_of as _strides
 
@@ -103,7 +103,7 @@ def _gemm_specs(node: Mapping[str, Any]) -> list[KernelSpec]:
         half = set(a.get("tc_half", ()))
         return [KernelSpec("gemm_tc", t + (int(0 in half), int(1 in half))) for t in TC_TILES.values()] + \
             [KernelSpec("gemm_splitk_reduce")]
-    return [KernelSpec("gemm", TILES[t]) for t in ("big", "small")] + [KernelSpec("gemm_splitk_reduce")]
+    return [KernelSpec("gemm", t) for t in GEMM_TILES.values()] + [KernelSpec("gemm_splitk_reduce")]
 
 
 def _split_k(blocks: int, K: int, bk: int, num_sms: int) -> int:
@@ -116,14 +116,14 @@ def _split_k(blocks: int, K: int, bk: int, num_sms: int) -> int:
     return splits
 
 
-def _tc_candidates(rows: int, cols: int, K: int, copies: int, num_sms: int, splittable: bool
-                   ) -> tuple[list[tuple[str, int]], tuple[str, int]]:
-    """Tensor-core (tile, split-K) candidates of a rows x cols x K product repeated ``copies`` times
-    (groups, batch), and the heuristic's pick among them: the biggest tile that still gives half a
-    wave of blocks, then split-K to fill the GPU."""
+def _tile_candidates(rows: int, cols: int, K: int, copies: int, num_sms: int, splittable: bool,
+                     tiles: Mapping[str, tuple[int, ...]] = TC_TILES) -> tuple[list[tuple[str, int]], tuple[str, int]]:
+    """(tile, split-K) candidates of a rows x cols x K product repeated ``copies`` times (groups,
+    batch) among ``tiles`` (tensor-core or fp32 GEMM tiles, biggest first), and the heuristic's pick:
+    the biggest tile that still gives half a wave of blocks, then split-K to fill the GPU."""
     cands: list[tuple[str, int]] = []
     pick = None
-    for label, (bm, bn, bk, _, _) in TC_TILES.items():
+    for label, (bm, bn, bk, _, _) in tiles.items():
         blocks = math.ceil(cols / bn) * math.ceil(rows / bm) * copies
         s = _split_k(blocks, K, bk, num_sms) if splittable else 1
         cands += [(label, 1)] + ([(label, s)] if s > 1 else [])
@@ -158,6 +158,10 @@ def kernels_for(node: Mapping[str, Any], weight_shapes: Mapping[str, Sequence[in
             [KernelSpec("conv_direct")]
     if op in ("Gemm", "MatMul"):
         return _gemm_specs(node)
+    if op == "Attention":
+        fused = [KernelSpec("attn_tc", (dp,)) for dp in ATTN_DPS] if a.get("tc") else []
+        return fused + [KernelSpec("gemm", GEMM_TILES[t]) for t in ATTN_GEMM_TILES] + \
+            [KernelSpec("attn_softmax"), KernelSpec("strided_copy")]
     if op in BINARY_OPS:
         return [KernelSpec("binary", (BINARY_OPS[op],))]
     if op == "Sum":
@@ -193,6 +197,8 @@ def plan_node(node: Mapping[str, Any], shapes: Sequence[Shape], hv: HV, num_sms:
         return _plan_conv(node, shapes, num_sms)
     if node["op"] in ("Gemm", "MatMul"):
         return _plan_gemm(node, shapes, num_sms)
+    if node["op"] == "Attention":
+        return _plan_attention(node, shapes, num_sms)
     planned = ops.plan(node, shapes, hv, num_sms, _plan_gemm)
     if planned is not None:
         return planned
@@ -361,21 +367,15 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     if specs[0].family == "conv_direct":
         return [out], [Launch(specs[0], _blocks(int(np.prod(out))), 256, args)], {}
     P, M, K = x[0] * oh * ow, oc // g, int(ws[1]) * kh * kw
-    extra: dict[str, Any] = {}
+    # (tile, split-K) candidates for the tuner; the heuristic: the biggest tile that still gives half
+    # a wave of blocks, split-K then fills the GPU
+    cands, heur = _tile_candidates(M, P, K, g, num_sms, g == 1, TC_TILES if a.get("tc") else TILES)
+    (label, splits), extra = _choose(node, cands, heur)
     if a.get("tc"):
-        cands, heur = _tc_candidates(M, P, K, g, num_sms, g == 1)
-        (label, splits), extra = _choose(node, cands, heur)
         spec = KernelSpec("conv_tc", TC_TILES[label] + (specs[0].targs[5],))
         args[1] = wname + "#h"
     else:
-        # the biggest tile that still gives half a wave of blocks; split-K then fills the GPU
-        spec = specs[2]
-        for cand in specs[:2]:
-            if M >= cand.targs[0] and math.ceil(P / cand.targs[1]) * math.ceil(M / cand.targs[0]) * g >= num_sms // 2:
-                spec = cand
-                break
-        blocks = math.ceil(P / spec.targs[1]) * math.ceil(M / spec.targs[0]) * g
-        splits = _split_k(blocks, K, spec.targs[2], num_sms) if g == 1 else 1
+        spec = KernelSpec("conv_igemm", TILES[label] + (specs[0].targs[5],))
     bm, bn = spec.targs[0], spec.targs[1]
     ktab = ""
     if not spec.targs[5]:   # im2col offsets per k for this input size: the kernel does no divisions
@@ -473,19 +473,17 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     args = [ins[0], ins[1], bias, res, y, M, N, K, sAm, sAk, sBk, sBn, nb1, sA0, sA1, sB0, sB1,
             sbm, sbn, alpha, beta, int(a.get("relu", 0))]
     extra: dict[str, Any] = {}
+    tiles = TC_TILES if a.get("tc") else GEMM_TILES
+    cands, heur = _tile_candidates(M, N, K, nbatch, num_sms, nbatch == 1, tiles)
+    (label, splits), extra = _choose(node, cands, heur)
     if a.get("tc"):
-        cands, heur = _tc_candidates(M, N, K, nbatch, num_sms, nbatch == 1)
-        (label, splits), extra = _choose(node, cands, heur)
         half = set(a.get("tc_half", ()))
         spec = KernelSpec("gemm_tc", TC_TILES[label] + (int(0 in half), int(1 in half)))
         args[0], args[1] = [ins[i] + "#h" if i in half else ins[i] for i in (0, 1)]
         if a.get("tc_bt"):            # B's fp16 copy is stored [N, K] (see use_tensor_cores)
             args[1], args[10], args[11] = ins[1] + "#ht", 1, K
     else:
-        big = math.ceil(M / 64) * math.ceil(N / 64) * nbatch
-        spec = KernelSpec("gemm", TILES["big" if big >= num_sms else "small"])
-        blocks = math.ceil(N / spec.targs[1]) * math.ceil(M / spec.targs[0]) * nbatch
-        splits = _split_k(blocks, K, spec.targs[2], num_sms) if nbatch == 1 else 1
+        spec = KernelSpec("gemm", GEMM_TILES[label])
     bm, bn = spec.targs[0], spec.targs[1]
     if splits == 1:
         return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), nbatch), spec.block_threads,
@@ -496,3 +494,91 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
                           args + [splits, scratch]),
                    Launch(KernelSpec("gemm_splitk_reduce"), _blocks(M * N), 256,
                           [scratch, bias, res, y, M, N, splits, sbm, sbn, alpha, beta, int(a.get("relu", 0))])], extra
+
+
+#: fp32 GEMM tiles of unfused attention (fp32 plans, heads over 128)
+ATTN_GEMM_TILES = ("f64x64", "f32x32")
+
+
+def _view(shape: Sequence[int], perm: Sequence[int] | None) -> tuple[list[int], list[int]]:
+    """(shape, element strides) of a contiguous tensor of ``shape`` seen through Transpose(perm)."""
+    st = _strides(shape)
+    if not perm:
+        return list(shape), st
+    return [int(shape[p]) for p in perm], [st[p] for p in perm]
+
+
+def _batch_strides(shape: Sequence[int], strides: Sequence[int], bshape: Sequence[int]) -> list[int]:
+    """Strides of a view's leading (batch) dims broadcast to ``bshape`` (0 where it broadcasts)."""
+    nb = len(shape) - 2
+    pad = len(bshape) - nb
+    return [0] * pad + [0 if shape[i] == 1 and bshape[pad + i] != 1 else strides[i] for i in range(nb)]
+
+
+def _plan_attention(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape], list[Launch], dict[str, Any]]:
+    """softmax(scale * Q Kt + mask) V (onnx_import.fuse_attention; ``perm_*``: a Transpose folded into an
+    operand or the output, read or written in place): one flash-attention launch on tensor cores (fp16
+    plans, heads up to 128), else scores = scale * Q Kt (GEMM), attn_softmax in place (mask, NaN guard),
+    then P V (GEMM) through a scratch score matrix (and a copy when the output is transposed)."""
+    a, ins, y = node["attrs"], node["inputs"], node["outputs"][0]
+    if min(len(s) for s in shapes[:3]) < 2:
+        raise UnsupportedModel(f"Attention (node {node['name']!r}) on operands of rank < 2", fix="report this model")
+    (q, qst), (kt, kst), (v, vst) = (_view(shapes[i], a.get(f"perm_{t}")) for i, t in enumerate(("q", "kt", "v")))
+    mask = ins[3] if len(ins) > 3 and ins[3] else ""
+    Sq, D, Skv, DV = q[-2], q[-1], kt[-1], v[-1]
+    if kt[-2] != D or v[-2] != Skv:
+        raise UnsupportedModel(f"Attention (node {node['name']!r}): Q {q}, Kt {kt}, V {v} do not multiply",
+                               fix="check the model's input shapes")
+    full = list(broadcast(q[:-2], kt[:-2], v[:-2])) + [Sq, Skv]
+    if mask:    # a mask may broadcast the scores: more batches, or a query / key dim of 1 repeated
+        full = list(broadcast(full, shapes[3]))
+        if full[-2] != Sq:
+            Sq, qst = full[-2], qst[:-2] + [0, qst[-1]]
+        if full[-1] != Skv:
+            Skv, kst = full[-1], kst[:-1] + [0]
+            if v[-2] != Skv:
+                raise UnsupportedModel(f"Attention (node {node['name']!r}): the mask {list(shapes[3])} widens the "
+                                       f"scores past V's {v[-2]} rows", fix="check the model's input shapes")
+    bshape = full[:-2]
+    ms = _bstrides(shapes[3], full) if mask else [0] * len(full)
+    logical = tuple(bshape) + (Sq, DV)
+    perm_o = a.get("perm_o")
+    out = tuple(logical[p] for p in perm_o) if perm_o else logical
+    ost = _strides(out)
+    os_ = [0] * len(logical)
+    for i, p in enumerate(perm_o or range(len(logical))):
+        os_[p] = ost[i]
+    batch, (qb, kb, vb, mb, ob) = _collapse(bshape, _batch_strides(q, qst, bshape), _batch_strides(kt, kst, bshape),
+                                            _batch_strides(v, vst, bshape), ms[:-2], os_[:-2]) \
+        if bshape else ([1], [[0], [0], [0], [0], [0]])
+    if len(batch) > 2:
+        raise UnsupportedModel(f"Attention (node {node['name']!r}) with batch broadcasting over {len(batch)} "
+                               "non-collapsible dimensions", fix="reshape to at most 2 batch dimensions")
+    if len(batch) == 1:
+        batch, qb, kb, vb, mb, ob = [1] + batch, [0] + qb, [0] + kb, [0] + vb, [0] + mb, [0] + ob
+    nb, nb1 = batch[0] * batch[1], batch[1]
+    scale, guard = float(a.get("scale", 1.0)), int(a.get("guard", 0))
+    dp = next((d for d in ATTN_DPS if max(D, DV) <= d), 0)
+    if a.get("tc") and dp:
+        return [out], [Launch(KernelSpec("attn_tc", (dp,)), (math.ceil(Sq / 64), nb, 1), 128,
+                              [ins[0], ins[1], ins[2], mask, y, Sq, Skv, D, DV, nb1, qb[0], qb[1], qst[-2], qst[-1],
+                               kb[0], kb[1], kst[-2], kst[-1], vb[0], vb[1], vst[-2], vst[-1], mb[0], mb[1], ms[-2],
+                               ms[-1], ob[0], ob[1], os_[-2], os_[-1], scale, guard])], {}
+    scores, pv = f"{y}#scores", (f"{y}#pv" if perm_o else y)
+
+    def gemm(A, B, C, M, N, K, sa, sb, sAm, sAk, sBk, sBn, alpha) -> Launch:
+        _, (label, _) = _tile_candidates(M, N, K, nb, num_sms, False, {t: GEMM_TILES[t] for t in ATTN_GEMM_TILES})
+        spec = KernelSpec("gemm", GEMM_TILES[label])
+        return Launch(spec, (math.ceil(N / spec.targs[1]), math.ceil(M / spec.targs[0]), nb), spec.block_threads,
+                      [A, B, "", "", C, M, N, K, sAm, sAk, sBk, sBn, nb1, sa[0], sa[1], sb[0], sb[1], 0, 0, alpha,
+                       1.0, 0, 1, ""])
+
+    launches = [gemm(ins[0], ins[1], scores, Sq, Skv, D, qb, kb, qst[-2], qst[-1], kst[-2], kst[-1], scale),
+                Launch(KernelSpec("attn_softmax"), (nb * Sq, 1, 1), _rowthreads(Skv),
+                       [scores, mask, scores, Skv, Sq, nb1, mb[0], mb[1], ms[-2], ms[-1], guard]),
+                gemm(scores, ins[2], pv, Sq, DV, Skv, [nb1 * Sq * Skv, Sq * Skv], vb, Skv, 1, vst[-2], vst[-1], 1.0)]
+    extra: dict[str, Any] = {scores: nb * Sq * Skv * 4}
+    if perm_o:
+        launches.append(strided_copy(pv, y, logical, _strides(logical), os_, 0, 0, node))
+        extra[pv] = nb * Sq * DV * 4
+    return [out], launches, extra

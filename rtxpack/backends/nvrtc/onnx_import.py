@@ -193,8 +193,9 @@ def import_onnx(onnx_path: Any, *, keep_unsupported: bool = False) -> tuple[dict
         raise unsupported_model(onnx_path, problems)
 
     outputs = [o.name for o in g.output]
-    nodes = fuse(fuse_gelu(nodes, {**constants, **weights}, set(outputs), shapes), weights, shapes, set(outputs),
-                 constants)
+    nodes = fuse_attention(fuse_gelu(nodes, {**constants, **weights}, set(outputs), shapes),
+                           {**constants, **weights}, set(outputs), shapes, opset)
+    nodes = fuse(nodes, weights, shapes, set(outputs), constants)
     device_weights = sorted({i for nd in nodes if nd["where"] == "device" for i in nd["inputs"] if i in weights}
                             | {v for nd in nodes for v in nd["attrs"].get("bn", {}).get("params", [])})
     graph = {
@@ -314,6 +315,128 @@ def fuse_gelu(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[
         nodes[last] = {"op": "Gelu", "name": nodes[last]["name"], "inputs": [x], "outputs": [y], "attrs": {},
                        "where": "device"}
         drop.update(p for p in parts if p != last)
+    return [nd for k, nd in enumerate(nodes) if k not in drop]
+
+
+def _graph_index(nodes: list[dict]) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """(tensor -> index of the node making it, tensor -> indices of the nodes reading it)."""
+    made: dict[str, int] = {}
+    consumers: dict[str, list[int]] = {}
+    for i, nd in enumerate(nodes):
+        for o in nd["outputs"]:
+            made[o] = i
+        for t in nd["inputs"]:
+            consumers.setdefault(t, []).append(i)
+    return made, consumers
+
+
+def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[str],
+                   shapes: Mapping[str, list], opset: int) -> list[dict]:
+    """MatMul(Q, Kt) [-> Mul / Div by a constant] [-> Add(mask)] -> Softmax(last axis) [-> IsNaN / Where
+    guard] -> MatMul(., V) as the exporters write attention -> one ``Attention`` node (inputs Q, Kt, V,
+    mask; attrs scale, guard). A constant scalar Mul on Q or Kt (the exporters' split 1/sqrt(sqrt(d)))
+    folds into the scale, and a Transpose feeding Q, Kt or V or reading the output is read / written in
+    place (``perm_q`` / ``perm_kt`` / ``perm_v`` / ``perm_o``). Only when every intermediate has one
+    reader and is no output, and the ranks are known (2 to 4, equal; the mask's at most that). fp16
+    plans run it as one flash-attention kernel, fp32 plans as GEMM, masked softmax, GEMM."""
+    made, consumers = _graph_index(nodes)
+
+    def sole(t: str, *ops: str) -> int | None:
+        c = consumers.get(t, [])
+        return c[0] if len(c) == 1 and t not in outputs and nodes[c[0]]["op"] in ops \
+            and nodes[c[0]]["where"] == "device" else None
+
+    def scalar(name: str, rank: int) -> float | None:
+        v = values.get(name)
+        if v is None or np.asarray(v).size != 1 or np.asarray(v).dtype.kind != "f" or np.ndim(v) > rank:
+            return None
+        return float(np.asarray(v).reshape(-1)[0])
+
+    def rank(t: str) -> int:
+        s = shapes.get(t)
+        return len(s) if s is not None else -1
+
+    drop: set[int] = set()
+    for i, nd in enumerate(nodes):
+        if nd["op"] != "MatMul" or nd["where"] != "device" or i in drop:
+            continue
+        q, kt = nd["inputs"][:2]
+        r = rank(q)
+        if not 2 <= r <= 4 or rank(kt) != r:
+            continue
+        parts, scale, out, mask, guard = [i], 1.0, nd["outputs"][0], "", 0
+        j = sole(out, "Mul", "Div")
+        if j is not None:
+            ins = nodes[j]["inputs"]
+            c = scalar(ins[1], r) if ins[0] == out else scalar(ins[0], r) if nodes[j]["op"] == "Mul" else None
+            if c is not None and c != 0:
+                scale = c if nodes[j]["op"] == "Mul" else 1.0 / c
+                parts.append(j)
+                out = nodes[j]["outputs"][0]
+        j = sole(out, "Add")
+        if j is not None:
+            other = [t for t in nodes[j]["inputs"] if t != out]
+            ms = None if len(other) != 1 else shapes.get(other[0]) if other[0] not in values \
+                else list(np.shape(values[other[0]]))
+            if ms is None or len(ms) > r:     # (a mask that broadcasts the scores is planned as such)
+                continue
+            mask = other[0]
+            parts.append(j)
+            out = nodes[j]["outputs"][0]
+        j = sole(out, "Softmax")
+        if j is None:
+            continue
+        axis = nodes[j]["attrs"].get("axis", -1 if opset >= 13 else 1)
+        if axis not in (-1, r - 1):
+            continue
+        parts.append(j)
+        out = nodes[j]["outputs"][0]
+        readers = consumers.get(out, [])
+        if len(readers) == 2 and out not in outputs:          # Where(IsNaN(p), 0, p)
+            isnan = next((k for k in readers if nodes[k]["op"] == "IsNaN"), None)
+            where = next((k for k in readers if nodes[k]["op"] == "Where"), None)
+            if isnan is None or where is None or sole(nodes[isnan]["outputs"][0], "Where") != where:
+                continue
+            w_ins = nodes[where]["inputs"]
+            if w_ins[0] != nodes[isnan]["outputs"][0] or w_ins[2] != out or scalar(w_ins[1], r) != 0.0:
+                continue
+            parts += [isnan, where]
+            out, guard = nodes[where]["outputs"][0], 1
+        j = sole(out, "MatMul")
+        if j is None or nodes[j]["inputs"][0] != out or rank(nodes[j]["inputs"][1]) != r:
+            continue
+        v, y = nodes[j]["inputs"][1], nodes[j]["outputs"][0]
+        operands, attrs = [], {}
+        for t, reader, key in ((q, i, "q"), (kt, i, "kt"), (v, j, "v")):
+            p = made.get(t)
+            # a constant scalar Mul that only feeds this attention folds into the scale
+            if p is not None and nodes[p]["op"] == "Mul" and nodes[p]["where"] == "device" and key != "v" \
+                    and consumers.get(t) == [reader] and t not in outputs and p not in drop:
+                a, b = nodes[p]["inputs"]
+                c, x = (scalar(b, r), a) if scalar(b, r) is not None else (scalar(a, r), b)
+                if c is not None and rank(x) == r:
+                    scale *= c
+                    drop.add(p)
+                    t, reader = x, p
+            # a Transpose that only feeds this attention is read in place (strides), not copied
+            p = made.get(t)
+            if p is not None and nodes[p]["op"] == "Transpose" and nodes[p]["where"] == "device" \
+                    and consumers.get(t) == [reader] and t not in outputs and p not in drop \
+                    and rank(nodes[p]["inputs"][0]) == r:
+                attrs[f"perm_{key}"] = list(nodes[p]["attrs"].get("perm", range(r - 1, -1, -1)))
+                drop.add(p)
+                t = nodes[p]["inputs"][0]
+            operands.append(t)
+        readers = consumers.get(y, [])
+        if len(readers) == 1 and y not in outputs and nodes[readers[0]]["op"] == "Transpose" \
+                and nodes[readers[0]]["where"] == "device":
+            k = readers[0]
+            attrs["perm_o"] = list(nodes[k]["attrs"].get("perm", range(r - 1, -1, -1)))
+            y = nodes[k]["outputs"][0]
+            drop.add(k)
+        drop.update(parts)
+        nodes[j] = {"op": "Attention", "name": nodes[j]["name"], "inputs": operands + [mask], "outputs": [y],
+                    "attrs": {"scale": scale, "guard": guard, **attrs}, "where": "device", "fused_from": nd["name"]}
     return [nd for k, nd in enumerate(nodes) if k not in drop]
 
 

@@ -309,7 +309,7 @@ class NvrtcLoadedPlan:
                 check(cu.cuMemcpyHtoD(arena + sp.offsets[name], b.ctypes.data, b.size), "cuMemcpyHtoD(constants)")
         return arena
 
-    # ---------------------------------------------------------------- tuning (fp16 plans)
+    # ---------------------------------------------------------------- tuning (GEMM and conv layers)
     def _init_tuning(self, gpu: str) -> None:
         self._tuning = TuningTable(tuning_key(self._index["module"], self.sm, gpu, self.driver_version), self._cache)
         #: what picked the kernels of tunable layers (also a provenance step of load())

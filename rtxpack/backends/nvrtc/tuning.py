@@ -1,6 +1,7 @@
-"""On-device autotuning of an fp16 plan's layers, and the choices kept in the runtime cache.
+"""On-device autotuning of a plan's GEMM and convolution layers, and the choices kept in the runtime cache.
 
-A layer with kernel candidates (``schedule.Tunable``: tensor-core tile shapes x split-K) is timed
+A layer with kernel candidates (``schedule.Tunable``: the tile shapes x split-K of the tensor-core
+kernels in fp16 plans, of the fp32 GEMM / implicit-GEMM convolution in fp32 plans) is timed
 once per candidate on the GPU, in the arena of a real run, on the first run of an input shape; the
 fastest is kept. Layers of the same shape and attributes are timed once (ResNet's repeated blocks).
 Tuning time is bounded (``tune_budget_s``, default 2 s per input shape); layers past the budget
