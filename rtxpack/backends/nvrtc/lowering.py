@@ -576,7 +576,7 @@ def _plan_attention(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[S
     launches = [gemm(ins[0], ins[1], scores, Sq, Skv, D, qb, kb, qst[-2], qst[-1], kst[-2], kst[-1], scale),
                 Launch(KernelSpec("attn_softmax"), (nb * Sq, 1, 1), _rowthreads(Skv),
                        [scores, mask, scores, Skv, Sq, nb1, mb[0], mb[1], ms[-2], ms[-1], guard]),
-                gemm(scores, ins[2], pv, Sq, DV, Skv, [nb1 * Sq * Skv, Sq * Skv], vb, Skv, 1, vst[-2], vst[-1], 1.0)]
+                gemm(scores, ins[2], pv, Sq, DV, Skv, [nb1 * Sq * Skv if batch[0] > 1 else 0, Sq * Skv], vb, Skv, 1, vst[-2], vst[-1], 1.0)]
     extra: dict[str, Any] = {scores: nb * Sq * Skv * 4}
     if perm_o:
         launches.append(strided_copy(pv, y, logical, _strides(logical), os_, 0, 0, node))
