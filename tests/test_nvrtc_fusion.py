@@ -99,3 +99,91 @@ def test_almost_gelu_is_left_alone(tmp_path: Path, what: str, half, one) -> None
         got = p.run({"x": x})["y"]
     assert got.shape == ref.shape
     assert_close(got, ref)
+
+
+# ---------------------------------------------------------------- fused attention
+ATTN_CASES = {
+    # BERT / GPT-2 style: scalar Muls on Q and Kt, a [B, 1, 1, S] mask, the IsNaN -> Where guard
+    "masked_guarded": dict(),
+    "plain": dict(mask=False, guard=False, qscale=False),
+    "div_scale_d64": dict(div=True, Sq=64, Skv=64, D=64, DV=64),
+    "batched_full_mask": dict(B=2, H=3, Sq=70, Skv=130, D=32, DV=32, mask_shape=[2, 1, 70, 130]),
+    # a head over 128 runs unfused even in fp16 plans
+    "big_head": dict(D=136, DV=16, Sq=5, Skv=9),
+    # a mask that widens the scores: one query row repeated 5 times; batches added by the mask
+    "mask_widens_rows": dict(Sq=1, mask_shape=[1, 1, 5, 45]),
+    "mask_widens_batch": dict(B=1, H=1, mask_shape=[2, 3, 37, 45]),
+}
+
+
+def _attn_feeds(c: dict, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    B, H, Sq, Skv, D, DV = (c.get(k, d) for k, d in (("B", 1), ("H", 2), ("Sq", 37), ("Skv", 45), ("D", 24), ("DV", 40)))
+    feeds = {"q": rng.standard_normal((B, H, Sq, D)).astype(np.float32),
+             "k": rng.standard_normal((B, H, Skv, D)).astype(np.float32),
+             "v": rng.standard_normal((B, H, Skv, DV)).astype(np.float32)}
+    if c.get("mask", True):
+        shape = c.get("mask_shape") or [B, 1, 1, Skv]
+        feeds["m"] = np.where(rng.random(shape) < 0.2, -1e9, rng.standard_normal(shape)).astype(np.float32)
+    return feeds
+
+
+@pytest.mark.parametrize("case", list(ATTN_CASES))
+def test_attention_fuses_into_one_node_and_matches_onnxruntime(tmp_path: Path, case: str) -> None:
+    """The whole subgraph, its head transposes and constant scales included, becomes one Attention
+    node; fp32 plans (GEMM, masked softmax, GEMM) match onnxruntime to 1e-5, fp16 plans (one
+    flash-attention kernel on tensor cores, unfused past head size 128) to fp16 tolerance."""
+    from attention_models import attn_model
+    from rtxpack.backends.nvrtc.plan import read_plan
+
+    if compiler() is None:
+        pytest.skip("needs g++ to compile the kernels for the CPU")
+    c = ATTN_CASES[case]
+    path = attn_model(str(tmp_path / f"{case}.onnx"), **c)
+    feeds = _attn_feeds(c)
+    ref = reference(path, feeds)["y"]
+    for precision, tol in (("fp32", 1e-5), ("fp16", 2e-3)):
+        plan = build_plan(path, precision=precision)
+        _, graph, _, _, _ = read_plan(plan)
+        assert [nd["op"] for nd in graph["nodes"]] == ["Attention"], graph["nodes"]
+        with EmuLoadedPlan(plan) as p:
+            out = p.run(feeds)["y"]
+            kernels = {k.split("<")[0] for k in p.launch_counts}
+        assert out.shape == ref.shape
+        assert np.abs(out - ref).max() <= tol * np.abs(ref).max(), (case, precision)
+        fused = precision == "fp16" and case != "big_head"
+        assert kernels == ({"attn_tc"} if fused else {"gemm", "attn_softmax", "strided_copy"}), kernels
+
+
+def test_attention_with_a_second_reader_is_left_alone(tmp_path: Path) -> None:
+    """Probabilities read elsewhere (here: the softmax is also a graph output) keep the unfused nodes."""
+    from attention_models import attn_model
+
+    path = attn_model(str(tmp_path / "a.onnx"), guard=False)
+    m = onnx.load(path)
+    m.graph.output.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, None))
+    onnx.save(m, path)
+    graph, _ = import_onnx(path)
+    ops = [nd["op"] for nd in graph["nodes"]]
+    assert "Attention" not in ops and "Softmax" in ops, ops
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_a_fully_masked_row_gives_what_the_model_says(tmp_path: Path, guard: bool) -> None:
+    """A query row whose every key is masked with -inf: zeros behind the exporters' IsNaN -> Where
+    guard, NaN without it (softmax of nothing), exactly as onnxruntime answers, in both precisions."""
+    from attention_models import attn_model
+
+    if compiler() is None:
+        pytest.skip("needs g++ to compile the kernels for the CPU")
+    path = attn_model(str(tmp_path / "a.onnx"), guard=guard, mask_shape=[1, 1, 37, 45])
+    feeds = _attn_feeds({"mask_shape": [1, 1, 37, 45]})
+    feeds["m"][0, 0, 3, :] = -np.inf
+    ref = reference(path, feeds)["y"]
+    assert np.isnan(ref[0, 3]).all() != guard and (ref[0, 3] == 0).all() == guard
+    for precision in ("fp32", "fp16"):
+        with EmuLoadedPlan(build_plan(path, precision=precision)) as p:
+            out = p.run(feeds)["y"]
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+        ok = ~np.isnan(ref)
+        assert np.abs(out[ok] - ref[ok]).max() <= 2e-3 * np.abs(ref[ok]).max(), precision
