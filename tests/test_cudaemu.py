@@ -251,10 +251,10 @@ def test_refit_stripped_plan_and_interface(corpus, program) -> None:
 
 # ------------------------------------------------------------------ the oracle can fail
 def _mutated_program(program_src: str) -> str:
-    """Three deliberate kernel bugs: gemm loses the barrier that protects its shared tiles from
-    the next k-step's loads; warp_sum loses its last butterfly step (xor 1); unary writes past
+    """Three deliberate kernel bugs: the double-buffered k loop (gemm's) loses the barrier between
+    storing the next shared tile and reading it; warp_sum loses its last butterfly step (xor 1); unary writes past
     the end of its output."""
-    barrier = ("for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(a[i], bb[j], acc[i][j]);\n    }\n    __syncthreads();\n")
+    barrier = "      store(buf ^ 1);\n      __syncthreads();\n"
     assert program_src.count(barrier) == 1
     shuffle = "for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);"
     assert program_src.count(shuffle) == 1
