@@ -321,6 +321,47 @@ __device__ void conv_direct(const float* __restrict__ x, const float* __restrict
   }
 }
 
+// One block of a batched / split-K GEMM launch: blockIdx.z is the split (S > 1, one batch) or the
+// batch b = b0 * nb1 + b1; [kb, ke) is its k range (BK-aligned chunks), (m0, n0) its tile's origin,
+// aofs / bofs / cofs the element offsets of its A, B and C matrices.
+struct GemmBlock {
+  int split, kb, ke, m0, n0;
+  long long aofs, bofs, cofs;
+};
+template <int BM, int BN, int BK>
+__device__ __forceinline__ GemmBlock gemm_block(int M, int N, int K, int S, int nb1, long long sA0, long long sA1,
+                                                long long sB0, long long sB1) {
+  GemmBlock g;
+  g.split = S > 1 ? blockIdx.z : 0;
+  const int kchunk = ((K + S * BK - 1) / (S * BK)) * BK;
+  g.kb = g.split * kchunk;
+  g.ke = min(K, g.kb + kchunk);
+  const int b = S > 1 ? 0 : blockIdx.z, b0 = b / nb1, b1 = b - b0 * nb1;
+  g.aofs = b0 * sA0 + b1 * sA1;
+  g.bofs = b0 * sB0 + b1 * sB1;
+  g.cofs = (long long)b * M * N;
+  g.m0 = blockIdx.y * BM;
+  g.n0 = blockIdx.x * BN;
+  return g;
+}
+
+// The GEMM epilogue of one output element (m, n): with split-K its partial sum to ws[split][m][n],
+// else C = alpha * acc + beta * bias (+ res), then the activation.
+__device__ __forceinline__ void gemm_store(float acc, int m, int n, const GemmBlock& g, int M, int N, int S,
+                                           float* __restrict__ ws, const float* __restrict__ bias, int sbm, int sbn,
+                                           float alpha, float beta, const float* __restrict__ res,
+                                           float* __restrict__ Cm, int relu) {
+  if (S > 1) {
+    ws[((long long)g.split * M + m) * N + n] = acc;
+    return;
+  }
+  float v = alpha * acc;
+  if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
+  const long long o = g.cofs + (long long)m * N + n;
+  if (res) v += res[o];
+  Cm[o] = epilogue_act(relu, v);
+}
+
 // Stage a ROWS x BK slice of an fp32 operand (element (r, k) at p[ofs + r * sR + k * sK]; rows from r0,
 // k from k0) in registers, runs of 4 per thread: along the rows when ``rvec`` (row-contiguous, 16-byte
 // aligned), along k when ``kvec`` (k-contiguous, 16-byte aligned rows), else 4 loads along k; one
@@ -381,12 +422,9 @@ __device__ void gemm(const float* __restrict__ A, const float* __restrict__ B, c
   static_assert((BM * BK / 4) % NT == 0 && (BN * BK / 4) % NT == 0, "whole runs of 4 per thread");
   __shared__ __align__(16) float As[2][BK][BM + 4];
   __shared__ __align__(16) float Bs[2][BK][BN + 4];
-  const int split = S > 1 ? blockIdx.z : 0;
-  const int kchunk = ((K + S * BK - 1) / (S * BK)) * BK, kb = split * kchunk, ke = min(K, kb + kchunk);
-  const int b = S > 1 ? 0 : blockIdx.z, b0 = b / nb1, b1 = b - b0 * nb1;
-  const long long aofs = (long long)b0 * sA0 + (long long)b1 * sA1, bofs = (long long)b0 * sB0 + (long long)b1 * sB1;
-  const long long cofs = (long long)b * M * N;
-  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const GemmBlock g = gemm_block<BM, BN, BK>(M, N, K, S, nb1, sA0, sA1, sB0, sB1);
+  const long long aofs = g.aofs, bofs = g.bofs;
+  const int m0 = g.m0, n0 = g.n0;
   const int tid = threadIdx.x, tx = tid % TX, ty = tid / TX;
   const bool aK = sAk == 1 && (sAm & 3) == 0 && (aofs & 3) == 0;
   const bool aR = !aK && sAm == 1 && (sAk & 3) == 0 && (aofs & 3) == 0;
@@ -395,14 +433,14 @@ __device__ void gemm(const float* __restrict__ A, const float* __restrict__ B, c
   float acc[TM][TN] = {};
   float4 ra[BM * BK / 4 / NT], rb[BN * BK / 4 / NT];
   auto load = [&](int k0) {
-    f32_stage<BM, BK, NT>(ra, A, aofs, m0, M, sAm, sAk, k0, ke, aR, aK, tid);
-    f32_stage<BN, BK, NT>(rb, B, bofs, n0, N, sBn, sBk, k0, ke, bR, bK, tid);
+    f32_stage<BM, BK, NT>(ra, A, aofs, m0, M, sAm, sAk, k0, g.ke, aR, aK, tid);
+    f32_stage<BN, BK, NT>(rb, B, bofs, n0, N, sBn, sBk, k0, g.ke, bR, bK, tid);
   };
   auto store = [&](int buf) {
     f32_unstage<BM, BK, NT>(ra, As[buf], aR, tid);
     f32_unstage<BN, BK, NT>(rb, Bs[buf], bR, tid);
   };
-  double_buffered<BK>(kb, ke, load, store, [&](int buf) {
+  double_buffered<BK>(g.kb, g.ke, load, store, [&](int buf) {
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       float a[TM], bb[TN];
@@ -423,16 +461,7 @@ __device__ void gemm(const float* __restrict__ A, const float* __restrict__ B, c
 #pragma unroll
     for (int j = 0; j < TN; ++j) {
       const int n = n0 + tx * TN + j;
-      if (n >= N) continue;
-      if (S > 1) {
-        ws[((long long)split * M + m) * N + n] = acc[i][j];
-        continue;
-      }
-      float v = alpha * acc[i][j];
-      if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
-      const long long o = cofs + (long long)m * N + n;
-      if (res) v += res[o];
-      Cm[o] = epilogue_act(relu, v);
+      if (n < N) gemm_store(acc[i][j], m, n, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, relu);
     }
   }
 }
@@ -653,9 +682,9 @@ UNARY_OPS = {"Relu": 0, "LeakyRelu": 1, "Sigmoid": 2, "Tanh": 3, "Erf": 4, "Gelu
              "Sqrt": 8, "Copy": 9}
 BINARY_OPS = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3, "Pow": 4}
 
-# conv/gemm tile configurations: (BM, BN, BK, TM, TN); "small" keeps more SMs busy at batch 1.
-# (BM, BN, BK, TM, TN), BM over output channels and BN over output pixels; microtiles are multiples
-# of 4 (LDS.128). "large" for big layers (more FMAs per load), "small" keeps SMs busy at batch 1.
+#: fp32 implicit-GEMM convolution tiles (BM, BN, BK, TM, TN), BM over output channels and BN over output
+#: pixels; microtiles are multiples of 4 (LDS.128). "large" for big layers (more FMAs per load), "small"
+#: keeps SMs busy at batch 1; the tuner times them per layer.
 TILES = {"large": (128, 64, 8, 8, 4), "big": (64, 64, 8, 4, 4), "small": (32, 32, 8, 4, 4)}
 #: fp32 GEMM block tiles (BM, BN, BK, TM, TN), biggest first: the candidates the tuner times per layer
 #: (with split-K), and the order the heuristic tries them in.

@@ -258,12 +258,9 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
   static_assert((BM * BK / 8) % NT == 0 && (BN * BK / 8) % NT == 0, "whole runs of 8 k per thread");
   __shared__ __align__(16) unsigned short As[2][BM][LD];
   __shared__ __align__(16) unsigned short Bs[2][BN][LD];
-  const int split = S > 1 ? blockIdx.z : 0;
-  const int kchunk = ((K + S * BK - 1) / (S * BK)) * BK, kb = split * kchunk, ke = min(K, kb + kchunk);
-  const int b = S > 1 ? 0 : blockIdx.z, b0 = b / nb1, b1 = b - b0 * nb1;
-  const long long aofs = (long long)b0 * sA0 + (long long)b1 * sA1, bofs = (long long)b0 * sB0 + (long long)b1 * sB1;
-  const long long cofs = (long long)b * M * N;
-  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const GemmBlock g = gemm_block<BM, BN, BK>(M, N, K, S, nb1, sA0, sA1, sB0, sB1);
+  const long long aofs = g.aofs, bofs = g.bofs;
+  const int m0 = g.m0, n0 = g.n0, ke = g.ke;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm0 = (warp / WX) * WM, wn0 = (warp % WX) * WN;
   float acc[WM / 16][WN / 8][4] = {};
@@ -281,17 +278,9 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
     tc_unstage<BM, BK, NT>(ra, As[buf], tid);
     tc_unstage<BN, BK, NT>(rb, Bs[buf], tid);
   };
-  double_buffered<BK>(kb, ke, load, store, [&](int buf) { tc_step<BK, WM, WN>(As[buf], Bs[buf], acc, wm0, wn0, lane); });
+  double_buffered<BK>(g.kb, ke, load, store, [&](int buf) { tc_step<BK, WM, WN>(As[buf], Bs[buf], acc, wm0, wn0, lane); });
   tc_each<WM, WN>(acc, m0 + wm0, n0 + wn0, M, N, lane, [&](float a, int m, int n) {
-    if (S > 1) {
-      ws[((long long)split * M + m) * N + n] = a;
-      return;
-    }
-    float v = alpha * a;
-    if (bias) v += beta * bias[(long long)m * sbm + (long long)n * sbn];
-    const long long o = cofs + (long long)m * N + n;
-    if (res) v += res[o];
-    Cm[o] = epilogue_act(relu, v);
+    gemm_store(a, m, n, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, relu);
   });
 }
 

@@ -66,8 +66,10 @@ def broadcast(*shapes: Sequence[int]) -> Shape:
         raise UnsupportedModel(f"shapes {shapes} do not broadcast", fix="check the model's input shapes") from e
 
 
-def bstrides(shape: Sequence[int], out: Sequence[int]) -> list[int]:
-    st = strides_of(shape)
+def bstrides(shape: Sequence[int], out: Sequence[int], strides: Sequence[int] | None = None) -> list[int]:
+    """Element strides of ``shape`` broadcast to ``out`` (0 where a dim of 1 is repeated); ``strides``:
+    the tensor's own (a strided view), else contiguous."""
+    st = strides_of(shape) if strides is None else strides
     pad = len(out) - len(shape)
     return [0] * pad + [0 if shape[i] == 1 and out[pad + i] != 1 else st[i] for i in range(len(shape))]
 

@@ -117,7 +117,7 @@ def _split_k(blocks: int, K: int, bk: int, num_sms: int) -> int:
 
 
 def _tile_candidates(rows: int, cols: int, K: int, copies: int, num_sms: int, splittable: bool,
-                     tiles: Mapping[str, tuple[int, ...]] = TC_TILES) -> tuple[list[tuple[str, int]], tuple[str, int]]:
+                     tiles: Mapping[str, tuple[int, ...]]) -> tuple[list[tuple[str, int]], tuple[str, int]]:
     """(tile, split-K) candidates of a rows x cols x K product repeated ``copies`` times (groups,
     batch) among ``tiles`` (tensor-core or fp32 GEMM tiles, biggest first), and the heuristic's pick:
     the biggest tile that still gives half a wave of blocks, then split-K to fill the GPU."""
@@ -472,7 +472,6 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     y = node["outputs"][0]
     args = [ins[0], ins[1], bias, res, y, M, N, K, sAm, sAk, sBk, sBn, nb1, sA0, sA1, sB0, sB1,
             sbm, sbn, alpha, beta, int(a.get("relu", 0))]
-    extra: dict[str, Any] = {}
     tiles = TC_TILES if a.get("tc") else GEMM_TILES
     cands, heur = _tile_candidates(M, N, K, nbatch, num_sms, nbatch == 1, tiles)
     (label, splits), extra = _choose(node, cands, heur)
@@ -508,13 +507,6 @@ def _view(shape: Sequence[int], perm: Sequence[int] | None) -> tuple[list[int], 
     return [int(shape[p]) for p in perm], [st[p] for p in perm]
 
 
-def _batch_strides(shape: Sequence[int], strides: Sequence[int], bshape: Sequence[int]) -> list[int]:
-    """Strides of a view's leading (batch) dims broadcast to ``bshape`` (0 where it broadcasts)."""
-    nb = len(shape) - 2
-    pad = len(bshape) - nb
-    return [0] * pad + [0 if shape[i] == 1 and bshape[pad + i] != 1 else strides[i] for i in range(nb)]
-
-
 def _plan_attention(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape], list[Launch], dict[str, Any]]:
     """softmax(scale * Q Kt + mask) V (onnx_import.fuse_attention; ``perm_*``: a Transpose folded into an
     operand or the output, read or written in place): one flash-attention launch on tensor cores (fp16
@@ -548,8 +540,8 @@ def _plan_attention(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[S
     os_ = [0] * len(logical)
     for i, p in enumerate(perm_o or range(len(logical))):
         os_[p] = ost[i]
-    batch, (qb, kb, vb, mb, ob) = _collapse(bshape, _batch_strides(q, qst, bshape), _batch_strides(kt, kst, bshape),
-                                            _batch_strides(v, vst, bshape), ms[:-2], os_[:-2]) \
+    batch, (qb, kb, vb, mb, ob) = _collapse(bshape, *(_bstrides(t[:-2], bshape, st[:-2]) for t, st in
+                                                      ((q, qst), (kt, kst), (v, vst))), ms[:-2], os_[:-2]) \
         if bshape else ([1], [[0], [0], [0], [0], [0]])
     if len(batch) > 2:
         raise UnsupportedModel(f"Attention (node {node['name']!r}) with batch broadcasting over {len(batch)} "

@@ -7,7 +7,8 @@ chains cost no kernels and dynamic dimensions stay runtime values. Unsupported n
 collected and reported in one error before anything is compiled.
 
 Build-time fusions (each only when the intermediate has one consumer and is not an output):
-Conv [-> BatchNormalization] [-> Add(residual)] [-> Relu]; Gemm/MatMul [-> Add(bias)] [-> Relu].
+Conv [-> BatchNormalization] [-> Add(residual)] [-> Relu]; Gemm/MatMul [-> Add(bias)] [-> Relu / GELU];
+the exporters' erf GELU -> one Gelu node (``fuse_gelu``); attention -> one Attention node (``fuse_attention``).
 BatchNormalization is folded into the Conv weights at load time (from the original initializers),
 so stripped plans and refit keep working on the ONNX's own weights.
 """
@@ -232,6 +233,27 @@ def _same_static_shape(a: Sequence | None, b: Sequence | None) -> bool:
     return a is not None and b is not None and len(a) == len(b) and all(x is not None and x == y for x, y in zip(a, b))
 
 
+def _float_scalar(values: Mapping[str, np.ndarray], name: str) -> np.ndarray | None:
+    """The value of a one-element floating-point constant or initializer, else None."""
+    v = values.get(name)
+    if v is None:
+        return None
+    a = np.asarray(v)
+    return a if a.size == 1 and a.dtype.kind == "f" else None
+
+
+def _graph_index(nodes: list[dict]) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """(tensor -> index of the node making it, tensor -> indices of the nodes reading it)."""
+    made: dict[str, int] = {}
+    consumers: dict[str, list[int]] = {}
+    for i, nd in enumerate(nodes):
+        for o in nd["outputs"]:
+            made[o] = i
+        for t in nd["inputs"]:
+            consumers.setdefault(t, []).append(i)
+    return made, consumers
+
+
 def fuse_gelu(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[str],
               shapes: Mapping[str, list] | None = None) -> list[dict]:
     """x * 0.5 * (1 + erf(x / sqrt(2))) as the exporters write it (Div or Mul, Erf, Add, then
@@ -239,22 +261,12 @@ def fuse_gelu(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[
     Only exact GELU: each constant equal to its value to its own type's precision, and of a rank that
     cannot broadcast x to a bigger shape."""
     shapes = shapes or {}
-    made: dict[str, int] = {}
-    for i, nd in enumerate(nodes):
-        for o in nd["outputs"]:
-            made[o] = i
-    consumers: dict[str, list[int]] = {}
-    for i, nd in enumerate(nodes):
-        for t in nd["inputs"]:
-            consumers.setdefault(t, []).append(i)
+    made, consumers = _graph_index(nodes)
 
     def scalar(name: str) -> tuple[float, float, int] | None:
         """(value, tolerance, rank) of a one-element constant."""
-        v = values.get(name)
-        if v is None or np.asarray(v).size != 1 or np.asarray(v).dtype.kind != "f":
-            return None
-        a = np.asarray(v)
-        return float(a.reshape(-1)[0]), 2 * float(np.finfo(a.dtype).eps), a.ndim
+        a = _float_scalar(values, name)
+        return None if a is None else (float(a.reshape(-1)[0]), 2 * float(np.finfo(a.dtype).eps), a.ndim)
 
     def only(out: str, op: str) -> int | None:
         c = consumers.get(out, [])
@@ -318,18 +330,6 @@ def fuse_gelu(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[
     return [nd for k, nd in enumerate(nodes) if k not in drop]
 
 
-def _graph_index(nodes: list[dict]) -> tuple[dict[str, int], dict[str, list[int]]]:
-    """(tensor -> index of the node making it, tensor -> indices of the nodes reading it)."""
-    made: dict[str, int] = {}
-    consumers: dict[str, list[int]] = {}
-    for i, nd in enumerate(nodes):
-        for o in nd["outputs"]:
-            made[o] = i
-        for t in nd["inputs"]:
-            consumers.setdefault(t, []).append(i)
-    return made, consumers
-
-
 def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[str],
                    shapes: Mapping[str, list], opset: int) -> list[dict]:
     """MatMul(Q, Kt) [-> Mul / Div by a constant] [-> Add(mask)] -> Softmax(last axis) [-> IsNaN / Where
@@ -347,10 +347,9 @@ def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs:
             and nodes[c[0]]["where"] == "device" else None
 
     def scalar(name: str, rank: int) -> float | None:
-        v = values.get(name)
-        if v is None or np.asarray(v).size != 1 or np.asarray(v).dtype.kind != "f" or np.ndim(v) > rank:
-            return None
-        return float(np.asarray(v).reshape(-1)[0])
+        """A one-element constant of rank <= ``rank`` (it cannot broadcast the other operand up)."""
+        a = _float_scalar(values, name)
+        return None if a is None or a.ndim > rank else float(a.reshape(-1)[0])
 
     def rank(t: str) -> int:
         s = shapes.get(t)
@@ -413,7 +412,9 @@ def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs:
             if p is not None and nodes[p]["op"] == "Mul" and nodes[p]["where"] == "device" and key != "v" \
                     and consumers.get(t) == [reader] and t not in outputs and p not in drop:
                 a, b = nodes[p]["inputs"]
-                c, x = (scalar(b, r), a) if scalar(b, r) is not None else (scalar(a, r), b)
+                c, x = scalar(b, r), a
+                if c is None:
+                    c, x = scalar(a, r), b
                 if c is not None and rank(x) == r:
                     scale *= c
                     drop.add(p)
@@ -448,10 +449,7 @@ def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[s
     for nd in nodes:          # exporters alias equal initializers through Identity (evaluated on the host)
         if nd["op"] == "Identity" and nd["where"] == "host" and nd["inputs"][0] in vectors:
             vectors[nd["outputs"][0]] = vectors[nd["inputs"][0]]
-    consumers: dict[str, list[int]] = {}
-    for i, nd in enumerate(nodes):
-        for t in nd["inputs"]:
-            consumers.setdefault(t, []).append(i)
+    _, consumers = _graph_index(nodes)
     removed: set[int] = set()
 
     def sole_next(i: int, out: str) -> int | None:
