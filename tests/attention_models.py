@@ -2,10 +2,10 @@
 transposes), with knobs for each optional part: the inputs of tests/test_nvrtc_fusion.py's attention tests."""
 import numpy as np, onnx
 from onnx import helper as h, numpy_helper as nh, TensorProto as T
-def attn_model(path, B=1, H=2, Sq=37, Skv=45, D=24, DV=40, mask=True, guard=True, qscale=True, div=False, mask_shape=None, opset=17):
+def attn_model(path, B=1, H=2, Sq=37, Skv=45, D=24, DV=40, mask=True, guard=True, qscale=True, div=False, mask_shape=None, opset=17, v_seq_major=False):
     nodes=[]; inits=[]
     inputs=[h.make_tensor_value_info('q',T.FLOAT,[B,H,Sq,D]), h.make_tensor_value_info('k',T.FLOAT,[B,H,Skv,D]),
-            h.make_tensor_value_info('v',T.FLOAT,[B,H,Skv,DV])]
+            h.make_tensor_value_info('v',T.FLOAT,[B,Skv,H,DV] if v_seq_major else [B,H,Skv,DV])]
     q='q'
     if qscale:
         inits.append(nh.from_array(np.array(D**-0.25,np.float32),'cq')); nodes.append(h.make_node('Mul',['q','cq'],['qs'])); q='qs'
@@ -23,7 +23,9 @@ def attn_model(path, B=1, H=2, Sq=37, Skv=45, D=24, DV=40, mask=True, guard=True
     if guard:
         inits.append(nh.from_array(np.array(0.0,np.float32),'z'))
         nodes += [h.make_node('IsNaN',['p'],['isn']), h.make_node('Where',['isn','z','p'],['pg'])]; p='pg'
-    nodes.append(h.make_node('MatMul',[p,'v'],['o']))
+    if v_seq_major:   # V as [B, S, H, DV], its head transpose before the product (read in place when fused)
+        nodes.append(h.make_node('Transpose',['v'],['vt'],perm=[0,2,1,3]))
+    nodes.append(h.make_node('MatMul',[p,'vt' if v_seq_major else 'v'],['o']))
     nodes.append(h.make_node('Transpose',['o'],['y'],perm=[0,2,1,3]))
     g=h.make_graph(nodes,'attn',inputs,[h.make_tensor_value_info('y',T.FLOAT,None)],inits)
     m=h.make_model(g,opset_imports=[h.make_opsetid('',opset)]); m.ir_version=8

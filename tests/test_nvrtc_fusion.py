@@ -121,7 +121,7 @@ def _attn_feeds(c: dict, seed: int = 0) -> dict[str, np.ndarray]:
     B, H, Sq, Skv, D, DV = (c.get(k, d) for k, d in (("B", 1), ("H", 2), ("Sq", 37), ("Skv", 45), ("D", 24), ("DV", 40)))
     feeds = {"q": rng.standard_normal((B, H, Sq, D)).astype(np.float32),
              "k": rng.standard_normal((B, H, Skv, D)).astype(np.float32),
-             "v": rng.standard_normal((B, H, Skv, DV)).astype(np.float32)}
+             "v": rng.standard_normal((B, Skv, H, DV) if c.get("v_seq_major") else (B, H, Skv, DV)).astype(np.float32)}
     if c.get("mask", True):
         shape = c.get("mask_shape") or [B, 1, 1, Skv]
         feeds["m"] = np.where(rng.random(shape) < 0.2, -1e9, rng.standard_normal(shape)).astype(np.float32)
@@ -153,6 +153,27 @@ def test_attention_fuses_into_one_node_and_matches_onnxruntime(tmp_path: Path, c
         assert np.abs(out - ref).max() <= tol * np.abs(ref).max(), (case, precision)
         fused = precision == "fp16" and case != "big_head"
         assert kernels == ({"attn_tc"} if fused else {"gemm", "attn_softmax", "strided_copy"}), kernels
+
+
+def test_fp32_attention_copies_v_when_a_batch_stride_would_pass_32_bits(tmp_path: Path, monkeypatch) -> None:
+    """SD-UNet at its largest profile: V strided over two batch levels (its head transpose read in place)
+    and 16k x 16k scores would need a probability batch stride past 32 bits; the fp32 path then copies
+    V contiguous first (one batch level). The limit is lowered here so small shapes take that route."""
+    from attention_models import attn_model
+    from rtxpack.backends.nvrtc import lowering
+
+    if compiler() is None:
+        pytest.skip("needs g++ to compile the kernels for the CPU")
+    c = dict(B=2, H=3, v_seq_major=True)
+    path = attn_model(str(tmp_path / "a.onnx"), **c)
+    feeds = _attn_feeds(c)
+    ref = reference(path, feeds)["y"]
+    monkeypatch.setattr(lowering, "INT32_LIMIT", 37 * 45 * 3)     # nb1 * Sq * Skv: the b0 stride of P
+    with EmuLoadedPlan(build_plan(path)) as p:
+        out = p.run(feeds)["y"]
+        copies = p.launch_counts.get("strided_copy<>", 0)
+    assert copies == 2, p.launch_counts            # V in, the transposed output out
+    assert_close(out, ref, rel=1e-5)
 
 
 def test_attention_with_a_second_reader_is_left_alone(tmp_path: Path) -> None:

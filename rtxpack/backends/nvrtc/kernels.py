@@ -415,8 +415,8 @@ __device__ __forceinline__ void f32_unstage(const float4 (&r)[ROWS * BK / 4 / NT
 template <int BM, int BN, int BK, int TM, int TN>
 __device__ void gemm(const float* __restrict__ A, const float* __restrict__ B, const float* __restrict__ bias,
                      const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk,
-                     int sBk, int sBn, int nb1, long long sA0, long long sA1, long long sB0, long long sB1, int sbm,
-                     int sbn, float alpha, float beta, int relu, int S, float* __restrict__ ws) {
+                     int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, float alpha,
+                     float beta, int relu, int S, float* __restrict__ ws) {
   // split-K (S > 1, one batch only): blockIdx.z = split; partial sums go to ws[split][m][n]
   constexpr int TX = BN / TN, TY = BM / TM, NT = TX * TY;
   static_assert((BM * BK / 4) % NT == 0 && (BN * BK / 4) % NT == 0, "whole runs of 4 per thread");
@@ -656,8 +656,7 @@ FAMILIES: dict[str, str] = {
     "splitk_reduce": "const float* ws, const float* bias, const float* res, float* y, int N, int OC, int OHW, int S, int relu",
     "conv_direct": _CONV_PARAMS,
     "gemm": ("const float* A, const float* B, const float* bias, const float* res, float* Cm, int M, int N, int K, "
-             "int sAm, int sAk, int sBk, int sBn, int nb1, long long sA0, long long sA1, long long sB0, "
-             "long long sB1, int sbm, int sbn, "
+             "int sAm, int sAk, int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, "
              "float alpha, float beta, int relu, int S, float* ws"),
     "gemm_splitk_reduce": ("const float* ws, const float* bias, const float* res, float* Cm, int M, int N, int S, "
                            "int sbm, int sbn, float alpha, float beta, int relu"),

@@ -132,6 +132,18 @@ def _tile_candidates(rows: int, cols: int, K: int, copies: int, num_sms: int, sp
     return cands, pick or cands[-1]
 
 
+def _plan_tiles(node: Mapping[str, Any], family: str, table: Mapping[str, tuple[int, ...]],
+                suffix: tuple[int, ...] = ()) -> Mapping[str, tuple[int, ...]]:
+    """The tiles of ``family`` the layer can run: ``table`` (today's) when planning a build or when the
+    loaded plan carries them, else the tiles an earlier rtxpack compiled into it (biggest first)."""
+    have = node.get("kernels")
+    if have is None or any(KernelSpec(family, t + suffix) in have for t in table.values()):
+        return table
+    own = sorted({s.targs[:5] for s in have if s.family == family and s.targs[5:] == suffix},
+                 key=lambda t: (-t[0] * t[1], t))
+    return {"x".join(map(str, t)): t for t in own} or table
+
+
 def _choose(node: Mapping[str, Any], cands: list[tuple[str, int]], heuristic: tuple[str, int]
             ) -> tuple[tuple[str, int], dict[str, Any]]:
     """The candidate the node's tuned ``choice`` names (else the heuristic's), and the "#tune" record
@@ -369,13 +381,13 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     P, M, K = x[0] * oh * ow, oc // g, int(ws[1]) * kh * kw
     # (tile, split-K) candidates for the tuner; the heuristic: the biggest tile that still gives half
     # a wave of blocks, split-K then fills the GPU
-    cands, heur = _tile_candidates(M, P, K, g, num_sms, g == 1, TC_TILES if a.get("tc") else TILES)
+    family, k1 = ("conv_tc" if a.get("tc") else "conv_igemm"), (specs[0].targs[5],)
+    tiles = _plan_tiles(node, family, TC_TILES if a.get("tc") else TILES, k1)
+    cands, heur = _tile_candidates(M, P, K, g, num_sms, g == 1, tiles)
     (label, splits), extra = _choose(node, cands, heur)
+    spec = KernelSpec(family, tiles[label] + k1)
     if a.get("tc"):
-        spec = KernelSpec("conv_tc", TC_TILES[label] + (specs[0].targs[5],))
         args[1] = wname + "#h"
-    else:
-        spec = KernelSpec("conv_igemm", TILES[label] + (specs[0].targs[5],))
     bm, bn = spec.targs[0], spec.targs[1]
     ktab = ""
     if not spec.targs[5]:   # im2col offsets per k for this input size: the kernel does no divisions
@@ -472,17 +484,16 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     y = node["outputs"][0]
     args = [ins[0], ins[1], bias, res, y, M, N, K, sAm, sAk, sBk, sBn, nb1, sA0, sA1, sB0, sB1,
             sbm, sbn, alpha, beta, int(a.get("relu", 0))]
-    tiles = TC_TILES if a.get("tc") else GEMM_TILES
+    half = set(a.get("tc_half", ()))
+    family, suffix = ("gemm_tc", (int(0 in half), int(1 in half))) if a.get("tc") else ("gemm", ())
+    tiles = _plan_tiles(node, family, TC_TILES if a.get("tc") else GEMM_TILES, suffix)
     cands, heur = _tile_candidates(M, N, K, nbatch, num_sms, nbatch == 1, tiles)
     (label, splits), extra = _choose(node, cands, heur)
+    spec = KernelSpec(family, tiles[label] + suffix)
     if a.get("tc"):
-        half = set(a.get("tc_half", ()))
-        spec = KernelSpec("gemm_tc", TC_TILES[label] + (int(0 in half), int(1 in half)))
         args[0], args[1] = [ins[i] + "#h" if i in half else ins[i] for i in (0, 1)]
         if a.get("tc_bt"):            # B's fp16 copy is stored [N, K] (see use_tensor_cores)
             args[1], args[10], args[11] = ins[1] + "#ht", 1, K
-    else:
-        spec = KernelSpec("gemm", GEMM_TILES[label])
     bm, bn = spec.targs[0], spec.targs[1]
     if splits == 1:
         return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), nbatch), spec.block_threads,
@@ -497,6 +508,8 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
 
 #: fp32 GEMM tiles of unfused attention (fp32 plans, heads over 128)
 ATTN_GEMM_TILES = ("f64x64", "f32x32")
+#: launch arguments are 32-bit: a batch stride this big takes another route
+INT32_LIMIT = 2 ** 31
 
 
 def _view(shape: Sequence[int], perm: Sequence[int] | None) -> tuple[list[int], list[int]]:
@@ -540,36 +553,54 @@ def _plan_attention(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[S
     os_ = [0] * len(logical)
     for i, p in enumerate(perm_o or range(len(logical))):
         os_[p] = ost[i]
-    batch, (qb, kb, vb, mb, ob) = _collapse(bshape, *(_bstrides(t[:-2], bshape, st[:-2]) for t, st in
-                                                      ((q, qst), (kt, kst), (v, vst))), ms[:-2], os_[:-2]) \
-        if bshape else ([1], [[0], [0], [0], [0], [0]])
-    if len(batch) > 2:
-        raise UnsupportedModel(f"Attention (node {node['name']!r}) with batch broadcasting over {len(batch)} "
-                               "non-collapsible dimensions", fix="reshape to at most 2 batch dimensions")
-    if len(batch) == 1:
-        batch, qb, kb, vb, mb, ob = [1] + batch, [0] + qb, [0] + kb, [0] + vb, [0] + mb, [0] + ob
-    nb, nb1 = batch[0] * batch[1], batch[1]
+    def levels(*strides: Sequence[int]) -> tuple[int, list[list[int]]]:
+        """The batch as b = b0 * nb1 + b1 (row-major over bshape) for operands of these batch strides:
+        nb1 and each operand's (b0, b1) strides."""
+        dims, sts = _collapse(bshape, *strides) if bshape else ([1], [[0] for _ in strides])
+        if len(dims) > 2:
+            raise UnsupportedModel(f"Attention (node {node['name']!r}) with batch broadcasting over {len(dims)} "
+                                   "non-collapsible dimensions", fix="reshape to at most 2 batch dimensions")
+        return (dims[-1], sts) if len(dims) == 2 else (dims[0], [[0] + st for st in sts])
+
+    qbs, kbs, vbs = (_bstrides(t[:-2], bshape, st[:-2]) for t, st in ((q, qst), (kt, kst), (v, vst)))
+    nb = int(np.prod(bshape))
     scale, guard = float(a.get("scale", 1.0)), int(a.get("guard", 0))
     dp = next((d for d in ATTN_DPS if max(D, DV) <= d), 0)
     if a.get("tc") and dp:
+        nb1, (qb, kb, vb, mb, ob) = levels(qbs, kbs, vbs, ms[:-2], os_[:-2])
         return [out], [Launch(KernelSpec("attn_tc", (dp,)), (math.ceil(Sq / 64), nb, 1), 128,
                               [ins[0], ins[1], ins[2], mask, y, Sq, Skv, D, DV, nb1, qb[0], qb[1], qst[-2], qst[-1],
                                kb[0], kb[1], kst[-2], kst[-1], vb[0], vb[1], vst[-2], vst[-1], mb[0], mb[1], ms[-2],
                                ms[-1], ob[0], ob[1], os_[-2], os_[-1], scale, guard])], {}
+    # unfused: each launch splits the batch for its own operands (the scores are contiguous)
     scores, pv = f"{y}#scores", (f"{y}#pv" if perm_o else y)
+    extra: dict[str, Any] = {scores: nb * Sq * Skv * 4}
+    launches = []
 
-    def gemm(A, B, C, M, N, K, sa, sb, sAm, sAk, sBk, sBn, alpha) -> Launch:
+    def gemm(A, B, C, M, N, K, nb1, sa, sb, sAm, sAk, sBk, sBn, alpha) -> Launch:
         _, (label, _) = _tile_candidates(M, N, K, nb, num_sms, False, {t: GEMM_TILES[t] for t in ATTN_GEMM_TILES})
         spec = KernelSpec("gemm", GEMM_TILES[label])
         return Launch(spec, (math.ceil(N / spec.targs[1]), math.ceil(M / spec.targs[0]), nb), spec.block_threads,
                       [A, B, "", "", C, M, N, K, sAm, sAk, sBk, sBn, nb1, sa[0], sa[1], sb[0], sb[1], 0, 0, alpha,
                        1.0, 0, 1, ""])
 
-    launches = [gemm(ins[0], ins[1], scores, Sq, Skv, D, qb, kb, qst[-2], qst[-1], kst[-2], kst[-1], scale),
-                Launch(KernelSpec("attn_softmax"), (nb * Sq, 1, 1), _rowthreads(Skv),
-                       [scores, mask, scores, Skv, Sq, nb1, mb[0], mb[1], ms[-2], ms[-1], guard]),
-                gemm(scores, ins[2], pv, Sq, DV, Skv, [nb1 * Sq * Skv if batch[0] > 1 else 0, Sq * Skv], vb, Skv, 1, vst[-2], vst[-1], 1.0)]
-    extra: dict[str, Any] = {scores: nb * Sq * Skv * 4}
+    nb1, (qb, kb) = levels(qbs, kbs)
+    launches.append(gemm(ins[0], ins[1], scores, Sq, Skv, D, nb1, qb, kb, qst[-2], qst[-1], kst[-2], kst[-1], scale))
+    nb1, (mb,) = levels(ms[:-2])
+    launches.append(Launch(KernelSpec("attn_softmax"), (nb * Sq, 1, 1), _rowthreads(Skv),
+                           [scores, mask, scores, Skv, Sq, nb1, mb[0], mb[1], ms[-2], ms[-1], guard]))
+    pbs = [t * Sq * Skv for t in _strides(bshape)]
+    nb1, (pb, vb) = levels(pbs, vbs)
+    vname = ins[2]
+    if max(map(abs, pb + vb)) >= INT32_LIMIT:
+        # a batch stride of the probabilities past 32 bits (V strided over two batch levels, huge
+        # scores): V copied contiguous first, so that one batch level serves both
+        vname, shape = f"{y}#v", bshape + [Skv, DV]
+        launches.append(strided_copy(ins[2], vname, shape, vbs + vst[-2:], _strides(shape), 0, 0, node))
+        extra[vname] = nb * Skv * DV * 4
+        vst = [DV, 1]
+        nb1, (pb, vb) = levels(pbs, [t * Skv * DV for t in _strides(bshape)])
+    launches.append(gemm(scores, vname, pv, Sq, DV, Skv, nb1, pb, vb, Skv, 1, vst[-2], vst[-1], 1.0))
     if perm_o:
         launches.append(strided_copy(pv, y, logical, _strides(logical), os_, 0, 0, node))
         extra[pv] = nb * Sq * DV * 4

@@ -320,7 +320,8 @@ class NvrtcLoadedPlan:
         (bounded by ``tune_budget_s``; 0 = the heuristic's kernels), else the heuristic's."""
         skey = shape_key(shapes, self.input_names)
         known = self._tuning.shapes.get(skey)
-        sp = plan_shapes(self.graph, shapes, self._host_w, set(self._waddr), self.num_sms, choices=known)
+        sp = plan_shapes(self.graph, shapes, self._host_w, set(self._waddr), self.num_sms, choices=known,
+                         kernels=self._funcs.keys())
         if not sp.tunable:
             return sp
         missing = [t for t in sp.tunable if t.node["name"] not in (known or {})]
@@ -337,7 +338,8 @@ class NvrtcLoadedPlan:
             self._tuning.store(self._cache)
         self.tuning.update(source=("tuned on this GPU" if report["timed"] else "heuristic (tuning budget spent)")
                            + (" + runtime cache" if known else ""), shapes=skey, **report)
-        return plan_shapes(self.graph, shapes, self._host_w, set(self._waddr), self.num_sms, choices=choices)
+        return plan_shapes(self.graph, shapes, self._host_w, set(self._waddr), self.num_sms, choices=choices,
+                           kernels=self._funcs.keys())
 
     def _tune(self, sp: ShapePlan, budget_s: float, known: Mapping[str, str] | None = None
               ) -> tuple[dict[str, str], dict[str, Any]]:

@@ -8,13 +8,14 @@ validate a model end to end, and at run time to drive the GPU.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
 from ...core.errors import BackendError, UnsupportedModel
 from .dtypes import ITEMSIZE, as_device_array, device_dtype, host_dtype_name, output_dtypes
 from .host_ops import eval_host
+from .kernels import KernelSpec
 from .lowering import Launch, Shape, plan_node
 from .arrays import decode_array
 from .onnx_import import ALIAS_OPS, HOST_INPUTS
@@ -51,8 +52,8 @@ class Tunable:
 
 def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], weights: Mapping[str, np.ndarray],
                 device_resident: set[str], num_sms: int = 132, *,
-                problems: dict[str, str] | None = None, choices: Mapping[str, str] | None = None
-                ) -> ShapePlan | None:
+                problems: dict[str, str] | None = None, choices: Mapping[str, str] | None = None,
+                kernels: Collection[KernelSpec] | None = None) -> ShapePlan | None:
     """Evaluate host nodes, infer shapes, emit launches and assign arena offsets.
 
     ``weights`` holds the initializers the host needs (at least ``host_weight_names``); the
@@ -60,6 +61,8 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
     model), a node that cannot be planned is recorded there by name instead of raising, the nodes
     that depend on it are passed over, and None is returned when anything was recorded.
     ``choices`` (layer name -> candidate label, from the tuner) overrides the heuristic's kernel.
+    ``kernels``: the specializations a loaded plan carries (tiles are picked among them; an earlier
+    rtxpack's plan may have other tiles than today's), None when planning a build.
     """
     shapes: dict[str, Shape] = {w["name"]: tuple(int(d) for d in w["shape"]) for w in graph["weights"]}
     host: dict[str, np.ndarray] = {k: decode_array(v) for k, v in graph["constants"].items()}
@@ -113,6 +116,8 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
                 full = {**nd, "opset": graph.get("opset", 17), "in_dtypes": in_dtypes, "out_dtypes": out_dtypes}
                 if choices and nd["name"] in choices:
                     full["choice"] = choices[nd["name"]]
+                if kernels is not None:
+                    full["kernels"] = kernels
                 oshapes, ls, temps = _plan_node(full, in_shapes, hv, num_sms)
                 tune = temps.pop("#tune", None)
         except UnsupportedModel as e:
