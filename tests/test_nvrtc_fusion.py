@@ -113,6 +113,8 @@ ATTN_CASES = {
     # a mask that widens the scores: one query row repeated 5 times; batches added by the mask
     "mask_widens_rows": dict(Sq=1, mask_shape=[1, 1, 5, 45]),
     "mask_widens_batch": dict(B=1, H=1, mask_shape=[2, 3, 37, 45]),
+    # scales the host computes from shapes (TorchScript's scaled_dot_product_attention; a Div by sqrt(D))
+    "host_scales": dict(qscale="host", div="host", mask=False),
 }
 
 
@@ -145,7 +147,9 @@ def test_attention_fuses_into_one_node_and_matches_onnxruntime(tmp_path: Path, c
     for precision, tol in (("fp32", 1e-5), ("fp16", 2e-3)):
         plan = build_plan(path, precision=precision)
         _, graph, _, _, _ = read_plan(plan)
-        assert [nd["op"] for nd in graph["nodes"]] == ["Attention"], graph["nodes"]
+        device = [nd for nd in graph["nodes"] if nd["where"] == "device"]
+        assert [nd["op"] for nd in device] == ["Attention"], graph["nodes"]
+        assert bool(device[0]["attrs"].get("scale_by")) == (case == "host_scales")
         with EmuLoadedPlan(plan) as p:
             out = p.run(feeds)["y"]
             kernels = {k.split("<")[0] for k in p.launch_counts}

@@ -189,6 +189,8 @@ def kernels_for(node: Mapping[str, Any], weight_shapes: Mapping[str, Sequence[in
     table = {"Softmax": "softmax", "LayerNormalization": "layernorm", "ReduceMean": "reduce_mean",
              "GlobalAveragePool": "reduce_mean", "BatchNormalization": "channel_affine", "LRN": "lrn",
              "Gather": "gather"}
+    if op == "Gather":      # (a Gather by evenly spaced host-known indices runs as a copy)
+        return [KernelSpec("gather"), KernelSpec("strided_copy")]
     if op in table:
         return [KernelSpec(table[op])]
     if op in ("MaxPool", "AveragePool"):
@@ -210,12 +212,43 @@ def plan_node(node: Mapping[str, Any], shapes: Sequence[Shape], hv: HV, num_sms:
     if node["op"] in ("Gemm", "MatMul"):
         return _plan_gemm(node, shapes, num_sms)
     if node["op"] == "Attention":
-        return _plan_attention(node, shapes, num_sms)
+        return _plan_attention(node, shapes, num_sms, hv)
+    if node["op"] == "Gather":
+        copy = _gather_as_copy(node, shapes, hv)
+        if copy is not None:
+            return copy
     planned = ops.plan(node, shapes, hv, num_sms, _plan_gemm)
     if planned is not None:
         return planned
     out, launches = _plan_node(node, shapes, hv, num_sms)
     return out, launches, {}
+
+
+def _gather_as_copy(node: Mapping[str, Any], shapes: Sequence[Shape], hv: HV
+                    ) -> tuple[list[Shape], list[Launch], dict[str, Any]] | None:
+    """A Gather whose indices the host knows and that are evenly spaced (one index: a slice, as exporters
+    select q / k / v from a packed projection) is a strided copy: no index reads, and the copy can chain
+    with its neighbours (schedule.elide_copies). None otherwise, or when a loaded plan lacks the kernel."""
+    idx, x = hv(node["inputs"][1]), shapes[0]
+    if idx is None or not len(x) or not np.issubdtype(np.asarray(idx).dtype, np.integer):
+        return None
+    axis = node["attrs"].get("axis", 0) % len(x)
+    flat = np.asarray(idx).astype(np.int64).reshape(-1)
+    flat = np.where(flat < 0, flat + x[axis], flat)
+    if flat.size == 0 or flat.min() < 0 or flat.max() >= x[axis]:
+        return None
+    step = int(flat[1] - flat[0]) if flat.size > 1 else 0
+    if np.any(flat != flat[0] + step * np.arange(flat.size)):
+        return None
+    size = itemsize(node)
+    spec = KernelSpec("strided_copy") if size == 4 else KernelSpec("strided_copy_b", (size,))
+    if node.get("kernels") is not None and spec not in node["kernels"]:
+        return None
+    inner, xs = int(np.prod(x[axis + 1:])), _strides(x)
+    out = tuple(x[:axis]) + tuple(np.shape(idx)) + tuple(x[axis + 1:])
+    sx = xs[:axis] + [s * step * inner for s in _strides(np.shape(idx))] + xs[axis + 1:]
+    return [out], [strided_copy(node["inputs"][0], node["outputs"][0], out, sx, _strides(out), int(flat[0]) * inner,
+                                0, node)], {}
 
 
 def _plan_node(node: Mapping[str, Any], shapes: Sequence[Shape], hv: HV, num_sms: int
@@ -520,7 +553,8 @@ def _view(shape: Sequence[int], perm: Sequence[int] | None) -> tuple[list[int], 
     return [int(shape[p]) for p in perm], [st[p] for p in perm]
 
 
-def _plan_attention(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape], list[Launch], dict[str, Any]]:
+def _plan_attention(node, shapes: Sequence[Shape], num_sms: int, hv: HV | None = None
+                    ) -> tuple[list[Shape], list[Launch], dict[str, Any]]:
     """softmax(scale * Q Kt + mask) V (onnx_import.fuse_attention; ``perm_*``: a Transpose folded into an
     operand or the output, read or written in place): one flash-attention launch on tensor cores (fp16
     plans, heads up to 128), else scores = scale * Q Kt (GEMM), attn_softmax in place (mask, NaN guard),
@@ -565,6 +599,12 @@ def _plan_attention(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[S
     qbs, kbs, vbs = (_bstrides(t[:-2], bshape, st[:-2]) for t, st in ((q, qst), (kt, kst), (v, vst)))
     nb = int(np.prod(bshape))
     scale, guard = float(a.get("scale", 1.0)), int(a.get("guard", 0))
+    for name, power in a.get("scale_by", ()):      # factors the host computed for these shapes
+        v = hv(name) if hv is not None else None
+        if v is None or np.size(v) != 1:
+            raise UnsupportedModel(f"Attention (node {node['name']!r}): its scale {name!r} is not one value",
+                                   fix="report this model")
+        scale *= float(np.reshape(v, -1)[0]) ** power
     dp = next((d for d in ATTN_DPS if max(D, DV) <= d), 0)
     if a.get("tc") and dp:
         nb1, (qb, kb, vb, mb, ob) = levels(qbs, kbs, vbs, ms[:-2], os_[:-2])

@@ -335,7 +335,8 @@ def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs:
     """MatMul(Q, Kt) [-> Mul / Div by a constant] [-> Add(mask)] -> Softmax(last axis) [-> IsNaN / Where
     guard] -> MatMul(., V) as the exporters write attention -> one ``Attention`` node (inputs Q, Kt, V,
     mask; attrs scale, guard). A constant scalar Mul on Q or Kt (the exporters' split 1/sqrt(sqrt(d)))
-    folds into the scale, and a Transpose feeding Q, Kt or V or reading the output is read / written in
+    folds into the scale; one the host computes from shapes (TorchScript's scaled_dot_product_attention)
+    is multiplied in when the shapes are planned (``scale_by``), and a Transpose feeding Q, Kt or V or reading the output is read / written in
     place (``perm_q`` / ``perm_kt`` / ``perm_v`` / ``perm_o``). Only when every intermediate has one
     reader and is no output, and the ranks are known (2 to 4, equal; the mask's at most that). fp16
     plans run it as one flash-attention kernel, fp32 plans as GEMM, masked softmax, GEMM."""
@@ -355,6 +356,12 @@ def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs:
         s = shapes.get(t)
         return len(s) if s is not None else -1
 
+    def host_scalar(name: str, rank: int) -> bool:
+        """A one-element value the host computes per shape (1/sqrt(sqrt(head size)) from Shape ops)."""
+        p, s = made.get(name), shapes.get(name)
+        return p is not None and nodes[p]["where"] == "host" and s is not None and len(s) <= rank \
+            and all(d == 1 for d in s)
+
     drop: set[int] = set()
     for i, nd in enumerate(nodes):
         if nd["op"] != "MatMul" or nd["where"] != "device" or i in drop:
@@ -364,12 +371,18 @@ def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs:
         if not 2 <= r <= 4 or rank(kt) != r:
             continue
         parts, scale, out, mask, guard = [i], 1.0, nd["outputs"][0], "", 0
+        scale_by: list[list] = []          # [host value, power]: factors of the scale known when planning
         j = sole(out, "Mul", "Div")
         if j is not None:
             ins = nodes[j]["inputs"]
-            c = scalar(ins[1], r) if ins[0] == out else scalar(ins[0], r) if nodes[j]["op"] == "Mul" else None
+            div = nodes[j]["op"] == "Div"
+            f = ins[1] if ins[0] == out else ins[0] if not div else ""
+            c = scalar(f, r) if f else None
             if c is not None and c != 0:
-                scale = c if nodes[j]["op"] == "Mul" else 1.0 / c
+                scale = 1.0 / c if div else c
+            elif f and host_scalar(f, r):
+                scale_by.append([f, -1 if div else 1])
+            if (c is not None and c != 0) or scale_by:
                 parts.append(j)
                 out = nodes[j]["outputs"][0]
         j = sole(out, "Add")
@@ -412,11 +425,16 @@ def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs:
             if p is not None and nodes[p]["op"] == "Mul" and nodes[p]["where"] == "device" and key != "v" \
                     and consumers.get(t) == [reader] and t not in outputs and p not in drop:
                 a, b = nodes[p]["inputs"]
-                c, x = scalar(b, r), a
+                c, x, by = scalar(b, r), a, None
                 if c is None:
                     c, x = scalar(a, r), b
+                if c is None and (host_scalar(b, r) or host_scalar(a, r)):
+                    by, x = (b, a) if host_scalar(b, r) else (a, b)
+                    c = 1.0
                 if c is not None and rank(x) == r:
                     scale *= c
+                    if by:
+                        scale_by.append([by, 1])
                     drop.add(p)
                     t, reader = x, p
             # a Transpose that only feeds this attention is read in place (strides), not copied
@@ -437,7 +455,8 @@ def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs:
             drop.add(k)
         drop.update(parts)
         nodes[j] = {"op": "Attention", "name": nodes[j]["name"], "inputs": operands + [mask], "outputs": [y],
-                    "attrs": {"scale": scale, "guard": guard, **attrs}, "where": "device", "fused_from": nd["name"]}
+                    "attrs": {"scale": scale, "guard": guard, **attrs, **({"scale_by": scale_by} if scale_by else {})},
+                    "where": "device", "fused_from": nd["name"]}
     return [nd for k, nd in enumerate(nodes) if k not in drop]
 
 

@@ -16,6 +16,7 @@ from ...core.errors import BackendError, UnsupportedModel
 from .dtypes import ITEMSIZE, as_device_array, device_dtype, host_dtype_name, output_dtypes
 from .host_ops import eval_host
 from .kernels import KernelSpec
+from .launch import collapse, i6, strides_of
 from .lowering import Launch, Shape, plan_node
 from .arrays import decode_array
 from .onnx_import import ALIAS_OPS, HOST_INPUTS
@@ -95,6 +96,7 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
     uploads: dict[str, np.ndarray] = {}
     temp_bytes: dict[str, int] = {}
     tunable: list[Tunable] = []
+    steps: list[int] = []                    # the node step of every launch
     step = 0
     unknown: set[str] = {i["name"] for i in graph["inputs"] if i.get("dtype", "float32") not in ITEMSIZE}
     for nd in graph["nodes"]:
@@ -156,6 +158,7 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
         if tune is not None:
             tunable.append(Tunable(full, in_shapes, tune[0], tune[1], len(launches), len(ls)))
         launches.extend(ls)
+        steps.extend([step] * len(ls))
         step += 1
     if unknown and problems is not None:
         return None
@@ -167,6 +170,8 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
         r = root.get(o, o)
         if r in born:
             last[r] = step
+    keep = {root.get(o, o) for o in graph["outputs"]} | set(uploads) | {i["name"] for i in graph["inputs"]}
+    launches = elide_copies(launches, steps, root, born, last, keep, shapes, tunable)
     # the model's inputs keep their slots for the whole run: no kernel ever writes over them, so a
     # run can be replayed (a CUDA graph, a benchmark) without copying the inputs in again
     for i in graph["inputs"]:
@@ -189,6 +194,142 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
         if o in host:
             dtypes.setdefault(o, host_dtype_name(host[o]))
     return ShapePlan(shapes, host, launches, root, offsets, total, uploads, dtypes, tunable)
+
+
+def _copy_view(ln: Launch) -> tuple[list[int], list[int], list[int], int, int]:
+    """A strided copy's (dims, source strides, destination strides, source offset, destination offset)."""
+    nd = ln.args[3]
+    return list(ln.args[4][:nd]), list(ln.args[5][:nd]), list(ln.args[6][:nd]), ln.args[7], ln.args[8]
+
+
+def _whole(dims: Sequence[int], st: Sequence[int], off: int, numel: int) -> bool:
+    """Whether a view covers all of a ``numel``-element buffer, in order."""
+    return off == 0 and int(np.prod(dims)) == numel and all(
+        n == 1 or s == c for n, s, c in zip(dims, st, strides_of(dims)))
+
+
+def read_through(dims: Sequence[int], sx: Sequence[int], sy: Sequence[int], ox: int,
+                 dims_j: Sequence[int], sx_j: Sequence[int], ox_j: int) -> tuple[list, list, list, int] | None:
+    """A copy reading (``dims``, ``sx``, ``ox``) of a buffer R that another copy wrote whole and in order from
+    its source (R[t] = src[ox_j + unravel(t, dims_j) . sx_j]), re-expressed as a read of that source:
+    ``(dims, sx, sy, ox)`` or None where no strided view says it. A dim of the read that walks several
+    of R's dims is split along them; every coordinate of R must stay inside its dim (no carry), which
+    makes the composed offsets exact."""
+    if not dims_j or ox < 0 or ox >= int(np.prod(dims_j)):
+        return None
+    P = strides_of(dims_j)
+    start = [int(c) for c in np.unravel_index(ox, tuple(dims_j))]
+    used = [0] * len(dims_j)
+    work, out = list(zip(dims, sx, sy)), []
+    while work:
+        e, s, t = work.pop(0)
+        if e == 1:
+            continue
+        if s == 0:
+            out.append((e, 0, t))
+            continue
+        if s < 0:
+            return None
+        k = next(k for k in range(len(P)) if s % P[k] == 0)
+        m = s // P[k]
+        if start[k] + used[k] + m * (e - 1) < dims_j[k]:
+            used[k] += m * (e - 1)
+            out.append((e, m * sx_j[k], t))
+            continue
+        f = dims_j[k] // m
+        if k == 0 or dims_j[k] % m or f <= 1 or e % f or start[k] or used[k]:
+            return None
+        work[0:0] = [(e // f, s * f, t * f), (f, s, t)]    # the part inside dim k, and the rest above it
+    if not out:
+        out = [(1, 0, 0)]
+    new_dims, (nx, ny) = collapse([o[0] for o in out], [o[1] for o in out], [o[2] for o in out])
+    if len(new_dims) > 6:
+        return None
+    return new_dims, nx, ny, ox_j + sum(c * st for c, st in zip(start, sx_j))
+
+
+def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str], born: dict[str, int],
+                 last: dict[str, int], keep: set[str], shapes: Mapping[str, Shape], tunable: list["Tunable"]
+                 ) -> list[Launch]:
+    """Drop the copies exporters chain (roll = Slice + Concat, select q/k/v = Transpose + Gather, a
+    Transpose that only moves axes of size 1): a strided copy that reads a buffer another copy wrote
+    whole reads that copy's source instead (``read_through``); a copy that moves a buffer whole, in
+    order, makes its output an alias of its input; a copy whose buffer nobody reads any more goes.
+    Only buffers one launch writes and no other kernel touches, never the model's inputs, outputs or
+    uploads. Updates ``root`` and the lifetimes; returns the remaining launches (``tunable`` re-indexed)."""
+    def R(t: str) -> str:
+        return root.get(t, t)
+
+    def is_copy(ln: Launch) -> bool:
+        return ln.spec.family in ("strided_copy", "strided_copy_b")
+
+    touch: dict[str, list[int]] = {}
+    for i, ln in enumerate(launches):
+        for a in {R(a) for a in ln.args if isinstance(a, str) and a}:
+            touch.setdefault(a, []).append(i)
+
+    def writer(r: str) -> int | None:
+        """The one launch that writes ``r``, whole and in order, when it is a copy (else None)."""
+        if r in keep or r not in born:
+            return None
+        w = [i for i in touch.get(r, []) if steps[i] == born[r]]
+        if len(w) != 1 or not is_copy(launches[w[0]]) or R(launches[w[0]].args[1]) != r:
+            return None
+        dims, _, sy, _, oy = _copy_view(launches[w[0]])
+        return w[0] if _whole(dims, sy, oy, int(np.prod(shapes[r]))) else None
+
+    def retarget(i: int, old: str, new: str) -> None:
+        touch[old].remove(i)
+        touch.setdefault(new, []).append(i)
+        last[new] = max(last.get(new, steps[i]), steps[i])
+
+    dropped: set[int] = set()
+    for i, ln in enumerate(launches):
+        if not is_copy(ln):
+            continue
+        dims, sx, sy, ox, oy = _copy_view(ln)
+        r = R(ln.args[0])
+        j = writer(r) if r != R(ln.args[1]) else None
+        if j is not None and launches[j].spec == ln.spec:
+            dj, sxj, _, oxj, _ = _copy_view(launches[j])
+            got = read_through(dims, sx, sy, ox, dj, sxj, oxj)
+            if got is not None:
+                nd, nx, ny, nox = got
+                src = launches[j].args[0]
+                launches[i] = ln = Launch(ln.spec, ln.grid, ln.block,
+                                          [src, ln.args[1], ln.args[2], len(nd), i6(nd, {}), i6(nx, {}),
+                                           i6(ny, {}), nox, oy])
+                retarget(i, r, R(src))
+                dims, sx, sy, ox, oy = nd, nx, ny, nox, oy
+        d = R(ln.args[1])
+        if writer(d) == i and _whole(dims, sx, ox, int(np.prod(dims))) and R(ln.args[0]) != d:
+            s = R(ln.args[0])            # a copy in order: its output is its input
+            for k, v in list(root.items()):
+                if v == d:
+                    root[k] = s
+            root[d] = s
+            for k in touch[d]:
+                last[s] = max(last.get(s, steps[k]), steps[k])
+            touch[s] = [k for k in touch.get(s, []) + touch.pop(d) if k != i]
+            dropped.add(i)
+            born.pop(d, None)
+            last.pop(d, None)
+    for r, users in touch.items():       # copies whose output nobody reads any more
+        j = writer(r) if len(users) == 1 else None
+        if j is not None and users == [j]:
+            dropped.add(j)
+            born.pop(r, None)
+            last.pop(r, None)
+    if not dropped:
+        return launches
+    index, kept = {}, []
+    for i, ln in enumerate(launches):
+        if i not in dropped:
+            index[i] = len(kept)
+            kept.append(ln)
+    for t in tunable:
+        t.first = index[t.first]
+    return kept
 
 
 def _plan_node(nd: Mapping[str, Any], in_shapes: list, hv: Any, num_sms: int) -> Any:
