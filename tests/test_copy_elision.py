@@ -161,3 +161,41 @@ def test_exporter_copy_chains_run_as_fewer_copies(tmp_path: Path, precision: str
     # parts = 13 copies/gathers; now one copy per head tensor and one per half of the roll
     assert gathers == 0, p.launch_counts
     assert copies == 5, p.launch_counts
+
+
+def _gather_by_shape(path: Path, data: str) -> Path:
+    """Gather(d, [0, 1, 2 + (S-3)(S-5)]) on axis 1 of d [2, S]: evenly spaced indices at S = 3 and 5 (the
+    profile's min/opt and max, which the build checks), not at S = 4 (a shape the app may run)."""
+    i64 = lambda *v: numpy_helper.from_array(np.asarray(v, dtype=np.int64))   # noqa: E731
+    inits = []
+    for name, v in (("one", (1,)), ("three", (3,)), ("five", (5,)), ("two", (2,)), ("zero_one", (0, 1))):
+        t = i64(*v)
+        t.name = name
+        inits.append(t)
+    nodes = [helper.make_node("Shape", ["x"], ["shp"]), helper.make_node("Gather", ["shp", "one"], ["S"], axis=0),
+             helper.make_node("Sub", ["S", "three"], ["a"]), helper.make_node("Sub", ["S", "five"], ["b"]),
+             helper.make_node("Mul", ["a", "b"], ["ab"]), helper.make_node("Add", ["ab", "two"], ["third"]),
+             helper.make_node("Concat", ["zero_one", "third"], ["idx"], axis=0)]
+    if data == "bool":
+        nodes += [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Cast", ["r"], ["d"], to=TensorProto.BOOL),
+                  helper.make_node("Gather", ["d", "idx"], ["g"], axis=1),
+                  helper.make_node("Cast", ["g"], ["y"], to=TensorProto.FLOAT)]
+    else:
+        nodes += [helper.make_node("Relu", ["x"], ["d"]), helper.make_node("Gather", ["d", "idx"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, "S"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytestmark_emu
+@pytest.mark.parametrize("data", ["float", "bool"])
+def test_a_gather_copy_at_the_checked_shapes_still_runs_where_it_is_not_one(tmp_path: Path, data: str) -> None:
+    """The build checks min / opt / max; a shape in between may need the gather kernel instead of the
+    copy (or the other way round): the plan carries both, for every element type it plans a copy for."""
+    path = _gather_by_shape(tmp_path / "g.onnx", data)
+    plan = build_plan(path, profiles={"x": {"min": [2, 3], "opt": [2, 3], "max": [2, 5]}})
+    with EmuLoadedPlan(plan) as p:
+        for S in (3, 4, 5):
+            x = rand(2, S)
+            assert_close(p.run({"x": x})["y"], reference(path, {"x": x})["y"], rel=1e-6)

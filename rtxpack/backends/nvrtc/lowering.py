@@ -230,7 +230,10 @@ def _gather_as_copy(node: Mapping[str, Any], shapes: Sequence[Shape], hv: HV
     select q / k / v from a packed projection) is a strided copy: no index reads, and the copy can chain
     with its neighbours (schedule.elide_copies). None otherwise, or when a loaded plan lacks the kernel."""
     idx, x = hv(node["inputs"][1]), shapes[0]
-    if idx is None or not len(x) or not np.issubdtype(np.asarray(idx).dtype, np.integer):
+    # float32 data by int64 indices only: both this copy and the gather kernel are in every plan
+    # (kernels_for), so the choice may differ between the shapes a build checked and those it runs
+    dts = list(node.get("in_dtypes") or ())
+    if idx is None or not len(x) or dts[:2] != ["float32", "int64"]:
         return None
     axis = node["attrs"].get("axis", 0) % len(x)
     flat = np.asarray(idx).astype(np.int64).reshape(-1)
@@ -240,9 +243,7 @@ def _gather_as_copy(node: Mapping[str, Any], shapes: Sequence[Shape], hv: HV
     step = int(flat[1] - flat[0]) if flat.size > 1 else 0
     if np.any(flat != flat[0] + step * np.arange(flat.size)):
         return None
-    size = itemsize(node)
-    spec = KernelSpec("strided_copy") if size == 4 else KernelSpec("strided_copy_b", (size,))
-    if node.get("kernels") is not None and spec not in node["kernels"]:
+    if node.get("kernels") is not None and KernelSpec("strided_copy") not in node["kernels"]:
         return None
     inner, xs = int(np.prod(x[axis + 1:])), _strides(x)
     out = tuple(x[:axis]) + tuple(np.shape(idx)) + tuple(x[axis + 1:])
