@@ -110,7 +110,8 @@ def _mha_like(path: Path, S: int = 6, E: int = 8, H: int = 2) -> Path:
     """torchvision's MultiheadAttention input side and Swin's roll, as the TorchScript exporter writes
     them: x[S, 1, E] -> Transpose (a size-1 axis only) -> packed in-projection -> unflatten to
     [S, 1, 3, E] -> Unsqueeze -> Transpose(0, -2) -> Squeeze -> Gather 0 / 1 / 2 -> per-head
-    Reshape + Transpose; and torch.roll of the packed projection along the sequence (Slice + Concat)."""
+    Reshape + Transpose; and torch.roll of the packed projection along the sequence (Slice + Concat),
+    then permuted (the roll's two halves are written straight into the permuted tensor)."""
     rng = np.random.default_rng(5)
     d = E // H
     i64 = lambda *v: np.asarray(v, dtype=np.int64)   # noqa: E731
@@ -120,7 +121,7 @@ def _mha_like(path: Path, S: int = 6, E: int = 8, H: int = 2) -> Path:
              numpy_helper.from_array(np.asarray(0, np.int64), "i0"), numpy_helper.from_array(np.asarray(1, np.int64), "i1"),
              numpy_helper.from_array(np.asarray(-1, np.int64), "im1"),
              numpy_helper.from_array(i64(S - 2), "r_at"), numpy_helper.from_array(i64(S), "r_end"),
-             numpy_helper.from_array(i64(0), "r_0")]
+             numpy_helper.from_array(i64(0), "r_0"), numpy_helper.from_array(i64(S, 3, E), "s_rows")]
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2]),        # [1, S, E]: no data moves
              helper.make_node("Transpose", ["xt"], ["xs"], perm=[1, 0, 2]),       # back to [S, 1, E]
              helper.make_node("MatMul", ["xs", "w"], ["proj"]),                   # [S, 1, 3E]
@@ -137,7 +138,9 @@ def _mha_like(path: Path, S: int = 6, E: int = 8, H: int = 2) -> Path:
     nodes += [helper.make_node("Slice", ["proj", "r_at", "r_end", "r_0"], ["tail"]),
               helper.make_node("Slice", ["proj", "r_0", "r_at", "r_0"], ["head"]),
               helper.make_node("Concat", ["tail", "head"], ["rolled"], axis=0),
-              helper.make_node("Relu", ["rolled"], ["rolled_relu"])]
+              helper.make_node("Reshape", ["rolled", "s_rows"], ["rolled_r"]),                # [S, 3, E]
+              helper.make_node("Transpose", ["rolled_r"], ["rolled_t"], perm=[1, 0, 2]),     # [3, S, E]
+              helper.make_node("Relu", ["rolled_t"], ["rolled_relu"])]
     outs.append("rolled_relu")
     graph = helper.make_graph(nodes, "mha_like", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [S, 1, E])],
                               [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs], inits)
@@ -158,7 +161,7 @@ def test_exporter_copy_chains_run_as_fewer_copies(tmp_path: Path, precision: str
     for name, want in ref.items():
         assert_close(got[name], want, rel=1e-4 if precision == "fp32" else 1e-2)
     # unelided: 2 no-op transposes + packing transpose + 3 gathers + 3 head transposes + 2 slices + 2 concat
-    # parts = 13 copies/gathers; now one copy per head tensor and one per half of the roll
+    # parts + 1 transpose = 14 copies/gathers; now one copy per head tensor and one per half of the roll
     assert gathers == 0, p.launch_counts
     assert copies == 5, p.launch_counts
 

@@ -134,11 +134,14 @@ def _tile_candidates(rows: int, cols: int, K: int, copies: int, num_sms: int, sp
 
 def _plan_tiles(node: Mapping[str, Any], family: str, table: Mapping[str, tuple[int, ...]],
                 suffix: tuple[int, ...] = ()) -> Mapping[str, tuple[int, ...]]:
-    """The tiles of ``family`` the layer can run: ``table`` (today's) when planning a build or when the
-    loaded plan carries them, else the tiles an earlier rtxpack compiled into it (biggest first)."""
+    """The tiles of ``family`` the layer can run: ``table`` (today's) when planning a build, those of them
+    the loaded plan carries, else the tiles an earlier rtxpack compiled into it (biggest first)."""
     have = node.get("kernels")
-    if have is None or any(KernelSpec(family, t + suffix) in have for t in table.values()):
+    if have is None:
         return table
+    carried = {k: t for k, t in table.items() if KernelSpec(family, t + suffix) in have}
+    if carried:
+        return carried
     own = sorted({s.targs[:5] for s in have if s.family == family and s.targs[5:] == suffix},
                  key=lambda t: (-t[0] * t[1], t))
     return {"x".join(map(str, t)): t for t in own} or table

@@ -202,6 +202,13 @@ def _copy_view(ln: Launch) -> tuple[list[int], list[int], list[int], int, int]:
     return list(ln.args[4][:nd]), list(ln.args[5][:nd]), list(ln.args[6][:nd]), ln.args[7], ln.args[8]
 
 
+def _in_order(dims: Sequence[int], st: Sequence[int], other: Sequence[int]) -> tuple[list, list, list]:
+    """A copy's dims ordered by ``st`` (largest first), with ``st`` and the other side's strides: a copy
+    that writes (reads) a whole buffer in any axis order covers it in order after this."""
+    order = sorted(range(len(dims)), key=lambda d: -st[d])
+    return [dims[d] for d in order], [st[d] for d in order], [other[d] for d in order]
+
+
 def _whole(dims: Sequence[int], st: Sequence[int], off: int, numel: int) -> bool:
     """Whether a view covers all of a ``numel``-element buffer, in order."""
     return off == 0 and int(np.prod(dims)) == numel and all(
@@ -253,10 +260,11 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
                  ) -> list[Launch]:
     """Drop the copies exporters chain (roll = Slice + Concat, select q/k/v = Transpose + Gather, a
     Transpose that only moves axes of size 1): a strided copy that reads a buffer another copy wrote
-    whole reads that copy's source instead (``read_through``); a copy that moves a buffer whole, in
-    order, makes its output an alias of its input; a copy whose buffer nobody reads any more goes.
-    Only buffers one launch writes and no other kernel touches, never the model's inputs, outputs or
-    uploads. Updates ``root`` and the lifetimes; returns the remaining launches (``tunable`` re-indexed)."""
+    whole reads that copy's source instead (``read_through``); copies that together wrote a buffer
+    another copy then moves whole, in order, write to that copy's output instead; a copy that moves a
+    buffer whole, in order, makes its output an alias of its input; a copy whose buffer nobody reads any
+    more goes. Only buffers that copies alone write and no other kernel touches, never the model's
+    inputs, outputs or uploads. Updates ``root`` and the lifetimes; returns the remaining launches (``tunable`` re-indexed)."""
     def R(t: str) -> str:
         return root.get(t, t)
 
@@ -275,13 +283,46 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
         w = [i for i in touch.get(r, []) if steps[i] == born[r]]
         if len(w) != 1 or not is_copy(launches[w[0]]) or R(launches[w[0]].args[1]) != r:
             return None
-        dims, _, sy, _, oy = _copy_view(launches[w[0]])
+        dims, sx, sy, _, oy = _copy_view(launches[w[0]])
+        dims, sy, _ = _in_order(dims, sy, sx)
         return w[0] if _whole(dims, sy, oy, int(np.prod(shapes[r]))) else None
 
     def retarget(i: int, old: str, new: str) -> None:
         touch[old].remove(i)
         touch.setdefault(new, []).append(i)
         last[new] = max(last.get(new, steps[i]), steps[i])
+
+    def write_through(i: int, ln: Launch, r: str, dims: list, sx: list, sy: list, ox: int, oy: int) -> bool:
+        """Copy ``i`` moves all of ``r`` in order and only copies wrote ``r`` (a Concat of slices, a roll):
+        those copies write straight into ``i``'s output instead, and ``i`` goes."""
+        y = R(ln.args[1])
+        dims, sx, sy = _in_order(dims, sx, sy)
+        if r in keep or r not in born or r == y or y not in born or not _whole(dims, sx, ox, int(np.prod(shapes[r]))):
+            return False
+        ws = [k for k in touch.get(r, []) if k != i]
+        if not ws or any(steps[k] != born[r] or launches[k].spec != ln.spec or R(launches[k].args[1]) != r
+                         or R(launches[k].args[0]) in (r, y) for k in ws):
+            return False
+        new = []
+        for k in ws:
+            dk, sxk, syk, oxk, oyk = _copy_view(launches[k])
+            got = read_through(dk, syk, sxk, oyk, dims, sy, oy)    # where k's elements land in y
+            if got is None:
+                return False
+            nd, ny, nx, noy = got
+            new.append((k, Launch(ln.spec, launches[k].grid, launches[k].block,
+                                  [launches[k].args[0], ln.args[1], launches[k].args[2], len(nd), i6(nd, {}),
+                                   i6(nx, {}), i6(ny, {}), oxk, noy])))
+        for k, nl in new:
+            launches[k] = nl
+            touch.setdefault(y, []).append(k)
+        touch[y].remove(i)
+        touch.pop(r)
+        born[y] = min(born[y], born[r])
+        born.pop(r)
+        last.pop(r, None)
+        dropped.add(i)
+        return True
 
     dropped: set[int] = set()
     for i, ln in enumerate(launches):
@@ -291,7 +332,8 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
         r = R(ln.args[0])
         j = writer(r) if r != R(ln.args[1]) else None
         if j is not None and launches[j].spec == ln.spec:
-            dj, sxj, _, oxj, _ = _copy_view(launches[j])
+            dj, sxj, syj, oxj, _ = _copy_view(launches[j])
+            dj, _, sxj = _in_order(dj, syj, sxj)
             got = read_through(dims, sx, sy, ox, dj, sxj, oxj)
             if got is not None:
                 nd, nx, ny, nox = got
@@ -301,6 +343,8 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
                                            i6(ny, {}), nox, oy])
                 retarget(i, r, R(src))
                 dims, sx, sy, ox, oy = nd, nx, ny, nox, oy
+        elif j is None and write_through(i, ln, r, dims, sx, sy, ox, oy):
+            continue
         d = R(ln.args[1])
         if writer(d) == i and _whole(dims, sx, ox, int(np.prod(dims))) and R(ln.args[0]) != d:
             s = R(ln.args[0])            # a copy in order: its output is its input
