@@ -115,6 +115,8 @@ ATTN_CASES = {
     "mask_widens_batch": dict(B=1, H=1, mask_shape=[2, 3, 37, 45]),
     # scales the host computes from shapes (TorchScript's scaled_dot_product_attention; a Div by sqrt(D))
     "host_scales": dict(qscale="host", div="host", mask=False),
+    # many keys, few queries: fp16 plans split the keys over blocks (attn_tc_part + attn_combine)
+    "long_keys": dict(B=2, Sq=20, Skv=300, D=64, DV=48, mask_shape=[2, 1, 20, 300]),
 }
 
 
@@ -156,7 +158,9 @@ def test_attention_fuses_into_one_node_and_matches_onnxruntime(tmp_path: Path, c
         assert out.shape == ref.shape
         assert np.abs(out - ref).max() <= tol * np.abs(ref).max(), (case, precision)
         fused = precision == "fp16" and case != "big_head"
-        assert kernels == ({"attn_tc"} if fused else {"gemm", "attn_softmax", "strided_copy"}), kernels
+        split = {"attn_tc_part", "attn_combine"}
+        assert kernels == ((split if case == "long_keys" else {"attn_tc"}) if fused else
+                           {"gemm", "attn_softmax", "strided_copy"}), kernels
 
 
 def test_fp32_attention_copies_v_when_a_batch_stride_would_pass_32_bits(tmp_path: Path, monkeypatch) -> None:
@@ -194,16 +198,19 @@ def test_attention_with_a_second_reader_is_left_alone(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("guard", [True, False])
-def test_a_fully_masked_row_gives_what_the_model_says(tmp_path: Path, guard: bool) -> None:
+@pytest.mark.parametrize("skv", [45, 300])
+def test_a_fully_masked_row_gives_what_the_model_says(tmp_path: Path, guard: bool, skv: int) -> None:
     """A query row whose every key is masked with -inf: zeros behind the exporters' IsNaN -> Where
-    guard, NaN without it (softmax of nothing), exactly as onnxruntime answers, in both precisions."""
+    guard, NaN without it (softmax of nothing), exactly as onnxruntime answers, in both precisions.
+    With 300 keys fp16 plans split them over blocks: one row is masked only in the first split's keys."""
     from attention_models import attn_model
 
     if compiler() is None:
         pytest.skip("needs g++ to compile the kernels for the CPU")
-    path = attn_model(str(tmp_path / "a.onnx"), guard=guard, mask_shape=[1, 1, 37, 45])
-    feeds = _attn_feeds({"mask_shape": [1, 1, 37, 45]})
+    path = attn_model(str(tmp_path / "a.onnx"), guard=guard, mask_shape=[1, 1, 37, skv], Skv=skv)
+    feeds = _attn_feeds({"mask_shape": [1, 1, 37, skv], "Skv": skv})
     feeds["m"][0, 0, 3, :] = -np.inf
+    feeds["m"][0, 0, 5, :128] = -np.inf
     ref = reference(path, feeds)["y"]
     assert np.isnan(ref[0, 3]).all() != guard and (ref[0, 3] == 0).all() == guard
     for precision in ("fp32", "fp16"):

@@ -292,12 +292,18 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
 // exporters' head transposes around attention are read and written in place, not copied). The
 // head sizes D (Q, K) and DV (V) are at most DP. ``guard``: a row with no finite score gives zeros
 // (an exporter's IsNaN -> Where after the softmax), else NaN as softmax does.
-template <int DP>
-__device__ void attn_tc(const float* __restrict__ q, const float* __restrict__ kt, const float* __restrict__ v,
-                        const float* __restrict__ mask, float* __restrict__ o, int Sq, int Skv, int D, int DV,
-                        int nb1, int sQ0, int sQ1, int sQm, int sQd, int sK0, int sK1, int sKd, int sKn, int sV0,
-                        int sV1, int sVn, int sVd, int sM0, int sM1, int sMm, int sMn, int sO0, int sO1, int sOm,
-                        int sOd, float scale, int guard) {
+//
+// PART (attn_tc_part): blockIdx.z takes keys [kv0, kv1), one of ``nsplit`` chunks, and writes its
+// unnormalized output, row max and row sum to ws[((b * nsplit + z) * Sq + m) * (DP + 2) + ...] for
+// attn_combine: more blocks when few query tiles would leave most SMs idle (BERT, ViT, Whisper at batch 1).
+template <int DP, bool PART>
+__device__ __forceinline__ void attn_tc_impl(const float* __restrict__ q, const float* __restrict__ kt,
+                                             const float* __restrict__ v, const float* __restrict__ mask,
+                                             float* __restrict__ o, int Sq, int Skv, int D, int DV, int nb1, int sQ0,
+                                             int sQ1, int sQm, int sQd, int sK0, int sK1, int sKd, int sKn, int sV0,
+                                             int sV1, int sVn, int sVd, int sM0, int sM1, int sMm, int sMn, int sO0,
+                                             int sO1, int sOm, int sOd, float scale, int guard, int nsplit,
+                                             float* __restrict__ ws) {
   constexpr int BQ = 64, BKV = 64, NT = 128, LD = DP + 8;
   static_assert(DP % 16 == 0 && DP <= 128, "head size: a multiple of 16 up to 128");
   __shared__ __align__(16) unsigned short Ks[BKV][LD];   // the query tile first, then each key block (n x d)
@@ -321,11 +327,17 @@ __device__ void attn_tc(const float* __restrict__ q, const float* __restrict__ k
   }
   float oacc[DP / 8][4] = {};
   float mrow[2] = {RTX_NEG_INF, RTX_NEG_INF}, lrow[2] = {0.f, 0.f};   // lrow: this lane's share of the row sum
-  for (int n0 = 0; n0 < Skv; n0 += BKV) {
+  int kv0 = 0, kv1 = Skv;
+  if (PART) {
+    const int chunk = (((Skv + nsplit - 1) / nsplit + BKV - 1) / BKV) * BKV;
+    kv0 = blockIdx.z * chunk;
+    kv1 = min(Skv, kv0 + chunk);
+  }
+  for (int n0 = kv0; n0 < kv1; n0 += BKV) {
     {
       uint4 rk[BKV * DP / 8 / NT], rv[BKV * DP / 8 / NT];
-      tc_stage<BKV, DP, NT, false>(rk, kt, ko, n0, Skv, sKn, sKd, 0, D, vk, tid);
-      tc_stage<BKV, DP, NT, false>(rv, v, vo, n0, Skv, sVn, sVd, 0, DV, vv, tid);
+      tc_stage<BKV, DP, NT, false>(rk, kt, ko, n0, kv1, sKn, sKd, 0, D, vk, tid);
+      tc_stage<BKV, DP, NT, false>(rv, v, vo, n0, kv1, sVn, sVd, 0, DV, vv, tid);
       tc_unstage<BKV, DP, NT>(rk, Ks, tid);
       tc_unstage<BKV, DP, NT>(rv, Vs, tid);
     }
@@ -346,7 +358,7 @@ __device__ void attn_tc(const float* __restrict__ q, const float* __restrict__ k
       for (int e = 0; e < 4; ++e) {
         const int r = m0 + warp * 16 + (lane >> 2) + (e >> 1) * 8, c = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
         float val = RTX_NEG_INF;
-        if (c < Skv) val = s[j][e] * scale + (mask && r < Sq ? mask[mo + (long long)r * sMm + (long long)c * sMn] : 0.f);
+        if (c < kv1) val = s[j][e] * scale + (mask && r < Sq ? mask[mo + (long long)r * sMm + (long long)c * sMn] : 0.f);
         s[j][e] = val;
         mx[e >> 1] = fmaxf(mx[e >> 1], val);
       }
@@ -392,6 +404,25 @@ __device__ void attn_tc(const float* __restrict__ q, const float* __restrict__ k
     lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 1);
     lrow[h] += __shfl_xor_sync(0xffffffffu, lrow[h], 2);
   }
+  if (PART) {
+    float* __restrict__ wb = ws + ((long long)b * nsplit + blockIdx.z) * Sq * (DP + 2);
+#pragma unroll
+    for (int jd = 0; jd < DP / 8; ++jd)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int r = m0 + warp * 16 + (lane >> 2) + (e >> 1) * 8, d = jd * 8 + 2 * (lane & 3) + (e & 1);
+        if (r < Sq && d < DV) wb[(long long)r * (DP + 2) + d] = oacc[jd][e];
+      }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = m0 + warp * 16 + (lane >> 2) + h * 8;
+      if ((lane & 3) == 0 && r < Sq) {
+        wb[(long long)r * (DP + 2) + DP] = mrow[h];
+        wb[(long long)r * (DP + 2) + DP + 1] = lrow[h];
+      }
+    }
+    return;
+  }
   float* __restrict__ ob = o + (long long)b0 * sO0 + (long long)b1 * sO1;
 #pragma unroll
   for (int jd = 0; jd < DP / 8; ++jd)
@@ -401,6 +432,51 @@ __device__ void attn_tc(const float* __restrict__ q, const float* __restrict__ k
       const float l = lrow[e >> 1];
       if (r < Sq && d < DV) ob[(long long)r * sOm + (long long)d * sOd] = l > 0.f ? oacc[jd][e] / l : guard ? 0.f : __int_as_float(0x7fc00000);
     }
+}
+
+#define RTX_ATTN_ARGS                                                                                     \
+  const float* __restrict__ q, const float* __restrict__ kt, const float* __restrict__ v,                 \
+      const float* __restrict__ mask, float* __restrict__ o, int Sq, int Skv, int D, int DV, int nb1, int sQ0, \
+      int sQ1, int sQm, int sQd, int sK0, int sK1, int sKd, int sKn, int sV0, int sV1, int sVn, int sVd, int sM0, \
+      int sM1, int sMm, int sMn, int sO0, int sO1, int sOm, int sOd, float scale, int guard
+#define RTX_ATTN_PASS                                                                                     \
+  q, kt, v, mask, o, Sq, Skv, D, DV, nb1, sQ0, sQ1, sQm, sQd, sK0, sK1, sKd, sKn, sV0, sV1, sVn, sVd, sM0, sM1, \
+      sMm, sMn, sO0, sO1, sOm, sOd, scale, guard
+template <int DP>
+__device__ void attn_tc(RTX_ATTN_ARGS) {
+  attn_tc_impl<DP, false>(RTX_ATTN_PASS, 1, nullptr);
+}
+template <int DP>
+__device__ void attn_tc_part(RTX_ATTN_ARGS, int nsplit, float* __restrict__ ws) {
+  attn_tc_impl<DP, true>(RTX_ATTN_PASS, nsplit, ws);
+}
+#undef RTX_ATTN_ARGS
+#undef RTX_ATTN_PASS
+
+// The ``nsplit`` partial results of attn_tc_part merged (each rescaled to the largest row max) and
+// written through O's strides; a row no split saw a finite score in: zeros with ``guard``, else NaN.
+template <int DP>
+__device__ void attn_combine(const float* __restrict__ ws, float* __restrict__ o, int Sq, int DV, int nb, int nb1,
+                             int nsplit, int sO0, int sO1, int sOm, int sOd, int guard) {
+  const long long n = (long long)nb * Sq * DV;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+    const int d = (int)(i % DV);
+    const long long br = i / DV;
+    const int r = (int)(br % Sq), b = (int)(br / Sq), b0 = b / nb1, b1 = b - b0 * nb1;
+    float mx = RTX_NEG_INF;
+    for (int z = 0; z < nsplit; ++z) mx = fmaxf(mx, ws[(((long long)b * nsplit + z) * Sq + r) * (DP + 2) + DP]);
+    float l = 0.f, acc = 0.f;
+    if (mx != RTX_NEG_INF) {
+      for (int z = 0; z < nsplit; ++z) {
+        const float* row = ws + (((long long)b * nsplit + z) * Sq + r) * (DP + 2);
+        const float w = row[DP] == RTX_NEG_INF ? 0.f : expf(row[DP] - mx);
+        l += w * row[DP + 1];
+        acc += w * row[d];
+      }
+    }
+    o[(long long)b0 * sO0 + (long long)b1 * sO1 + (long long)r * sOm + (long long)d * sOd] =
+        l > 0.f ? acc / l : guard ? 0.f : __int_as_float(0x7fc00000);
+  }
 }
 """
 
@@ -417,7 +493,11 @@ TC_FAMILIES: dict[str, str] = {
                 "int sV0, int sV1, int sVn, int sVd, int sM0, int sM1, int sMm, int sMn, int sO0, int sO1, int sOm, "
                 "int sOd, float scale, int guard"),
 }
-TC_TEMPLATE_KINDS: dict[str, str] = {"conv_tc": "iiiiib", "gemm_tc": "iiiiibb", "attn_tc": "i"}
+TC_FAMILIES["attn_tc_part"] = TC_FAMILIES["attn_tc"] + ", int nsplit, float* ws"
+TC_FAMILIES["attn_combine"] = ("const float* ws, float* o, int Sq, int DV, int nb, int nb1, int nsplit, int sO0, "
+                               "int sO1, int sOm, int sOd, int guard")
+TC_TEMPLATE_KINDS: dict[str, str] = {"conv_tc": "iiiiib", "gemm_tc": "iiiiibb", "attn_tc": "i", "attn_tc_part": "i",
+                                     "attn_combine": "i"}
 
 #: tensor-core block tiles (BM, BN, BK, WM, WN): 4 warps each (128 threads); BM over output channels
 #: (conv) / rows (gemm), BN over output pixels / columns. The tuner times them per layer.
@@ -434,7 +514,7 @@ ATTN_DPS = (32, 64, 128)
 
 
 def tc_block_threads(targs: tuple[int, ...]) -> int:
-    if len(targs) == 1:          # attn_tc<DP>: 4 warps of 16 query rows
+    if len(targs) == 1:          # attn_tc / attn_tc_part<DP>: 4 warps of 16 query rows; attn_combine
         return 128
     bm, bn, _, wm, wn = targs[:5]
     return (bm // wm) * (bn // wn) * 32

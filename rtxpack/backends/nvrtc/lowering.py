@@ -174,7 +174,8 @@ def kernels_for(node: Mapping[str, Any], weight_shapes: Mapping[str, Sequence[in
     if op in ("Gemm", "MatMul"):
         return _gemm_specs(node)
     if op == "Attention":
-        fused = [KernelSpec("attn_tc", (dp,)) for dp in ATTN_DPS] if a.get("tc") else []
+        fused = [KernelSpec(f, (dp,)) for dp in ATTN_DPS for f in ("attn_tc", "attn_tc_part", "attn_combine")] \
+            if a.get("tc") else []
         return fused + [KernelSpec("gemm", GEMM_TILES[t]) for t in ATTN_GEMM_TILES] + \
             [KernelSpec("attn_softmax"), KernelSpec("strided_copy")]
     if op in BINARY_OPS:
@@ -612,10 +613,30 @@ def _plan_attention(node, shapes: Sequence[Shape], num_sms: int, hv: HV | None =
     dp = next((d for d in ATTN_DPS if max(D, DV) <= d), 0)
     if a.get("tc") and dp:
         nb1, (qb, kb, vb, mb, ob) = levels(qbs, kbs, vbs, ms[:-2], os_[:-2])
-        return [out], [Launch(KernelSpec("attn_tc", (dp,)), (math.ceil(Sq / 64), nb, 1), 128,
-                              [ins[0], ins[1], ins[2], mask, y, Sq, Skv, D, DV, nb1, qb[0], qb[1], qst[-2], qst[-1],
-                               kb[0], kb[1], kst[-2], kst[-1], vb[0], vb[1], vst[-2], vst[-1], mb[0], mb[1], ms[-2],
-                               ms[-1], ob[0], ob[1], os_[-2], os_[-1], scale, guard])], {}
+        args = [ins[0], ins[1], ins[2], mask, y, Sq, Skv, D, DV, nb1, qb[0], qb[1], qst[-2], qst[-1], kb[0], kb[1],
+                kst[-2], kst[-1], vb[0], vb[1], vst[-2], vst[-1], mb[0], mb[1], ms[-2], ms[-1], ob[0], ob[1], os_[-2],
+                os_[-1], scale, guard]
+        grid = (math.ceil(Sq / 64), nb, 1)
+        # split the keys when the query tiles alone leave SMs idle (a tuning candidate, as tiles are)
+        have = node.get("kernels")
+        splits = [1]
+        if have is None or KernelSpec("attn_tc_part", (dp,)) in have:
+            blocks, most = grid[0] * nb, math.ceil(Skv / 128)
+            s = min(math.ceil(2 * num_sms / blocks), most, 16)
+            splits += sorted({k for k in (s, 2 * s) if 1 < k <= min(most, 16)})
+        heur = splits[1] if len(splits) > 1 else 1
+        labels = [f"kv{k}" for k in splits]
+        choice = node.get("choice")
+        ns = splits[labels.index(choice)] if choice in labels else heur
+        tune = {"#tune": (labels, f"kv{ns}")} if len(splits) > 1 else {}
+        if ns == 1:
+            return [out], [Launch(KernelSpec("attn_tc", (dp,)), grid, 128, args)], tune
+        ws = f"{y}#attn_parts"
+        comb = KernelSpec("attn_combine", (dp,))
+        return [out], [Launch(KernelSpec("attn_tc_part", (dp,)), (grid[0], nb, ns), 128, args + [ns, ws]),
+                       Launch(comb, _blocks(nb * Sq * DV, comb.block_threads), comb.block_threads,
+                              [ws, y, Sq, DV, nb, nb1, ns, ob[0], ob[1], os_[-2], os_[-1], guard])], \
+            {ws: nb * ns * Sq * (dp + 2) * 4, **tune}
     # unfused: each launch splits the batch for its own operands (the scores are contiguous)
     scores, pv = f"{y}#scores", (f"{y}#pv" if perm_o else y)
     extra: dict[str, Any] = {scores: nb * Sq * Skv * 4}

@@ -278,7 +278,7 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
 
     def writer(r: str) -> int | None:
         """The one launch that writes ``r``, whole and in order, when it is a copy (else None)."""
-        if r in keep or r not in born:
+        if r in keep or r not in born or r not in shapes:      # (a node's scratch has no shape: left alone)
             return None
         w = [i for i in touch.get(r, []) if steps[i] == born[r]]
         if len(w) != 1 or not is_copy(launches[w[0]]) or R(launches[w[0]].args[1]) != r:
@@ -297,7 +297,7 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
         those copies write straight into ``i``'s output instead, and ``i`` goes."""
         y = R(ln.args[1])
         dims, sx, sy = _in_order(dims, sx, sy)
-        if r in keep or r not in born or r == y or y not in born or not _whole(dims, sx, ox, int(np.prod(shapes[r]))):
+        if r in keep or r not in born or r not in shapes or r == y or y not in born or not _whole(dims, sx, ox, int(np.prod(shapes[r]))):
             return False
         ws = [k for k in touch.get(r, []) if k != i]
         if not ws or any(steps[k] != born[r] or launches[k].spec != ln.spec or R(launches[k].args[1]) != r

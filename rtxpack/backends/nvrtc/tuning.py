@@ -103,7 +103,7 @@ def tune(sp: ShapePlan, num_sms: int, timer: TIMER, budget_s: float = DEFAULT_BU
             continue
         best, best_ms = t.chosen, float("inf")
         for label in t.labels:
-            _, launches, extra = plan_node({**t.node, "choice": label}, t.shapes, lambda name: None, num_sms)
+            _, launches, extra = plan_node({**t.node, "choice": label}, t.shapes, sp.host.get, num_sms)
             extra.pop("#tune", None)
             ms = timer(t, label, launches, extra)
             if ms < best_ms:
