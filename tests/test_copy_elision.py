@@ -202,3 +202,23 @@ def test_a_gather_copy_at_the_checked_shapes_still_runs_where_it_is_not_one(tmp_
         for S in (3, 4, 5):
             x = rand(2, S)
             assert_close(p.run({"x": x})["y"], reference(path, {"x": x})["y"], rel=1e-6)
+
+
+@pytestmark_emu
+def test_a_copy_writing_its_output_in_another_axis_order_is_no_alias(tmp_path: Path) -> None:
+    """fp32 attention writes its transposed output by a copy that reads in order and writes permuted:
+    a whole-buffer copy, but not an identity (the planner once aliased it). Read here by another node."""
+    from attention_models import attn_model
+
+    path = Path(attn_model(str(tmp_path / "a.onnx"), mask=False, guard=False))
+    m = onnx.load(path)
+    m.graph.output[0].name = "y_relu"
+    m.graph.node.append(helper.make_node("Relu", ["y"], ["y_relu"]))
+    onnx.save(m, path)
+    rng = np.random.default_rng(2)
+    feeds = {"q": rng.standard_normal((1, 2, 37, 24)).astype(np.float32),
+             "k": rng.standard_normal((1, 2, 45, 24)).astype(np.float32),
+             "v": rng.standard_normal((1, 2, 45, 40)).astype(np.float32)}
+    with EmuLoadedPlan(build_plan(path, precision="fp32")) as p:
+        got = p.run(feeds)["y_relu"]
+    assert_close(got, reference(path, feeds)["y_relu"], rel=1e-4)

@@ -158,9 +158,9 @@ def test_attention_fuses_into_one_node_and_matches_onnxruntime(tmp_path: Path, c
         assert out.shape == ref.shape
         assert np.abs(out - ref).max() <= tol * np.abs(ref).max(), (case, precision)
         fused = precision == "fp16" and case != "big_head"
-        split = {"attn_tc_part", "attn_combine"}
-        assert kernels == ((split if case == "long_keys" else {"attn_tc"}) if fused else
-                           {"gemm", "attn_softmax", "strided_copy"}), kernels
+        split = {"attn_tc_part", "attn_combine"}    # (when the query tiles alone leave SMs idle)
+        assert kernels in ([split] if case == "long_keys" else [{"attn_tc"}, split]) if fused else \
+            kernels == {"gemm", "attn_softmax", "strided_copy"}, kernels
 
 
 def test_fp32_attention_copies_v_when_a_batch_stride_would_pass_32_bits(tmp_path: Path, monkeypatch) -> None:

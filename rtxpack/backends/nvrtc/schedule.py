@@ -346,7 +346,8 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
         elif j is None and write_through(i, ln, r, dims, sx, sy, ox, oy):
             continue
         d = R(ln.args[1])
-        if writer(d) == i and _whole(dims, sx, ox, int(np.prod(dims))) and R(ln.args[0]) != d:
+        n = int(np.prod(dims))
+        if writer(d) == i and _whole(dims, sx, ox, n) and _whole(dims, sy, oy, n) and R(ln.args[0]) != d:
             s = R(ln.args[0])            # a copy in order: its output is its input
             for k, v in list(root.items()):
                 if v == d:
