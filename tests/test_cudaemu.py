@@ -85,6 +85,11 @@ def corpus(tmp_path_factory) -> dict[str, tuple[Path, dict, bytes]]:
     for name in ("resnet_small", "transformer_block"):      # fp16: the tensor-core families (test_nvrtc_fp16.py)
         path = out["model:" + name][0]
         out["fp16:" + name] = (path, {"x": rand(1, *FEATURES[name])}, build_plan(path, precision="fp16"))
+    # fp16 attention over many keys and few queries: the split-key kernels (attn_tc_part, attn_combine)
+    from attention_models import attn_model
+    path = Path(attn_model(str(tmp / "attn_long.onnx"), Sq=20, Skv=300, D=64, DV=48, mask=False, guard=False))
+    out["fp16:attention_long_keys"] = (path, {"q": rand(1, 2, 20, 64), "k": rand(1, 2, 300, 64),
+                                              "v": rand(1, 2, 300, 48)}, build_plan(path, precision="fp16"))
     return out
 
 
