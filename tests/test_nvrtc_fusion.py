@@ -219,3 +219,28 @@ def test_a_fully_masked_row_gives_what_the_model_says(tmp_path: Path, guard: boo
         np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
         ok = ~np.isnan(ref)
         assert np.abs(out[ok] - ref[ok]).max() <= 2e-3 * np.abs(ref[ok]).max(), precision
+
+
+def test_every_key_split_the_tuner_may_pick_gives_the_same_answer(tmp_path: Path) -> None:
+    """fp16 attention over 300 keys: one block per query tile or the keys split in 3 (at most one split
+    per 128 keys) are the tuning candidates; forcing each in turn runs the plain and the split kernels,
+    both matching onnxruntime."""
+    from attention_models import attn_model
+
+    if compiler() is None:
+        pytest.skip("needs g++ to compile the kernels for the CPU")
+    c = ATTN_CASES["long_keys"]
+    path = attn_model(str(tmp_path / "a.onnx"), **c)
+    feeds = _attn_feeds(c)
+    ref = reference(path, feeds)["y"]
+    plan = build_plan(path, precision="fp16")
+    kernels: list[set[str]] = []
+    for k in range(2):
+        pick = (lambda k: lambda layer, label: 0.0 if label == layer.labels[k] else 1.0)(k)
+        with EmuLoadedPlan(plan, options={"tune_timer": pick}) as p:
+            out = p.run(feeds)["y"]
+            assert [t.labels for t in p._state({n: v.shape for n, v in feeds.items()}).plan.tunable] == \
+                [["kv/s1", "kv/s3"]]
+            kernels.append({n.split("<")[0] for n in p.launch_counts})
+        assert np.abs(out - ref).max() <= 2e-3 * np.abs(ref).max(), k
+    assert kernels == [{"attn_tc"}, {"attn_tc_part", "attn_combine"}]

@@ -605,11 +605,11 @@ def _plan_attention(node, shapes: Sequence[Shape], num_sms: int, hv: HV | None =
     nb = int(np.prod(bshape))
     scale, guard = float(a.get("scale", 1.0)), int(a.get("guard", 0))
     for name, power in a.get("scale_by", ()):      # factors the host computed for these shapes
-        v = hv(name) if hv is not None else None
-        if v is None or np.size(v) != 1:
+        val = hv(name) if hv is not None else None
+        if val is None or np.size(val) != 1:
             raise UnsupportedModel(f"Attention (node {node['name']!r}): its scale {name!r} is not one value",
                                    fix="report this model")
-        scale *= float(np.reshape(v, -1)[0]) ** power
+        scale *= float(np.reshape(val, -1)[0]) ** power
     dp = next((d for d in ATTN_DPS if max(D, DV) <= d), 0)
     if a.get("tc") and dp:
         nb1, (qb, kb, vb, mb, ob) = levels(qbs, kbs, vbs, ms[:-2], os_[:-2])
@@ -624,11 +624,9 @@ def _plan_attention(node, shapes: Sequence[Shape], num_sms: int, hv: HV | None =
             blocks, most = grid[0] * nb, math.ceil(Skv / 128)
             s = min(math.ceil(2 * num_sms / blocks), most, 16)
             splits += sorted({k for k in (s, 2 * s) if 1 < k <= min(most, 16)})
-        heur = splits[1] if len(splits) > 1 else 1
-        labels = [f"kv{k}" for k in splits]
-        choice = node.get("choice")
-        ns = splits[labels.index(choice)] if choice in labels else heur
-        tune = {"#tune": (labels, f"kv{ns}")} if len(splits) > 1 else {}
+        cands = [("kv", k) for k in splits]
+        (_, ns), tune = _choose(node, cands, cands[min(1, len(cands) - 1)])
+        tune = tune if len(cands) > 1 else {}
         if ns == 1:
             return [out], [Launch(KernelSpec("attn_tc", (dp,)), grid, 128, args)], tune
         ws = f"{y}#attn_parts"

@@ -428,9 +428,10 @@ def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs:
                 c, x, by = scalar(b, r), a, None
                 if c is None:
                     c, x = scalar(a, r), b
-                if c is None and (host_scalar(b, r) or host_scalar(a, r)):
-                    by, x = (b, a) if host_scalar(b, r) else (a, b)
-                    c = 1.0
+                if c is None:
+                    by = b if host_scalar(b, r) else a if host_scalar(a, r) else None
+                    if by:
+                        c, x = 1.0, (a if by == b else b)
                 if c is not None and rank(x) == r:
                     scale *= c
                     if by:

@@ -360,9 +360,8 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
             born.pop(d, None)
             last.pop(d, None)
     for r, users in touch.items():       # copies whose output nobody reads any more
-        j = writer(r) if len(users) == 1 else None
-        if j is not None and users == [j]:
-            dropped.add(j)
+        if len(users) == 1 and writer(r) == users[0]:
+            dropped.add(users[0])
             born.pop(r, None)
             last.pop(r, None)
     if not dropped:
