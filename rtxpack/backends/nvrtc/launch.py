@@ -17,12 +17,28 @@ from .kernels import KernelSpec
 Shape = tuple[int, ...]
 
 
+class At(str):
+    """A tensor name that a kernel reads from an element ``offset`` on: a copy's source read in place
+    (the key third of a packed QKV projection). Equal to, and hashed as, the plain name, so lifetimes and
+    aliases treat it as the tensor it points into."""
+
+    offset: int
+
+    def __new__(cls, name: str, offset: int = 0) -> "At":
+        s = super().__new__(cls, name)
+        s.offset = int(offset)
+        return s
+
+    def __reduce__(self):      # pickles (a shape plan sent to a worker) keep the offset
+        return At, (str(self), self.offset)
+
+
 @dataclass
 class Launch:
     spec: KernelSpec
     grid: tuple[int, int, int]
     block: int
-    args: list[Any]          # str = tensor name (pointer; "" = null), int/float, or list[int] for I6
+    args: list[Any]          # str = tensor name (pointer; "" = null; an At: from an offset on), int/float, or list[int] for I6
 
 
 def strides_of(shape: Sequence[int]) -> list[int]:

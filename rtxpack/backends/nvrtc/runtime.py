@@ -23,6 +23,7 @@ from ...core.cuda import check, driver as _driver, init as cuda_init
 from .cache import CacheKey, RuntimeCache
 from ...core.digest import initializers, sha256_bytes, weights_digest_from_arrays
 from .compile import compile_program, nvrtc_version, nvrtc_version_probe
+from .dtypes import ITEMSIZE
 from .onnx_import import load_model
 from .kernels import KernelSpec, param_types
 from .plan import read_plan
@@ -260,7 +261,7 @@ class NvrtcLoadedPlan:
         if r in self._waddr:
             return self._waddr[r]
         if r in st.offsets:
-            return arena + st.offsets[r]
+            return arena + st.offsets[r] + getattr(name, "offset", 0) * ITEMSIZE[st.dtypes.get(r, "float32")]
         raise BackendError(f"tensor {name!r} has no device memory", fix="report this model to rtxpack")
 
     def pack_args(self, sp: ShapePlan, arena: int, ln: Any, extra: Mapping[str, int] | None = None

@@ -16,7 +16,7 @@ from ...core.errors import BackendError, UnsupportedModel
 from .dtypes import ITEMSIZE, as_device_array, device_dtype, host_dtype_name, output_dtypes
 from .host_ops import eval_host
 from .kernels import KernelSpec
-from .launch import collapse, i6, strides_of
+from .launch import At, collapse, i6, strides_of
 from .lowering import Launch, Shape, plan_node
 from .arrays import decode_array
 from .onnx_import import ALIAS_OPS, HOST_INPUTS
@@ -35,6 +35,8 @@ class ShapePlan:
     uploads: dict[str, np.ndarray] = field(default_factory=dict)   # host values the GPU reads
     dtypes: dict[str, str] = field(default_factory=dict)           # element type of every device tensor
     tunable: list["Tunable"] = field(default_factory=list)         # layers with kernel candidates (fp16)
+    views: dict[str, tuple] = field(default_factory=dict)          # elided copies kernels read through
+    residuals: dict[str, tuple] = field(default_factory=dict)      # adds folded into a GEMM / conv epilogue
 
 
 @dataclass
@@ -171,7 +173,10 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
         if r in born:
             last[r] = step
     keep = {root.get(o, o) for o in graph["outputs"]} | set(uploads) | {i["name"] for i in graph["inputs"]}
-    launches = elide_copies(launches, steps, root, born, last, keep, shapes, tunable)
+    views: dict[str, tuple] = {}
+    residuals: dict[str, tuple] = {}
+    launches = elide_copies(launches, steps, root, born, last, keep, shapes, tunable, views)
+    launches = fold_residual_adds(launches, steps, root, born, last, keep, shapes, tunable, residuals)
     # the model's inputs keep their slots for the whole run: no kernel ever writes over them, so a
     # run can be replayed (a CUDA graph, a benchmark) without copying the inputs in again
     for i in graph["inputs"]:
@@ -193,7 +198,7 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
     for o in graph["outputs"]:
         if o in host:
             dtypes.setdefault(o, host_dtype_name(host[o]))
-    return ShapePlan(shapes, host, launches, root, offsets, total, uploads, dtypes, tunable)
+    return ShapePlan(shapes, host, launches, root, offsets, total, uploads, dtypes, tunable, views, residuals)
 
 
 def _copy_view(ln: Launch) -> tuple[list[int], list[int], list[int], int, int]:
@@ -255,16 +260,75 @@ def read_through(dims: Sequence[int], sx: Sequence[int], sy: Sequence[int], ox: 
     return new_dims, nx, ny, ox_j + sum(c * st for c, st in zip(start, sx_j))
 
 
+#: fused attention kernels' strided operands: (argument of the tensor, of its first stride, of its row
+#: count, of its column count, written or read); each is a (b0, b1, rows, cols) view with b0 * b1 batches
+_ATTN_VIEWS = {f: ((0, 10, 5, 7, "r"), (1, 14, 7, 6, "r"), (2, 18, 6, 8, "r"), (4, 26, 5, 8, "w"))
+               for f in ("attn_tc", "attn_tc_part")}
+_ATTN_VIEWS["attn_combine"] = ((1, 7, 2, 3, "w"),)
+_MARKS = (2, 3, 5, 7)      # destination strides that no collapse can merge: which dim is which after it
+
+
+def _attn_batches(ln: Launch) -> tuple[int, int]:
+    """(b0, b1) batch dims of a fused attention launch."""
+    if ln.spec.family == "attn_combine":
+        return ln.args[4] // ln.args[5], ln.args[5]
+    return ln.grid[1] // ln.args[9], ln.args[9]
+
+
+def _compose4(dims: Sequence[int], st: Sequence[int], view: tuple) -> tuple[list[int], int] | None:
+    """A 4-d view (``dims``, element strides ``st``) of a buffer that a copy wrote whole and in order from
+    ``view`` = (source, dims, source strides, source offset), as a 4-d view of the source: (strides,
+    element offset), or None when a dim would need splitting."""
+    got = read_through(dims, st, _MARKS, 0, view[1], view[2], view[3])
+    if got is None:
+        return None
+    new, found = [0] * 4, [False] * 4
+    for e, x, y in zip(*got[:3]):
+        if e == 1:
+            continue
+        if y not in _MARKS or found[_MARKS.index(y)] or e != dims[_MARKS.index(y)]:
+            return None
+        new[_MARKS.index(y)], found[_MARKS.index(y)] = x, True
+    if any(d > 1 and not f for d, f in zip(dims, found)):
+        return None
+    return new, got[3]
+
+
+def attention_through(ln: Launch, R: Any, read_view: Any, write_view: Any) -> tuple[Launch, list[tuple[str, str]]]:
+    """A fused attention launch reading its Q, Kt or V straight from the source of the copy that wrote it
+    (``read_view(buffer)``: that copy's view, else None), and writing its output straight into the
+    destination of the copy that would move it (``write_view``), through strides and an ``At`` offset:
+    the head split of a packed QKV projection and the head merge after attention cost no copy. Returns
+    the launch and the (buffer, now-used buffer) pairs."""
+    if ln.spec.family not in _ATTN_VIEWS:
+        return ln, []
+    args, moved = list(ln.args), []
+    b0, b1 = _attn_batches(ln)
+    for ti, si, ri, ci, rw in _ATTN_VIEWS[ln.spec.family]:
+        r = R(args[ti]) if args[ti] else ""
+        view = (read_view if rw == "r" else write_view)(r) if r else None
+        if view is None:
+            continue
+        got = _compose4([b0, b1, args[ri], args[ci]], args[si:si + 4], view)
+        if got is None:
+            continue
+        args[ti], args[si:si + 4] = At(R(view[0]), got[1]), got[0]
+        moved.append((r, R(view[0])))
+    return (Launch(ln.spec, ln.grid, ln.block, args) if moved else ln), moved
+
+
 def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str], born: dict[str, int],
-                 last: dict[str, int], keep: set[str], shapes: Mapping[str, Shape], tunable: list["Tunable"]
-                 ) -> list[Launch]:
+                 last: dict[str, int], keep: set[str], shapes: Mapping[str, Shape], tunable: list["Tunable"],
+                 views: dict[str, tuple] | None = None) -> list[Launch]:
     """Drop the copies exporters chain (roll = Slice + Concat, select q/k/v = Transpose + Gather, a
     Transpose that only moves axes of size 1): a strided copy that reads a buffer another copy wrote
     whole reads that copy's source instead (``read_through``); copies that together wrote a buffer
     another copy then moves whole, in order, write to that copy's output instead; a copy that moves a
     buffer whole, in order, makes its output an alias of its input; a copy whose buffer nobody reads any
     more goes. Only buffers that copies alone write and no other kernel touches, never the model's
-    inputs, outputs or uploads. Updates ``root`` and the lifetimes; returns the remaining launches (``tunable`` re-indexed)."""
+    inputs, outputs or uploads. A fused attention reads Q, Kt and V through the copy that wrote them
+    (``read_attention_through``; ``views`` records those copies for the tuner's candidates). Updates ``root``
+    and the lifetimes; returns the remaining launches (``tunable`` re-indexed)."""
     def R(t: str) -> str:
         return root.get(t, t)
 
@@ -359,6 +423,69 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
             dropped.add(i)
             born.pop(d, None)
             last.pop(d, None)
+    views = {} if views is None else views
+
+    def copy_view(r: str) -> tuple | None:
+        j = writer(r)
+        if j is None or j in dropped:
+            return None
+        dj, sxj, syj, oxj, _ = _copy_view(launches[j])
+        dj, _, sxj = _in_order(dj, syj, sxj)
+        return launches[j].args[0], dj, sxj, oxj
+
+    def moving_copy(r: str) -> tuple | None:
+        """(destination, dims, its strides, offset) of the one copy that reads all of ``r``, which only an
+        attention layer wrote (its launches at the step ``r`` is born), in order."""
+        users = [k for k in touch.get(r, []) if k not in dropped]
+        if r in keep or r not in born or r not in shapes:
+            return None
+        moves = [k for k in users if steps[k] != born[r]]
+        if len(moves) != 1 or not is_copy(launches[moves[0]]) or R(launches[moves[0]].args[0]) != r or \
+                any(launches[k].spec.family not in _ATTN_VIEWS for k in users if k != moves[0]):
+            return None
+        c = launches[moves[0]]
+        dims, sx, sy, ox, oy = _copy_view(c)
+        dims, sx, sy = _in_order(dims, sx, sy)
+        y = R(c.args[1])
+        if y == r or y not in born or not _whole(dims, sx, ox, int(np.prod(shapes[r]))):
+            return None
+        return c.args[1], dims, sy, oy, moves[0]
+
+    through: set[int] = set()      # launches of an attention layer already writing through a copy
+    for i, ln in enumerate(launches):
+        if i in dropped or ln.spec.family not in _ATTN_VIEWS:
+            continue
+        writes = {}
+        for r in {R(ln.args[t]) for t, _, _, _, rw in _ATTN_VIEWS[ln.spec.family]
+                  if rw == "w" and ln.args[t] and i not in through}:
+            mv = moving_copy(r)
+            layer = [k for k in touch.get(r, []) if k != (mv[4] if mv else -1)]
+            ok = mv is not None and all(attention_through(launches[k], R, lambda _: None, lambda _: mv[:4])[1]
+                                        for k in layer)
+            if ok:
+                writes[r] = mv
+        launches[i], moved = attention_through(ln, R, copy_view, lambda r: writes[r][:4] if r in writes else None)
+        still = {R(a) for a in launches[i].args if isinstance(a, str) and a}
+        for r, used in dict(moved).items():
+            if r in writes:
+                views[r] = writes[r][:4]
+                k = writes[r][4]
+                for w in [w for w in touch[r] if w != k and w != i]:   # the layer's other launches: rewritten alike
+                    launches[w] = attention_through(launches[w], R, lambda _: None, lambda _: writes[r][:4])[0]
+                    touch.setdefault(used, []).append(w)
+                    through.add(w)
+                touch[used] = [w for w in touch.get(used, []) if w != k] + [i]
+                touch.pop(r)
+                born[used] = min(born[used], born.pop(r))
+                last.pop(r, None)
+                dropped.add(k)
+                continue
+            views[r] = copy_view(r)
+            if r in still:           # another operand reads the buffer itself
+                touch.setdefault(used, []).append(i)
+                last[used] = max(last.get(used, steps[i]), steps[i])
+            else:
+                retarget(i, r, used)
     for r, users in touch.items():       # copies whose output nobody reads any more
         if len(users) == 1 and writer(r) == users[0]:
             dropped.add(users[0])
@@ -366,14 +493,115 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
             last.pop(r, None)
     if not dropped:
         return launches
+    return _drop(launches, dropped, steps, tunable)
+
+
+def _drop(launches: list[Launch], dropped: set[int], steps: list[int], tunable: list["Tunable"]) -> list[Launch]:
+    """``launches`` without the ``dropped`` ones; ``steps`` (in place) and ``tunable`` re-indexed."""
     index, kept = {}, []
     for i, ln in enumerate(launches):
         if i not in dropped:
             index[i] = len(kept)
             kept.append(ln)
+    steps[:] = [st for i, st in enumerate(steps) if i not in dropped]
     for t in tunable:
         t.first = index[t.first]
     return kept
+
+
+#: launches that can run a residual add in their epilogue: (argument of the residual, of the output, of
+#: the activation); a split-K GEMM / conv writes its output in its reducer (the last launch of its layer)
+_EPILOGUES = {**{f: (3, 4, 21) for f in ("gemm", "gemm_tc", "gemm_tcs", "conv_igemm", "conv_tc", "conv_tcs")},
+              "gemm_splitk_reduce": (2, 3, 11), "splitk_reduce": (2, 3, 8)}
+
+
+def _is_add(ln: Launch) -> bool:
+    """An element-wise fp32 Add of two whole, same-shaped, contiguous tensors."""
+    a = ln.args
+    return ln.spec == KernelSpec("binary", (0,)) and a[4] == 1 and a[5][0] == a[3] and a[6][0] == 1 and a[7][0] == 1
+
+
+def fold_residual(launches: list[Launch], r: str, out: str, other: str, R: Any) -> list[Launch] | None:
+    """One layer's launches writing ``r`` rewritten to write ``out`` = ``r`` + ``other`` (the residual in the
+    epilogue of the launch that writes the output, before no activation); None when they cannot."""
+    def names(ln: Launch) -> set[str]:
+        return {R(a) for a in ln.args if isinstance(a, str) and a}
+
+    users = [k for k, ln in enumerate(launches) if r in names(ln)]
+    if not users or launches[users[-1]].spec.family not in _EPILOGUES:
+        return None
+    ri, oi, ai = _EPILOGUES[launches[users[-1]].spec.family]
+    w = launches[users[-1]]
+    if w.args[ri] or w.args[ai] or R(w.args[oi]) != r:
+        return None
+    new = list(launches)
+    for k in users:
+        ln = new[k]
+        new[k] = Launch(ln.spec, ln.grid, ln.block, [out if isinstance(a, str) and a and R(a) == r else a
+                                                     for a in ln.args])
+    new[users[-1]].args[ri] = other
+    return new
+
+
+def as_planned(launches: list[Launch], sp: ShapePlan) -> list[Launch]:
+    """A tuning candidate's launches (``plan_node``'s, naming the graph's tensors) rewritten as ``plan_shapes``
+    rewrote the layer's: attention reading through elided copies, a residual Add folded into the epilogue."""
+    def R(t: str) -> str:
+        return sp.root.get(t, t)
+
+    launches = [attention_through(ln, R, sp.views.get, sp.views.get)[0] for ln in launches]
+    for r, (out, other) in sp.residuals.items():
+        if any(isinstance(a, str) and a and R(a) == r for ln in launches for a in ln.args):
+            launches = fold_residual(launches, r, out, other, R) or launches
+    return launches
+
+
+def fold_residual_adds(launches: list[Launch], steps: list[int], root: dict[str, str], born: dict[str, int],
+                       last: dict[str, int], keep: set[str], shapes: Mapping[str, Shape], tunable: list["Tunable"],
+                       residuals: dict[str, tuple]) -> list[Launch]:
+    """An Add of a GEMM's / convolution's output (no activation, nothing else reads it) and a tensor alive
+    before that layer ran goes into the layer's epilogue as its residual: the layer writes the sum, the
+    Add goes (a transformer's residual after the Transpose / Reshape that hid it from the graph's fusion).
+    ``residuals`` records it for the tuner's candidates; ``root``, lifetimes, ``steps`` and ``tunable``
+    are updated."""
+    def R(t: str) -> str:
+        return root.get(t, t)
+
+    touch: dict[str, list[int]] = {}
+    for i, ln in enumerate(launches):
+        for a in {R(a) for a in ln.args if isinstance(a, str) and a}:
+            touch.setdefault(a, []).append(i)
+    dropped: set[int] = set()
+    for i, ln in enumerate(launches):
+        if not _is_add(ln):
+            continue
+        out = R(ln.args[2])
+        for r, other in ((R(ln.args[0]), ln.args[1]), (R(ln.args[1]), ln.args[0])):
+            users = touch.get(r, [])
+            if r in keep or r not in born or r == R(other) or out == r or users[-1:] != [i] or \
+                    int(np.prod(shapes.get(r, (-1,)))) != ln.args[3]:
+                continue
+            layer = [k for k in users[:-1]]
+            if not layer or any(steps[k] != born[r] for k in layer) or layer != list(range(layer[0], layer[-1] + 1)):
+                continue
+            o = R(other)
+            if born.get(o, -1) >= born[r] or out not in born:
+                continue        # the residual is made after the layer ran (or the sum is a buffer with a life of its own)
+            got = fold_residual(launches[layer[0]:layer[-1] + 1], r, ln.args[2], other, R)
+            if got is None:
+                continue
+            launches[layer[0]:layer[-1] + 1] = got
+            residuals[r] = (ln.args[2], other)
+            for k in layer:
+                touch[out].append(k)
+            touch[out] = sorted(set(touch[out]) - {i})
+            touch[o] = sorted(set(touch[o] + layer) - {i})
+            touch.pop(r)
+            born[out] = born.pop(r)
+            last.pop(r, None)
+            dropped.add(i)
+            break
+    return _drop(launches, dropped, steps, tunable) if dropped else launches
 
 
 def _plan_node(nd: Mapping[str, Any], in_shapes: list, hv: Any, num_sms: int) -> Any:

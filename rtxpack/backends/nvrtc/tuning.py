@@ -23,7 +23,7 @@ import numpy as np
 from ...core.errors import BackendError
 from .cache import CacheKey, RuntimeCache
 from .lowering import plan_node
-from .schedule import ShapePlan, Tunable
+from .schedule import ShapePlan, Tunable, as_planned
 
 DEFAULT_BUDGET_S = 2.0
 TIMER = Callable[[Tunable, str, list[Any], dict[str, Any]], float]
@@ -105,6 +105,7 @@ def tune(sp: ShapePlan, num_sms: int, timer: TIMER, budget_s: float = DEFAULT_BU
         for label in t.labels:
             _, launches, extra = plan_node({**t.node, "choice": label}, t.shapes, sp.host.get, num_sms)
             extra.pop("#tune", None)
+            launches = as_planned(launches, sp)
             ms = timer(t, label, launches, extra)
             if ms < best_ms:
                 best, best_ms = label, ms

@@ -1,0 +1,152 @@
+"""Launch-count work of the planner past the graph's own fusions, on the CPU emulator against onnxruntime:
+
+* fused attention reads Q, K and V straight from a packed QKV projection (the copy that split the heads
+  goes; the key and value thirds are read from an element offset, ``launch.At``) and writes its output
+  straight into the head-merging copy's destination (that copy goes too);
+* a residual Add that a Reshape hid from the graph's fusion runs in the epilogue of the GEMM (or
+  convolution) before it;
+* serial split-K: a tensor-core layer's split-K partials are summed by the tile's last block.
+
+Each is checked with the tuner forced through every candidate (the tuner re-plans a layer from the graph's
+names, so its candidates must be rewritten as the plan was), and against the cases it must leave alone."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from cudaemu import EmuLoadedPlan, build_plan, compiler
+from nvrtc_helpers import assert_close, rand, reference
+from rtxpack.backends.nvrtc.launch import At
+
+pytestmark = pytest.mark.skipif(compiler() is None, reason="needs g++ to compile the kernels for the CPU")
+TOL = {"fp32": 1e-4, "fp16": 1e-2}
+
+
+def _prefer(k: int):
+    return lambda layer, label: 0.0 if label == layer.labels[k % len(layer.labels)] else 1.0
+
+
+def _block(path: Path, S: int = 40, E: int = 64, H: int = 2, act: str = "", late_residual: bool = False) -> Path:
+    """A transformer attention block as TorchScript writes ViT's: one packed QKV projection, heads split by
+    Reshape + Transpose + Gather, attention, heads merged by Reshape + Transpose + Reshape, the output
+    projection, a Reshape, then the residual Add (``act``: an activation between projection and Add;
+    ``late_residual``: the residual is computed after the projection, in the graph's order)."""
+    d = E // H
+    rng = np.random.default_rng(3)
+    init = lambda name, a: numpy_helper.from_array(np.asarray(a), name)   # noqa: E731
+    inits = [init("w_in", (rng.standard_normal((E, 3 * E)) / 8).astype(np.float32)),
+             init("b_in", (rng.standard_normal(3 * E) / 8).astype(np.float32)),
+             init("w_out", (rng.standard_normal((E, E)) / 8).astype(np.float32)),
+             init("b_out", (rng.standard_normal(E) / 8).astype(np.float32)),
+             init("s_qkv", np.array([1, S, 3, H, d], np.int64)), init("s_hsd", np.array([H, S, d], np.int64)),
+             init("s_se", np.array([S, E], np.int64)), init("s_1se", np.array([1, S, E], np.int64)),
+             init("i0", np.array(0, np.int64)), init("i1", np.array(1, np.int64)), init("i2", np.array(2, np.int64)),
+             init("scale", np.array(d ** -0.5, np.float32))]
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "w_in"], ["p0"]), n("Add", ["p0", "b_in"], ["proj"]),
+             n("Reshape", ["proj", "s_qkv"], ["p5"]),                              # [1, S, 3, H, d]
+             n("Transpose", ["p5"], ["packed"], perm=[2, 0, 3, 1, 4])]             # [3, 1, H, S, d]
+    for t, i in (("q", "i0"), ("k", "i1"), ("v", "i2")):
+        nodes.append(n("Gather", ["packed", i], [t], axis=0))                      # [1, H, S, d]
+    nodes += [n("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), n("MatMul", ["q", "kt"], ["s0"]),
+              n("Mul", ["s0", "scale"], ["s1"]), n("Softmax", ["s1"], ["pr"], axis=-1),
+              n("MatMul", ["pr", "v"], ["o"]),                                     # [1, H, S, d]
+              n("Reshape", ["o", "s_hsd"], ["o3"]), n("Transpose", ["o3"], ["ot"], perm=[1, 0, 2]),
+              n("Reshape", ["ot", "s_1se"], ["merged"]),                           # [1, S, E]
+              n("MatMul", ["merged", "w_out"], ["y0"]), n("Add", ["y0", "b_out"], ["y1"]),
+              n("Reshape", ["y1", "s_se"], ["y2"])]
+    y = "y2"
+    if act:
+        nodes.append(n(act, [y], ["y3"]))
+        y = "y3"
+    res = "xr"
+    nodes.append(n("Reshape", ["x", "s_se"], ["xr"]))
+    if late_residual:        # computed after the projection ran: it cannot be the projection's epilogue
+        nodes.append(n("Neg", ["xr"], ["xm"]))
+        res = "xm"
+    nodes.append(n("Add", [y, res], ["out"]))
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, S, E])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+def _runs(path: Path, precision: str, num_sms: int = 132):
+    """(outputs, launch counts, shape plan) for every tuning candidate forced in turn, then the default."""
+    x = rand(*[d.dim_value for d in onnx.load(path).graph.input[0].type.tensor_type.shape.dim])
+    ref = reference(path, {"x": x})
+    plan = build_plan(path, precision=precision)
+    with EmuLoadedPlan(plan, num_sms=num_sms, options={"tune_timer": _prefer(0)}) as p0:
+        p0.run({"x": x})
+        most = max([len(t.labels) for t in p0._state({"x": x.shape}).plan.tunable] or [1])
+    out = []
+    for k in range(most):
+        with EmuLoadedPlan(plan, num_sms=num_sms, options={"tune_timer": _prefer(k)}) as p:
+            got = p.run({"x": x})
+            assert_close(got["out"], ref["out"], rel=TOL[precision])
+            assert np.array_equal(p.run({"x": x})["out"], got["out"])      # replays alike (counters back at 0)
+            out.append((dict(p.launch_counts), p._state({"x": x.shape}).plan))
+    return out
+
+
+def _count(counts: dict, prefix: str) -> int:
+    return sum(v for k, v in counts.items() if k.startswith(prefix))
+
+
+def test_attention_reads_the_packed_projection_and_writes_the_merged_heads_in_place(tmp_path: Path) -> None:
+    for counts, sp in _runs(_block(tmp_path / "b.onnx"), "fp16", num_sms=8):
+        assert _count(counts, "strided_copy") == 0 and _count(counts, "gather") == 0, counts
+        assert _count(counts, "binary") == 0, counts          # the residual is in the output projection
+        attn = [ln for ln in sp.launches if ln.spec.family.startswith("attn_tc")]
+        offsets = sorted(getattr(a, "offset", 0) for ln in attn for a in ln.args[:3] if isinstance(a, At))
+        assert offsets == [0, 64, 128], [ln.args[:5] for ln in attn]    # q, k, v: thirds of one projection row
+        assert sp.views, "the tuner needs the elided copies' views"
+
+
+def test_fp32_folds_the_residual_and_keeps_its_head_copies(tmp_path: Path) -> None:
+    """fp32 attention runs as GEMMs: its head copies stay (reading through them is fp16's), the residual
+    Add still goes into the output projection's epilogue."""
+    for counts, _ in _runs(_block(tmp_path / "b.onnx"), "fp32", num_sms=8):
+        assert _count(counts, "binary") == 0, counts
+        assert _count(counts, "gemm") >= 3, counts
+
+
+@pytest.mark.parametrize("case", ["act", "late_residual"])
+def test_a_residual_add_that_cannot_be_an_epilogue_stays(tmp_path: Path, case: str) -> None:
+    """An activation between projection and Add (the epilogue adds the residual before activating), or a
+    residual the graph computes after the projection: the Add stays a launch, the answer is right."""
+    path = _block(tmp_path / "b.onnx", act="Relu" if case == "act" else "", late_residual=case == "late_residual")
+    for counts, _ in _runs(path, "fp16", num_sms=8):
+        assert _count(counts, "binary") >= 1, counts
+
+
+def _conv_residual(path: Path) -> Path:
+    """Conv, then a Reshape to the same shape (hides the Add from the graph's conv + add fusion), + x."""
+    rng = np.random.default_rng(4)
+    w = numpy_helper.from_array((rng.standard_normal((16, 16, 3, 3)) / 12).astype(np.float32), "w")
+    s = numpy_helper.from_array(np.array([1, 16, 12, 12], np.int64), "s")
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), n("Reshape", ["c", "s"], ["cr"]),
+             n("Add", ["cr", "x"], ["out"])]
+    graph = helper.make_graph(nodes, "cr", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 12, 12])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [w, s])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_convolution_takes_a_hidden_residual_add_in_its_epilogue(tmp_path: Path, precision: str) -> None:
+    path = _conv_residual(tmp_path / "c.onnx")
+    x = rand(1, 16, 12, 12)
+    ref = reference(path, {"x": x})["out"]
+    plan = build_plan(path, precision=precision)
+    for k in range(4):       # with and without split-K (4 SMs: 144 pixels x 16 channels leave SMs idle)
+        with EmuLoadedPlan(plan, num_sms=4, options={"tune_timer": _prefer(k)}) as p:
+            assert_close(p.run({"x": x})["out"], ref, rel=TOL[precision])
+            assert _count(p.launch_counts, "binary") == 0, p.launch_counts
