@@ -96,15 +96,15 @@ def test_every_fp16_gemm_candidate_gives_the_same_answer(tmp_path: Path) -> None
     two activations, on a 4-SM GPU so that every tile is offered a split; all within fp16 tolerance."""
     from nvrtc_helpers import op_model
 
-    a = rand(130, 600)
+    a = rand(130, 1100)          # k deep enough to split for every tile (8 k steps of 64 per split)
     cases = {
-        "weight": (op_model(tmp_path / "mm.onnx", "MatMul", {"a": a}, extra_inputs=["b"], inits={"b": rand(600, 90)}),
+        "weight": (op_model(tmp_path / "mm.onnx", "MatMul", {"a": a}, extra_inputs=["b"], inits={"b": rand(1100, 90)}),
                    {"a": a}),
         "gemm_bias": (op_model(tmp_path / "gt.onnx", "Gemm", {"a": rand(45, 520)}, extra_inputs=["b", "c"],
                                inits={"b": rand(29, 520), "c": rand(29)}, transB=1, alpha=0.5, beta=2.0),
                       {"a": rand(45, 520)}),
-        "activations": (op_model(tmp_path / "aa.onnx", "MatMul", {"a": a, "b": rand(600, 70)}),
-                        {"a": a, "b": rand(600, 70)}),
+        "activations": (op_model(tmp_path / "aa.onnx", "MatMul", {"a": a, "b": rand(1100, 70)}),
+                        {"a": a, "b": rand(1100, 70)}),
     }
     seen: set[str] = set()
     for name, (path, feeds) in cases.items():

@@ -150,3 +150,66 @@ def test_a_convolution_takes_a_hidden_residual_add_in_its_epilogue(tmp_path: Pat
         with EmuLoadedPlan(plan, num_sms=4, options={"tune_timer": _prefer(k)}) as p:
             assert_close(p.run({"x": x})["out"], ref, rel=TOL[precision])
             assert _count(p.launch_counts, "binary") == 0, p.launch_counts
+
+
+def test_repeated_mask_arithmetic_runs_once(tmp_path: Path) -> None:
+    """BERT's exporters compute the extended attention mask again in every layer, from Constant nodes of
+    equal values: one launch does. Nodes on unequal constants stay apart."""
+    n = helper.make_node
+    consts = []
+    for name, v in (("c0a", 0.0), ("c0b", 0.0), ("cma", -1e4), ("cmb", -1e4), ("cmc", -2e4)):
+        consts.append(n("Constant", [], [name], value=numpy_helper.from_array(np.array(v, np.float32))))
+    nodes = consts + [n("Relu", ["m"], ["mr"]), n("Cast", ["mr"], ["mb"], to=TensorProto.BOOL)]
+    outs = []
+    for k, (zero, big) in enumerate((("c0a", "cma"), ("c0b", "cmb"), ("c0a", "cmc"))):
+        nodes += [n("Where", ["mb", zero, big], [f"w{k}"]), n("Add", ["x", f"w{k}"], [f"y{k}"])]
+        outs.append(f"y{k}")
+    graph = helper.make_graph(nodes, "masks", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16]),
+                                               helper.make_tensor_value_info("m", TensorProto.FLOAT, [4, 16])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    feeds = {"x": rand(4, 16), "m": rand(4, 16)}
+    ref = reference(path, feeds)
+    with EmuLoadedPlan(build_plan(path)) as p:
+        got = p.run(feeds)
+        wheres = _count(p.launch_counts, "where")
+    for k in outs:
+        assert_close(got[k], ref[k], rel=1e-6)
+    assert wheres == 2, p.launch_counts       # y0 and y1 share one, y2's mask value differs
+
+
+def _activations(path: Path, sigmoid_out: bool = False) -> Path:
+    """Conv -> SiLU (Sigmoid + Mul, as exporters write it) -> depthwise Conv -> HardSwish -> Conv -> Sigmoid
+    -> MatMul over the channels-last view -> Sigmoid; ``sigmoid_out``: the SiLU's Sigmoid is also an output."""
+    rng = np.random.default_rng(5)
+    w = lambda name, *s: numpy_helper.from_array((rng.standard_normal(s) / 6).astype(np.float32), name)  # noqa: E731
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]), n("Sigmoid", ["c1"], ["s1"]), n("Mul", ["c1", "s1"], ["a1"]),
+             n("Conv", ["a1", "w2"], ["c2"], pads=[1, 1, 1, 1], group=16), n("HardSwish", ["c2"], ["a2"]),
+             n("Conv", ["a2", "w3"], ["c3"]), n("Sigmoid", ["c3"], ["a3"]),
+             n("Transpose", ["a3"], ["t"], perm=[0, 2, 3, 1]), n("MatMul", ["t", "w4"], ["m"]),
+             n("Sigmoid", ["m"], ["out"])]
+    outs = ["out"] + (["s1"] if sigmoid_out else [])
+    graph = helper.make_graph(nodes, "acts", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 10, 10])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outs],
+                              [w("w1", 16, 16, 3, 3), w("w2", 16, 1, 3, 3), w("w3", 16, 16, 1, 1), w("w4", 16, 24)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("sigmoid_out", [False, True])
+def test_silu_sigmoid_and_hardswish_run_in_the_epilogue(tmp_path: Path, precision: str, sigmoid_out: bool) -> None:
+    """EfficientNet's SiLU and MobileNetV3's HardSwish / Sigmoid after a convolution or GEMM cost no launch of
+    their own; a SiLU whose Sigmoid is also a model output keeps its launches."""
+    path = _activations(tmp_path / "a.onnx", sigmoid_out)
+    x = rand(1, 16, 10, 10)
+    ref = reference(path, {"x": x})
+    with EmuLoadedPlan(build_plan(path, precision=precision)) as p:
+        got = p.run({"x": x})
+        counts = dict(p.launch_counts)
+    for k, r in ref.items():
+        assert_close(got[k], r, rel=TOL[precision])
+    elementwise = sum(v for k, v in counts.items() if k.startswith(("unary", "binary", "ew1", "ew2")))
+    assert elementwise == (2 if sigmoid_out else 0), counts

@@ -39,10 +39,14 @@ template <int OP> __device__ __forceinline__ float unary_op(float x, float a, fl
   return x;
 }
 
-// the activation a conv / GEMM epilogue applies (the "relu" argument): 0 none, 1 ReLU, 2 GELU (erf)
+// the activation a conv / GEMM epilogue applies (the "relu" argument): 0 none, 1 ReLU, 2 GELU (erf),
+// 3 SiLU (x * sigmoid(x)), 4 sigmoid, 5 HardSwish (x * clamp(x / 6 + 1/2, 0, 1))
 __device__ __forceinline__ float epilogue_act(int act, float v) {
   if (act == 1) return fmaxf(v, 0.f);
   if (act == 2) return unary_op<5>(v, 0.f, 0.f);
+  if (act == 3) return v / (1.f + expf(-v));
+  if (act == 4) return 1.f / (1.f + expf(-v));
+  if (act == 5) return v * fminf(fmaxf(v * (1.f / 6.f) + 0.5f, 0.f), 1.f);
   return v;
 }
 

@@ -603,6 +603,10 @@ TC_TILES: dict[str, tuple[int, int, int, int, int]] = {
     "t64x64": (64, 64, 32, 32, 32),
     "t64x32": (64, 32, 32, 32, 16),
     "t32x32": (32, 32, 32, 16, 16),
+    # k 64 deep: half the k steps (barriers, load round trips) where few blocks per SM hide little latency
+    "t64x64k64": (64, 64, 64, 32, 32),
+    "t64x32k64": (64, 32, 64, 32, 16),
+    "t32x32k64": (32, 32, 64, 16, 16),
 }
 
 

@@ -194,6 +194,7 @@ def import_onnx(onnx_path: Any, *, keep_unsupported: bool = False) -> tuple[dict
         raise unsupported_model(onnx_path, problems)
 
     outputs = [o.name for o in g.output]
+    nodes = dedupe(nodes, constants, set(outputs))
     nodes = fuse_attention(fuse_gelu(nodes, {**constants, **weights}, set(outputs), shapes),
                            {**constants, **weights}, set(outputs), shapes, opset)
     nodes = fuse(nodes, weights, shapes, set(outputs), constants)
@@ -227,6 +228,46 @@ def unsupported_model(onnx_path: Any, problems: Sequence[str]) -> UnsupportedMod
     return UnsupportedModel(
         f"the nvrtc backend cannot build {label}: {len(problems)} unsupported node(s): " + "; ".join(problems),
         fix="replace or remove these operators (or use the tensorrt-rtx backend)", unsupported=list(problems))
+
+
+def _value_key(v: Any) -> Any:
+    """A hashable stand-in for an attribute or constant value (arrays by dtype, shape and bytes)."""
+    if isinstance(v, np.ndarray):
+        return ("array", v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, (list, tuple)):
+        return tuple(_value_key(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((k, _value_key(x)) for k, x in v.items()))
+    return v if isinstance(v, (int, float, str, bytes, bool, type(None))) else repr(v)
+
+
+def dedupe(nodes: list[dict], constants: Mapping[str, np.ndarray], outputs: set[str]) -> list[dict]:
+    """Common subexpressions: a node with the op, attributes and inputs of an earlier one (inputs that are
+    equal Constant values count as equal) goes, its outputs read as the earlier node's. Exporters repeat
+    the attention mask's arithmetic in every layer (BERT's Where of the extended mask, per layer)."""
+    canon: dict[Any, str] = {}
+    const = {}
+    for name, v in constants.items():
+        if v.size <= 256:
+            const[name] = canon.setdefault(_value_key(np.asarray(v)), name)
+    rename: dict[str, str] = {}
+    seen: dict[Any, dict] = {}
+    kept = []
+    for nd in nodes:
+        ins = [rename.get(i, i) for i in nd["inputs"]]
+        nd = {**nd, "inputs": ins} if ins != nd["inputs"] else nd
+        if nd["where"] == "unsupported":
+            kept.append(nd)
+            continue
+        key = (nd["op"], nd["where"], _value_key(nd["attrs"]), tuple(const.get(i, i) for i in ins))
+        first = seen.get(key)
+        if first is not None and len(first["outputs"]) == len(nd["outputs"]) and \
+                not any(o in outputs or (o and not f) for o, f in zip(nd["outputs"], first["outputs"])):
+            rename.update({o: f for o, f in zip(nd["outputs"], first["outputs"]) if o})
+            continue
+        seen.setdefault(key, nd)
+        kept.append(nd)
+    return kept
 
 
 def _same_static_shape(a: Sequence | None, b: Sequence | None) -> bool:
@@ -461,6 +502,11 @@ def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs:
     return [nd for k, nd in enumerate(nodes) if k not in drop]
 
 
+#: activations a Conv / Gemm / MatMul epilogue applies, by their code in kernels.epilogue_act (SiLU, 3, is
+#: the Sigmoid + Mul pair exporters write)
+ACTIVATIONS = {"Relu": 1, "Gelu": 2, "Sigmoid": 4, "HardSwish": 5}
+
+
 def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[str, list], outputs: set[str],
          constants: Mapping[str, np.ndarray] | None = None) -> list[dict]:
     """Fold BatchNormalization into Conv; fuse bias, residual Add and Relu / GELU epilogues (see module
@@ -478,6 +524,20 @@ def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[s
             return None
         j = c[0]
         return j if nodes[j]["where"] == "device" else None
+
+    def silu_after(out: str) -> tuple[int, int] | None:
+        """(Sigmoid, Mul) when ``out`` feeds just Sigmoid(out) and Mul(out, that): SiLU as exporters write it."""
+        c = consumers.get(out, [])
+        if out in outputs or len(c) != 2 or any(k in removed or nodes[k]["where"] != "device" for k in c):
+            return None
+        sig = next((k for k in c if nodes[k]["op"] == "Sigmoid"), None)
+        mul = next((k for k in c if nodes[k]["op"] == "Mul"), None)
+        if sig is None or mul is None:
+            return None
+        s_out = nodes[sig]["outputs"][0]
+        if s_out in outputs or consumers.get(s_out) != [mul] or sorted(nodes[mul]["inputs"]) != sorted([out, s_out]):
+            return None
+        return sig, mul
 
     for i, nd in enumerate(nodes):
         if i in removed or nd["where"] != "device" or nd["op"] not in ("Conv", "Gemm", "MatMul"):
@@ -512,11 +572,15 @@ def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[s
                 out, pos = nodes[j]["outputs"][0], j
                 removed.add(j)
                 j = sole_next(j, out)
-        if j is not None and (nodes[j]["op"] == "Relu" or (nodes[j]["op"] == "Gelu" and
-                                                          nodes[j]["attrs"].get("approximate", "none") == "none")):
-            attrs["relu"] = 1 if nodes[j]["op"] == "Relu" else 2     # the epilogue's activation code
+        if j is not None and (nodes[j]["op"] in ACTIVATIONS and (nodes[j]["op"] != "Gelu" or
+                                                                 nodes[j]["attrs"].get("approximate", "none") == "none")):
+            attrs["relu"] = ACTIVATIONS[nodes[j]["op"]]     # the epilogue's activation code
             out, pos = nodes[j]["outputs"][0], j
             removed.add(j)
+        elif j is None and (silu := silu_after(out)) is not None:
+            attrs["relu"] = 3
+            out, pos = nodes[silu[1]]["outputs"][0], silu[1]
+            removed.update(silu)
         if pos != i:
             fused = {**nd, "inputs": ins, "outputs": [out], "attrs": attrs, "fused_from": nd["name"]}
             removed.add(i)
