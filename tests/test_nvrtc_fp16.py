@@ -93,7 +93,7 @@ def test_every_tuning_candidate_gives_the_same_answer(models) -> None:
 def test_every_fp16_gemm_candidate_gives_the_same_answer(tmp_path: Path) -> None:
     """Tensor-core GEMMs long enough in k to split: forcing each (tile, split-K) candidate runs serial split-K
     (the tile's last block sums the partials and runs the epilogue: bias, alpha/beta) for a weight and for
-    two activations, on a 4-SM GPU so that every tile is offered a split; all within fp16 tolerance."""
+    two activations, on an 8-SM GPU so that every tile is offered a split; all within fp16 tolerance."""
     from nvrtc_helpers import op_model
 
     a = rand(130, 1100)          # k deep enough to split for every tile (8 k steps of 64 per split)
@@ -111,11 +111,11 @@ def test_every_fp16_gemm_candidate_gives_the_same_answer(tmp_path: Path) -> None
         plan = build_plan(path, precision="fp16")
         ref = reference(path, feeds)
         shapes = {k: v.shape for k, v in feeds.items()}
-        with EmuLoadedPlan(plan, num_sms=4, options={"tune_timer": _prefer(0)}) as p0:
+        with EmuLoadedPlan(plan, num_sms=8, options={"tune_timer": _prefer(0)}) as p0:
             p0.run(feeds)
             most = max(len(t.labels) for t in p0._state(shapes).plan.tunable)
         for k in range(most):
-            with EmuLoadedPlan(plan, num_sms=4, options={"tune_timer": _prefer(k)}) as p:
+            with EmuLoadedPlan(plan, num_sms=8, options={"tune_timer": _prefer(k)}) as p:
                 out = p.run(feeds)
                 out2 = p.run(feeds)       # the arrival counters are back at zero after a run
                 seen |= set(p.launch_counts)

@@ -213,3 +213,38 @@ def test_silu_sigmoid_and_hardswish_run_in_the_epilogue(tmp_path: Path, precisio
         assert_close(got[k], r, rel=TOL[precision])
     elementwise = sum(v for k, v in counts.items() if k.startswith(("unary", "binary", "ew1", "ew2")))
     assert elementwise == (2 if sigmoid_out else 0), counts
+
+
+def _convnext_block(path: Path, C: int = 32, Hs: int = 6) -> Path:
+    """ConvNeXt's block as exported: NCHW -> NHWC Transpose, LayerNorm, Linear, GELU, Linear, layer scale,
+    NHWC -> NCHW Transpose, residual Add; then a window merge (Reshape, Transpose, Reshape) + Add."""
+    rng = np.random.default_rng(6)
+    f = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)   # noqa: E731
+    inits = [f("g", 1 + rng.standard_normal(C) / 10), f("b", rng.standard_normal(C) / 10),
+             f("w1", rng.standard_normal((C, 4 * C)) / 6), f("w2", rng.standard_normal((4 * C, C)) / 12),
+             f("gamma", rng.standard_normal(C)), numpy_helper.from_array(np.array([1, C, 2, 3, 2, 3], np.int64), "s6"),
+             numpy_helper.from_array(np.array([1, C, Hs, Hs], np.int64), "s4")]
+    n = helper.make_node
+    nodes = [n("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]), n("LayerNormalization", ["t", "g", "b"], ["ln"], axis=-1),
+             n("MatMul", ["ln", "w1"], ["h"]), n("Relu", ["h"], ["ha"]),
+             n("MatMul", ["ha", "w2"], ["h2"]), n("Mul", ["h2", "gamma"], ["h3"]),
+             n("Transpose", ["h3"], ["back"], perm=[0, 3, 1, 2]), n("Add", ["x", "back"], ["y"]),
+             n("Reshape", ["y", "s6"], ["w6"]), n("Transpose", ["w6"], ["w6t"], perm=[0, 1, 4, 5, 2, 3]),
+             n("Reshape", ["w6t", "s4"], ["merged"]), n("Add", ["merged", "y"], ["out"])]
+    graph = helper.make_graph(nodes, "cnx", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, Hs, Hs])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_an_add_reads_a_transposed_operand_in_place(tmp_path: Path, precision: str) -> None:
+    """The Transpose back to NCHW before ConvNeXt's residual Add, and a window merge before an Add, are
+    read by the Add through their strides: of the three Transposes only the one into NHWC (LayerNorm's
+    input) stays a copy."""
+    path = _convnext_block(tmp_path / "c.onnx")
+    x = rand(1, 32, 6, 6)
+    ref = reference(path, {"x": x})["out"]
+    with EmuLoadedPlan(build_plan(path, precision=precision)) as p:
+        assert_close(p.run({"x": x})["out"], ref, rel=TOL[precision])
+        assert _count(p.launch_counts, "strided_copy") == 1, p.launch_counts

@@ -217,22 +217,38 @@ __device__ __forceinline__ bool tc_serial_fixup(float (&acc)[WM / 16][WN / 8][4]
   __syncthreads();
   if (arrived != (unsigned)(S - 1)) return false;
   __threadfence();
+  // U splits' partials per round, all their loads in flight at once (a loop of one dependent load after
+  // another would cost S * NQ round trips to L2); summed in split order
+  constexpr int U = NQ >= 16 ? 1 : NQ >= 8 ? 2 : 16 / NQ;
+  float4 t[NQ];
+#pragma unroll
+  for (int q = 0; q < NQ; ++q) t[q] = make_float4(0.f, 0.f, 0.f, 0.f);
+  for (int s0 = 0; s0 < S; s0 += U) {
+    float4 v[U][NQ];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int q = 0; q < NQ; ++q)
+        v[u][q] = s0 + u < S ? ld_cg4(&base[((long long)(s0 + u) * NQ + q) * NT]) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int q = 0; q < NQ; ++q) {
+        t[q].x += v[u][q].x;
+        t[q].y += v[u][q].y;
+        t[q].z += v[u][q].z;
+        t[q].w += v[u][q].w;
+      }
+  }
 #pragma unroll
   for (int i = 0; i < WM / 16; ++i)
 #pragma unroll
     for (int j = 0; j < WN / 8; ++j) {
-      float4 t = make_float4(0.f, 0.f, 0.f, 0.f);
-      for (int s = 0; s < S; ++s) {
-        const float4 v = ld_cg4(&base[((long long)s * NQ + i * (WN / 8) + j) * NT]);
-        t.x += v.x;
-        t.y += v.y;
-        t.z += v.z;
-        t.w += v.w;
-      }
-      acc[i][j][0] = t.x;
-      acc[i][j][1] = t.y;
-      acc[i][j][2] = t.z;
-      acc[i][j][3] = t.w;
+      const float4 r = t[i * (WN / 8) + j];
+      acc[i][j][0] = r.x;
+      acc[i][j][1] = r.y;
+      acc[i][j][2] = r.z;
+      acc[i][j][3] = r.w;
     }
   if (tid == 0) cnt[tile] = 0u;
   return true;

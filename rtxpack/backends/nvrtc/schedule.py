@@ -265,7 +265,7 @@ def read_through(dims: Sequence[int], sx: Sequence[int], sy: Sequence[int], ox: 
 _ATTN_VIEWS = {f: ((0, 10, 5, 7, "r"), (1, 14, 7, 6, "r"), (2, 18, 6, 8, "r"), (4, 26, 5, 8, "w"))
                for f in ("attn_tc", "attn_tc_part")}
 _ATTN_VIEWS["attn_combine"] = ((1, 7, 2, 3, "w"),)
-_MARKS = (2, 3, 5, 7)      # destination strides that no collapse can merge: which dim is which after it
+_MARKS = (2, 3, 5, 7, 11, 13)   # destination strides no collapse can merge: which dim is which after it
 
 
 def _attn_batches(ln: Launch) -> tuple[int, int]:
@@ -275,23 +275,49 @@ def _attn_batches(ln: Launch) -> tuple[int, int]:
     return ln.grid[1] // ln.args[9], ln.args[9]
 
 
-def _compose4(dims: Sequence[int], st: Sequence[int], view: tuple) -> tuple[list[int], int] | None:
-    """A 4-d view (``dims``, element strides ``st``) of a buffer that a copy wrote whole and in order from
-    ``view`` = (source, dims, source strides, source offset), as a 4-d view of the source: (strides,
-    element offset), or None when a dim would need splitting."""
-    got = read_through(dims, st, _MARKS, 0, view[1], view[2], view[3])
+def _compose(dims: Sequence[int], st: Sequence[int], view: tuple) -> tuple[list[int], int] | None:
+    """A view (``dims``, element strides ``st``; up to 6 dims) of a buffer that a copy wrote whole and in
+    order from ``view`` = (source, dims, source strides, source offset), as the same dims' view of the
+    source: (strides, element offset), or None when a dim would need splitting."""
+    marks = _MARKS[:len(dims)]
+    got = read_through(dims, st, marks, 0, view[1], view[2], view[3])
     if got is None:
         return None
-    new, found = [0] * 4, [False] * 4
+    new, found = [0] * len(dims), [False] * len(dims)
     for e, x, y in zip(*got[:3]):
         if e == 1:
             continue
-        if y not in _MARKS or found[_MARKS.index(y)] or e != dims[_MARKS.index(y)]:
+        if y not in marks or found[marks.index(y)] or e != dims[marks.index(y)]:
             return None
-        new[_MARKS.index(y)], found[_MARKS.index(y)] = x, True
+        new[marks.index(y)], found[marks.index(y)] = x, True
     if any(d > 1 and not f for d, f in zip(dims, found)):
         return None
     return new, got[3]
+
+
+def binary_through(ln: Launch, R: Any, read_view: Any) -> tuple[Launch, list[tuple[str, str]]]:
+    """An element-wise binary launch reading an operand straight from the source of the copy that wrote it
+    (a Transpose back to NCHW, a window merge, before a residual Add), through its strides and an ``At``."""
+    if ln.spec.family != "binary":
+        return ln, []
+    args, moved = list(ln.args), []
+    for ti, si in ((0, 6), (1, 7)):
+        r = R(args[ti]) if args[ti] else ""
+        view = read_view(r) if r else None
+        if view is None:
+            continue
+        nd = args[4]
+        got = _compose(args[5][:nd], args[si][:nd], view)
+        if got is None and nd == 1 and args[6][0] == args[7][0] == 1 and int(np.prod(view[1])) == args[3]:
+            # both operands whole and contiguous (collapsed to one dim): take the copy's dims instead
+            args[4], args[5] = len(view[1]), i6(view[1], {})
+            args[6 + (1 - ti)] = i6(strides_of(view[1]), {})
+            got = list(view[2]), view[3]
+        if got is None:
+            continue
+        args[ti], args[si] = At(R(view[0]), got[1]), i6(list(got[0]), {})
+        moved.append((r, R(view[0])))
+    return (Launch(ln.spec, ln.grid, ln.block, args) if moved else ln), moved
 
 
 def attention_through(ln: Launch, R: Any, read_view: Any, write_view: Any) -> tuple[Launch, list[tuple[str, str]]]:
@@ -309,7 +335,7 @@ def attention_through(ln: Launch, R: Any, read_view: Any, write_view: Any) -> tu
         view = (read_view if rw == "r" else write_view)(r) if r else None
         if view is None:
             continue
-        got = _compose4([b0, b1, args[ri], args[ci]], args[si:si + 4], view)
+        got = _compose([b0, b1, args[ri], args[ci]], args[si:si + 4], view)
         if got is None:
             continue
         args[ti], args[si:si + 4] = At(R(view[0]), got[1]), got[0]
@@ -453,10 +479,10 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
 
     through: set[int] = set()      # launches of an attention layer already writing through a copy
     for i, ln in enumerate(launches):
-        if i in dropped or ln.spec.family not in _ATTN_VIEWS:
+        if i in dropped or (ln.spec.family not in _ATTN_VIEWS and ln.spec.family != "binary"):
             continue
         writes = {}
-        for r in {R(ln.args[t]) for t, _, _, _, rw in _ATTN_VIEWS[ln.spec.family]
+        for r in {R(ln.args[t]) for t, _, _, _, rw in _ATTN_VIEWS.get(ln.spec.family, ())
                   if rw == "w" and ln.args[t] and i not in through}:
             mv = moving_copy(r)
             layer = [k for k in touch.get(r, []) if k != (mv[4] if mv else -1)]
@@ -464,7 +490,10 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
                                         for k in layer)
             if ok:
                 writes[r] = mv
-        launches[i], moved = attention_through(ln, R, copy_view, lambda r: writes[r][:4] if r in writes else None)
+        if ln.spec.family == "binary":
+            launches[i], moved = binary_through(ln, R, copy_view)
+        else:
+            launches[i], moved = attention_through(ln, R, copy_view, lambda r: writes[r][:4] if r in writes else None)
         still = {R(a) for a in launches[i].args if isinstance(a, str) and a}
         for r, used in dict(moved).items():
             if r in writes:
