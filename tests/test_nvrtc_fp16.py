@@ -50,13 +50,13 @@ def test_fp16_model_within_tolerance_on_the_emulator(models, name: str) -> None:
     path, plan = models[name]
     _, graph, index, _, _ = read_plan(plan)
     assert graph["precision"] == "fp16" and NvrtcBackend().inspect(plan).details["precision"] == "fp16"
-    assert {k["family"] for k in index["kernels"]} & {"conv_tcs", "gemm_tcs"}
+    assert {k["family"] for k in index["kernels"]} & {"conv_tc", "gemm_tc"}
     with EmuLoadedPlan(plan) as p:
         for batch in (1, 3):
             x = rand(batch, *FEATURES[name])
             for k, r in reference(path, {"x": x}).items():
                 assert rel_err(p.run({"x": x})[k], r) <= FP16_TOL, (name, batch, k)
-        assert any(lab.startswith(("conv_tcs<", "gemm_tcs<")) for lab in p.launch_counts), p.launch_counts
+        assert any(lab.startswith(("conv_tc<", "gemm_tc<")) for lab in p.launch_counts), p.launch_counts
 
 
 @emu
@@ -82,18 +82,16 @@ def test_every_tuning_candidate_gives_the_same_answer(models) -> None:
                 assert rel_err(out[key], r) <= FP16_TOL, (name, k, key)
     for bm, bn, bk, wm, wn in TC_TILES.values():
         for k1 in (0, 1):
-            assert any(s.startswith(f"conv_tcs<{bm},{bn},{bk},{wm},{wn},{k1}>") for s in seen), (bm, bn, k1)
-        assert any(s.startswith(f"gemm_tcs<{bm},{bn},{bk},{wm},{wn},") for s in seen), (bm, bn)
-    # serial split-K: the tile's last block sums, no reduce launch (GEMM's: the next test)
-    assert any(s.endswith("/splitK") and s.startswith("conv_tcs<") for s in seen)
-    assert not any(s.startswith(("splitk_reduce", "gemm_splitk_reduce")) for s in seen)
+            assert any(s.startswith(f"conv_tc<{bm},{bn},{bk},{wm},{wn},{k1}>") for s in seen), (bm, bn, k1)
+        assert any(s.startswith(f"gemm_tc<{bm},{bn},{bk},{wm},{wn},") for s in seen), (bm, bn)
+    assert any(s.endswith("/splitK") and s.startswith("conv_tc<") for s in seen)    # GEMM's: the next test
 
 
 @emu
 def test_every_fp16_gemm_candidate_gives_the_same_answer(tmp_path: Path) -> None:
-    """Tensor-core GEMMs long enough in k to split: forcing each (tile, split-K) candidate runs serial split-K
-    (the tile's last block sums the partials and runs the epilogue: bias, alpha/beta) for a weight and for
-    two activations, on an 8-SM GPU so that every tile is offered a split; all within fp16 tolerance."""
+    """Tensor-core GEMMs long enough in k to split: forcing each (tile, split-K) candidate runs every tile
+    with and without split-K (the reducer runs the epilogue: bias, alpha/beta) for a weight and for two
+    activations, on an 8-SM GPU so that every tile is offered a split; all within fp16 tolerance."""
     from nvrtc_helpers import op_model
 
     a = rand(130, 1100)          # k deep enough to split for every tile (8 k steps of 64 per split)
@@ -117,49 +115,14 @@ def test_every_fp16_gemm_candidate_gives_the_same_answer(tmp_path: Path) -> None
         for k in range(most):
             with EmuLoadedPlan(plan, num_sms=8, options={"tune_timer": _prefer(k)}) as p:
                 out = p.run(feeds)
-                out2 = p.run(feeds)       # the arrival counters are back at zero after a run
+                out2 = p.run(feeds)
                 seen |= set(p.launch_counts)
             for key, r in ref.items():
                 assert rel_err(out[key], r) <= FP16_TOL, (name, k, key)
                 assert np.array_equal(out[key], out2[key]), (name, k, key)
     for bm, bn, bk, wm, wn in TC_TILES.values():
-        assert any(s.startswith(f"gemm_tcs<{bm},{bn},{bk},{wm},{wn},") and s.endswith("/splitK") for s in seen), bm
-    assert not any(s.startswith("gemm_splitk_reduce") for s in seen)
-
-
-@emu
-def test_a_plan_built_before_serial_split_k_keeps_its_reduce_launches(tmp_path: Path, monkeypatch) -> None:
-    """fp16 plans built before conv_tcs / gemm_tcs (serial split-K) carry conv_tc, gemm_tc and the split-K
-    reducers: today's planner runs them that way, every candidate with the reference's answer."""
-    from rtxpack.backends.nvrtc import lowering
-    from rtxpack.backends.nvrtc.kernels import KernelSpec
-
-    def legacy(fn, reducer):
-        def specs(*a):
-            got = fn(*a)
-            old = [KernelSpec(k.family[:-1], k.targs) if k.family in ("conv_tcs", "gemm_tcs") else k for k in got]
-            return old + ([KernelSpec(reducer)] if old != got else [])
-        return specs
-
-    monkeypatch.setattr(lowering, "_conv_specs", legacy(lowering._conv_specs, "splitk_reduce"))
-    monkeypatch.setattr(lowering, "_gemm_specs", legacy(lowering._gemm_specs, "gemm_splitk_reduce"))
-    monkeypatch.setattr(lowering, "_tc_family", lambda node, serial, old: old)
-    path, _ = _models(tmp_path)["resnet_small"]
-    plan = build_plan(path, precision="fp16")
-    monkeypatch.undo()
-    _, _, index, _, _ = read_plan(plan)
-    assert not {k["family"] for k in index["kernels"]} & {"conv_tcs", "gemm_tcs"}
-    x = rand(2, *FEATURES["resnet_small"])
-    ref = reference(path, {"x": x})
-    seen: set[str] = set()
-    for k in range(4):
-        with EmuLoadedPlan(plan, options={"tune_timer": _prefer(k)}) as p:
-            out = p.run({"x": x})
-            seen |= set(p.launch_counts)
-        for key, r in ref.items():
-            assert rel_err(out[key], r) <= FP16_TOL, (k, key)
-    assert any(s.startswith("conv_tc<") and s.endswith("/splitK") for s in seen), seen
-    assert any(s.startswith("splitk_reduce") for s in seen), seen
+        assert any(s.startswith(f"gemm_tc<{bm},{bn},{bk},{wm},{wn},") and s.endswith("/splitK") for s in seen), bm
+    assert any(s.startswith("gemm_splitk_reduce") for s in seen)
 
 
 @emu

@@ -4,8 +4,9 @@
   goes; the key and value thirds are read from an element offset, ``launch.At``) and writes its output
   straight into the head-merging copy's destination (that copy goes too);
 * a residual Add that a Reshape hid from the graph's fusion runs in the epilogue of the GEMM (or
-  convolution) before it;
-* serial split-K: a tensor-core layer's split-K partials are summed by the tile's last block.
+  convolution) before it (or of its split-K reducer);
+* an element-wise Add reads an operand through the Transpose that wrote it;
+* SiLU / Sigmoid / HardSwish in the epilogue; repeated mask arithmetic computed once.
 
 Each is checked with the tuner forced through every candidate (the tuner re-plans a layer from the graph's
 names, so its candidates must be rewritten as the plan was), and against the cases it must leave alone."""
@@ -90,7 +91,7 @@ def _runs(path: Path, precision: str, num_sms: int = 132):
         with EmuLoadedPlan(plan, num_sms=num_sms, options={"tune_timer": _prefer(k)}) as p:
             got = p.run({"x": x})
             assert_close(got["out"], ref["out"], rel=TOL[precision])
-            assert np.array_equal(p.run({"x": x})["out"], got["out"])      # replays alike (counters back at 0)
+            assert np.array_equal(p.run({"x": x})["out"], got["out"])      # replays alike
             out.append((dict(p.launch_counts), p._state({"x": x.shape}).plan))
     return out
 

@@ -190,79 +190,14 @@ __device__ __forceinline__ void tc_each(const float (&acc)[WM / 16][WN / 8][4], 
         }
 }
 
-// Serial split-K (conv_tcs, gemm_tcs): the S splits of a tile each write their accumulators to ws
-// (fragment order: float4 q of thread t of split s at ((tile * S + s) * NQ + q) * NT + t, coalesced), then
-// count themselves in cnt[tile]; the last to arrive sums the S partials in split order (the same answer
-// whichever block is last) into acc, sets the counter back to 0 for the next run and returns true: it
-// runs the epilogue. No reduce launch. cnt starts at zero (an upload) and is zero again after every run.
-#ifdef RTX_EMULATOR
-__device__ __forceinline__ float4 ld_cg4(const float4* p) { return *p; }
-#else
-__device__ __forceinline__ float4 ld_cg4(const float4* p) { return __ldcg(p); }
-#endif
-template <int WM, int WN, int NT>
-__device__ __forceinline__ bool tc_serial_fixup(float (&acc)[WM / 16][WN / 8][4], float* __restrict__ ws,
-                                                unsigned* __restrict__ cnt, int tile, int split, int S, int tid) {
-  constexpr int NQ = (WM / 16) * (WN / 8);
-  __shared__ unsigned arrived;
-  float4* __restrict__ base = reinterpret_cast<float4*>(ws) + (long long)tile * S * NQ * NT + tid;
-#pragma unroll
-  for (int i = 0; i < WM / 16; ++i)
-#pragma unroll
-    for (int j = 0; j < WN / 8; ++j)
-      base[((long long)split * NQ + i * (WN / 8) + j) * NT] = make_float4(acc[i][j][0], acc[i][j][1], acc[i][j][2], acc[i][j][3]);
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) arrived = atomicAdd(&cnt[tile], 1u);
-  __syncthreads();
-  if (arrived != (unsigned)(S - 1)) return false;
-  __threadfence();
-  // U splits' partials per round, all their loads in flight at once (a loop of one dependent load after
-  // another would cost S * NQ round trips to L2); summed in split order
-  constexpr int U = NQ >= 16 ? 1 : NQ >= 8 ? 2 : 16 / NQ;
-  float4 t[NQ];
-#pragma unroll
-  for (int q = 0; q < NQ; ++q) t[q] = make_float4(0.f, 0.f, 0.f, 0.f);
-  for (int s0 = 0; s0 < S; s0 += U) {
-    float4 v[U][NQ];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int q = 0; q < NQ; ++q)
-        v[u][q] = s0 + u < S ? ld_cg4(&base[((long long)(s0 + u) * NQ + q) * NT]) : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int q = 0; q < NQ; ++q) {
-        t[q].x += v[u][q].x;
-        t[q].y += v[u][q].y;
-        t[q].z += v[u][q].z;
-        t[q].w += v[u][q].w;
-      }
-  }
-#pragma unroll
-  for (int i = 0; i < WM / 16; ++i)
-#pragma unroll
-    for (int j = 0; j < WN / 8; ++j) {
-      const float4 r = t[i * (WN / 8) + j];
-      acc[i][j][0] = r.x;
-      acc[i][j][1] = r.y;
-      acc[i][j][2] = r.z;
-      acc[i][j][3] = r.w;
-    }
-  if (tid == 0) cnt[tile] = 0u;
-  return true;
-}
-
 // Implicit-GEMM convolution on tensor cores: C[oc, p] = sum_k W[oc, k] * im2col(X)[k, p], W fp16
 // [OC][Cg*KH*KW], X/Y fp32 NCHW. Arguments, grid and split-K workspace as conv_igemm.
-template <int BM, int BN, int BK, int WM, int WN, bool K1, bool SER>
-__device__ __forceinline__ void conv_tc_impl(const float* __restrict__ x, const unsigned short* __restrict__ w,
-                                             const float* __restrict__ bias, const float* __restrict__ res,
-                                             float* __restrict__ y, int N, int C, int H, int W, int OC, int OH, int OW,
-                                             int KH, int KW, int sh, int sw, int ph, int pw, int dh, int dw, int G,
-                                             int relu, int S, float* __restrict__ ws, const int4* __restrict__ ktab,
-                                             unsigned* __restrict__ cnt) {
+template <int BM, int BN, int BK, int WM, int WN, bool K1>
+__device__ void conv_tc(const float* __restrict__ x, const unsigned short* __restrict__ w,
+                        const float* __restrict__ bias, const float* __restrict__ res, float* __restrict__ y, int N,
+                        int C, int H, int W, int OC, int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw,
+                        int dh, int dw, int G, int relu, int S, float* __restrict__ ws,
+                        const int4* __restrict__ ktab) {
   constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8;
   static_assert(NT % BN == 0 && BK % (2 * (NT / BN)) == 0, "B loader: one pixel column, an even k run per thread");
   static_assert((BM * BK / 8) % NT == 0, "A loader: whole 8-half vectors per thread");
@@ -298,12 +233,9 @@ __device__ __forceinline__ void conv_tc_impl(const float* __restrict__ x, const 
     for (int t = 0; t < KR / 2; ++t) *reinterpret_cast<unsigned*>(&Bs[buf][bn][kr0 + 2 * t]) = rb[t];
   };
   double_buffered<BK>(kb, ke, load, store, [&](int buf) { tc_step<BK, WM, WN>(As[buf], Bs[buf], acc, wm0, wn0, lane); });
-  if (SER && S > 1 && !tc_serial_fixup<WM, WN, NT>(acc, ws, cnt, (g * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x,
-                                                    split, S, tid))
-    return;
   tc_each<WM, WN>(acc, m0 + wm0, p0 + wn0, M, P, lane, [&](float a, int m, int p) {
     const int oc = g * OCg + m;
-    if (!SER && S > 1) {
+    if (S > 1) {
       ws[((long long)split * OC + oc) * P + p] = a;
       return;
     }
@@ -315,34 +247,13 @@ __device__ __forceinline__ void conv_tc_impl(const float* __restrict__ x, const 
   });
 }
 
-#define RTX_CONV_TC_ARGS                                                                                      \
-  const float* __restrict__ x, const unsigned short* __restrict__ w, const float* __restrict__ bias,            \
-      const float* __restrict__ res, float* __restrict__ y, int N, int C, int H, int W, int OC, int OH, int OW,  \
-      int KH, int KW, int sh, int sw, int ph, int pw, int dh, int dw, int G, int relu, int S,                   \
-      float* __restrict__ ws, const int4* __restrict__ ktab
-#define RTX_CONV_TC_PASS x, w, bias, res, y, N, C, H, W, OC, OH, OW, KH, KW, sh, sw, ph, pw, dh, dw, G, relu, S, ws, ktab
-// conv_tc: split-K partials to ws[S][OC][P] for splitk_reduce (plans built before conv_tcs);
-// conv_tcs: serial split-K, no reduce launch
-template <int BM, int BN, int BK, int WM, int WN, bool K1>
-__device__ void conv_tc(RTX_CONV_TC_ARGS) {
-  conv_tc_impl<BM, BN, BK, WM, WN, K1, false>(RTX_CONV_TC_PASS, nullptr);
-}
-template <int BM, int BN, int BK, int WM, int WN, bool K1>
-__device__ void conv_tcs(RTX_CONV_TC_ARGS, unsigned* __restrict__ cnt) {
-  conv_tc_impl<BM, BN, BK, WM, WN, K1, true>(RTX_CONV_TC_PASS, cnt);
-}
-#undef RTX_CONV_TC_ARGS
-#undef RTX_CONV_TC_PASS
-
 // Batched GEMM on tensor cores, arguments and epilogue as gemm(); AH / BH: that operand is fp16 in
 // device memory (a weight), else fp32 (an activation, rounded to fp16 on its way to shared memory).
-template <int BM, int BN, int BK, int WM, int WN, bool AH, bool BH, bool SER>
-__device__ __forceinline__ void gemm_tc_impl(const void* __restrict__ A, const void* __restrict__ B,
-                                             const float* __restrict__ bias, const float* __restrict__ res,
-                                             float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk, int sBk,
-                                             int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn,
-                                             float alpha, float beta, int relu, int S, float* __restrict__ ws,
-                                             unsigned* __restrict__ cnt) {
+template <int BM, int BN, int BK, int WM, int WN, bool AH, bool BH>
+__device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, const float* __restrict__ bias,
+                        const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk,
+                        int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, float alpha,
+                        float beta, int relu, int S, float* __restrict__ ws) {
   constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8, AV = BM * BK / 8 / NT, BV = BN * BK / 8 / NT;
   static_assert((BM * BK / 8) % NT == 0 && (BN * BK / 8) % NT == 0, "whole runs of 8 k per thread");
   __shared__ __align__(16) unsigned short As[2][BM][LD];
@@ -368,32 +279,10 @@ __device__ __forceinline__ void gemm_tc_impl(const void* __restrict__ A, const v
     tc_unstage<BN, BK, NT>(rb, Bs[buf], tid);
   };
   double_buffered<BK>(g.kb, ke, load, store, [&](int buf) { tc_step<BK, WM, WN>(As[buf], Bs[buf], acc, wm0, wn0, lane); });
-  if (SER && S > 1 && !tc_serial_fixup<WM, WN, NT>(acc, ws, cnt, blockIdx.y * gridDim.x + blockIdx.x, g.split, S, tid))
-    return;
-  const int SS = SER ? 1 : S;   // serial split-K: this block holds the whole sum now
   tc_each<WM, WN>(acc, m0 + wm0, n0 + wn0, M, N, lane, [&](float a, int m, int n) {
-    gemm_store(a, m, n, g, M, N, SS, ws, bias, sbm, sbn, alpha, beta, res, Cm, relu);
+    gemm_store(a, m, n, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, relu);
   });
 }
-
-#define RTX_GEMM_TC_ARGS                                                                                      \
-  const void* __restrict__ A, const void* __restrict__ B, const float* __restrict__ bias,                       \
-      const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk, int sBk,    \
-      int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, float alpha, float beta, int relu,  \
-      int S, float* __restrict__ ws
-#define RTX_GEMM_TC_PASS A, B, bias, res, Cm, M, N, K, sAm, sAk, sBk, sBn, nb1, sA0, sA1, sB0, sB1, sbm, sbn, alpha, beta, relu, S, ws
-// gemm_tc: split-K partials to ws[S][M][N] for gemm_splitk_reduce (plans built before gemm_tcs);
-// gemm_tcs: serial split-K, no reduce launch
-template <int BM, int BN, int BK, int WM, int WN, bool AH, bool BH>
-__device__ void gemm_tc(RTX_GEMM_TC_ARGS) {
-  gemm_tc_impl<BM, BN, BK, WM, WN, AH, BH, false>(RTX_GEMM_TC_PASS, nullptr);
-}
-template <int BM, int BN, int BK, int WM, int WN, bool AH, bool BH>
-__device__ void gemm_tcs(RTX_GEMM_TC_ARGS, unsigned* __restrict__ cnt) {
-  gemm_tc_impl<BM, BN, BK, WM, WN, AH, BH, true>(RTX_GEMM_TC_PASS, cnt);
-}
-#undef RTX_GEMM_TC_ARGS
-#undef RTX_GEMM_TC_PASS
 
 // Fused attention on tensor cores (flash attention): O = softmax(scale * Q Kt + mask) V for a block of
 // 64 queries (16 per warp) of batch b = b0 * nb1 + b1; keys and values stream through shared memory
@@ -604,13 +493,11 @@ TC_FAMILIES: dict[str, str] = {
                 "int sV0, int sV1, int sVn, int sVd, int sM0, int sM1, int sMm, int sMn, int sO0, int sO1, int sOm, "
                 "int sOd, float scale, int guard"),
 }
-TC_FAMILIES["conv_tcs"] = _CONV + ", unsigned* cnt"
-TC_FAMILIES["gemm_tcs"] = TC_FAMILIES["gemm_tc"] + ", unsigned* cnt"
 TC_FAMILIES["attn_tc_part"] = TC_FAMILIES["attn_tc"] + ", int nsplit, float* ws"
 TC_FAMILIES["attn_combine"] = ("const float* ws, float* o, int Sq, int DV, int nb, int nb1, int nsplit, int sO0, "
                                "int sO1, int sOm, int sOd, int guard")
-TC_TEMPLATE_KINDS: dict[str, str] = {"conv_tc": "iiiiib", "gemm_tc": "iiiiibb", "conv_tcs": "iiiiib",
-                                     "gemm_tcs": "iiiiibb", "attn_tc": "i", "attn_tc_part": "i", "attn_combine": "i"}
+TC_TEMPLATE_KINDS: dict[str, str] = {"conv_tc": "iiiiib", "gemm_tc": "iiiiibb", "attn_tc": "i", "attn_tc_part": "i",
+                                     "attn_combine": "i"}
 
 #: tensor-core block tiles (BM, BN, BK, WM, WN): 4 warps each (128 threads); BM over output channels
 #: (conv) / rows (gemm), BN over output pixels / columns. The tuner times them per layer.

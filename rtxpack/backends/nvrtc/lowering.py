@@ -91,8 +91,8 @@ def _conv_specs(node, ws: Sequence[int]) -> list[KernelSpec]:
         return [KernelSpec("conv_direct")]
     k1 = (ws[2] == 1 and ws[3] == 1 and list(a.get("strides", [1, 1])) == [1, 1]
           and not any(a.get("pads", [0] * 4)) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"))
-    if a.get("tc"):            # serial split-K: no reducer
-        return [KernelSpec("conv_tcs", t + (int(k1),)) for t in TC_TILES.values()]
+    if a.get("tc"):
+        return [KernelSpec("conv_tc", t + (int(k1),)) for t in TC_TILES.values()] + [KernelSpec("splitk_reduce")]
     return [KernelSpec("conv_igemm", TILES[t] + (int(k1),)) for t in ("large", "big", "small")] + \
         [KernelSpec("splitk_reduce")]
 
@@ -101,7 +101,8 @@ def _gemm_specs(node: Mapping[str, Any]) -> list[KernelSpec]:
     a = node["attrs"]
     if a.get("tc"):
         half = set(a.get("tc_half", ()))
-        return [KernelSpec("gemm_tcs", t + (int(0 in half), int(1 in half))) for t in TC_TILES.values()]
+        return [KernelSpec("gemm_tc", t + (int(0 in half), int(1 in half))) for t in TC_TILES.values()] + \
+            [KernelSpec("gemm_splitk_reduce")]
     return [KernelSpec("gemm", t) for t in GEMM_TILES.values()] + [KernelSpec("gemm_splitk_reduce")]
 
 
@@ -144,23 +145,6 @@ def _plan_tiles(node: Mapping[str, Any], family: str, table: Mapping[str, tuple[
     own = sorted({s.targs[:5] for s in have if s.family == family and s.targs[5:] == suffix},
                  key=lambda t: (-t[0] * t[1], t))
     return {"x".join(map(str, t)): t for t in own} or table
-
-
-def _tc_family(node: Mapping[str, Any], serial: str, legacy: str) -> str:
-    """The tensor-core family to plan with: ``serial`` (split-K summed by the tile's last block), unless the
-    loaded plan was built before it and carries only ``legacy`` (split-K through a reduce launch)."""
-    have = node.get("kernels")
-    if have is None or any(s.family == serial for s in have) or not any(s.family == legacy for s in have):
-        return serial
-    return legacy
-
-
-def _serial_split(y: str, tiles: int, splits: int, bm: int, bn: int, extra: dict[str, Any]) -> list[str]:
-    """Scratch of a serial split-K launch: every split's partial tile (``splits * tiles * bm * bn`` floats)
-    and one arrival counter per tile, zero when uploaded and set back to zero by the tile's last block."""
-    extra[f"{y}#splitk"] = splits * tiles * bm * bn * 4
-    extra[f"{y}#arrive"] = np.zeros(tiles, np.int32)
-    return [f"{y}#splitk", f"{y}#arrive"]
 
 
 def _choose(node: Mapping[str, Any], cands: list[tuple[str, int]], heuristic: tuple[str, int]
@@ -435,7 +419,7 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     P, M, K = x[0] * oh * ow, oc // g, int(ws[1]) * kh * kw
     # (tile, split-K) candidates for the tuner; the heuristic: the biggest tile that still gives half
     # a wave of blocks, split-K then fills the GPU
-    family, k1 = (_tc_family(node, "conv_tcs", "conv_tc") if a.get("tc") else "conv_igemm"), (specs[0].targs[5],)
+    family, k1 = ("conv_tc" if a.get("tc") else "conv_igemm"), (specs[0].targs[5],)
     tiles = _plan_tiles(node, family, TC_TILES if a.get("tc") else TILES, k1)
     cands, heur = _tile_candidates(M, P, K, g, num_sms, g == 1, tiles)
     (label, splits), extra = _choose(node, cands, heur)
@@ -450,9 +434,6 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
         dkh, dkw = (r // kw) * dh, (r % kw) * dw
         extra[ktab] = np.stack([c * x[2] * x[3] + dkh * x[3] + dkw, dkh, dkw, np.zeros_like(c)], 1).astype(np.int32)
     grid = (math.ceil(P / bn), math.ceil(M / bm), g * splits)
-    if family == "conv_tcs":
-        scratch = _serial_split(y, grid[0] * grid[1], splits, bm, bn, extra) if splits > 1 else ["", ""]
-        return [out], [Launch(spec, grid, spec.block_threads, args + [splits, scratch[0], ktab, scratch[1]])], extra
     if splits == 1:
         return [out], [Launch(spec, grid, spec.block_threads, args + [1, "", ktab])], extra
     scratch = f"{y}#splitk"
@@ -542,8 +523,7 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     args = [ins[0], ins[1], bias, res, y, M, N, K, sAm, sAk, sBk, sBn, nb1, sA0, sA1, sB0, sB1,
             sbm, sbn, alpha, beta, int(a.get("relu", 0))]
     half = set(a.get("tc_half", ()))
-    family, suffix = (_tc_family(node, "gemm_tcs", "gemm_tc"), (int(0 in half), int(1 in half))) if a.get("tc") \
-        else ("gemm", ())
+    family, suffix = ("gemm_tc", (int(0 in half), int(1 in half))) if a.get("tc") else ("gemm", ())
     tiles = _plan_tiles(node, family, TC_TILES if a.get("tc") else GEMM_TILES, suffix)
     cands, heur = _tile_candidates(M, N, K, nbatch, num_sms, nbatch == 1, tiles)
     (label, splits), extra = _choose(node, cands, heur)
@@ -553,10 +533,6 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
         if a.get("tc_bt"):            # B's fp16 copy is stored [N, K] (see use_tensor_cores)
             args[1], args[10], args[11] = ins[1] + "#ht", 1, K
     bm, bn = spec.targs[0], spec.targs[1]
-    if family == "gemm_tcs":
-        grid = (math.ceil(N / bn), math.ceil(M / bm), nbatch * splits)
-        scratch = _serial_split(y, grid[0] * grid[1], splits, bm, bn, extra) if splits > 1 else ["", ""]
-        return [out], [Launch(spec, grid, spec.block_threads, args + [splits] + scratch)], extra
     if splits == 1:
         return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), nbatch), spec.block_threads,
                               args + [1, ""])], extra
