@@ -249,3 +249,43 @@ def test_an_add_reads_a_transposed_operand_in_place(tmp_path: Path, precision: s
     with EmuLoadedPlan(build_plan(path, precision=precision)) as p:
         assert_close(p.run({"x": x})["out"], ref, rel=TOL[precision])
         assert _count(p.launch_counts, "strided_copy") == 1, p.launch_counts
+
+
+def _concat_after(path: Path, attention: bool) -> Path:
+    """A residual that is a Concat whose first part is written early (by a copy elision moves ahead, or by a
+    fused attention writing straight into it) and whose last part after the GEMM the Add follows: the Add
+    must not become that GEMM's epilogue (found by an outside review: the GEMM read the unfilled part)."""
+    rng = np.random.default_rng(1)
+    n = helper.make_node
+    vi = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)   # noqa: E731
+    init = lambda name, a: numpy_helper.from_array(np.asarray(a), name)                      # noqa: E731
+    if attention:
+        S, H, d = 40, 2, 32
+        nodes = [n("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), n("MatMul", ["q", "kt"], ["s0"]),
+                 n("Mul", ["s0", "scale"], ["s1"]), n("Softmax", ["s1"], ["pr"], axis=-1),
+                 n("MatMul", ["pr", "v"], ["o"]), n("MatMul", ["xg", "Wg"], ["g"]),
+                 n("Concat", ["o", "z"], ["y"], axis=1), n("Reshape", ["g", "s"], ["gr"]), n("Add", ["gr", "y"], ["out"])]
+        inits = [init("scale", np.array(d ** -0.5, np.float32)), init("s", np.array([1, 2 * H, S, d], np.int64)),
+                 init("Wg", (rng.standard_normal((16, d)) / 4).astype(np.float32))]
+        ins = [vi("q", [1, H, S, d]), vi("k", [1, H, S, d]), vi("v", [1, H, S, d]), vi("xg", [2 * H * S, 16]),
+               vi("z", [1, H, S, d])]
+    else:
+        nodes = [n("Concat", ["a", "a"], ["r"], axis=1), n("MatMul", ["z", "W"], ["g"]),
+                 n("Concat", ["r", "b"], ["y"], axis=1), n("Reshape", ["g", "s"], ["gr"]), n("Add", ["gr", "y"], ["out"])]
+        inits = [init("W", (rng.standard_normal((6, 16)) / 3).astype(np.float32)), init("s", np.array([4, 16], np.int64))]
+        ins = [vi("a", [4, 4]), vi("b", [4, 8]), vi("z", [4, 6])]
+    graph = helper.make_graph(nodes, "late", ins, [vi("out", None)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+@pytest.mark.parametrize("precision, attention", [("fp32", False), ("fp16", True)])
+def test_a_residual_still_being_filled_is_no_epilogue(tmp_path: Path, precision: str, attention: bool) -> None:
+    path = _concat_after(tmp_path / "c.onnx", attention)
+    rng = np.random.default_rng(2)
+    feeds = {i.name: rng.standard_normal([d.dim_value for d in i.type.tensor_type.shape.dim]).astype(np.float32)
+             for i in onnx.load(path).graph.input}
+    with EmuLoadedPlan(build_plan(path, precision=precision), num_sms=8) as p:
+        assert_close(p.run(feeds)["out"], reference(path, feeds)["out"], rel=TOL[precision])

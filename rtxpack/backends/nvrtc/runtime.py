@@ -255,13 +255,14 @@ class NvrtcLoadedPlan:
     def _addr(self, st: ShapePlan, arena: int, name: str, extra: Mapping[str, int] | None = None) -> int:
         if not name:
             return 0
-        if extra and name in extra:
-            return extra[name]
         r = st.root.get(name, name)
+        at = getattr(name, "offset", 0) * ITEMSIZE[st.dtypes.get(r, "float32")]   # an At: from an element on
+        if extra and name in extra:
+            return extra[name] + at
         if r in self._waddr:
-            return self._waddr[r]
+            return self._waddr[r] + at
         if r in st.offsets:
-            return arena + st.offsets[r] + getattr(name, "offset", 0) * ITEMSIZE[st.dtypes.get(r, "float32")]
+            return arena + st.offsets[r] + at
         raise BackendError(f"tensor {name!r} has no device memory", fix="report this model to rtxpack")
 
     def pack_args(self, sp: ShapePlan, arena: int, ln: Any, extra: Mapping[str, int] | None = None

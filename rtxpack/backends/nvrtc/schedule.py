@@ -175,8 +175,9 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
     keep = {root.get(o, o) for o in graph["outputs"]} | set(uploads) | {i["name"] for i in graph["inputs"]}
     views: dict[str, tuple] = {}
     residuals: dict[str, tuple] = {}
+    complete = dict(born)      # the step after which a tensor is whole (copy elision moves births earlier)
     launches = elide_copies(launches, steps, root, born, last, keep, shapes, tunable, views)
-    launches = fold_residual_adds(launches, steps, root, born, last, keep, shapes, tunable, residuals)
+    launches = fold_residual_adds(launches, steps, root, born, last, keep, shapes, tunable, residuals, complete)
     # the model's inputs keep their slots for the whole run: no kernel ever writes over them, so a
     # run can be replayed (a CUDA graph, a benchmark) without copying the inputs in again
     for i in graph["inputs"]:
@@ -587,12 +588,13 @@ def as_planned(launches: list[Launch], sp: ShapePlan) -> list[Launch]:
 
 def fold_residual_adds(launches: list[Launch], steps: list[int], root: dict[str, str], born: dict[str, int],
                        last: dict[str, int], keep: set[str], shapes: Mapping[str, Shape], tunable: list["Tunable"],
-                       residuals: dict[str, tuple]) -> list[Launch]:
+                       residuals: dict[str, tuple], complete: Mapping[str, int]) -> list[Launch]:
     """An Add of a GEMM's / convolution's output (no activation, nothing else reads it) and a tensor alive
     before that layer ran goes into the layer's epilogue as its residual: the layer writes the sum, the
     Add goes (a transformer's residual after the Transpose / Reshape that hid it from the graph's fusion).
     ``residuals`` records it for the tuner's candidates; ``root``, lifetimes, ``steps`` and ``tunable``
-    are updated."""
+    are updated. ``complete``: the step at which each tensor is whole (its node's), since copy elision
+    moves the birth of a Concat's buffer to its first part's writer while later parts come after."""
     def R(t: str) -> str:
         return root.get(t, t)
 
@@ -614,8 +616,8 @@ def fold_residual_adds(launches: list[Launch], steps: list[int], root: dict[str,
             if not layer or any(steps[k] != born[r] for k in layer) or layer != list(range(layer[0], layer[-1] + 1)):
                 continue
             o = R(other)
-            if born.get(o, -1) >= born[r] or out not in born:
-                continue        # the residual is made after the layer ran (or the sum is a buffer with a life of its own)
+            if max(born.get(o, -1), complete.get(o, -1)) >= born[r] or out not in born:
+                continue        # the residual is (partly) made after the layer ran, or the sum has no slot of its own
             got = fold_residual(launches[layer[0]:layer[-1] + 1], r, ln.args[2], other, R)
             if got is None:
                 continue
