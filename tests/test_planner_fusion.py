@@ -22,13 +22,10 @@ from onnx import TensorProto, helper, numpy_helper
 from cudaemu import EmuLoadedPlan, build_plan, compiler
 from nvrtc_helpers import assert_close, rand, reference
 from rtxpack.backends.nvrtc.launch import At
+from test_nvrtc_fp16 import _prefer
 
 pytestmark = pytest.mark.skipif(compiler() is None, reason="needs g++ to compile the kernels for the CPU")
 TOL = {"fp32": 1e-4, "fp16": 1e-2}
-
-
-def _prefer(k: int):
-    return lambda layer, label: 0.0 if label == layer.labels[k % len(layer.labels)] else 1.0
 
 
 def _block(path: Path, S: int = 40, E: int = 64, H: int = 2, act: str = "", late_residual: bool = False) -> Path:

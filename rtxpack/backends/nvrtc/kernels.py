@@ -44,8 +44,8 @@ template <int OP> __device__ __forceinline__ float unary_op(float x, float a, fl
 __device__ __forceinline__ float epilogue_act(int act, float v) {
   if (act == 1) return fmaxf(v, 0.f);
   if (act == 2) return unary_op<5>(v, 0.f, 0.f);
-  if (act == 3) return v / (1.f + expf(-v));
-  if (act == 4) return 1.f / (1.f + expf(-v));
+  if (act == 3) return v * unary_op<2>(v, 0.f, 0.f);   // as the unfused Sigmoid, then Mul
+  if (act == 4) return unary_op<2>(v, 0.f, 0.f);
   if (act == 5) return v * fminf(fmaxf(v * (1.f / 6.f) + 0.5f, 0.f), 1.f);
   return v;
 }

@@ -502,9 +502,10 @@ def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs:
     return [nd for k, nd in enumerate(nodes) if k not in drop]
 
 
-#: activations a Conv / Gemm / MatMul epilogue applies, by their code in kernels.epilogue_act (SiLU, 3, is
-#: the Sigmoid + Mul pair exporters write)
+#: activations a Conv / Gemm / MatMul epilogue applies, by their code in kernels.epilogue_act; SILU: the
+#: Sigmoid + Mul pair exporters write
 ACTIVATIONS = {"Relu": 1, "Gelu": 2, "Sigmoid": 4, "HardSwish": 5}
+SILU = 3
 
 
 def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[str, list], outputs: set[str],
@@ -578,7 +579,7 @@ def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[s
             out, pos = nodes[j]["outputs"][0], j
             removed.add(j)
         elif j is None and (silu := silu_after(out)) is not None:
-            attrs["relu"] = 3
+            attrs["relu"] = SILU
             out, pos = nodes[silu[1]]["outputs"][0], silu[1]
             removed.update(silu)
         if pos != i:

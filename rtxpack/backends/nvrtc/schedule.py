@@ -353,19 +353,18 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
     another copy then moves whole, in order, write to that copy's output instead; a copy that moves a
     buffer whole, in order, makes its output an alias of its input; a copy whose buffer nobody reads any
     more goes. Only buffers that copies alone write and no other kernel touches, never the model's
-    inputs, outputs or uploads. A fused attention reads Q, Kt and V through the copy that wrote them
-    (``read_attention_through``; ``views`` records those copies for the tuner's candidates). Updates ``root``
-    and the lifetimes; returns the remaining launches (``tunable`` re-indexed)."""
+    inputs, outputs or uploads. A fused attention reads Q, Kt and V through the copy that wrote them and
+    writes through the copy that moves its output (``attention_through``), an element-wise binary reads
+    through the copy that wrote an operand (``binary_through``); ``views`` records those copies for the
+    tuner's candidates. Updates ``root`` and the lifetimes; returns the remaining launches (``tunable``
+    re-indexed)."""
     def R(t: str) -> str:
         return root.get(t, t)
 
     def is_copy(ln: Launch) -> bool:
         return ln.spec.family in ("strided_copy", "strided_copy_b")
 
-    touch: dict[str, list[int]] = {}
-    for i, ln in enumerate(launches):
-        for a in {R(a) for a in ln.args if isinstance(a, str) and a}:
-            touch.setdefault(a, []).append(i)
+    touch = _touches(launches, R)
 
     def writer(r: str) -> int | None:
         """The one launch that writes ``r``, whole and in order, when it is a copy (else None)."""
@@ -521,13 +520,22 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
             dropped.add(users[0])
             born.pop(r, None)
             last.pop(r, None)
-    if not dropped:
-        return launches
     return _drop(launches, dropped, steps, tunable)
+
+
+def _touches(launches: list[Launch], R: Any) -> dict[str, list[int]]:
+    """The launches (indices, in order) naming each buffer, by its root ``R``."""
+    touch: dict[str, list[int]] = {}
+    for i, ln in enumerate(launches):
+        for a in {R(a) for a in ln.args if isinstance(a, str) and a}:
+            touch.setdefault(a, []).append(i)
+    return touch
 
 
 def _drop(launches: list[Launch], dropped: set[int], steps: list[int], tunable: list["Tunable"]) -> list[Launch]:
     """``launches`` without the ``dropped`` ones; ``steps`` (in place) and ``tunable`` re-indexed."""
+    if not dropped:
+        return launches
     index, kept = {}, []
     for i, ln in enumerate(launches):
         if i not in dropped:
@@ -598,10 +606,7 @@ def fold_residual_adds(launches: list[Launch], steps: list[int], root: dict[str,
     def R(t: str) -> str:
         return root.get(t, t)
 
-    touch: dict[str, list[int]] = {}
-    for i, ln in enumerate(launches):
-        for a in {R(a) for a in ln.args if isinstance(a, str) and a}:
-            touch.setdefault(a, []).append(i)
+    touch = _touches(launches, R)
     dropped: set[int] = set()
     for i, ln in enumerate(launches):
         if not _is_add(ln):
@@ -612,7 +617,7 @@ def fold_residual_adds(launches: list[Launch], steps: list[int], root: dict[str,
             if r in keep or r not in born or r == R(other) or out == r or users[-1:] != [i] or \
                     int(np.prod(shapes.get(r, (-1,)))) != ln.args[3]:
                 continue
-            layer = [k for k in users[:-1]]
+            layer = users[:-1]
             if not layer or any(steps[k] != born[r] for k in layer) or layer != list(range(layer[0], layer[-1] + 1)):
                 continue
             o = R(other)
@@ -632,7 +637,7 @@ def fold_residual_adds(launches: list[Launch], steps: list[int], root: dict[str,
             last.pop(r, None)
             dropped.add(i)
             break
-    return _drop(launches, dropped, steps, tunable) if dropped else launches
+    return _drop(launches, dropped, steps, tunable)
 
 
 def _plan_node(nd: Mapping[str, Any], in_shapes: list, hv: Any, num_sms: int) -> Any:
