@@ -17,7 +17,7 @@ import pytest
 from cudaemu import EmuLoadedPlan, build_plan, compiler
 from nvrtc_helpers import local_cc, rand, reference
 from rtxpack.backends.nvrtc import NvrtcBackend
-from rtxpack.backends.nvrtc.kernels_tc import TC_TILES
+from rtxpack.backends.nvrtc.kernels_tc import tc_tiles
 from rtxpack.backends.nvrtc.plan import read_plan
 from rtxpack.core.errors import UnsupportedModel
 from test_nvrtc_gpu import _models
@@ -80,10 +80,11 @@ def test_every_tuning_candidate_gives_the_same_answer(models) -> None:
                 seen |= set(p.launch_counts)
             for key, r in ref.items():
                 assert rel_err(out[key], r) <= FP16_TOL, (name, k, key)
-    for bm, bn, bk, wm, wn in TC_TILES.values():
-        for k1 in (0, 1):
+    for k1 in (0, 1):
+        for bm, bn, bk, wm, wn in tc_tiles("conv_tc", (k1,)).values():
             assert any(s.startswith(f"conv_tc<{bm},{bn},{bk},{wm},{wn},{k1}>") for s in seen), (bm, bn, k1)
-        assert any(s.startswith(f"gemm_tc<{bm},{bn},{bk},{wm},{wn},") for s in seen), (bm, bn)
+    for bm, bn, bk, wm, wn in tc_tiles("gemm_tc", (0, 1)).values():
+        assert any(s.startswith(f"gemm_tc<{bm},{bn},{bk},{wm},{wn},0,1>") for s in seen), (bm, bn)
     assert any(s.endswith("/splitK") and s.startswith("conv_tc<") for s in seen)    # GEMM's: the next test
 
 
@@ -120,8 +121,10 @@ def test_every_fp16_gemm_candidate_gives_the_same_answer(tmp_path: Path) -> None
             for key, r in ref.items():
                 assert rel_err(out[key], r) <= FP16_TOL, (name, k, key)
                 assert np.array_equal(out[key], out2[key]), (name, k, key)
-    for bm, bn, bk, wm, wn in TC_TILES.values():
-        assert any(s.startswith(f"gemm_tc<{bm},{bn},{bk},{wm},{wn},") and s.endswith("/splitK") for s in seen), bm
+    for halves in ((0, 1), (0, 0)):        # a weight (fp16 in shared memory), two activations (fp32)
+        for bm, bn, bk, wm, wn in tc_tiles("gemm_tc", halves).values():
+            head = f"gemm_tc<{bm},{bn},{bk},{wm},{wn},{halves[0]},{halves[1]}>"
+            assert any(s.startswith(head) and s.endswith("/splitK") for s in seen), head
     assert any(s.startswith("gemm_splitk_reduce") for s in seen)
 
 

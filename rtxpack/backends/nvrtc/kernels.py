@@ -113,6 +113,14 @@ struct Im2col {
     const int ih = ih0 + tb.y, iw = iw0 + tb.z;
     return ih >= 0 && ih < H && iw >= 0 && iw < W ? base[tb.x] : 0.f;
   }
+  // the address of element k < ke of the column, nullptr where it is zero (padding, past the last pixel)
+  template <bool K1> __device__ __forceinline__ const float* addr(int k, int ke, const int4* __restrict__ ktab) const {
+    if (!valid || k >= ke) return nullptr;
+    if (K1) return base + (long long)k * HW;
+    const int4 tb = ktab[k];
+    const int ih = ih0 + tb.y, iw = iw0 + tb.z;
+    return ih >= 0 && ih < H && iw >= 0 && iw < W ? base + tb.x : nullptr;
+  }
 };
 template <bool K1>
 __device__ __forceinline__ Im2col im2col_column(const float* __restrict__ x, int p, int P, int C, int c0, int H,

@@ -105,25 +105,126 @@ __device__ __forceinline__ float h2f(unsigned short h) {
 __device__ __forceinline__ unsigned pack_h2(unsigned short lo, unsigned short hi) {
   return (unsigned)lo | ((unsigned)hi << 16);
 }
+// two floats rounded to fp16 and packed, lo in the low 16 bits (one cvt.rn.f16x2.f32 on Ampere and newer)
+__device__ __forceinline__ unsigned f2h2(float lo, float hi) {
+#if !defined(RTX_EMULATOR) && __CUDA_ARCH__ >= 800
+  unsigned r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+#else
+  return pack_h2(f2h(lo), f2h(hi));
+#endif
+}
+
+// ---- asynchronous copies global -> shared (cp.async, Ampere and newer). ``ok`` false writes zeros and
+// reads nothing (``g`` must still be a valid address). cp_async_wait<N>() waits until at most N
+// committed groups are pending. Turing and the CPU emulator copy at once, which every use allows.
+#if defined(RTX_EMULATOR) || __CUDA_ARCH__ < 800
+__device__ __forceinline__ void cp_async4(void* s, const void* g, bool ok) {
+  *static_cast<unsigned*>(s) = ok ? *static_cast<const unsigned*>(g) : 0u;
+}
+__device__ __forceinline__ void cp_async16(void* s, const void* g, bool ok) {
+  *static_cast<uint4*>(s) = ok ? *static_cast<const uint4*>(g) : make_uint4(0u, 0u, 0u, 0u);
+}
+__device__ __forceinline__ void cp_async_commit() {}
+template <int N> __device__ __forceinline__ void cp_async_wait() {}
+#else
+__device__ __forceinline__ void cp_async4(void* s, const void* g, bool ok) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(s)),
+               "l"(g), "r"(ok ? 4 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async16(void* s, const void* g, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"((unsigned)__cvta_generic_to_shared(s)),
+               "l"(g), "r"(ok ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+#endif
 """
 
 TC_SOURCE = MMA_SOURCE + r"""
-// One BK-deep step of a block tile held in shared memory as As[BM][BK + 8] (m x k) and Bs[BN][BK + 8]
-// (n x k): warp (wm0, wn0) accumulates its WM x WN tile into acc.
-template <int BK, int WM, int WN>
-__device__ __forceinline__ void tc_step(const unsigned short (*As)[BK + 8], const unsigned short (*Bs)[BK + 8],
-                                        float (&acc)[WM / 16][WN / 8][4], int wm0, int wn0, int lane) {
+// Operand tiles in shared memory, per pipeline stage: fp16 [rows][BK + 8] (ldmatrix), fp32 [rows][BK + 8]
+// (activations copied as they are and rounded to fp16 as fragments are built: float2 loads, rows
+// BK + 8 floats apart, so the 16 lanes of a half warp hit 32 distinct banks), or fp32 k-major
+// [BK][cols + 4] (the im2col of a convolution, copied along output pixels: conflict-free too).
+template <int LD> struct TcKMajor { const float (*s)[LD]; };
+
+template <int LD>
+__device__ __forceinline__ void tc_frag_a(unsigned (&r)[4], const unsigned short (*s)[LD], int r0, int kk, int lane) {
+  ldmatrix_x4(r, &s[r0 + (lane & 15)][kk + (lane >> 4) * 8]);
+}
+template <int LD>
+__device__ __forceinline__ void tc_frag_a(unsigned (&r)[4], const float (*s)[LD], int r0, int kk, int lane) {
+  const int g = lane >> 2, k = kk + 2 * (lane & 3);
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const float2 v = *reinterpret_cast<const float2*>(&s[r0 + g + (e & 1) * 8][k + (e >> 1) * 8]);
+    r[e] = f2h2(v.x, v.y);
+  }
+}
+template <int LD>
+__device__ __forceinline__ void tc_frag_b(unsigned (&r)[2], const unsigned short (*s)[LD], int n0, int kk, int lane) {
+  ldmatrix_x2(r, &s[n0 + (lane & 7)][kk + ((lane >> 3) & 1) * 8]);
+}
+template <int LD>
+__device__ __forceinline__ void tc_frag_b(unsigned (&r)[2], const float (*s)[LD], int n0, int kk, int lane) {
+  const int g = lane >> 2, k = kk + 2 * (lane & 3);
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+    const float2 v = *reinterpret_cast<const float2*>(&s[n0 + g][k + e * 8]);
+    r[e] = f2h2(v.x, v.y);
+  }
+}
+template <int LD>
+__device__ __forceinline__ void tc_frag_b(unsigned (&r)[2], TcKMajor<LD> t, int n0, int kk, int lane) {
+  const int n = n0 + (lane >> 2), k = kk + 2 * (lane & 3);
+  r[0] = f2h2(t.s[k][n], t.s[k + 1][n]);
+  r[1] = f2h2(t.s[k + 8][n], t.s[k + 9][n]);
+}
+
+// One BK-deep step of a block tile held in shared memory, A (m x k) and B (n x k, or k-major): warp
+// (wm0, wn0) accumulates its WM x WN tile into acc.
+template <int BK, int WM, int WN, class TA, class TB>
+__device__ __forceinline__ void tc_step(TA As, TB Bs, float (&acc)[WM / 16][WN / 8][4], int wm0, int wn0, int lane) {
 #pragma unroll
   for (int kk = 0; kk < BK; kk += 16) {
     unsigned a[WM / 16][4], b[WN / 8][2];
 #pragma unroll
-    for (int i = 0; i < WM / 16; ++i) ldmatrix_x4(a[i], &As[wm0 + i * 16 + (lane & 15)][kk + (lane >> 4) * 8]);
+    for (int i = 0; i < WM / 16; ++i) tc_frag_a(a[i], As, wm0 + i * 16, kk, lane);
 #pragma unroll
-    for (int j = 0; j < WN / 8; ++j) ldmatrix_x2(b[j], &Bs[wn0 + j * 8 + (lane & 7)][kk + ((lane >> 3) & 1) * 8]);
+    for (int j = 0; j < WN / 8; ++j) tc_frag_b(b[j], Bs, wn0 + j * 8, kk, lane);
 #pragma unroll
     for (int i = 0; i < WM / 16; ++i)
 #pragma unroll
       for (int j = 0; j < WN / 8; ++j) mma_m16n8k16_f16f32(acc[i][j], a[i], b[j], acc[i][j]);
+  }
+}
+
+// Pipeline stages of a tensor-core kernel whose stage takes ``bytes`` of shared memory: as many as
+// fit in 48 KB (static shared memory), at most 4. kernels_tc.tc_stages is the same rule in Python.
+__host__ __device__ constexpr int tc_stages(int bytes) { return 49152 / bytes < 4 ? 49152 / bytes : 4; }
+
+// The k loop of the tensor-core kernels: fill(stage, k0) issues the asynchronous copies of the
+// BK-slice at k0 into shared stage ``stage`` of ST, step(stage) multiplies one. ST - 1 slices are in
+// flight while one is multiplied; one barrier per slice (it also frees the stage the next fill reuses).
+template <int BK, int ST, class Fill, class Step>
+__device__ __forceinline__ void pipelined(int kb, int ke, Fill&& fill, Step&& step) {
+  static_assert(ST >= 2, "a pipeline needs two stages");
+  const int nk = (ke - kb + BK - 1) / BK;
+#pragma unroll
+  for (int s = 0; s < ST - 1; ++s) {
+    if (s < nk) fill(s, kb + s * BK);
+    cp_async_commit();
+  }
+  for (int i = 0; i < nk; ++i) {
+    cp_async_wait<ST - 2>();
+    __syncthreads();
+    const int f = i + ST - 1;
+    if (f < nk) fill(f % ST, kb + f * BK);
+    cp_async_commit();
+    step(i % ST);
   }
 }
 
@@ -172,6 +273,45 @@ __device__ __forceinline__ void tc_unstage(const uint4 (&r)[ROWS * BK / 8 / NT],
   }
 }
 
+// Issue the copies of a ROWS x BK slice of an operand (rows r0.., k from k0; element (r, k) at
+// ofs + r * sR + k * sK) into a shared stage s[ROWS][BK + 8], zeros past R rows or at k >= ke.
+// fp16 (weights): 16-byte copies of 8 k when ``vec`` (k-contiguous, 16-byte aligned rows), else the 8
+// halves are gathered and stored at once. fp32 (activations): 16-byte copies of 4 k when ``vec``, else
+// one 4-byte copy per element, consecutive threads on consecutive rows when those are adjacent (sR == 1).
+template <int ROWS, int BK, int NT>
+__device__ __forceinline__ void tc_fill(unsigned short (*s)[BK + 8], const void* p, long long ofs, int r0, int R,
+                                        int sR, int sK, int k0, int ke, bool vec, int tid) {
+  const unsigned short* __restrict__ h = static_cast<const unsigned short*>(p);
+#pragma unroll
+  for (int t = 0; t < ROWS * BK / 8 / NT; ++t) {
+    const int e = tid + t * NT, row = e / (BK / 8), kc = 8 * (e % (BK / 8)), k = k0 + kc;
+    const bool ok = r0 + row < R && k < ke;
+    const long long at = ofs + (long long)(r0 + row) * sR + (long long)k * sK;
+    if (vec) cp_async16(&s[row][kc], ok ? h + at : h, ok);
+    else *reinterpret_cast<uint4*>(&s[row][kc]) = ok ? tc_gather8<true>(p, at, sK, ke - k) : make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+template <int ROWS, int BK, int NT>
+__device__ __forceinline__ void tc_fill(float (*s)[BK + 8], const void* p, long long ofs, int r0, int R, int sR,
+                                        int sK, int k0, int ke, bool vec, int tid) {
+  const float* __restrict__ f = static_cast<const float*>(p);
+  if (vec) {
+#pragma unroll
+    for (int t = 0; t < ROWS * BK / 4 / NT; ++t) {
+      const int e = tid + t * NT, row = e / (BK / 4), kc = 4 * (e % (BK / 4)), k = k0 + kc;
+      const bool ok = r0 + row < R && k < ke;
+      cp_async16(&s[row][kc], ok ? f + ofs + (long long)(r0 + row) * sR + k : f, ok);
+    }
+    return;
+  }
+#pragma unroll 4
+  for (int t = 0; t < ROWS * BK / NT; ++t) {
+    const int e = tid + t * NT, row = sR == 1 ? e % ROWS : e / BK, kc = sR == 1 ? e / ROWS : e % BK, k = k0 + kc;
+    const bool ok = r0 + row < R && k < ke;
+    cp_async4(&s[row][kc], ok ? f + ofs + (long long)(r0 + row) * sR + (long long)k * sK : f, ok);
+  }
+}
+
 // f(value, row, column) for each accumulator element this lane holds of its warp's tile at (r0, c0)
 // that lies inside the R x C output (the fragment layout of mma.m16n8k16's C/D).
 template <int WM, int WN, class F>
@@ -198,12 +338,13 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
                         int C, int H, int W, int OC, int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw,
                         int dh, int dw, int G, int relu, int S, float* __restrict__ ws,
                         const int4* __restrict__ ktab) {
-  constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8;
-  static_assert(NT % BN == 0 && BK % (2 * (NT / BN)) == 0, "B loader: one pixel column, an even k run per thread");
+  constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LA = BK + 8, LB = BN + 4;
+  constexpr int ST = tc_stages(BM * LA * 2 + BK * LB * 4);
+  static_assert(NT % BN == 0 && BK % (NT / BN) == 0, "B loader: one pixel column, a k run per thread");
   static_assert((BM * BK / 8) % NT == 0, "A loader: whole 8-half vectors per thread");
   constexpr int KR = BK / (NT / BN);   // k run per thread (B)
-  __shared__ __align__(16) unsigned short As[2][BM][LD];
-  __shared__ __align__(16) unsigned short Bs[2][BN][LD];
+  __shared__ __align__(16) unsigned short As[ST][BM][LA];   // weights, fp16
+  __shared__ __align__(16) float Bs[ST][BK][LB];            // im2col, fp32, k-major
   const int g = blockIdx.z / S, split = blockIdx.z - g * S, Cg = C / G, OCg = OC / G;
   const int M = OCg, OHW = OH * OW, P = N * OHW, KK = KH * KW, K = Cg * KK;
   const int kchunk = ((K + S * BK - 1) / (S * BK)) * BK;
@@ -216,23 +357,15 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
   // this thread's im2col column (output pixel) and k run are fixed: decode the pixel once
   const int bn = tid % BN, kr0 = (tid / BN) * KR;
   const Im2col col = im2col_column<K1>(x, p0 + bn, P, C, g * Cg, H, W, OH, OW, sh, sw, ph, pw);
-  uint4 ra[BM * BK / 8 / NT];
-  unsigned rb[KR / 2];
-  const bool vec = (K & 7) == 0;   // weight rows 16-byte aligned: 8 halves per load
-  auto load = [&](int k0) {
-    tc_stage<BM, BK, NT, true>(ra, wg, 0, m0, M, K, 1, k0, ke, vec, tid);
+  const bool vec = (K & 7) == 0 && ((unsigned long long)w & 15) == 0;   // weight rows 16-byte aligned
+  pipelined<BK, ST>(kb, ke, [&](int st, int k0) {
+    tc_fill<BM, BK, NT>(As[st], wg, 0, m0, M, K, 1, k0, ke, vec, tid);
 #pragma unroll
-    for (int t = 0; t < KR / 2; ++t) {
-      const int k = k0 + kr0 + 2 * t;
-      rb[t] = pack_h2(f2h(k < ke ? col.at<K1>(k, ktab) : 0.f), f2h(k + 1 < ke ? col.at<K1>(k + 1, ktab) : 0.f));
+    for (int u = 0; u < KR; ++u) {
+      const float* src = col.addr<K1>(k0 + kr0 + u, ke, ktab);
+      cp_async4(&Bs[st][kr0 + u][bn], src ? src : x, src != nullptr);
     }
-  };
-  auto store = [&](int buf) {
-    tc_unstage<BM, BK, NT>(ra, As[buf], tid);
-#pragma unroll
-    for (int t = 0; t < KR / 2; ++t) *reinterpret_cast<unsigned*>(&Bs[buf][bn][kr0 + 2 * t]) = rb[t];
-  };
-  double_buffered<BK>(kb, ke, load, store, [&](int buf) { tc_step<BK, WM, WN>(As[buf], Bs[buf], acc, wm0, wn0, lane); });
+  }, [&](int st) { tc_step<BK, WM, WN>(As[st], TcKMajor<LB>{Bs[st]}, acc, wm0, wn0, lane); });
   tc_each<WM, WN>(acc, m0 + wm0, p0 + wn0, M, P, lane, [&](float a, int m, int p) {
     const int oc = g * OCg + m;
     if (S > 1) {
@@ -249,36 +382,35 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
 
 // Batched GEMM on tensor cores, arguments and epilogue as gemm(); AH / BH: that operand is fp16 in
 // device memory (a weight), else fp32 (an activation, rounded to fp16 on its way to shared memory).
+template <bool H> struct TcType { using type = float; };
+template <> struct TcType<true> { using type = unsigned short; };
+
 template <int BM, int BN, int BK, int WM, int WN, bool AH, bool BH>
 __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, const float* __restrict__ bias,
                         const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk,
                         int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, float alpha,
                         float beta, int relu, int S, float* __restrict__ ws) {
-  constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8, AV = BM * BK / 8 / NT, BV = BN * BK / 8 / NT;
+  using TA = typename TcType<AH>::type;
+  using TB = typename TcType<BH>::type;
+  constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8;
+  constexpr int ST = tc_stages((BM * (int)sizeof(TA) + BN * (int)sizeof(TB)) * LD);
   static_assert((BM * BK / 8) % NT == 0 && (BN * BK / 8) % NT == 0, "whole runs of 8 k per thread");
-  __shared__ __align__(16) unsigned short As[2][BM][LD];
-  __shared__ __align__(16) unsigned short Bs[2][BN][LD];
+  __shared__ __align__(16) TA As[ST][BM][LD];
+  __shared__ __align__(16) TB Bs[ST][BN][LD];
   const GemmBlock g = gemm_block<BM, BN, BK>(M, N, K, S, nb1, sA0, sA1, sB0, sB1);
   const long long aofs = g.aofs, bofs = g.bofs;
   const int m0 = g.m0, n0 = g.n0, ke = g.ke;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm0 = (warp / WX) * WM, wn0 = (warp % WX) * WN;
   float acc[WM / 16][WN / 8][4] = {};
-  // each thread stages runs of 8 consecutive k of both operands in registers (one 16-byte load when the
-  // operand is k-contiguous with 16-byte aligned rows, else 8 loads): the next slice is fetched while
-  // the current one is multiplied
-  const bool vecA = sAk == 1 && (K & 7) == 0 && (sAm & 7) == 0 && (aofs & 7) == 0;
-  const bool vecB = sBk == 1 && (K & 7) == 0 && (sBn & 7) == 0 && (bofs & 7) == 0;
-  uint4 ra[AV], rb[BV];
-  auto load = [&](int k0) {
-    tc_stage<BM, BK, NT, AH>(ra, A, aofs, m0, M, sAm, sAk, k0, ke, vecA, tid);
-    tc_stage<BN, BK, NT, BH>(rb, B, bofs, n0, N, sBn, sBk, k0, ke, vecB, tid);
-  };
-  auto store = [&](int buf) {
-    tc_unstage<BM, BK, NT>(ra, As[buf], tid);
-    tc_unstage<BN, BK, NT>(rb, Bs[buf], tid);
-  };
-  double_buffered<BK>(g.kb, ke, load, store, [&](int buf) { tc_step<BK, WM, WN>(As[buf], Bs[buf], acc, wm0, wn0, lane); });
+  // 16-byte copies where an operand is k-contiguous with 16-byte aligned rows (8 halves, 4 floats)
+  constexpr int VA = AH ? 7 : 3, VB = BH ? 7 : 3;
+  const bool vecA = sAk == 1 && (K & VA) == 0 && (sAm & VA) == 0 && (aofs & VA) == 0 && ((unsigned long long)A & 15) == 0;
+  const bool vecB = sBk == 1 && (K & VB) == 0 && (sBn & VB) == 0 && (bofs & VB) == 0 && ((unsigned long long)B & 15) == 0;
+  pipelined<BK, ST>(g.kb, ke, [&](int st, int k0) {
+    tc_fill<BM, BK, NT>(As[st], A, aofs, m0, M, sAm, sAk, k0, ke, vecA, tid);
+    tc_fill<BN, BK, NT>(Bs[st], B, bofs, n0, N, sBn, sBk, k0, ke, vecB, tid);
+  }, [&](int st) { tc_step<BK, WM, WN>(As[st], Bs[st], acc, wm0, wn0, lane); });
   tc_each<WM, WN>(acc, m0 + wm0, n0 + wn0, M, N, lane, [&](float a, int m, int n) {
     gemm_store(a, m, n, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, relu);
   });
@@ -512,6 +644,24 @@ TC_TILES: dict[str, tuple[int, int, int, int, int]] = {
     "t32x32k64": (32, 32, 64, 16, 16),
 }
 
+#: static shared memory of a block (bytes): the tensor-core GEMM / conv pipeline as many k slices as fit
+SMEM_LIMIT = 48 * 1024
+
+
+def tc_stages(family: str, targs: tuple[int, ...]) -> int:
+    """Pipeline stages of a tensor-core conv / GEMM (the kernels' ``tc_stages``): fp16 operands take 2
+    bytes an element in shared memory, fp32 ones 4; under 2 the tile does not fit these operands."""
+    bm, bn, bk = targs[:3]
+    if family == "conv_tc":
+        stage = bm * (bk + 8) * 2 + bk * (bn + 4) * 4
+    else:
+        stage = (bm * (2 if targs[5] else 4) + bn * (2 if targs[6] else 4)) * (bk + 8)
+    return min(4, SMEM_LIMIT // stage)
+
+
+def tc_tiles(family: str, suffix: tuple[int, ...]) -> dict[str, tuple[int, int, int, int, int]]:
+    """The tiles of TC_TILES whose pipeline fits in shared memory for ``family`` with this suffix."""
+    return {k: t for k, t in TC_TILES.items() if tc_stages(family, t + suffix) >= 2}
 
 #: head sizes (rounded up to 16) of the fused attention kernel; bigger heads run unfused
 ATTN_DPS = (32, 64, 128)

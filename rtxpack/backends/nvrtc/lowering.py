@@ -16,7 +16,7 @@ from .host_ops import attr_or_input, flatten_shape, reshape_target, slice_params
 from . import lowering_ops as ops
 from .dtypes import ITEMSIZE
 from .kernels import BINARY_OPS, GEMM_TILES, TILES, UNARY_OPS, KernelSpec
-from .kernels_tc import ATTN_DPS, TC_TILES
+from .kernels_tc import ATTN_DPS, tc_tiles
 from .launch import Launch, Shape, blocks as _blocks, broadcast, bstrides as _bstrides, collapse as _collapse, i6 as _i6
 from .launch import rowthreads as _rowthreads, strides_of as _strides
 
@@ -92,7 +92,8 @@ def _conv_specs(node, ws: Sequence[int]) -> list[KernelSpec]:
     k1 = (ws[2] == 1 and ws[3] == 1 and list(a.get("strides", [1, 1])) == [1, 1]
           and not any(a.get("pads", [0] * 4)) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"))
     if a.get("tc"):
-        return [KernelSpec("conv_tc", t + (int(k1),)) for t in TC_TILES.values()] + [KernelSpec("splitk_reduce")]
+        return [KernelSpec("conv_tc", t + (int(k1),)) for t in tc_tiles("conv_tc", (int(k1),)).values()] + \
+            [KernelSpec("splitk_reduce")]
     return [KernelSpec("conv_igemm", TILES[t] + (int(k1),)) for t in ("large", "big", "small")] + \
         [KernelSpec("splitk_reduce")]
 
@@ -101,7 +102,8 @@ def _gemm_specs(node: Mapping[str, Any]) -> list[KernelSpec]:
     a = node["attrs"]
     if a.get("tc"):
         half = set(a.get("tc_half", ()))
-        return [KernelSpec("gemm_tc", t + (int(0 in half), int(1 in half))) for t in TC_TILES.values()] + \
+        suffix = (int(0 in half), int(1 in half))
+        return [KernelSpec("gemm_tc", t + suffix) for t in tc_tiles("gemm_tc", suffix).values()] + \
             [KernelSpec("gemm_splitk_reduce")]
     return [KernelSpec("gemm", t) for t in GEMM_TILES.values()] + [KernelSpec("gemm_splitk_reduce")]
 
@@ -420,7 +422,7 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     # (tile, split-K) candidates for the tuner; the heuristic: the biggest tile that still gives half
     # a wave of blocks, split-K then fills the GPU
     family, k1 = ("conv_tc" if a.get("tc") else "conv_igemm"), (specs[0].targs[5],)
-    tiles = _plan_tiles(node, family, TC_TILES if a.get("tc") else TILES, k1)
+    tiles = _plan_tiles(node, family, tc_tiles(family, k1) if a.get("tc") else TILES, k1)
     cands, heur = _tile_candidates(M, P, K, g, num_sms, g == 1, tiles)
     (label, splits), extra = _choose(node, cands, heur)
     spec = KernelSpec(family, tiles[label] + k1)
@@ -524,7 +526,7 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
             sbm, sbn, alpha, beta, int(a.get("relu", 0))]
     half = set(a.get("tc_half", ()))
     family, suffix = ("gemm_tc", (int(0 in half), int(1 in half))) if a.get("tc") else ("gemm", ())
-    tiles = _plan_tiles(node, family, TC_TILES if a.get("tc") else GEMM_TILES, suffix)
+    tiles = _plan_tiles(node, family, tc_tiles(family, suffix) if a.get("tc") else GEMM_TILES, suffix)
     cands, heur = _tile_candidates(M, N, K, nbatch, num_sms, nbatch == 1, tiles)
     (label, splits), extra = _choose(node, cands, heur)
     spec = KernelSpec(family, tiles[label] + suffix)
