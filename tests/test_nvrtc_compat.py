@@ -47,3 +47,30 @@ def test_old_plan_runs_in_todays_runtime(name: str) -> None:
             got = p.run({"x": x})
             for k, r in ref.items():
                 assert_close(got[k], r)
+
+
+FP16_OLD = Path(__file__).parent / "data" / "nvrtc-fp16-1.2.0"
+
+
+@pytest.mark.skipif(compiler() is None, reason="needs g++ to compile the kernels for the CPU")
+def test_fp16_plan_from_before_k_slices_runs_in_todays_runtime() -> None:
+    """``tests/data/nvrtc-fp16-1.2.0/small_cnn.plan``: an fp16 plan built (CC 8.6, without NVRTC: the
+    emulator runs its source) at commit 4aaf228, before tensor-core tiles had a k-slice count, so its
+    conv_tc / gemm_tc kernels have one template argument fewer. Today's planner must take its tiles as
+    they are (block size, tuning candidates) and every candidate must give the reference's answer."""
+    from test_nvrtc_fp16 import FP16_TOL, _prefer, rel_err
+
+    onnx_path = FP16_OLD / "small_cnn.onnx"
+    plan = (FP16_OLD / "small_cnn.plan").read_bytes()
+    x = rand(2, 3, 32, 32)
+    ref = reference(onnx_path, {"x": x})
+    with EmuLoadedPlan(plan, options={"tune_timer": _prefer(0)}) as p0:
+        p0.run({"x": x})
+        state = p0._state({"x": x.shape}).plan
+        most = max(len(t.labels) for t in state.tunable)
+        assert {len(ln.spec.targs) for ln in state.launches if ln.spec.family == "conv_tc"} == {6}
+    for k in range(most):
+        with EmuLoadedPlan(plan, options={"tune_timer": _prefer(k)}) as p:
+            out = p.run({"x": x})
+        for key, r in ref.items():
+            assert rel_err(out[key], r) <= FP16_TOL, (k, key)

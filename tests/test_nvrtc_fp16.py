@@ -81,10 +81,12 @@ def test_every_tuning_candidate_gives_the_same_answer(models) -> None:
             for key, r in ref.items():
                 assert rel_err(out[key], r) <= FP16_TOL, (name, k, key)
     for k1 in (0, 1):
-        for bm, bn, bk, wm, wn in tc_tiles("conv_tc", (k1,)).values():
-            assert any(s.startswith(f"conv_tc<{bm},{bn},{bk},{wm},{wn},{k1}>") for s in seen), (bm, bn, k1)
-    for bm, bn, bk, wm, wn in tc_tiles("gemm_tc", (0, 1)).values():
-        assert any(s.startswith(f"gemm_tc<{bm},{bn},{bk},{wm},{wn},0,1>") for s in seen), (bm, bn)
+        for tile in tc_tiles("conv_tc", (k1,)).values():
+            head = "conv_tc<" + ",".join(map(str, tile + (k1,))) + ">"
+            assert any(s.startswith(head) for s in seen), head
+    for tile in tc_tiles("gemm_tc", (0, 1)).values():
+        head = "gemm_tc<" + ",".join(map(str, tile + (0, 1))) + ">"
+        assert any(s.startswith(head) for s in seen), head
     assert any(s.endswith("/splitK") and s.startswith("conv_tc<") for s in seen)    # GEMM's: the next test
 
 
@@ -122,8 +124,8 @@ def test_every_fp16_gemm_candidate_gives_the_same_answer(tmp_path: Path) -> None
                 assert rel_err(out[key], r) <= FP16_TOL, (name, k, key)
                 assert np.array_equal(out[key], out2[key]), (name, k, key)
     for halves in ((0, 1), (0, 0)):        # a weight (fp16 in shared memory), two activations (fp32)
-        for bm, bn, bk, wm, wn in tc_tiles("gemm_tc", halves).values():
-            head = f"gemm_tc<{bm},{bn},{bk},{wm},{wn},{halves[0]},{halves[1]}>"
+        for tile in tc_tiles("gemm_tc", halves).values():
+            head = "gemm_tc<" + ",".join(map(str, tile + halves)) + ">"
             assert any(s.startswith(head) and s.endswith("/splitK") for s in seen), head
     assert any(s.startswith("gemm_splitk_reduce") for s in seen)
 

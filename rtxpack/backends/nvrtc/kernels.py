@@ -732,7 +732,7 @@ class KernelSpec:
             bm, bn, _, tm, tn = self.targs[:5]
             return (bm // tm) * (bn // tn)
         if self.family in TC_FAMILIES:
-            return tc_block_threads(self.targs)
+            return tc_block_threads(self.family, self.targs)
         return 256
 
     def wrapper(self, entry: str) -> str:

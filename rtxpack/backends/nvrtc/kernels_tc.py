@@ -184,12 +184,13 @@ __device__ __forceinline__ void tc_frag_b(unsigned (&r)[2], TcKMajor<LD> t, int 
   r[1] = f2h2(t.s[k + 8][n], t.s[k + 9][n]);
 }
 
-// One BK-deep step of a block tile held in shared memory, A (m x k) and B (n x k, or k-major): warp
+// KL k (from kb) of a block tile held in shared memory, A (m x k) and B (n x k, or k-major): warp
 // (wm0, wn0) accumulates its WM x WN tile into acc.
-template <int BK, int WM, int WN, class TA, class TB>
-__device__ __forceinline__ void tc_step(TA As, TB Bs, float (&acc)[WM / 16][WN / 8][4], int wm0, int wn0, int lane) {
+template <int KL, int WM, int WN, class TA, class TB>
+__device__ __forceinline__ void tc_step(TA As, TB Bs, float (&acc)[WM / 16][WN / 8][4], int wm0, int wn0, int kb,
+                                        int lane) {
 #pragma unroll
-  for (int kk = 0; kk < BK; kk += 16) {
+  for (int kk = kb; kk < kb + KL; kk += 16) {
     unsigned a[WM / 16][4], b[WN / 8][2];
 #pragma unroll
     for (int i = 0; i < WM / 16; ++i) tc_frag_a(a[i], As, wm0 + i * 16, kk, lane);
@@ -283,8 +284,9 @@ __device__ __forceinline__ void tc_fill(unsigned short (*s)[BK + 8], const void*
                                         int sR, int sK, int k0, int ke, bool vec, int tid) {
   const unsigned short* __restrict__ h = static_cast<const unsigned short*>(p);
 #pragma unroll
-  for (int t = 0; t < ROWS * BK / 8 / NT; ++t) {
+  for (int t = 0; t < (ROWS * BK / 8 + NT - 1) / NT; ++t) {
     const int e = tid + t * NT, row = e / (BK / 8), kc = 8 * (e % (BK / 8)), k = k0 + kc;
+    if ((ROWS * BK / 8) % NT && e >= ROWS * BK / 8) break;
     const bool ok = r0 + row < R && k < ke;
     const long long at = ofs + (long long)(r0 + row) * sR + (long long)k * sK;
     if (vec) cp_async16(&s[row][kc], ok ? h + at : h, ok);
@@ -297,15 +299,16 @@ __device__ __forceinline__ void tc_fill(float (*s)[BK + 8], const void* p, long 
   const float* __restrict__ f = static_cast<const float*>(p);
   if (vec) {
 #pragma unroll
-    for (int t = 0; t < ROWS * BK / 4 / NT; ++t) {
+    for (int t = 0; t < (ROWS * BK / 4 + NT - 1) / NT; ++t) {
       const int e = tid + t * NT, row = e / (BK / 4), kc = 4 * (e % (BK / 4)), k = k0 + kc;
+      if ((ROWS * BK / 4) % NT && e >= ROWS * BK / 4) break;
       const bool ok = r0 + row < R && k < ke;
       cp_async16(&s[row][kc], ok ? f + ofs + (long long)(r0 + row) * sR + k : f, ok);
     }
     return;
   }
 #pragma unroll 4
-  for (int t = 0; t < ROWS * BK / NT; ++t) {
+  for (int t = 0; t < ROWS * BK / NT; ++t) {    // ROWS * BK is a multiple of NT (tc_tiles)
     const int e = tid + t * NT, row = sR == 1 ? e % ROWS : e / BK, kc = sR == 1 ? e / ROWS : e % BK, k = k0 + kc;
     const bool ok = r0 + row < R && k < ke;
     cp_async4(&s[row][kc], ok ? f + ofs + (long long)(r0 + row) * sR + (long long)k * sK : f, ok);
@@ -330,18 +333,40 @@ __device__ __forceinline__ void tc_each(const float (&acc)[WM / 16][WN / 8][4], 
         }
 }
 
+// KS > 1 (in-block split-K): the warps of slice ks multiply k [ks * BK / KS, (ks + 1) * BK / KS) of every
+// stage, so a block has KS times the warps on one output tile (more loads and MMAs in flight where
+// few tiles cover the output); at the end slices 1.. hand their accumulators to slice 0 through the
+// pipeline's shared memory (free once every copy landed), and slice 0 runs the epilogue.
+template <int KS, int NTS, int NA>
+__device__ __forceinline__ bool tc_slices_sum(float* acc, void* smem, int smem_bytes, int tid) {
+  if (KS == 1) return true;
+  const int ks = tid / NTS, t = tid - ks * NTS;
+  float* red = static_cast<float*>(smem);   // [KS - 1][NA][NTS]
+  cp_async_wait<0>();
+  __syncthreads();
+  if (ks > 0)
+#pragma unroll
+    for (int a = 0; a < NA; ++a) red[((ks - 1) * NA + a) * NTS + t] = acc[a];
+  __syncthreads();
+  if (ks > 0) return false;
+  for (int s = 0; s < KS - 1; ++s)
+#pragma unroll
+    for (int a = 0; a < NA; ++a) acc[a] += red[(s * NA + a) * NTS + t];
+  return true;
+}
+
 // Implicit-GEMM convolution on tensor cores: C[oc, p] = sum_k W[oc, k] * im2col(X)[k, p], W fp16
 // [OC][Cg*KH*KW], X/Y fp32 NCHW. Arguments, grid and split-K workspace as conv_igemm.
-template <int BM, int BN, int BK, int WM, int WN, bool K1>
+template <int BM, int BN, int BK, int WM, int WN, int KS, bool K1>
 __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __restrict__ w,
                         const float* __restrict__ bias, const float* __restrict__ res, float* __restrict__ y, int N,
                         int C, int H, int W, int OC, int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw,
                         int dh, int dw, int G, int relu, int S, float* __restrict__ ws,
                         const int4* __restrict__ ktab) {
-  constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LA = BK + 8, LB = BN + 4;
+  constexpr int WX = BN / WN, NTS = (BM / WM) * WX * 32, NT = NTS * KS, LA = BK + 8, LB = BN + 4;
   constexpr int ST = tc_stages(BM * LA * 2 + BK * LB * 4);
+  static_assert(sizeof(unsigned short) * ST * BM * LA >= (KS - 1) * BM * BN * sizeof(float), "k-slice sums");
   static_assert(NT % BN == 0 && BK % (NT / BN) == 0, "B loader: one pixel column, a k run per thread");
-  static_assert((BM * BK / 8) % NT == 0, "A loader: whole 8-half vectors per thread");
   constexpr int KR = BK / (NT / BN);   // k run per thread (B)
   __shared__ __align__(16) unsigned short As[ST][BM][LA];   // weights, fp16
   __shared__ __align__(16) float Bs[ST][BK][LB];            // im2col, fp32, k-major
@@ -350,7 +375,7 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
   const int kchunk = ((K + S * BK - 1) / (S * BK)) * BK;
   const int kb = split * kchunk, ke = min(K, kb + kchunk);
   const int m0 = blockIdx.y * BM, p0 = blockIdx.x * BN;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x, lane = tid & 31, warp = (tid % NTS) >> 5, ks = tid / NTS;
   const int wm0 = (warp / WX) * WM, wn0 = (warp % WX) * WN;
   const unsigned short* __restrict__ wg = w + (long long)g * OCg * K;
   float acc[WM / 16][WN / 8][4] = {};
@@ -365,7 +390,8 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
       const float* src = col.addr<K1>(k0 + kr0 + u, ke, ktab);
       cp_async4(&Bs[st][kr0 + u][bn], src ? src : x, src != nullptr);
     }
-  }, [&](int st) { tc_step<BK, WM, WN>(As[st], TcKMajor<LB>{Bs[st]}, acc, wm0, wn0, lane); });
+  }, [&](int st) { tc_step<BK / KS, WM, WN>(As[st], TcKMajor<LB>{Bs[st]}, acc, wm0, wn0, ks * (BK / KS), lane); });
+  if (!tc_slices_sum<KS, NTS, WM / 16 * WN / 8 * 4>(&acc[0][0][0], As, sizeof(As), tid)) return;
   tc_each<WM, WN>(acc, m0 + wm0, p0 + wn0, M, P, lane, [&](float a, int m, int p) {
     const int oc = g * OCg + m;
     if (S > 1) {
@@ -385,22 +411,22 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
 template <bool H> struct TcType { using type = float; };
 template <> struct TcType<true> { using type = unsigned short; };
 
-template <int BM, int BN, int BK, int WM, int WN, bool AH, bool BH>
+template <int BM, int BN, int BK, int WM, int WN, int KS, bool AH, bool BH>
 __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, const float* __restrict__ bias,
                         const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk,
                         int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, float alpha,
                         float beta, int relu, int S, float* __restrict__ ws) {
   using TA = typename TcType<AH>::type;
   using TB = typename TcType<BH>::type;
-  constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8;
+  constexpr int WX = BN / WN, NTS = (BM / WM) * WX * 32, NT = NTS * KS, LD = BK + 8;
   constexpr int ST = tc_stages((BM * (int)sizeof(TA) + BN * (int)sizeof(TB)) * LD);
-  static_assert((BM * BK / 8) % NT == 0 && (BN * BK / 8) % NT == 0, "whole runs of 8 k per thread");
+  static_assert(sizeof(TA) * ST * BM * LD >= (KS - 1) * BM * BN * sizeof(float), "k-slice sums");
   __shared__ __align__(16) TA As[ST][BM][LD];
   __shared__ __align__(16) TB Bs[ST][BN][LD];
   const GemmBlock g = gemm_block<BM, BN, BK>(M, N, K, S, nb1, sA0, sA1, sB0, sB1);
   const long long aofs = g.aofs, bofs = g.bofs;
   const int m0 = g.m0, n0 = g.n0, ke = g.ke;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x, lane = tid & 31, warp = (tid % NTS) >> 5, ks = tid / NTS;
   const int wm0 = (warp / WX) * WM, wn0 = (warp % WX) * WN;
   float acc[WM / 16][WN / 8][4] = {};
   // 16-byte copies where an operand is k-contiguous with 16-byte aligned rows (8 halves, 4 floats)
@@ -410,7 +436,8 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
   pipelined<BK, ST>(g.kb, ke, [&](int st, int k0) {
     tc_fill<BM, BK, NT>(As[st], A, aofs, m0, M, sAm, sAk, k0, ke, vecA, tid);
     tc_fill<BN, BK, NT>(Bs[st], B, bofs, n0, N, sBn, sBk, k0, ke, vecB, tid);
-  }, [&](int st) { tc_step<BK, WM, WN>(As[st], Bs[st], acc, wm0, wn0, lane); });
+  }, [&](int st) { tc_step<BK / KS, WM, WN>(As[st], Bs[st], acc, wm0, wn0, ks * (BK / KS), lane); });
+  if (!tc_slices_sum<KS, NTS, WM / 16 * WN / 8 * 4>(&acc[0][0][0], As, sizeof(As), tid)) return;
   tc_each<WM, WN>(acc, m0 + wm0, n0 + wn0, M, N, lane, [&](float a, int m, int n) {
     gemm_store(a, m, n, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, relu);
   });
@@ -628,20 +655,25 @@ TC_FAMILIES: dict[str, str] = {
 TC_FAMILIES["attn_tc_part"] = TC_FAMILIES["attn_tc"] + ", int nsplit, float* ws"
 TC_FAMILIES["attn_combine"] = ("const float* ws, float* o, int Sq, int DV, int nb, int nb1, int nsplit, int sO0, "
                                "int sO1, int sOm, int sOd, int guard")
-TC_TEMPLATE_KINDS: dict[str, str] = {"conv_tc": "iiiiib", "gemm_tc": "iiiiibb", "attn_tc": "i", "attn_tc_part": "i",
+TC_TEMPLATE_KINDS: dict[str, str] = {"conv_tc": "iiiiiib", "gemm_tc": "iiiiiibb", "attn_tc": "i", "attn_tc_part": "i",
                                      "attn_combine": "i"}
 
-#: tensor-core block tiles (BM, BN, BK, WM, WN): 4 warps each (128 threads); BM over output channels
-#: (conv) / rows (gemm), BN over output pixels / columns. The tuner times them per layer.
-TC_TILES: dict[str, tuple[int, int, int, int, int]] = {
-    "t128x64": (128, 64, 32, 64, 32),
-    "t64x64": (64, 64, 32, 32, 32),
-    "t64x32": (64, 32, 32, 32, 16),
-    "t32x32": (32, 32, 32, 16, 16),
+#: tensor-core block tiles (BM, BN, BK, WM, WN, KS): 4 warps per k slice (KS x 128 threads); BM over
+#: output channels (conv) / rows (gemm), BN over output pixels / columns. The tuner times them per layer.
+TC_TILES: dict[str, tuple[int, int, int, int, int, int]] = {
+    "t128x64": (128, 64, 32, 64, 32, 1),
+    "t64x64": (64, 64, 32, 32, 32, 1),
+    "t64x32": (64, 32, 32, 32, 16, 1),
+    "t32x32": (32, 32, 32, 16, 16, 1),
     # k 64 deep: half the k steps (barriers, load round trips) where few blocks per SM hide little latency
-    "t64x64k64": (64, 64, 64, 32, 32),
-    "t64x32k64": (64, 32, 64, 32, 16),
-    "t32x32k64": (32, 32, 64, 16, 16),
+    "t64x64k64": (64, 64, 64, 32, 32, 1),
+    "t64x32k64": (64, 32, 64, 32, 16, 1),
+    "t32x32k64": (32, 32, 64, 16, 16, 1),
+    # k slices: 2 or 4 groups of warps share the tile, each multiplies its part of every stage (batch 1:
+    # long k on few tiles, where split-K would need a reduce launch)
+    "t64x32k64s2": (64, 32, 64, 32, 16, 2),
+    "t32x32k64s2": (32, 32, 64, 16, 16, 2),
+    "t32x32k64s4": (32, 32, 64, 16, 16, 4),
 }
 
 #: static shared memory of a block (bytes): the tensor-core GEMM / conv pipeline as many k slices as fit
@@ -655,11 +687,11 @@ def tc_stages(family: str, targs: tuple[int, ...]) -> int:
     if family == "conv_tc":
         stage = bm * (bk + 8) * 2 + bk * (bn + 4) * 4
     else:
-        stage = (bm * (2 if targs[5] else 4) + bn * (2 if targs[6] else 4)) * (bk + 8)
+        stage = (bm * (2 if targs[6] else 4) + bn * (2 if targs[7] else 4)) * (bk + 8)
     return min(4, SMEM_LIMIT // stage)
 
 
-def tc_tiles(family: str, suffix: tuple[int, ...]) -> dict[str, tuple[int, int, int, int, int]]:
+def tc_tiles(family: str, suffix: tuple[int, ...]) -> dict[str, tuple[int, int, int, int, int, int]]:
     """The tiles of TC_TILES whose pipeline fits in shared memory for ``family`` with this suffix."""
     return {k: t for k, t in TC_TILES.items() if tc_stages(family, t + suffix) >= 2}
 
@@ -667,8 +699,10 @@ def tc_tiles(family: str, suffix: tuple[int, ...]) -> dict[str, tuple[int, int, 
 ATTN_DPS = (32, 64, 128)
 
 
-def tc_block_threads(targs: tuple[int, ...]) -> int:
+def tc_block_threads(family: str, targs: tuple[int, ...]) -> int:
     if len(targs) == 1:          # attn_tc / attn_tc_part<DP>: 4 warps of 16 query rows; attn_combine
         return 128
     bm, bn, _, wm, wn = targs[:5]
-    return (bm // wm) * (bn // wn) * 32
+    # KS follows the tile; a plan built before k slices has none there (one slice: a template argument fewer)
+    ks = targs[5] if len(targs) == len(TC_TEMPLATE_KINDS[family]) else 1
+    return (bm // wm) * (bn // wn) * 32 * ks

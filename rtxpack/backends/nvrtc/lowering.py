@@ -125,7 +125,7 @@ def _tile_candidates(rows: int, cols: int, K: int, copies: int, num_sms: int, sp
     the biggest tile that still gives half a wave of blocks, then split-K to fill the GPU."""
     cands: list[tuple[str, int]] = []
     pick = None
-    for label, (bm, bn, bk, _, _) in tiles.items():
+    for label, (bm, bn, bk, *_) in tiles.items():
         blocks = math.ceil(cols / bn) * math.ceil(rows / bm) * copies
         s = _split_k(blocks, K, bk, num_sms) if splittable else 1
         cands += [(label, 1)] + ([(label, s)] if s > 1 else [])
@@ -144,9 +144,13 @@ def _plan_tiles(node: Mapping[str, Any], family: str, table: Mapping[str, tuple[
     carried = {k: t for k, t in table.items() if KernelSpec(family, t + suffix) in have}
     if carried:
         return carried
-    own = sorted({s.targs[:5] for s in have if s.family == family and s.targs[5:] == suffix},
-                 key=lambda t: (-t[0] * t[1], t))
-    return {"x".join(map(str, t)): t for t in own} or table
+    # a tile is 5 long (fp32; tensor-core tiles before k slices) or 6 (tensor-core: BM, BN, BK, WM, WN, KS)
+    for n in (len(next(iter(table.values()))), 5):
+        own = sorted({s.targs[:n] for s in have if s.family == family and s.targs[n:] == suffix},
+                     key=lambda t: (-t[0] * t[1], t))
+        if own:
+            return {"x".join(map(str, t)): t for t in own}
+    return table
 
 
 def _choose(node: Mapping[str, Any], cands: list[tuple[str, int]], heuristic: tuple[str, int]
@@ -421,7 +425,7 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     P, M, K = x[0] * oh * ow, oc // g, int(ws[1]) * kh * kw
     # (tile, split-K) candidates for the tuner; the heuristic: the biggest tile that still gives half
     # a wave of blocks, split-K then fills the GPU
-    family, k1 = ("conv_tc" if a.get("tc") else "conv_igemm"), (specs[0].targs[5],)
+    family, k1 = ("conv_tc" if a.get("tc") else "conv_igemm"), (specs[0].targs[-1],)
     tiles = _plan_tiles(node, family, tc_tiles(family, k1) if a.get("tc") else TILES, k1)
     cands, heur = _tile_candidates(M, P, K, g, num_sms, g == 1, tiles)
     (label, splits), extra = _choose(node, cands, heur)
@@ -430,7 +434,7 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
         args[1] = wname + "#h"
     bm, bn = spec.targs[0], spec.targs[1]
     ktab = ""
-    if not spec.targs[5]:   # im2col offsets per k for this input size: the kernel does no divisions
+    if not spec.targs[-1]:   # im2col offsets per k for this input size: the kernel does no divisions
         ktab = f"{y}#ktab"
         c, r = np.divmod(np.arange(K), kh * kw)
         dkh, dkw = (r // kw) * dh, (r % kw) * dw
