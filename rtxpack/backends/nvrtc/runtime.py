@@ -345,7 +345,7 @@ class NvrtcLoadedPlan:
 
     def _tune(self, sp: ShapePlan, budget_s: float, known: Mapping[str, str] | None = None
               ) -> tuple[dict[str, str], dict[str, Any]]:
-        """Time each candidate in the arena of ``sp`` (CUDA events, median of a few runs)."""
+        """Time each candidate in the arena of ``sp`` as the plan runs it: in a CUDA graph (``_graph_ms``)."""
         cu = _driver()
         arena = self._arena_for(sp)
         start, end = check(cu.cuEventCreate(0), "cuEventCreate"), check(cu.cuEventCreate(0), "cuEventCreate")
@@ -363,8 +363,7 @@ class NvrtcLoadedPlan:
                         check(cu.cuMemcpyHtoD(tmp + offs[k], b.ctypes.data, b.size), "cuMemcpyHtoD(tuning table)")
                 over = {k: tmp + o for k, o in offs.items()}
                 packed = [self._packed(sp, arena, ln, over) for ln in launches]
-                times = [self._timed(packed, start, end) for _ in range(4)][1:]    # the first is a warm-up
-                return sorted(times)[len(times) // 2]
+                return self._graph_ms(packed, start, end)
             finally:
                 if tmp:
                     cu.cuMemFree(tmp)
@@ -390,6 +389,39 @@ class NvrtcLoadedPlan:
         fn, grid, block, ptrs, _ = packed
         check(_driver().cuLaunchKernel(fn, grid[0], grid[1], grid[2], block, 1, 1, 0, self._stream, ptrs.ctypes.data,
                                        0), "cuLaunchKernel")
+
+    #: runs of a tuning candidate per CUDA graph, and graph launches timed (the median is kept)
+    TUNE_REPS, TUNE_RUNS = 5, 3
+
+    def _graph_ms(self, packed: list[Any], start: Any, end: Any) -> float:
+        """Milliseconds of one run of these launches, replayed from a CUDA graph of TUNE_REPS runs (median
+        of TUNE_RUNS replays after a warm-up): what they cost in the plan's own graph. Launched one by one
+        from the host instead, kernels of a few microseconds measure the host's launch rate and its jitter,
+        and a candidate with a split-K reduce pays a host launch the graph does not."""
+        cu = _driver()
+        check(cu.cuStreamBeginCapture(self._stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+              "cuStreamBeginCapture")
+        try:
+            for _ in range(self.TUNE_REPS):
+                for p in packed:
+                    self._launch(p)
+        finally:
+            graph = check(cu.cuStreamEndCapture(self._stream), "cuStreamEndCapture")
+        try:
+            exe = check(cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
+            try:
+                times = []
+                for _ in range(self.TUNE_RUNS + 1):
+                    check(cu.cuEventRecord(start, self._stream), "cuEventRecord")
+                    check(cu.cuGraphLaunch(exe, self._stream), "cuGraphLaunch")
+                    check(cu.cuEventRecord(end, self._stream), "cuEventRecord")
+                    check(cu.cuEventSynchronize(end), "cuEventSynchronize")
+                    times.append(float(check(cu.cuEventElapsedTime(start, end), "cuEventElapsedTime")))
+                return sorted(times[1:])[self.TUNE_RUNS // 2] / self.TUNE_REPS    # the first: a warm-up
+            finally:
+                cu.cuGraphExecDestroy(exe)
+        finally:
+            cu.cuGraphDestroy(graph)
 
     def _timed(self, packed: list[Any], start: Any, end: Any) -> float:
         """Milliseconds of these launches, back to back on the stream (CUDA events ``start``/``end``)."""
