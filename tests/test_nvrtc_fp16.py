@@ -417,3 +417,17 @@ compute_capabilities = ["{cc}"]
     assert tuning["source"] == "runtime cache", tuning
     assert res["runtime_cache"].startswith("shipped"), res["runtime_cache"]
     assert res["err"] <= FP16_TOL, res["err"]
+
+
+def test_the_heuristic_never_picks_a_k_slice_tile() -> None:
+    """Untuned layers (tuning off or over budget) keep a one-slice tile: k-slice tiles (512 threads on a
+    32 x 32 tile) are for the tuner to pick where they measure faster, not a default for tiny layers."""
+    from rtxpack.backends.nvrtc.lowering import _tile_candidates
+
+    for family, suffix in (("gemm_tc", (0, 1)), ("gemm_tc", (0, 0)), ("conv_tc", (0,))):
+        tiles = tc_tiles(family, suffix)
+        assert any(t[5] > 1 for t in tiles.values())
+        for rows, cols, k in ((5, 17, 7), (1, 1, 1), (197, 768, 7), (197, 2304, 768), (64, 49, 4608), (4096, 4096, 4096)):
+            cands, (label, _) = _tile_candidates(rows, cols, k, 1, 132, True, tiles)
+            assert tiles[label][5] == 1, (family, rows, cols, k, label)
+            assert any(tiles[c][5] > 1 for c, _ in cands)

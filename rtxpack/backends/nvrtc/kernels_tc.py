@@ -308,7 +308,7 @@ __device__ __forceinline__ void tc_fill(float (*s)[BK + 8], const void* p, long 
     return;
   }
 #pragma unroll 4
-  for (int t = 0; t < ROWS * BK / NT; ++t) {    // ROWS * BK is a multiple of NT (tc_tiles)
+  for (int t = 0; t < ROWS * BK / NT; ++t) {    // ROWS * BK is a multiple of NT for every tile of TC_TILES
     const int e = tid + t * NT, row = sR == 1 ? e % ROWS : e / BK, kc = sR == 1 ? e / ROWS : e % BK, k = k0 + kc;
     const bool ok = r0 + row < R && k < ke;
     cp_async4(&s[row][kc], ok ? f + ofs + (long long)(r0 + row) * sR + (long long)k * sK : f, ok);
@@ -338,7 +338,7 @@ __device__ __forceinline__ void tc_each(const float (&acc)[WM / 16][WN / 8][4], 
 // few tiles cover the output); at the end slices 1.. hand their accumulators to slice 0 through the
 // pipeline's shared memory (free once every copy landed), and slice 0 runs the epilogue.
 template <int KS, int NTS, int NA>
-__device__ __forceinline__ bool tc_slices_sum(float* acc, void* smem, int smem_bytes, int tid) {
+__device__ __forceinline__ bool tc_slices_sum(float* acc, void* smem, int tid) {
   if (KS == 1) return true;
   const int ks = tid / NTS, t = tid - ks * NTS;
   float* red = static_cast<float*>(smem);   // [KS - 1][NA][NTS]
@@ -391,7 +391,7 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
       cp_async4(&Bs[st][kr0 + u][bn], src ? src : x, src != nullptr);
     }
   }, [&](int st) { tc_step<BK / KS, WM, WN>(As[st], TcKMajor<LB>{Bs[st]}, acc, wm0, wn0, ks * (BK / KS), lane); });
-  if (!tc_slices_sum<KS, NTS, WM / 16 * WN / 8 * 4>(&acc[0][0][0], As, sizeof(As), tid)) return;
+  if (!tc_slices_sum<KS, NTS, WM / 16 * WN / 8 * 4>(&acc[0][0][0], As, tid)) return;
   tc_each<WM, WN>(acc, m0 + wm0, p0 + wn0, M, P, lane, [&](float a, int m, int p) {
     const int oc = g * OCg + m;
     if (S > 1) {
@@ -437,7 +437,7 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
     tc_fill<BM, BK, NT>(As[st], A, aofs, m0, M, sAm, sAk, k0, ke, vecA, tid);
     tc_fill<BN, BK, NT>(Bs[st], B, bofs, n0, N, sBn, sBk, k0, ke, vecB, tid);
   }, [&](int st) { tc_step<BK / KS, WM, WN>(As[st], Bs[st], acc, wm0, wn0, ks * (BK / KS), lane); });
-  if (!tc_slices_sum<KS, NTS, WM / 16 * WN / 8 * 4>(&acc[0][0][0], As, sizeof(As), tid)) return;
+  if (!tc_slices_sum<KS, NTS, WM / 16 * WN / 8 * 4>(&acc[0][0][0], As, tid)) return;
   tc_each<WM, WN>(acc, m0 + wm0, n0 + wn0, M, N, lane, [&](float a, int m, int n) {
     gemm_store(a, m, n, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, relu);
   });

@@ -124,14 +124,17 @@ def _tile_candidates(rows: int, cols: int, K: int, copies: int, num_sms: int, sp
     batch) among ``tiles`` (tensor-core or fp32 GEMM tiles, biggest first), and the heuristic's pick:
     the biggest tile that still gives half a wave of blocks, then split-K to fill the GPU."""
     cands: list[tuple[str, int]] = []
-    pick = None
-    for label, (bm, bn, bk, *_) in tiles.items():
+    pick = last = None
+    for label, (bm, bn, bk, *rest) in tiles.items():
         blocks = math.ceil(cols / bn) * math.ceil(rows / bm) * copies
         s = _split_k(blocks, K, bk, num_sms) if splittable else 1
         cands += [(label, 1)] + ([(label, s)] if s > 1 else [])
+        if rest[2:3] not in ([], [1]):     # k-slice tiles (tensor cores): only the tuner picks them
+            continue
+        last = cands[-1]
         if pick is None and rows >= bm and blocks >= num_sms // 2:
             pick = (label, s)
-    return cands, pick or cands[-1]
+    return cands, pick or last or cands[-1]
 
 
 def _plan_tiles(node: Mapping[str, Any], family: str, table: Mapping[str, tuple[int, ...]],
