@@ -237,6 +237,42 @@ def test_argument_packing_is_the_gpu_runtimes(monkeypatch, corpus, program) -> N
                 assert [int(q) - blob.ctypes.data for q in ptrs] == offs
 
 
+def test_tuning_times_a_candidate_replayed_from_a_cuda_graph(monkeypatch) -> None:
+    """NvrtcLoadedPlan._graph_ms, driven by a fake driver: the candidate's launches are captured
+    TUNE_REPS times into one graph, replayed TUNE_RUNS + 1 times between events, the first replay
+    dropped, the median of the rest divided by TUNE_REPS; graph and instance destroyed. The plan's
+    own capture goes through the same helper."""
+    calls: list[str] = []
+    elapsed = iter([9.0, 5.0, 7.0, 6.0])
+
+    def rec(name, *ret):
+        return lambda *a: (calls.append(name), (0, *ret))[1]
+
+    fake = SimpleNamespace(
+        CUstreamCaptureMode=SimpleNamespace(CU_STREAM_CAPTURE_MODE_THREAD_LOCAL=0),
+        cuStreamBeginCapture=rec("begin"), cuStreamEndCapture=rec("end", "graph"),
+        cuGraphInstantiate=rec("instantiate", "exec"), cuEventRecord=rec("record"),
+        cuGraphLaunch=rec("replay"), cuEventSynchronize=rec("sync"),
+        cuEventElapsedTime=lambda *a: (calls.append("elapsed"), (0, next(elapsed)))[1],
+        cuGraphExecDestroy=lambda e: calls.append(f"destroy {e}"), cuGraphDestroy=lambda g: calls.append(f"destroy {g}"))
+    monkeypatch.setattr(nv_runtime, "_driver", lambda: fake)
+    lp = nv_runtime.NvrtcLoadedPlan.__new__(nv_runtime.NvrtcLoadedPlan)
+    lp._stream = "stream"
+    lp._launch = lambda p: calls.append(f"launch {p}")
+    reps, runs = lp.TUNE_REPS, lp.TUNE_RUNS
+    assert (reps, runs) == (5, 3)
+    ms = lp._graph_ms(["a", "b"], "start", "end")
+    assert ms == 6.0 / reps                       # 9 (warm-up) dropped, median of 5, 7, 6
+    replay = ["record", "replay", "record", "sync", "elapsed"]
+    assert calls == ["begin"] + ["launch a", "launch b"] * reps + ["end", "instantiate"] + replay * (runs + 1) + \
+        ["destroy exec", "destroy graph"]
+    calls.clear()
+    state = SimpleNamespace(launches=["x", "y", "z"])
+    lp._capture(state)
+    assert calls == ["begin", "launch x", "launch y", "launch z", "end", "instantiate"]
+    assert (state.graph, state.graph_exec) == ("graph", "exec")
+
+
 def test_refit_stripped_plan_and_interface(corpus, program) -> None:
     from rtxpack.backends.nvrtc import runtime
 

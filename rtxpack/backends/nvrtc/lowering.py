@@ -129,7 +129,7 @@ def _tile_candidates(rows: int, cols: int, K: int, copies: int, num_sms: int, sp
         blocks = math.ceil(cols / bn) * math.ceil(rows / bm) * copies
         s = _split_k(blocks, K, bk, num_sms) if splittable else 1
         cands += [(label, 1)] + ([(label, s)] if s > 1 else [])
-        if rest[2:3] not in ([], [1]):     # k-slice tiles (tensor cores): only the tuner picks them
+        if len(rest) > 2 and rest[2] > 1:     # a k-slice tile (tensor cores, KS > 1): only the tuner picks it
             continue
         last = cands[-1]
         if pick is None and rows >= bm and blocks >= num_sms // 2:

@@ -399,14 +399,7 @@ class NvrtcLoadedPlan:
         from the host instead, kernels of a few microseconds measure the host's launch rate and its jitter,
         and a candidate with a split-K reduce pays a host launch the graph does not."""
         cu = _driver()
-        check(cu.cuStreamBeginCapture(self._stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
-              "cuStreamBeginCapture")
-        try:
-            for _ in range(self.TUNE_REPS):
-                for p in packed:
-                    self._launch(p)
-        finally:
-            graph = check(cu.cuStreamEndCapture(self._stream), "cuStreamEndCapture")
+        graph = self._captured(packed * self.TUNE_REPS)
         try:
             exe = check(cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
             try:
@@ -437,15 +430,21 @@ class NvrtcLoadedPlan:
         for p in state.launches:
             self._launch(p)
 
-    def _capture(self, state: _ShapeState) -> None:
+    def _captured(self, packed: list[Any]) -> Any:
+        """A CUDA graph of these launches (captured from the stream, not instantiated)."""
         cu = _driver()
         check(cu.cuStreamBeginCapture(self._stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
-               "cuStreamBeginCapture")
+              "cuStreamBeginCapture")
         try:
-            self._launch_all(state)
+            for p in packed:
+                self._launch(p)
         finally:
             graph = check(cu.cuStreamEndCapture(self._stream), "cuStreamEndCapture")
-        state.graph = graph
+        return graph
+
+    def _capture(self, state: _ShapeState) -> None:
+        cu = _driver()
+        state.graph = graph = self._captured(state.launches)
         state.graph_exec = check(cu.cuGraphInstantiate(graph, 0), "cuGraphInstantiate")
 
     def _free_state(self, st: _ShapeState) -> None:
