@@ -1,12 +1,16 @@
 """Tensor-core kernels of fp16 plans: implicit-GEMM convolution and batched GEMM on ``mma.sync``.
 
-Operands are rounded to fp16 as they enter shared memory (weights are already fp16 in device
-memory, activations are converted on the fly), products accumulate in fp32, and the epilogue
-(bias, residual, ReLU, alpha/beta) runs in fp32 on fp32 activations. One warp computes a WM x WN
-tile with ``mma.m16n8k16`` (two ``m16n8k8`` on Turing), fed by ``ldmatrix`` from shared tiles whose
-rows are padded by 8 halves, so the eight 16-byte rows a ldmatrix phase reads hit 8 distinct bank
-groups. Split-K partials use the fp32 reducers of kernels.py (``splitk_reduce``,
-``gemm_splitk_reduce``): a tensor-core launch and its reducer are one tuning candidate.
+The k loop is a ``cp.async`` pipeline (``pipelined``): up to 4 stages of k in flight, as many as fit
+48 KB of static shared memory (``tc_stages``; Turing and the emulator copy synchronously). Weights are
+fp16 in device memory and reach the MMAs through ``ldmatrix`` from shared tiles whose rows are padded
+by 8 halves (the eight 16-byte rows a ldmatrix phase reads hit 8 distinct bank groups); fp32
+activations are copied as they are and rounded to fp16 as the fragments are built (``tc_frag_a`` /
+``tc_frag_b``). Products accumulate in fp32, and the epilogue (bias, residual, activation,
+alpha/beta) runs in fp32 on fp32 activations. One warp computes a WM x WN tile with
+``mma.m16n8k16`` (two ``m16n8k8`` on Turing); with KS > 1 k slices, KS groups of warps share a tile
+and sum through shared memory. Split-K partials use the fp32 reducers of kernels.py
+(``splitk_reduce``, ``gemm_splitk_reduce``): a tensor-core launch and its reducer are one tuning
+candidate.
 
 The helpers (``mma_m16n8k16_f16f32``, ``ldmatrix_x*``, ``f2h``/``h2f``) are inline PTX on the GPU;
 compiled by the CPU emulator of tests/cudaemu (which defines ``RTX_EMULATOR``) they are the
