@@ -223,7 +223,7 @@ def test_argument_packing_is_the_gpu_runtimes(monkeypatch, corpus, program) -> N
     """NvrtcLoadedPlan._state, driven by a fake driver, packs byte for byte the arguments the
     emulator launches with (same arena address), for every launch of two whole models."""
     arena = 0x7F0000000000
-    fake = SimpleNamespace(cuMemAlloc=lambda n: (0, arena), cuMemcpyHtoD=lambda *a: (0,))
+    fake = SimpleNamespace(cuMemAlloc=lambda n: (0, arena), cuMemcpyHtoD=lambda *a: (0,), cuCtxSynchronize=lambda: (0,))
     monkeypatch.setattr(nv_runtime, "_driver", lambda: fake)
     for name, shape in (("resnet_small", (2, 3, 32, 32)), ("transformer_block", (2, 16, 64))):
         with EmuLoadedPlan(corpus["model:" + name][2], module=program) as p:

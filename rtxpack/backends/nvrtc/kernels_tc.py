@@ -680,7 +680,7 @@ TC_TILES: dict[str, tuple[int, int, int, int, int, int]] = {
     "t32x32k64s4": (32, 32, 64, 16, 16, 4),
 }
 
-#: static shared memory of a block (bytes): the tensor-core GEMM / conv pipeline as many k slices as fit
+#: static shared memory of a block (bytes): the tensor-core GEMM / conv pipeline as many stages as fit
 SMEM_LIMIT = 48 * 1024
 
 

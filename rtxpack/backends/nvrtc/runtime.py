@@ -54,6 +54,12 @@ class _ShapeState:
         self.runs = 0
 
 
+def uploaded(cu: Any) -> None:
+    """After ``cuMemcpyHtoD`` from pageable memory: that call may return before its DMA lands, on the
+    legacy stream, which the plan's non-blocking stream does not wait for; the context sync does."""
+    check(cu.cuCtxSynchronize(), "cuCtxSynchronize")
+
+
 class NvrtcLoadedPlan:
     """A plan loaded on one GPU (implements ``rtxpack.backends.base.LoadedPlan``)."""
 
@@ -219,6 +225,7 @@ class NvrtcLoadedPlan:
         self._wbuf = check(cu.cuMemAlloc(total), f"cuMemAlloc({total} bytes of weights)")
         if host.size:
             check(cu.cuMemcpyHtoD(self._wbuf, host.ctypes.data, host.size), "cuMemcpyHtoD(weights)")
+            uploaded(cu)
         base = int(self._wbuf)
         self._waddr = {r["name"]: base + r["offset"] for r in recs}
 
@@ -309,6 +316,8 @@ class NvrtcLoadedPlan:
             b = np.frombuffer(device_bytes(val), dtype=np.uint8).copy()
             if b.size:
                 check(cu.cuMemcpyHtoD(arena + sp.offsets[name], b.ctypes.data, b.size), "cuMemcpyHtoD(constants)")
+        if sp.uploads:
+            uploaded(cu)
         return arena
 
     # ---------------------------------------------------------------- tuning (GEMM and conv layers)
@@ -361,6 +370,7 @@ class NvrtcLoadedPlan:
                     if isinstance(v, np.ndarray):
                         b = np.frombuffer(device_bytes(v), dtype=np.uint8).copy()
                         check(cu.cuMemcpyHtoD(tmp + offs[k], b.ctypes.data, b.size), "cuMemcpyHtoD(tuning table)")
+                uploaded(cu)
                 over = {k: tmp + o for k, o in offs.items()}
                 packed = [self._packed(sp, arena, ln, over) for ln in launches]
                 return self._graph_ms(packed, start, end)
