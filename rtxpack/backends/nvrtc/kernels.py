@@ -106,12 +106,10 @@ struct Im2col {
   const float* __restrict__ base;
   int ih0, iw0, H, W, HW;
   bool valid;
+  // element k of the column (0 for padding, past the last pixel)
   template <bool K1> __device__ __forceinline__ float at(int k, const int4* __restrict__ ktab) const {
-    if (!valid) return 0.f;
-    if (K1) return base[(long long)k * HW];
-    const int4 tb = ktab[k];
-    const int ih = ih0 + tb.y, iw = iw0 + tb.z;
-    return ih >= 0 && ih < H && iw >= 0 && iw < W ? base[tb.x] : 0.f;
+    const float* p = addr<K1>(k, k + 1, ktab);
+    return p ? *p : 0.f;
   }
   // the address of element k < ke of the column, nullptr where it is zero (padding, past the last pixel)
   template <bool K1> __device__ __forceinline__ const float* addr(int k, int ke, const int4* __restrict__ ktab) const {

@@ -148,7 +148,11 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 #endif
 """
 
-TC_SOURCE = MMA_SOURCE + r"""
+#: static shared memory of a block (bytes) and the most k stages a tensor-core GEMM / conv pipelines:
+#: as many as fit (the kernels' ``tc_stages`` and the Python ``tc_stages`` below both read these)
+SMEM_LIMIT, MAX_STAGES = 48 * 1024, 4
+
+TC_SOURCE = MMA_SOURCE + f"#define RTX_TC_SMEM {SMEM_LIMIT}\n#define RTX_TC_MAX_STAGES {MAX_STAGES}\n" + r"""
 // Operand tiles in shared memory, per pipeline stage: fp16 [rows][BK + 8] (ldmatrix), fp32 [rows][BK + 8]
 // (activations copied as they are and rounded to fp16 as fragments are built: float2 loads, rows
 // BK + 8 floats apart, so the 16 lanes of a half warp hit 32 distinct banks), or fp32 k-major
@@ -208,8 +212,11 @@ __device__ __forceinline__ void tc_step(TA As, TB Bs, float (&acc)[WM / 16][WN /
 }
 
 // Pipeline stages of a tensor-core kernel whose stage takes ``bytes`` of shared memory: as many as
-// fit in 48 KB (static shared memory), at most 4. kernels_tc.tc_stages is the same rule in Python.
-__host__ __device__ constexpr int tc_stages(int bytes) { return 49152 / bytes < 4 ? 49152 / bytes : 4; }
+// fit in RTX_TC_SMEM (static shared memory), at most RTX_TC_MAX_STAGES. kernels_tc.tc_stages is the
+// same rule in Python.
+__host__ __device__ constexpr int tc_stages(int bytes) {
+  return RTX_TC_SMEM / bytes < RTX_TC_MAX_STAGES ? RTX_TC_SMEM / bytes : RTX_TC_MAX_STAGES;
+}
 
 // The k loop of the tensor-core kernels: fill(stage, k0) issues the asynchronous copies of the
 // BK-slice at k0 into shared stage ``stage`` of ST, step(stage) multiplies one. ST - 1 slices are in
@@ -680,9 +687,6 @@ TC_TILES: dict[str, tuple[int, int, int, int, int, int]] = {
     "t32x32k64s4": (32, 32, 64, 16, 16, 4),
 }
 
-#: static shared memory of a block (bytes): the tensor-core GEMM / conv pipeline as many stages as fit
-SMEM_LIMIT = 48 * 1024
-
 
 def tc_stages(family: str, targs: tuple[int, ...]) -> int:
     """Pipeline stages of a tensor-core conv / GEMM (the kernels' ``tc_stages``): fp16 operands take 2
@@ -692,7 +696,7 @@ def tc_stages(family: str, targs: tuple[int, ...]) -> int:
         stage = bm * (bk + 8) * 2 + bk * (bn + 4) * 4
     else:
         stage = (bm * (2 if targs[6] else 4) + bn * (2 if targs[7] else 4)) * (bk + 8)
-    return min(4, SMEM_LIMIT // stage)
+    return min(MAX_STAGES, SMEM_LIMIT // stage)
 
 
 def tc_tiles(family: str, suffix: tuple[int, ...]) -> dict[str, tuple[int, int, int, int, int, int]]:

@@ -366,11 +366,12 @@ class NvrtcLoadedPlan:
                 offs[k], pos = pos, pos + -(-max(n, 1) // ALIGN) * ALIGN
             tmp = int(check(cu.cuMemAlloc(max(pos, ALIGN)), "cuMemAlloc(tuning scratch)")) if extra else 0
             try:
-                for k, v in extra.items():
-                    if isinstance(v, np.ndarray):
-                        b = np.frombuffer(device_bytes(v), dtype=np.uint8).copy()
-                        check(cu.cuMemcpyHtoD(tmp + offs[k], b.ctypes.data, b.size), "cuMemcpyHtoD(tuning table)")
-                uploaded(cu)
+                tables = {k: v for k, v in extra.items() if isinstance(v, np.ndarray)}
+                for k, v in tables.items():
+                    b = np.frombuffer(device_bytes(v), dtype=np.uint8).copy()
+                    check(cu.cuMemcpyHtoD(tmp + offs[k], b.ctypes.data, b.size), "cuMemcpyHtoD(tuning table)")
+                if tables:
+                    uploaded(cu)
                 over = {k: tmp + o for k, o in offs.items()}
                 packed = [self._packed(sp, arena, ln, over) for ln in launches]
                 return self._graph_ms(packed, start, end)
