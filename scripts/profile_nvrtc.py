@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Where an nvrtc plan's time goes: each launch of a corpus model timed alone on the GPU, summed by
-kernel family and listed slowest first.
+"""Where an nvrtc plan's time goes: each launch of a corpus model timed on the GPU as the plan's CUDA graph
+runs it (replayed from a graph, as the tuner times candidates), summed by kernel family and listed slowest
+first.
 
     python3 scripts/profile_nvrtc.py resnet50-ts vit_b_16-ts --precision fp16 --top 8
 """

@@ -121,6 +121,13 @@ def op_cases() -> list[tuple[str, Callable[[Path], tuple[Path, dict[str, np.ndar
          inits={"s": rand(48), "b": rand(48)})
     case("layernorm_axis_m2", "LayerNormalization", {"x": rand(2, 6, 20)}, extra_inputs=["s"],
          inits={"s": rand(6, 20)}, axis=-2)
+    # a transformer's width, rows shorter than a warp, rows longer than the block (several per thread)
+    case("layernorm_768", "LayerNormalization", {"x": rand(9, 768)}, extra_inputs=["s", "b"],
+         inits={"s": rand(768), "b": rand(768)})
+    case("layernorm_short_rows", "LayerNormalization", {"x": rand(5, 7, 13)}, extra_inputs=["s", "b"],
+         inits={"s": rand(13), "b": rand(13)}, epsilon=1e-6)
+    case("layernorm_long_rows", "LayerNormalization", {"x": rand(3, 2100)}, extra_inputs=["s"],
+         inits={"s": rand(2100)})
     case("maxpool", "MaxPool", {"x": x4}, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
     case("maxpool_ceil_dil", "MaxPool", {"x": x4}, kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1, dilations=[2, 1])
     case("avgpool", "AveragePool", {"x": x4}, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])

@@ -117,6 +117,9 @@ ATTN_CASES = {
     "host_scales": dict(qscale="host", div="host", mask=False),
     # many keys, few queries: fp16 plans split the keys over blocks (attn_tc_part + attn_combine)
     "long_keys": dict(B=2, Sq=20, Skv=300, D=64, DV=48, mask_shape=[2, 1, 20, 300]),
+    # heads not a multiple of 8 (element-wise loads, not 16-byte ones) over three key blocks and a tail:
+    # the next block's prefetch, its zero fill past the keys and past the head
+    "odd_heads_key_blocks": dict(Sq=19, Skv=150, D=20, DV=12, mask=False),
 }
 
 

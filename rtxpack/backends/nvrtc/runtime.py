@@ -550,9 +550,11 @@ class NvrtcLoadedPlan:
                 cu.cuEventDestroy(b)
         return times[len(times) // 2]
 
-    def profile(self, inputs: Mapping[str, Any], iters: int = 5) -> list[dict[str, Any]]:
-        """Milliseconds of each launch of a run on these inputs, timed alone (CUDA events around
-        ``iters`` back-to-back launches of it): where a model's time goes."""
+    def profile(self, inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Milliseconds of each launch of a run on these inputs, timed as the tuner times a candidate (replayed
+        from a CUDA graph, ``_graph_ms``): where a model's time goes, launch gaps included as the plan's graph
+        has them. (Timed from host launches instead, every kernel of a few microseconds reads as the host's
+        launch rate, several times what it costs in the graph.)"""
         cu = _driver()
         self.run(inputs)
         st = self._state({n: tuple(a.shape) for n, a in self.input_arrays(inputs).items()})
@@ -560,7 +562,7 @@ class NvrtcLoadedPlan:
         out = []
         try:
             for ln, p in zip(st.plan.launches, st.launches):
-                ms = self._timed([p] * iters, start, end) / iters
+                ms = self._graph_ms([p], start, end)
                 out.append({"kernel": ln.spec.key(), "grid": list(ln.grid), "block": ln.block, "ms": ms})
         finally:
             cu.cuEventDestroy(start)
