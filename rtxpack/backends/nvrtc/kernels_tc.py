@@ -285,38 +285,6 @@ __device__ __forceinline__ void tc_unstage(const uint4 (&r)[ROWS * BK / 8 / NT],
   }
 }
 
-// tc_stage of an fp32 operand without the rounding: each run of 8 held as loaded, so that the loads stay
-// in flight through whatever math comes before tc_unstage_raw rounds and stores them (a prefetch).
-template <int ROWS, int BK, int NT>
-__device__ __forceinline__ void tc_stage_raw(float (&r)[ROWS * BK / 8 / NT][8], const float* __restrict__ p,
-                                             long long ofs, int r0, int R, int sR, int sK, int k0, int ke, bool vec,
-                                             int tid) {
-#pragma unroll
-  for (int t = 0; t < ROWS * BK / 8 / NT; ++t) {
-    const int e = tid + t * NT, row = r0 + e / (BK / 8), k = k0 + 8 * (e % (BK / 8));
-    const long long at = ofs + (long long)row * sR + (long long)k * sK;
-    if (row < R && k < ke && vec) {
-      const float4 a = *reinterpret_cast<const float4*>(p + at), b = *reinterpret_cast<const float4*>(p + at + 4);
-      r[t][0] = a.x; r[t][1] = a.y; r[t][2] = a.z; r[t][3] = a.w;
-      r[t][4] = b.x; r[t][5] = b.y; r[t][6] = b.z; r[t][7] = b.w;
-    } else {
-#pragma unroll
-      for (int u = 0; u < 8; ++u) r[t][u] = row < R && k + u < ke ? p[at + (long long)u * sK] : 0.f;
-    }
-  }
-}
-template <int ROWS, int BK, int NT>
-__device__ __forceinline__ void tc_unstage_raw(const float (&r)[ROWS * BK / 8 / NT][8], unsigned short (*s)[BK + 8],
-                                               int tid) {
-#pragma unroll
-  for (int t = 0; t < ROWS * BK / 8 / NT; ++t) {
-    const int e = tid + t * NT;
-    *reinterpret_cast<uint4*>(&s[e / (BK / 8)][8 * (e % (BK / 8))]) =
-        make_uint4(pack_h2(f2h(r[t][0]), f2h(r[t][1])), pack_h2(f2h(r[t][2]), f2h(r[t][3])),
-                   pack_h2(f2h(r[t][4]), f2h(r[t][5])), pack_h2(f2h(r[t][6]), f2h(r[t][7])));
-  }
-}
-
 // Issue the copies of a ROWS x BK slice of an operand (rows r0.., k from k0; element (r, k) at
 // ofs + r * sR + k * sK) into a shared stage s[ROWS][BK + 8], zeros past R rows or at k >= ke.
 // fp16 (weights): 16-byte copies of 8 k when ``vec`` (k-contiguous, 16-byte aligned rows), else the 8
@@ -517,28 +485,10 @@ __device__ __forceinline__ void attn_tc_impl(const float* __restrict__ q, const 
   const bool vq = sQd == 1 && (D & 7) == 0 && (sQm & 7) == 0 && (qo & 7) == 0;
   const bool vk = sKd == 1 && (D & 7) == 0 && (sKn & 7) == 0 && (ko & 7) == 0;
   const bool vv = sVd == 1 && (DV & 7) == 0 && (sVn & 7) == 0 && (vo & 7) == 0;
-  int kv0 = 0, kv1 = Skv;
-  if (PART) {
-    const int chunk = (((Skv + nsplit - 1) / nsplit + BKV - 1) / BKV) * BKV;
-    kv0 = blockIdx.z * chunk;
-    kv1 = min(Skv, kv0 + chunk);
-  }
-  // PF (head sizes up to 64): the next key / value block is loaded into registers as fp32 while this one's
-  // math runs, and rounded into shared memory after it (one block's loads in flight, not none); larger
-  // heads would spill the registers, and stage each block when its turn comes.
-  constexpr bool PF = DP <= 64;
-  constexpr int NR = PF ? BKV * DP / 8 / NT : 1;
-  float pk[NR][8], pv[NR][8];
   unsigned qa[DP / 16][4];
   {
     uint4 r[BQ * DP / 8 / NT];
     tc_stage<BQ, DP, NT, false>(r, q, qo, m0, Sq, sQm, sQd, 0, D, vq, tid);
-    if constexpr (PF) {
-      if (kv0 < kv1) {
-        tc_stage_raw<BKV, DP, NT>(pk, kt, ko, kv0, kv1, sKn, sKd, 0, D, vk, tid);
-        tc_stage_raw<BKV, DP, NT>(pv, v, vo, kv0, kv1, sVn, sVd, 0, DV, vv, tid);
-      }
-    }
     tc_unstage<BQ, DP, NT>(r, Ks, tid);
     __syncthreads();
 #pragma unroll
@@ -547,23 +497,21 @@ __device__ __forceinline__ void attn_tc_impl(const float* __restrict__ q, const 
   }
   float oacc[DP / 8][4] = {};
   float mrow[2] = {RTX_NEG_INF, RTX_NEG_INF}, lrow[2] = {0.f, 0.f};   // lrow: this lane's share of the row sum
+  int kv0 = 0, kv1 = Skv;
+  if (PART) {
+    const int chunk = (((Skv + nsplit - 1) / nsplit + BKV - 1) / BKV) * BKV;
+    kv0 = blockIdx.z * chunk;
+    kv1 = min(Skv, kv0 + chunk);
+  }
   for (int n0 = kv0; n0 < kv1; n0 += BKV) {
-    if constexpr (PF) {
-      tc_unstage_raw<BKV, DP, NT>(pk, Ks, tid);
-      tc_unstage_raw<BKV, DP, NT>(pv, Vs, tid);
-      __syncthreads();
-      if (n0 + BKV < kv1) {
-        tc_stage_raw<BKV, DP, NT>(pk, kt, ko, n0 + BKV, kv1, sKn, sKd, 0, D, vk, tid);
-        tc_stage_raw<BKV, DP, NT>(pv, v, vo, n0 + BKV, kv1, sVn, sVd, 0, DV, vv, tid);
-      }
-    } else {
+    {
       uint4 rk[BKV * DP / 8 / NT], rv[BKV * DP / 8 / NT];
       tc_stage<BKV, DP, NT, false>(rk, kt, ko, n0, kv1, sKn, sKd, 0, D, vk, tid);
       tc_stage<BKV, DP, NT, false>(rv, v, vo, n0, kv1, sVn, sVd, 0, DV, vv, tid);
       tc_unstage<BKV, DP, NT>(rk, Ks, tid);
       tc_unstage<BKV, DP, NT>(rv, Vs, tid);
-      __syncthreads();
     }
+    __syncthreads();
     float s[BKV / 8][4] = {};
 #pragma unroll
     for (int kk = 0; kk < DP / 16; ++kk)
