@@ -427,16 +427,6 @@ class NvrtcLoadedPlan:
         finally:
             cu.cuGraphDestroy(graph)
 
-    def _timed(self, packed: list[Any], start: Any, end: Any) -> float:
-        """Milliseconds of these launches, back to back on the stream (CUDA events ``start``/``end``)."""
-        cu = _driver()
-        check(cu.cuEventRecord(start, self._stream), "cuEventRecord")
-        for p in packed:
-            self._launch(p)
-        check(cu.cuEventRecord(end, self._stream), "cuEventRecord")
-        check(cu.cuEventSynchronize(end), "cuEventSynchronize")
-        return float(check(cu.cuEventElapsedTime(start, end), "cuEventElapsedTime"))
-
     def _launch_all(self, state: _ShapeState) -> None:
         for p in state.launches:
             self._launch(p)
