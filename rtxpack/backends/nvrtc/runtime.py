@@ -427,8 +427,8 @@ class NvrtcLoadedPlan:
         finally:
             cu.cuGraphDestroy(graph)
 
-    def _launch_all(self, state: _ShapeState) -> None:
-        for p in state.launches:
+    def _launch_all(self, packed: list[Any]) -> None:
+        for p in packed:
             self._launch(p)
 
     def _captured(self, packed: list[Any]) -> Any:
@@ -437,8 +437,7 @@ class NvrtcLoadedPlan:
         check(cu.cuStreamBeginCapture(self._stream, cu.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
               "cuStreamBeginCapture")
         try:
-            for p in packed:
-                self._launch(p)
+            self._launch_all(packed)
         finally:
             graph = check(cu.cuStreamEndCapture(self._stream), "cuStreamEndCapture")
         return graph
@@ -507,7 +506,7 @@ class NvrtcLoadedPlan:
         if st.graph_exec is not None:
             check(_driver().cuGraphLaunch(st.graph_exec, self._stream), "cuGraphLaunch")
         else:
-            self._launch_all(st)
+            self._launch_all(st.launches)
 
     def _to_host(self, o: np.ndarray, addr: int) -> None:
         check(_driver().cuMemcpyDtoHAsync(o.ctypes.data, addr, o.nbytes, self._stream), "cuMemcpyDtoHAsync")
@@ -530,7 +529,7 @@ class NvrtcLoadedPlan:
                 if st.graph_exec is not None:
                     check(cu.cuGraphLaunch(st.graph_exec, self._stream), "cuGraphLaunch")
                 else:
-                    self._launch_all(st)
+                    self._launch_all(st.launches)
                 check(cu.cuEventRecord(end, self._stream), "cuEventRecord")
             check(cu.cuStreamSynchronize(self._stream), "cuStreamSynchronize")
             times = sorted(float(check(cu.cuEventElapsedTime(a, b), "cuEventElapsedTime")) for a, b in events)
