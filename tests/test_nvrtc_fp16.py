@@ -82,10 +82,10 @@ def test_every_tuning_candidate_gives_the_same_answer(models) -> None:
                 assert rel_err(out[key], r) <= FP16_TOL, (name, k, key)
     for k1 in (0, 1):
         for tile in tc_tiles("conv_tc", (k1,)).values():
-            head = "conv_tc<" + ",".join(map(str, tile + (k1,))) + ">"
+            head = "conv_tc<" + ",".join(map(str, tile + (k1,))) + ","     # then the activation
             assert any(s.startswith(head) for s in seen), head
     for tile in tc_tiles("gemm_tc", (0, 1)).values():
-        head = "gemm_tc<" + ",".join(map(str, tile + (0, 1))) + ">"
+        head = "gemm_tc<" + ",".join(map(str, tile + (0, 1))) + ","
         assert any(s.startswith(head) for s in seen), head
     assert any(s.endswith("/splitK") and s.startswith("conv_tc<") for s in seen)    # GEMM's: the next test
 
@@ -125,7 +125,7 @@ def test_every_fp16_gemm_candidate_gives_the_same_answer(tmp_path: Path) -> None
                 assert np.array_equal(out[key], out2[key]), (name, k, key)
     for halves in ((0, 1), (0, 0)):        # a weight (fp16 in shared memory), two activations (fp32)
         for tile in tc_tiles("gemm_tc", halves).values():
-            head = "gemm_tc<" + ",".join(map(str, tile + halves)) + ">"
+            head = "gemm_tc<" + ",".join(map(str, tile + halves + (0,))) + ">"     # no activation
             assert any(s.startswith(head) and s.endswith("/splitK") for s in seen), head
     assert any(s.startswith("gemm_splitk_reduce") for s in seen)
 

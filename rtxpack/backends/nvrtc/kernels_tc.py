@@ -299,9 +299,10 @@ __device__ __forceinline__ void tc_fill(unsigned short (*s)[BK + 8], const void*
     const int e = tid + t * NT, row = e / (BK / 8), kc = 8 * (e % (BK / 8)), k = k0 + kc;
     if ((ROWS * BK / 8) % NT && e >= ROWS * BK / 8) break;
     const bool ok = r0 + row < R && k < ke;
-    const long long at = ofs + (long long)(r0 + row) * sR + (long long)k * sK;
-    if (vec) cp_async16(&s[row][kc], ok ? h + at : h, ok);
-    else *reinterpret_cast<uint4*>(&s[row][kc]) = ok ? tc_gather8<true>(p, at, sK, ke - k) : make_uint4(0u, 0u, 0u, 0u);
+    const long long rowat = ofs + (long long)(r0 + row) * sR;
+    if (vec) cp_async16(&s[row][kc], ok ? h + rowat + k : h, ok);   // vec: sK == 1
+    else *reinterpret_cast<uint4*>(&s[row][kc]) = ok ? tc_gather8<true>(p, rowat + (long long)k * sK, sK, ke - k)
+                                                     : make_uint4(0u, 0u, 0u, 0u);
   }
 }
 template <int ROWS, int BK, int NT>
@@ -366,9 +367,14 @@ __device__ __forceinline__ bool tc_slices_sum(float* acc, void* smem, int tid) {
   return true;
 }
 
+// The epilogue's activation (kernels.epilogue_act) is a template argument ACT of the tensor-core kernels,
+// known when the layer is planned: read from the launch in every element, its transcendental branches
+// were inlined 32 times into each tile's epilogue, 4,000 of a GEMM's 6,000 instructions, and
+// instruction-cache misses stalled a quarter of its warps' cycles on the H100 (scripts/bench_gemm_tc.py).
+// Split-K partials (S > 1) are stored as they are, the activation left to the reducer.
 // Implicit-GEMM convolution on tensor cores: C[oc, p] = sum_k W[oc, k] * im2col(X)[k, p], W fp16
 // [OC][Cg*KH*KW], X/Y fp32 NCHW. Arguments, grid and split-K workspace as conv_igemm.
-template <int BM, int BN, int BK, int WM, int WN, int KS, bool K1>
+template <int BM, int BN, int BK, int WM, int WN, int KS, bool K1, int ACT>
 __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __restrict__ w,
                         const float* __restrict__ bias, const float* __restrict__ res, float* __restrict__ y, int N,
                         int C, int H, int W, int OC, int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw,
@@ -413,8 +419,69 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
     const long long o = ((long long)n * OC + oc) * OHW + r;
     float v = a + (bias ? bias[oc] : 0.f);
     if (res) v += res[o];
-    y[o] = epilogue_act(relu, v);
+    y[o] = epilogue_act(ACT, v);
   });
+}
+
+// The GEMM epilogue (kernels.gemm_store) over a warp's accumulators at (r0, c0): a lane holds pairs of
+// adjacent columns (c, c + 1), loaded and stored as float2 where both are inside and 8-byte aligned.
+// ACT: the activation (see conv_tc); split-K partials (S > 1) stored as they are.
+template <int WM, int WN, int ACT>
+__device__ __forceinline__ void tc_gemm_epilogue(const float (&acc)[WM / 16][WN / 8][4], int r0, int c0,
+                                                     const GemmBlock& g, int M, int N, int S, float* __restrict__ ws,
+                                                     const float* __restrict__ bias, int sbm, int sbn, float alpha,
+                                                     float beta, const float* __restrict__ res,
+                                                     float* __restrict__ Cm, int lane) {
+  const bool part = S > 1;
+  float* __restrict__ out = part ? ws + (long long)g.split * M * N : Cm + g.cofs;
+  const float* __restrict__ rs = part || !res ? nullptr : res + g.cofs;
+  const float* __restrict__ bs = part ? nullptr : bias;
+  const bool pairs = (N & 1) == 0 && ((unsigned long long)out & 7) == 0 && (!rs || ((unsigned long long)rs & 7) == 0);
+  const bool bpairs = pairs && sbn == 1 && bs && ((unsigned long long)bs & 7) == 0 && (sbm & 1) == 0;
+#pragma unroll
+  for (int i = 0; i < WM / 16; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = r0 + i * 16 + (lane >> 2) + h * 8;
+      if (r >= M) continue;
+      float* __restrict__ orow = out + (long long)r * N;
+      const float* __restrict__ rrow = rs ? rs + (long long)r * N : nullptr;
+      const float* __restrict__ brow = bs ? bs + (long long)r * sbm : nullptr;
+#pragma unroll
+      for (int j = 0; j < WN / 8; ++j) {
+        const int c = c0 + j * 8 + 2 * (lane & 3);
+        if (c >= N) continue;
+        float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
+        const bool both = c + 1 < N;   // always with pairs (N even, c even)
+        if (!part) {
+          float b0 = 0.f, b1 = 0.f, q0 = 0.f, q1 = 0.f;
+          if (bpairs) {
+            const float2 q = *reinterpret_cast<const float2*>(brow + c);
+            b0 = q.x;
+            b1 = q.y;
+          } else if (brow) {
+            b0 = brow[(long long)c * sbn];
+            if (both) b1 = brow[(long long)(c + 1) * sbn];
+          }
+          if (rrow && pairs) {
+            const float2 q = *reinterpret_cast<const float2*>(rrow + c);
+            q0 = q.x;
+            q1 = q.y;
+          } else if (rrow) {
+            q0 = rrow[c];
+            if (both) q1 = rrow[c + 1];
+          }
+          v0 = epilogue_act(ACT, alpha * v0 + beta * b0 + q0);
+          v1 = epilogue_act(ACT, alpha * v1 + beta * b1 + q1);
+        }
+        if (pairs) {
+          *reinterpret_cast<float2*>(orow + c) = make_float2(v0, v1);
+          continue;
+        }
+        orow[c] = v0;
+        if (both) orow[c + 1] = v1;
+      }
+    }
 }
 
 // Batched GEMM on tensor cores, arguments and epilogue as gemm(); AH / BH: that operand is fp16 in
@@ -422,7 +489,7 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
 template <bool H> struct TcType { using type = float; };
 template <> struct TcType<true> { using type = unsigned short; };
 
-template <int BM, int BN, int BK, int WM, int WN, int KS, bool AH, bool BH>
+template <int BM, int BN, int BK, int WM, int WN, int KS, bool AH, bool BH, int ACT>
 __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, const float* __restrict__ bias,
                         const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk,
                         int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, float alpha,
@@ -449,9 +516,7 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
     tc_fill<BN, BK, NT>(Bs[st], B, bofs, n0, N, sBn, sBk, k0, ke, vecB, tid);
   }, [&](int st) { tc_step<BK / KS, WM, WN>(As[st], Bs[st], acc, wm0, wn0, ks * (BK / KS), lane); });
   if (!tc_slices_sum<KS, NTS, WM / 16 * WN / 8 * 4>(&acc[0][0][0], As, tid)) return;
-  tc_each<WM, WN>(acc, m0 + wm0, n0 + wn0, M, N, lane, [&](float a, int m, int n) {
-    gemm_store(a, m, n, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, relu);
-  });
+  tc_gemm_epilogue<WM, WN, ACT>(acc, m0 + wm0, n0 + wn0, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, lane);
 }
 
 // Fused attention on tensor cores (flash attention): O = softmax(scale * Q Kt + mask) V for a block of
@@ -666,7 +731,7 @@ TC_FAMILIES: dict[str, str] = {
 TC_FAMILIES["attn_tc_part"] = TC_FAMILIES["attn_tc"] + ", int nsplit, float* ws"
 TC_FAMILIES["attn_combine"] = ("const float* ws, float* o, int Sq, int DV, int nb, int nb1, int nsplit, int sO0, "
                                "int sO1, int sOm, int sOd, int guard")
-TC_TEMPLATE_KINDS: dict[str, str] = {"conv_tc": "iiiiiib", "gemm_tc": "iiiiiibb", "attn_tc": "i", "attn_tc_part": "i",
+TC_TEMPLATE_KINDS: dict[str, str] = {"conv_tc": "iiiiiibi", "gemm_tc": "iiiiiibbi", "attn_tc": "i", "attn_tc_part": "i",
                                      "attn_combine": "i"}
 
 #: tensor-core block tiles (BM, BN, BK, WM, WN, KS): 4 warps per k slice (KS x 128 threads); BM over
@@ -711,6 +776,7 @@ def tc_block_threads(family: str, targs: tuple[int, ...]) -> int:
     if len(targs) == 1:          # attn_tc / attn_tc_part<DP>: 4 warps of 16 query rows; attn_combine
         return 128
     bm, bn, _, wm, wn = targs[:5]
-    # KS follows the tile; a plan built before k slices has none there (one slice: a template argument fewer)
-    ks = targs[5] if len(targs) == len(TC_TEMPLATE_KINDS[family]) else 1
+    # KS follows the tile; a plan built before k slices has none there (one slice: two template arguments
+    # fewer), one built before the activation was a template argument (ACT, the last) one fewer
+    ks = targs[5] if len(targs) >= len(TC_TEMPLATE_KINDS[family]) - 1 else 1
     return (bm // wm) * (bn // wn) * 32 * ks

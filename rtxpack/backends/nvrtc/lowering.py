@@ -92,7 +92,8 @@ def _conv_specs(node, ws: Sequence[int]) -> list[KernelSpec]:
     k1 = (ws[2] == 1 and ws[3] == 1 and list(a.get("strides", [1, 1])) == [1, 1]
           and not any(a.get("pads", [0] * 4)) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"))
     if a.get("tc"):
-        return [KernelSpec("conv_tc", t + (int(k1),)) for t in tc_tiles("conv_tc", (int(k1),)).values()] + \
+        suffix = (int(k1), int(a.get("relu", 0)))     # the activation is a template argument (kernels_tc)
+        return [KernelSpec("conv_tc", t + suffix) for t in tc_tiles("conv_tc", suffix).values()] + \
             [KernelSpec("splitk_reduce")]
     return [KernelSpec("conv_igemm", TILES[t] + (int(k1),)) for t in ("large", "big", "small")] + \
         [KernelSpec("splitk_reduce")]
@@ -102,7 +103,7 @@ def _gemm_specs(node: Mapping[str, Any]) -> list[KernelSpec]:
     a = node["attrs"]
     if a.get("tc"):
         half = set(a.get("tc_half", ()))
-        suffix = (int(0 in half), int(1 in half))
+        suffix = (int(0 in half), int(1 in half), int(a.get("relu", 0)))
         return [KernelSpec("gemm_tc", t + suffix) for t in tc_tiles("gemm_tc", suffix).values()] + \
             [KernelSpec("gemm_splitk_reduce")]
     return [KernelSpec("gemm", t) for t in GEMM_TILES.values()] + [KernelSpec("gemm_splitk_reduce")]
@@ -138,22 +139,29 @@ def _tile_candidates(rows: int, cols: int, K: int, copies: int, num_sms: int, sp
 
 
 def _plan_tiles(node: Mapping[str, Any], family: str, table: Mapping[str, tuple[int, ...]],
-                suffix: tuple[int, ...] = ()) -> Mapping[str, tuple[int, ...]]:
-    """The tiles of ``family`` the layer can run: ``table`` (today's) when planning a build, those of them
-    the loaded plan carries, else the tiles an earlier rtxpack compiled into it (biggest first)."""
+                suffix: tuple[int, ...] = ()) -> tuple[Mapping[str, tuple[int, ...]], tuple[int, ...]]:
+    """The tiles of ``family`` the layer can run, and the template arguments after the tile: ``table``
+    (today's) when planning a build, those of them the loaded plan carries, else the tiles an earlier
+    rtxpack compiled into it (biggest first), whose tensor-core kernels may predate the activation as a
+    template argument (the suffix one shorter: the activation was read from the launch)."""
     have = node.get("kernels")
     if have is None:
-        return table
-    carried = {k: t for k, t in table.items() if KernelSpec(family, t + suffix) in have}
-    if carried:
-        return carried
-    # a tile is 5 long (fp32; tensor-core tiles before k slices) or 6 (tensor-core: BM, BN, BK, WM, WN, KS)
-    for n in (len(next(iter(table.values()))), 5):
-        own = sorted({s.targs[:n] for s in have if s.family == family and s.targs[n:] == suffix},
-                     key=lambda t: (-t[0] * t[1], t))
-        if own:
-            return {"x".join(map(str, t)): t for t in own}
-    return table
+        return table, suffix
+    tc = family in ("conv_tc", "gemm_tc")
+    suffixes = (suffix, suffix[:-1]) if tc else (suffix,)
+    for suf in suffixes:
+        carried = {k: t for k, t in table.items() if KernelSpec(family, t + suf) in have}
+        if carried:
+            return carried, suf
+    # a tile is 5 long (fp32; tensor-core tiles before k slices) or 6 (tensor-core: BM, BN, BK, WM, WN, KS);
+    # tensor-core kernels with the activation in their template arguments always have k slices
+    for suf in suffixes:
+        for n in (6,) if tc and suf is suffix else (len(next(iter(table.values()))), 5):
+            own = sorted({s.targs[:n] for s in have if s.family == family and s.targs[n:] == suf},
+                         key=lambda t: (-t[0] * t[1], t))
+            if own:
+                return {"x".join(map(str, t)): t for t in own}, suf
+    return table, suffix
 
 
 def _choose(node: Mapping[str, Any], cands: list[tuple[str, int]], heuristic: tuple[str, int]
@@ -428,16 +436,18 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     P, M, K = x[0] * oh * ow, oc // g, int(ws[1]) * kh * kw
     # (tile, split-K) candidates for the tuner; the heuristic: the biggest tile that still gives half
     # a wave of blocks, split-K then fills the GPU
-    family, k1 = ("conv_tc" if a.get("tc") else "conv_igemm"), (specs[0].targs[-1],)
-    tiles = _plan_tiles(node, family, tc_tiles(family, k1) if a.get("tc") else TILES, k1)
+    family = "conv_tc" if a.get("tc") else "conv_igemm"
+    k1 = specs[0].targs[-2] if a.get("tc") else specs[0].targs[-1]
+    suffix = (k1, relu) if a.get("tc") else (k1,)
+    tiles, suffix = _plan_tiles(node, family, tc_tiles(family, suffix) if a.get("tc") else TILES, suffix)
     cands, heur = _tile_candidates(M, P, K, g, num_sms, g == 1, tiles)
     (label, splits), extra = _choose(node, cands, heur)
-    spec = KernelSpec(family, tiles[label] + k1)
+    spec = KernelSpec(family, tiles[label] + suffix)
     if a.get("tc"):
         args[1] = wname + "#h"
     bm, bn = spec.targs[0], spec.targs[1]
     ktab = ""
-    if not spec.targs[-1]:   # im2col offsets per k for this input size: the kernel does no divisions
+    if not k1:   # im2col offsets per k for this input size: the kernel does no divisions
         ktab = f"{y}#ktab"
         c, r = np.divmod(np.arange(K), kh * kw)
         dkh, dkw = (r // kw) * dh, (r % kw) * dw
@@ -532,8 +542,9 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     args = [ins[0], ins[1], bias, res, y, M, N, K, sAm, sAk, sBk, sBn, nb1, sA0, sA1, sB0, sB1,
             sbm, sbn, alpha, beta, int(a.get("relu", 0))]
     half = set(a.get("tc_half", ()))
-    family, suffix = ("gemm_tc", (int(0 in half), int(1 in half))) if a.get("tc") else ("gemm", ())
-    tiles = _plan_tiles(node, family, tc_tiles(family, suffix) if a.get("tc") else GEMM_TILES, suffix)
+    family, suffix = (("gemm_tc", (int(0 in half), int(1 in half), int(a.get("relu", 0)))) if a.get("tc")
+                      else ("gemm", ()))
+    tiles, suffix = _plan_tiles(node, family, tc_tiles(family, suffix) if a.get("tc") else GEMM_TILES, suffix)
     cands, heur = _tile_candidates(M, N, K, nbatch, num_sms, nbatch == 1, tiles)
     (label, splits), extra = _choose(node, cands, heur)
     spec = KernelSpec(family, tiles[label] + suffix)
