@@ -28,79 +28,6 @@ SHAPES = {  # (M, N, K): QKV / out projection / MLP up / MLP down at batch 1
 }
 COPIES, REPS = 12, 10
 
-#: an experimental tensor-core GEMM (dynamic shared memory: ST stages of BK; fragments of the next
-#: k step loaded while the MMAs of this one issue; B fragments of two n tiles per ldmatrix.x4)
-EXP_SOURCE = r"""
-template <int WN, int LD>
-__device__ __forceinline__ void x_frag_b(unsigned (&b)[WN / 8][2], const unsigned short (*s)[LD], int n0, int kk, int lane) {
-  if (WN % 16 == 0) {
-#pragma unroll
-    for (int j = 0; j < WN / 8; j += 2) {
-      unsigned r[4];
-      ldmatrix_x4(r, &s[n0 + j * 8 + (lane & 7) + ((lane >> 4) << 3)][kk + ((lane >> 3) & 1) * 8]);
-      b[j][0] = r[0]; b[j][1] = r[1]; b[j + 1][0] = r[2]; b[j + 1][1] = r[3];
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < WN / 8; ++j) tc_frag_b(b[j], s, n0 + j * 8, kk, lane);
-  }
-}
-template <int BK, int WM, int WN, class TA, class TB>
-__device__ __forceinline__ void x_step(TA As, TB Bs, float (&acc)[WM / 16][WN / 8][4], int wm0, int wn0, int lane) {
-  unsigned a[2][WM / 16][4], b[2][WN / 8][2];
-#pragma unroll
-  for (int i = 0; i < WM / 16; ++i) tc_frag_a(a[0][i], As, wm0 + i * 16, 0, lane);
-  x_frag_b<WN>(b[0], Bs, wn0, 0, lane);
-#pragma unroll
-  for (int s = 0; s < BK / 16; ++s) {
-    if (s + 1 < BK / 16) {
-#pragma unroll
-      for (int i = 0; i < WM / 16; ++i) tc_frag_a(a[(s + 1) & 1][i], As, wm0 + i * 16, (s + 1) * 16, lane);
-      x_frag_b<WN>(b[(s + 1) & 1], Bs, wn0, (s + 1) * 16, lane);
-    }
-#pragma unroll
-    for (int i = 0; i < WM / 16; ++i)
-#pragma unroll
-      for (int j = 0; j < WN / 8; ++j) mma_m16n8k16_f16f32(acc[i][j], a[s & 1][i], b[s & 1][j], acc[i][j]);
-  }
-}
-template <int BM, int BN, int BK, int WM, int WN, int ST, bool AH>
-__device__ void gemm_x(const void* __restrict__ A, const void* __restrict__ B, const float* __restrict__ bias,
-                       const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk,
-                       int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, float alpha,
-                       float beta, int relu, int S, float* __restrict__ ws) {
-  using TA = typename TcType<AH>::type;
-  using TB = unsigned short;
-  constexpr int WX = BN / WN, NT = (BM / WM) * WX * 32, LD = BK + 8;
-  extern __shared__ __align__(16) unsigned char x_smem[];
-  TA (*As)[BM][LD] = reinterpret_cast<TA (*)[BM][LD]>(x_smem);
-  TB (*Bs)[BN][LD] = reinterpret_cast<TB (*)[BN][LD]>(x_smem + sizeof(TA) * ST * BM * LD);
-  const GemmBlock g = gemm_block<BM, BN, BK>(M, N, K, S, nb1, sA0, sA1, sB0, sB1);
-  const long long aofs = g.aofs, bofs = g.bofs;
-  const int m0 = g.m0, n0 = g.n0, ke = g.ke;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int wm0 = (warp / WX) * WM, wn0 = (warp % WX) * WN;
-  float acc[WM / 16][WN / 8][4] = {};
-  constexpr int VA = AH ? 7 : 3;
-  const bool vecA = sAk == 1 && (K & VA) == 0 && (sAm & VA) == 0 && (aofs & VA) == 0 && ((unsigned long long)A & 15) == 0;
-  const bool vecB = sBk == 1 && (K & 7) == 0 && (sBn & 7) == 0 && (bofs & 7) == 0 && ((unsigned long long)B & 15) == 0;
-  pipelined<BK, ST>(g.kb, ke, [&](int st, int k0) {
-    tc_fill<BM, BK, NT>(As[st], A, aofs, m0, M, sAm, sAk, k0, ke, vecA, tid);
-    tc_fill<BN, BK, NT>(Bs[st], B, bofs, n0, N, sBn, sBk, k0, ke, vecB, tid);
-  }, [&](int st) { x_step<BK, WM, WN>(As[st], Bs[st], acc, wm0, wn0, lane); });
-  tc_each<WM, WN>(acc, m0 + wm0, n0 + wn0, M, N, lane, [&](float a, int m, int n) {
-    gemm_store(a, m, n, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, relu);
-  });
-}
-"""
-#: experimental variants, name -> (BM, BN, BK, WM, WN, ST)
-EXP_TILES = {
-    "e64x64k64s3": (64, 64, 64, 32, 32, 3), "e64x64k64s5": (64, 64, 64, 32, 32, 5),
-    "e128x64k64s4": (128, 64, 64, 64, 32, 4), "e64x128k64s4": (64, 128, 64, 32, 64, 4),
-    "e128x128k64s3": (128, 128, 64, 64, 64, 3), "e128x128k32s6w8": (128, 128, 32, 64, 32, 6),
-    "e64x32k64s6": (64, 32, 64, 32, 16, 6), "e32x64k64s6": (32, 64, 64, 16, 32, 6),
-    "e64x64k32s4": (64, 64, 32, 32, 32, 4),
-}
 #: tiles outside TC_TILES to try (8 warps a block), name -> (BM, BN, BK, WM, WN, KS)
 EXTRA_TILES = {
     "x128x128": (128, 128, 32, 64, 32, 1),
@@ -126,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from cuda.bindings import driver as cu
 
     from rtxpack.backends.nvrtc.compile import compile_program
-    from rtxpack.backends.nvrtc.kernels import FAMILIES, KernelSpec, entry_name, program_source
+    from rtxpack.backends.nvrtc.kernels import KernelSpec, entry_name, program_source
     from rtxpack.backends.nvrtc.kernels_tc import TC_TILES, tc_stages
 
     torch.cuda.init()
@@ -142,23 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                 specs[(t, ah)] = KernelSpec("gemm_tc", tiles[t] + (ah, 1, 0))
     red = KernelSpec("gemm_splitk_reduce")
     allspecs = list(specs.values()) + [red]
-    exp, wrappers = {}, ""
-    for t, (bm, bn, bk, wm, wn, st) in EXP_TILES.items():
-        if args.tiles and t not in args.tiles.split(","):
-            continue
-        for ah in (0, 1):
-            entry = f"x_{t}_a{ah}"
-            threads = (bm // wm) * (bn // wn) * 32
-            smem = st * (bm * (2 if ah else 4) + bn * 2) * (bk + 8)
-            if smem > 227 * 1024:
-                continue
-            exp[(t, ah)] = (entry, threads, smem, bm, bn)
-            wrappers += (f'extern "C" __global__ void __launch_bounds__({threads}) {entry}({FAMILIES["gemm_tc"]}) '
-                         f'{{ gemm_x<{bm}, {bn}, {bk}, {wm}, {wn}, {st}, {"true" if ah else "false"}>'
-                         f'(A, B, bias, res, Cm, M, N, K, sAm, sAk, sBk, sBn, nb1, sA0, sA1, sB0, sB1, sbm, sbn, '
-                         f'alpha, beta, relu, S, ws); }}\n')
-    print(f"compiling {len(allspecs) + len(exp)} kernels for sm_{sm} ...", flush=True)
-    cubin = compile_program(program_source(allspecs) + EXP_SOURCE + wrappers, sm)
+    print(f"compiling {len(allspecs)} kernels for sm_{sm} ...", flush=True)
+    cubin = compile_program(program_source(allspecs), sm)
 
     def ok(r):
         err, *rest = r
@@ -169,10 +81,6 @@ def main(argv: list[str] | None = None) -> int:
     torch.zeros(1, device="cuda")        # primary context current
     mod = ok(cu.cuModuleLoadData(cubin))
     funcs = {s: ok(cu.cuModuleGetFunction(mod, entry_name(s).encode())) for s in allspecs}
-    for key, (entry, threads, smem, bm, bn) in exp.items():
-        fn = ok(cu.cuModuleGetFunction(mod, entry.encode()))
-        ok(cu.cuFuncSetAttribute(fn, cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem))
-        funcs[key] = fn
 
     def launch(fn, grid, block, fmt, vals, stream, smem=0):
         offs, buf = [], b""
@@ -226,8 +134,6 @@ def main(argv: list[str] | None = None) -> int:
             best = None
             variants = [((t, ah), funcs[spec], spec.block_threads, 0, spec.targs[0], spec.targs[1])
                         for (t, ah), spec in specs.items()]
-            variants += [((t, ah), funcs[(t, ah)], threads, smem, bm, bn)
-                         for (t, ah), (_, threads, smem, bm, bn) in exp.items()]
             for (t, ah), fn, threads, smem, bm, bn in variants:
                 A = x16 if ah else x32
                 for S in [int(s) for s in args.splits.split(",")]:
