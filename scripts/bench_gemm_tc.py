@@ -41,7 +41,7 @@ EXTRA_TILES = {
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="vit,bert,whisper")
-    ap.add_argument("--tiles", default="", help="comma-separated TC_TILES names (default: all)")
+    ap.add_argument("--tiles", default="", help="comma-separated names of TC_TILES / EXTRA_TILES (default: all)")
     ap.add_argument("--splits", default="1,2,3,4")
     ap.add_argument("--json", default="")
     ap.add_argument("--first", type=int, default=0, help="first shape of each group")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     mod = ok(cu.cuModuleLoadData(cubin))
     funcs = {s: ok(cu.cuModuleGetFunction(mod, entry_name(s).encode())) for s in allspecs}
 
-    def launch(fn, grid, block, fmt, vals, stream, smem=0):
+    def launch(fn, grid, block, fmt, vals, stream):
         offs, buf = [], b""
         for f, v in zip(fmt, vals):
             size = struct.calcsize(f)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             buf += struct.pack(f, v)
         keep = ctypes.create_string_buffer(buf, len(buf))
         ptrs = (ctypes.c_void_p * len(offs))(*[ctypes.addressof(keep) + o for o in offs])
-        ok(cu.cuLaunchKernel(fn, *grid, block, 1, 1, smem, cu.CUstream(stream), ctypes.addressof(ptrs), 0))
+        ok(cu.cuLaunchKernel(fn, *grid, block, 1, 1, 0, cu.CUstream(stream), ctypes.addressof(ptrs), 0))
         return keep, ptrs
 
     def graph_ms(body):
@@ -132,9 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             cublas = graph_ms(lambda st: [F.linear(x16, w, b16) for w in ws16])
             row = {"shape": [M, N, K], "group": group, "cublas_fp16_ms": cublas, "kernels": []}
             best = None
-            variants = [((t, ah), funcs[spec], spec.block_threads, 0, spec.targs[0], spec.targs[1])
-                        for (t, ah), spec in specs.items()]
-            for (t, ah), fn, threads, smem, bm, bn in variants:
+            for (t, ah), spec in specs.items():
+                fn, threads, (bm, bn) = funcs[spec], spec.block_threads, spec.targs[:2]
                 A = x16 if ah else x32
                 for S in [int(s) for s in args.splits.split(",")]:
                     ntile = math.ceil(N / bn) * math.ceil(M / bm)
@@ -143,12 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                     wsb = torch.empty(S * M * N, device="cuda") if S > 1 else None
                     keep = []
 
-                    def body(st, fn=fn, threads=threads, smem=smem, A=A, S=S, wsb=wsb, bm=bm, bn=bn):
+                    def body(st, fn=fn, threads=threads, A=A, S=S, wsb=wsb, bm=bm, bn=bn):
                         for w in ws16:
                             vals = [A.data_ptr(), w.data_ptr(), b32.data_ptr(), 0, y.data_ptr(), M, N, K, K, 1, 1, K,
                                     1, 0, 0, 0, 0, 0, 1, 1.0, 1.0, 0, S, wsb.data_ptr() if S > 1 else 0]
                             keep.append(launch(fn, (math.ceil(N / bn), math.ceil(M / bm), S), threads, GEMM_FMT,
-                                               vals, st, smem))
+                                               vals, st))
                             if S > 1:
                                 keep.append(launch(funcs[red], (min(4096, math.ceil(M * N / 256)), 1, 1), 256,
                                                    RED_FMT, [wsb.data_ptr(), b32.data_ptr(), 0, y.data_ptr(), M, N,

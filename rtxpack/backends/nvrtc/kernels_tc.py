@@ -371,7 +371,8 @@ __device__ __forceinline__ bool tc_slices_sum(float* acc, void* smem, int tid) {
 // known when the layer is planned: read from the launch in every element, its transcendental branches
 // were inlined 32 times into each tile's epilogue, 4,000 of a GEMM's 6,000 instructions, and
 // instruction-cache misses stalled a quarter of its warps' cycles on the H100 (scripts/bench_gemm_tc.py).
-// Split-K partials (S > 1) are stored as they are, the activation left to the reducer.
+// Split-K partials (S > 1) are stored as they are, the activation left to the reducer. The launch's
+// ``relu`` argument stays (the reducers and the planner's residual folding read it); these kernels use ACT.
 // Implicit-GEMM convolution on tensor cores: C[oc, p] = sum_k W[oc, k] * im2col(X)[k, p], W fp16
 // [OC][Cg*KH*KW], X/Y fp32 NCHW. Arguments, grid and split-K workspace as conv_igemm.
 template <int BM, int BN, int BK, int WM, int WN, int KS, bool K1, int ACT>
@@ -423,15 +424,16 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
   });
 }
 
-// The GEMM epilogue (kernels.gemm_store) over a warp's accumulators at (r0, c0): a lane holds pairs of
-// adjacent columns (c, c + 1), loaded and stored as float2 where both are inside and 8-byte aligned.
-// ACT: the activation (see conv_tc); split-K partials (S > 1) stored as they are.
+// The GEMM epilogue (kernels.gemm_store) over a warp's accumulators at (r0, c0). A lane holds pairs of
+// adjacent columns (c, c + 1): where the rows are 8-byte aligned (N even) a pair is loaded and stored as
+// float2, else each element goes through gemm_store. ACT: the activation (see conv_tc); split-K
+// partials (S > 1) stored as they are.
 template <int WM, int WN, int ACT>
 __device__ __forceinline__ void tc_gemm_epilogue(const float (&acc)[WM / 16][WN / 8][4], int r0, int c0,
-                                                     const GemmBlock& g, int M, int N, int S, float* __restrict__ ws,
-                                                     const float* __restrict__ bias, int sbm, int sbn, float alpha,
-                                                     float beta, const float* __restrict__ res,
-                                                     float* __restrict__ Cm, int lane) {
+                                                 const GemmBlock& g, int M, int N, int S, float* __restrict__ ws,
+                                                 const float* __restrict__ bias, int sbm, int sbn, float alpha,
+                                                 float beta, const float* __restrict__ res, float* __restrict__ Cm,
+                                                 int lane) {
   const bool part = S > 1;
   float* __restrict__ out = part ? ws + (long long)g.split * M * N : Cm + g.cofs;
   const float* __restrict__ rs = part || !res ? nullptr : res + g.cofs;
@@ -452,34 +454,31 @@ __device__ __forceinline__ void tc_gemm_epilogue(const float (&acc)[WM / 16][WN 
         const int c = c0 + j * 8 + 2 * (lane & 3);
         if (c >= N) continue;
         float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
-        const bool both = c + 1 < N;   // always with pairs (N even, c even)
-        if (!part) {
-          float b0 = 0.f, b1 = 0.f, q0 = 0.f, q1 = 0.f;
-          if (bpairs) {
-            const float2 q = *reinterpret_cast<const float2*>(brow + c);
-            b0 = q.x;
-            b1 = q.y;
-          } else if (brow) {
-            b0 = brow[(long long)c * sbn];
-            if (both) b1 = brow[(long long)(c + 1) * sbn];
-          }
-          if (rrow && pairs) {
-            const float2 q = *reinterpret_cast<const float2*>(rrow + c);
-            q0 = q.x;
-            q1 = q.y;
-          } else if (rrow) {
-            q0 = rrow[c];
-            if (both) q1 = rrow[c + 1];
-          }
-          v0 = epilogue_act(ACT, alpha * v0 + beta * b0 + q0);
-          v1 = epilogue_act(ACT, alpha * v1 + beta * b1 + q1);
-        }
-        if (pairs) {
-          *reinterpret_cast<float2*>(orow + c) = make_float2(v0, v1);
+        if (!pairs) {          // N odd or unaligned rows: element by element, c + 1 may be past N
+          gemm_store(v0, r, c, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, ACT);
+          if (c + 1 < N) gemm_store(v1, r, c + 1, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, ACT);
           continue;
         }
-        orow[c] = v0;
-        if (both) orow[c + 1] = v1;
+        if (!part) {
+          v0 *= alpha;
+          v1 *= alpha;
+          if (bpairs) {
+            const float2 q = *reinterpret_cast<const float2*>(brow + c);
+            v0 += beta * q.x;
+            v1 += beta * q.y;
+          } else if (brow) {
+            v0 += beta * brow[(long long)c * sbn];
+            v1 += beta * brow[(long long)(c + 1) * sbn];
+          }
+          if (rrow) {
+            const float2 q = *reinterpret_cast<const float2*>(rrow + c);
+            v0 += q.x;
+            v1 += q.y;
+          }
+          v0 = epilogue_act(ACT, v0);
+          v1 = epilogue_act(ACT, v1);
+        }
+        *reinterpret_cast<float2*>(orow + c) = make_float2(v0, v1);
       }
     }
 }

@@ -155,8 +155,9 @@ def _plan_tiles(node: Mapping[str, Any], family: str, table: Mapping[str, tuple[
             return carried, suf
     # a tile is 5 long (fp32; tensor-core tiles before k slices) or 6 (tensor-core: BM, BN, BK, WM, WN, KS);
     # tensor-core kernels with the activation in their template arguments always have k slices
+    n_today = len(next(iter(table.values())))
     for suf in suffixes:
-        for n in (6,) if tc and suf is suffix else (len(next(iter(table.values()))), 5):
+        for n in (n_today,) if tc and suf is suffix else (n_today, 5):
             own = sorted({s.targs[:n] for s in have if s.family == family and s.targs[n:] == suf},
                          key=lambda t: (-t[0] * t[1], t))
             if own:
