@@ -13,6 +13,7 @@ import pytest
 import rtxpack
 from rtxpack.demo import models as examples
 from rtxpack.installer import runtime_caches as rcs
+from rtxpack.installer.store import Store
 from rtxpack.core.errors import ResolveError
 
 import refbackend
@@ -194,7 +195,7 @@ def test_two_processes_closing_at_once_leave_a_valid_cache(env, tmp_path):
     for p in procs:
         assert p.wait(timeout=60) == 0
     (f,) = (Path(rtxpack.core.config.cache_dir()) / "state" / "runtime-caches").glob("*.rtcache")
-    payload, why = rcs.read(rtxpack.installer.store.Store(), _key_for(f, env))
+    payload, why = rcs.read(Store(), _key_for(f, env))
     assert payload is not None, why
     assert not list(f.parent.glob(".rc.*"))          # no temp files left behind
 
@@ -205,7 +206,7 @@ def _key_for(path, env):
     art = Manifest.load(env.repo).artifacts[0]
     key = rcs.CacheKey(model="mlp", plan_sha256=art.sha256, gpu_name="NVIDIA H100 80GB HBM3", cc="9.0", os="linux",
                        driver_major=13, backend="reference", backend_version="1.0.0")
-    assert rcs.path_for(rtxpack.installer.store.Store(), key) == path
+    assert rcs.path_for(Store(), key) == path
     return key
 
 
