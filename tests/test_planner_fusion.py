@@ -286,3 +286,78 @@ def test_a_residual_still_being_filled_is_no_epilogue(tmp_path: Path, precision:
              for i in onnx.load(path).graph.input}
     with EmuLoadedPlan(build_plan(path, precision=precision), num_sms=8) as p:
         assert_close(p.run(feeds)["out"], reference(path, feeds)["out"], rel=TOL[precision])
+
+
+def _layer_scaled(path: Path, form: str, C: int = 16, Hs: int = 5) -> Path:
+    """A ConvNeXt-style block whose second Linear's output is multiplied by a per-channel layer scale:
+    ``nchw`` as torchvision exports it (Transpose back to NCHW, then ``Mul(gamma[C, 1, 1])``), ``nhwc`` as
+    CaiT / DINOv2 write it (``Mul(gamma[C])`` before the Transpose), ``rows`` a factor varying along H
+    (no layer scale: the Mul must stay). The bias reaches the MatMul through a host Identity (the
+    TorchScript exporter's alias for equal initializers), and the scaled weight is also read unscaled by
+    a second output (a shared weight keeps its values)."""
+    rng = np.random.default_rng(11)
+    f = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)   # noqa: E731
+    gamma = {"nchw": rng.uniform(0.2, 2, (C, 1, 1)), "nhwc": rng.uniform(0.2, 2, C),
+             "rows": rng.uniform(0.2, 2, (1, Hs, 1))}[form]
+    inits = [f("w1", rng.standard_normal((C, 2 * C)) / 4), f("b1", rng.standard_normal(2 * C) / 4),
+             f("w2", rng.standard_normal((2 * C, C)) / 6), f("b2", rng.standard_normal(C) / 4), f("gamma", gamma)]
+    n = helper.make_node
+    nodes = [n("Identity", ["b2"], ["b2_alias"]), n("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+             n("MatMul", ["t", "w1"], ["h0"]), n("Add", ["h0", "b1"], ["h"]), n("Relu", ["h"], ["ha"]),
+             n("MatMul", ["ha", "w2"], ["y0"]), n("Add", ["b2_alias", "y0"], ["y1"]), n("MatMul", ["ha", "w2"], ["plain"])]
+    if form == "nhwc":
+        nodes += [n("Mul", ["y1", "gamma"], ["y2"]), n("Transpose", ["y2"], ["back"], perm=[0, 3, 1, 2])]
+    else:
+        nodes += [n("Transpose", ["y1"], ["y2"], perm=[0, 3, 1, 2]), n("Mul", ["gamma", "y2"], ["back"])]
+    nodes.append(n("Add", ["x", "back"], ["out"]))
+    vi = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, None)   # noqa: E731
+    graph = helper.make_graph(nodes, "ls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, Hs, Hs])],
+                              [vi("out"), vi("plain")], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("form", ["nchw", "nhwc", "rows"])
+def test_a_layer_scale_is_folded_into_the_weights_before_it(tmp_path: Path, precision: str, form: str) -> None:
+    """A per-channel layer scale after a Linear costs no launch: gamma multiplies the columns of a copy of
+    the weight and the bias (the weight itself, read unscaled elsewhere, keeps its values); the Add
+    after it reads the Transpose in place. A factor varying along another axis stays a Mul."""
+    path = _layer_scaled(tmp_path / "ls.onnx", form)
+    x = rand(1, 16, 5, 5)
+    ref = reference(path, {"x": x})
+    plan = build_plan(path, precision=precision)
+    with EmuLoadedPlan(plan) as p:
+        got = p.run({"x": x})
+        for k in ("out", "plain"):
+            assert_close(got[k], ref[k], rel=TOL[precision])
+        assert _count(p.launch_counts, "binary") == (2 if form == "rows" else 1), p.launch_counts
+    if precision == "fp16" and form == "nchw":    # a stripped plan refits the scaled copies from the ONNX
+        with EmuLoadedPlan(build_plan(path, precision=precision, strip_weights=True)) as s:
+            s.refit(path)
+            again = s.run({"x": x})
+        for k in ("out", "plain"):
+            np.testing.assert_array_equal(again[k], got[k])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_layer_scale_after_a_gemm_with_transposed_weight(tmp_path: Path, precision: str) -> None:
+    """Gemm(transB=1) (a Linear on 2-D rows, as TorchScript exports it): B is stored [N, K], so gamma scales
+    its rows; the residual Add then runs in the epilogue too (one launch in all at fp32)."""
+    rng = np.random.default_rng(12)
+    f = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)   # noqa: E731
+    n = helper.make_node
+    nodes = [n("Gemm", ["x", "w", "b"], ["y"], transB=1), n("Mul", ["y", "gamma"], ["ys"]), n("Add", ["ys", "x"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 24])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [f("w", rng.standard_normal((24, 24)) / 5), f("b", rng.standard_normal(24) / 4),
+                               f("gamma", rng.uniform(0.2, 2, 24))])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "g.onnx")
+    x = rand(8, 24)
+    with EmuLoadedPlan(build_plan(tmp_path / "g.onnx", precision=precision)) as p:
+        assert_close(p.run({"x": x})["out"], reference(tmp_path / "g.onnx", {"x": x})["out"], rel=TOL[precision])
+        assert _count(p.launch_counts, "binary") == 0, p.launch_counts

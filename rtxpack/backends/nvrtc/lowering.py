@@ -182,6 +182,16 @@ def conv_weight_names(node) -> tuple[str, str]:
     return ins[1], (ins[2] if len(ins) > 2 else "")
 
 
+def gemm_weight_names(node) -> tuple[str, str]:
+    """(B, bias) a Gemm / MatMul launch reads: a folded layer scale (``colscale``) gives the node its own
+    scaled copies (weights.derive_weight), so that a weight the model shares elsewhere stays as it is."""
+    ins = node["inputs"]
+    bias = ins[2] if len(ins) > 2 else ""
+    if "colscale" in node["attrs"]:
+        return node["name"] + "#cw", (node["name"] + "#cb" if bias else "")
+    return ins[1], bias
+
+
 # ---------------------------------------------------------------- public API
 def kernels_for(node: Mapping[str, Any], weight_shapes: Mapping[str, Sequence[int]]) -> list[KernelSpec]:
     """Every specialization a device node may launch (decided from static attributes only)."""
@@ -549,10 +559,12 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     cands, heur = _tile_candidates(M, N, K, nbatch, num_sms, nbatch == 1, tiles)
     (label, splits), extra = _choose(node, cands, heur)
     spec = KernelSpec(family, tiles[label] + suffix)
+    wname, args[2] = gemm_weight_names(node)
+    args[1] = wname
     if a.get("tc"):
-        args[0], args[1] = [ins[i] + "#h" if i in half else ins[i] for i in (0, 1)]
+        args[0], args[1] = [args[i] + "#h" if i in half else args[i] for i in (0, 1)]
         if a.get("tc_bt"):            # B's fp16 copy is stored [N, K] (see use_tensor_cores)
-            args[1], args[10], args[11] = ins[1] + "#ht", 1, K
+            args[1], args[10], args[11] = wname + "#ht", 1, K
     bm, bn = spec.targs[0], spec.targs[1]
     if splits == 1:
         return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), nbatch), spec.block_threads,
@@ -562,7 +574,7 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), splits), spec.block_threads,
                           args + [splits, scratch]),
                    Launch(KernelSpec("gemm_splitk_reduce"), _blocks(M * N), 256,
-                          [scratch, bias, res, y, M, N, splits, sbm, sbn, alpha, beta, int(a.get("relu", 0))])], extra
+                          [scratch, args[2], res, y, M, N, splits, sbm, sbn, alpha, beta, int(a.get("relu", 0))])], extra
 
 
 #: fp32 GEMM tiles of unfused attention (fp32 plans, heads over 128)

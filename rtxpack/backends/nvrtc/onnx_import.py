@@ -199,7 +199,8 @@ def import_onnx(onnx_path: Any, *, keep_unsupported: bool = False) -> tuple[dict
                            {**constants, **weights}, set(outputs), shapes, opset)
     nodes = fuse(nodes, weights, shapes, set(outputs), constants)
     device_weights = sorted({i for nd in nodes if nd["where"] == "device" for i in nd["inputs"] if i in weights}
-                            | {v for nd in nodes for v in nd["attrs"].get("bn", {}).get("params", [])})
+                            | {v for nd in nodes for v in nd["attrs"].get("bn", {}).get("params", [])}
+                            | {nd["attrs"]["colscale"] for nd in nodes if "colscale" in nd["attrs"]})
     graph = {
         "name": g.name or Path(str(onnx_path)).stem,
         "opset": int(opset),
@@ -508,14 +509,60 @@ ACTIVATIONS = {"Relu": 1, "Gelu": 2, "Sigmoid": 4, "HardSwish": 5}
 SILU = 3
 
 
+def layer_scale(nodes: list[dict], j: int, out: str, nd: Mapping[str, Any], ins: Sequence[str],
+                weights: Mapping[str, np.ndarray], shapes: Mapping[str, list], sole_next: Any,
+                real: Mapping[str, str]) -> tuple[str, int, int | None] | None:
+    """A Gemm / MatMul (with its bias fused, no residual or activation yet) whose output only a
+    multiplication by a constant per-column factor reads: ``Mul(out, gamma)`` (CaiT's, DINOv2's layer
+    scale) or ``Transpose(out)`` then ``Mul(., gamma)`` (ConvNeXt's: gamma ``[C, 1, 1]`` on the NCHW
+    view). Returns (gamma's name, the Mul's index, the Transpose's index or None) when gamma is an
+    initializer varying along the output's columns only, so that ``weights.derive_weight`` can fold
+    it into the weight's columns and the bias (``colscale``). ``real`` maps the host Identity aliases
+    exporters give equal initializers to the initializer (the caller makes the bias that one too)."""
+    wname = ins[1]
+    w = weights.get(wname)
+    if w is None or w.ndim != 2 or not np.issubdtype(w.dtype, np.floating) or ins[3]:
+        return None
+    N = w.shape[0] if nd["op"] == "Gemm" and nd["attrs"].get("transB", 0) else w.shape[1]
+    bias = real.get(ins[2], ins[2])
+    if ins[2] and (bias not in weights or weights[bias].shape != (N,)):
+        return None      # a bias that broadcasts over the columns would change shape when scaled
+    rank = len(shapes.get(out) or [])
+    cols, trans = rank - 1, None          # the output's column axis, and where a Transpose puts it
+    if nodes[j]["op"] == "Transpose":
+        perm = list(nodes[j]["attrs"].get("perm") or range(rank - 1, -1, -1))
+        if rank == 0 or sorted(perm) != list(range(rank)):
+            return None
+        trans, cols = j, perm.index(rank - 1)
+        j = sole_next(j, nodes[j]["outputs"][0])
+        if j is None:
+            return None
+    mul = nodes[j]
+    seen = nodes[trans]["outputs"][0] if trans is not None else out
+    other = [t for t in mul["inputs"] if t != seen]
+    gamma = real.get(other[0], other[0]) if len(other) == 1 else ""
+    if mul["op"] != "Mul" or rank == 0 or len(mul["inputs"]) != 2 or gamma not in weights:
+        return None
+    g = weights[gamma]
+    if not np.issubdtype(g.dtype, np.floating) or g.ndim > rank:
+        return None
+    dims = [1] * (rank - g.ndim) + list(g.shape)
+    if any(d != 1 for a, d in enumerate(dims) if a != cols) or dims[cols] not in (1, N):
+        return None
+    return gamma, j, trans
+
+
 def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[str, list], outputs: set[str],
          constants: Mapping[str, np.ndarray] | None = None) -> list[dict]:
     """Fold BatchNormalization into Conv; fuse bias, residual Add and Relu / GELU epilogues (see module
     doc). A MatMul's bias may be an initializer or a Constant node's value (uploaded once per shape)."""
     vectors = {**(constants or {}), **weights}
+    real: dict[str, str] = {}     # Identity alias -> the initializer it names
     for nd in nodes:          # exporters alias equal initializers through Identity (evaluated on the host)
         if nd["op"] == "Identity" and nd["where"] == "host" and nd["inputs"][0] in vectors:
             vectors[nd["outputs"][0]] = vectors[nd["inputs"][0]]
+            if nd["inputs"][0] in weights or nd["inputs"][0] in real:
+                real[nd["outputs"][0]] = real.get(nd["inputs"][0], nd["inputs"][0])
     _, consumers = _graph_index(nodes)
     removed: set[int] = set()
 
@@ -565,6 +612,20 @@ def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[s
                 out, pos = nodes[j]["outputs"][0], j
                 removed.add(j)
                 j = sole_next(j, out)
+        changed = False
+        if nd["op"] in ("Gemm", "MatMul") and j is not None and "relu" not in attrs:
+            scaled = layer_scale(nodes, j, out, nd, ins, weights, shapes, sole_next, real)
+            if scaled is not None:       # a per-column constant factor: folded into the weight and bias
+                attrs["colscale"], mul, moved = scaled
+                ins[2] = real.get(ins[2], ins[2])
+                removed.add(mul)
+                changed = True
+                if moved is None:        # Mul(out, gamma): the Mul's output is the layer's
+                    out, pos = nodes[mul]["outputs"][0], mul
+                    j = sole_next(mul, out)
+                else:                    # Transpose(out) then Mul: the Transpose writes the Mul's output
+                    nodes[j] = {**nodes[j], "outputs": [nodes[mul]["outputs"][0]]}
+                    j = None
         if j is not None and nodes[j]["op"] == "Add" and nd["op"] in ("Conv", "Gemm", "MatMul"):
             other = [t for t in nodes[j]["inputs"] if t != out]
             if len(other) == 1 and other[0] not in weights and _same_static_shape(shapes.get(other[0]), shapes.get(out)) \
@@ -586,4 +647,6 @@ def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[s
             fused = {**nd, "inputs": ins, "outputs": [out], "attrs": attrs, "fused_from": nd["name"]}
             removed.add(i)
             nodes[pos] = fused  # the fused node sits where its last part was: all its inputs exist by then
+        elif changed:
+            nodes[i] = {**nd, "attrs": attrs}
     return [nd for k, nd in enumerate(nodes) if k not in removed or nd.get("fused_from")]

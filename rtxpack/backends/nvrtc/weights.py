@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ...core.errors import BackendError
-from .lowering import conv_weight_names
+from .lowering import conv_weight_names, gemm_weight_names
 from .onnx_import import HOST_INPUTS
 from .schedule import device_bytes
 
@@ -35,12 +35,22 @@ def device_weight_names(graph: Mapping[str, Any]) -> dict[str, str]:
             else:
                 out[w] = "conv_bn_w"
             skip |= {1, 2}
+        scaled = nd["op"] in ("Gemm", "MatMul") and "colscale" in nd["attrs"]
+        if scaled:                                   # a layer scale folded into B's columns and the bias
+            w, b = gemm_weight_names(nd)
+            if b:
+                out[b] = "colscale_b"
+            if 1 not in half:
+                out[w] = "colscale_w"
+            skip |= {1, 2}
         for i in half:
-            src = nd["inputs"][i]
+            src, base = nd["inputs"][i], "raw"
+            if i == 1 and scaled:
+                src, base = gemm_weight_names(nd)[0], "colscale_w"
             if i == 1 and nd["attrs"].get("tc_bt"):
-                out[src + "#ht"] = "half_t:raw"      # transposed to [N, K]
+                out[src + "#ht"] = "half_t:" + base  # transposed to [N, K]
             elif not (nd["op"] == "Conv" and "bn" in nd["attrs"]):
-                out[src + "#h"] = "half:raw"
+                out[src + "#h"] = "half:" + base
             skip.add(i)
         if nd["op"] == "BatchNormalization":
             out[nd["name"] + "#scale"], out[nd["name"] + "#shift"] = "bn_scale", "bn_shift"
@@ -61,6 +71,14 @@ def derive_weight(graph_node: Mapping[str, Any], recipe: str, w: Mapping[str, np
         src = np.asarray(src, dtype=np.float32)
         return np.ascontiguousarray(src.T if kind == "half_t" else src).astype(np.float16)
     ins = graph_node["inputs"]
+    if recipe.startswith("colscale"):     # a layer scale gamma folded into the columns of B and the bias
+        gamma = w[graph_node["attrs"]["colscale"]].astype(np.float64).reshape(-1)
+        if recipe == "colscale_b":
+            return (w[ins[2]].astype(np.float64) * gamma).astype(np.float32)
+        bw = w[ins[1]].astype(np.float64)
+        if graph_node["op"] == "Gemm" and graph_node["attrs"].get("transB", 0):
+            return (bw * gamma[:, None]).astype(np.float32)      # B stored [N, K]
+        return (bw * gamma[None, :]).astype(np.float32)
     if recipe.startswith("conv_bn"):
         scale_n, bias_n, mean_n, var_n = graph_node["attrs"]["bn"]["params"]
         eps = graph_node["attrs"]["bn"]["epsilon"]
