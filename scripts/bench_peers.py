@@ -44,7 +44,8 @@ def _sync() -> None:
     torch.cuda.synchronize()
 
 
-def bench_model(name: str, workdir: str, iters: int, compile_peer: bool) -> dict[str, Any]:
+def bench_model(name: str, workdir: str, iters: int, compile_peer: bool, precisions: Any = PRECISIONS,
+                batches: Any = BATCHES) -> dict[str, Any]:
     """Everything for one model (runs in its own process)."""
     import torch
 
@@ -61,12 +62,12 @@ def bench_model(name: str, workdir: str, iters: int, compile_peer: bool) -> dict
         if not path.exists():
             mc.materialize(name, workdir, seed=0)
         be = NvrtcBackend()
-        for precision in PRECISIONS:
+        for precision in precisions:
             t0 = time.perf_counter()
             plan = be.build(path, compute_capabilities=[gpus[0].compute_capability], ptx=False,
                             profiles=mc.profiles(name), precision=precision)
             build_s = time.perf_counter() - t0
-            for batch in BATCHES:
+            for batch in batches:
                 feeds = mc.typical_inputs(name, seed=1, batch=batch)
                 row: dict[str, Any] = {"precision": precision, "batch": batch, "build_s": round(build_s, 2)}
                 t0 = time.perf_counter()
@@ -116,6 +117,23 @@ def bench_model(name: str, workdir: str, iters: int, compile_peer: bool) -> dict
     return rec
 
 
+def merge(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Records of several runs as one per model: a later run's row (precision, batch) replaces an earlier
+    one's; each row keeps the label (else the date) of the run that measured it (``run``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        for rec in run:
+            cur = out.setdefault(rec["model"], {k: v for k, v in rec.items() if k != "rows"} | {"rows": []})
+            cur.update({k: v for k, v in rec.items() if k not in ("rows", "date")})
+            for row in rec.get("rows", []):
+                row = {"run": rec.get("label") or rec.get("date", ""), **row}
+                cur["rows"] = [r for r in cur["rows"] if (r["precision"], r["batch"]) != (row["precision"], row["batch"])]
+                cur["rows"].append(row)
+    for rec in out.values():
+        rec["rows"].sort(key=lambda r: (PRECISIONS.index(r["precision"]), r["batch"]))
+    return list(out.values())
+
+
 def summarize(recs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per precision at batch 1 (the issue's targets): geometric mean and minimum of best peer / nvrtc."""
     out: dict[str, Any] = {}
@@ -147,9 +165,13 @@ def markdown(recs: list[dict[str, Any]], date: str) -> str:
         lines.append("")
         lines.append("Measured on " + "; ".join(f"{d}: {', '.join(ms)}" for d, ms in sorted(runs.items(), reverse=True))
                      + ".")
+    many = len({row.get("run", "") for r in recs for row in r.get("rows", [])}) > 1
+    if many:
+        lines += ["", "Rows come from several runs (column `run`); each row's three timings are from one process."]
     lines += ["",
              "| model | prec | batch | nvrtc ms | CUDA graph ms | compile ms | speedup | nvrtc cold s (tuning s) | "
-             "nvrtc warm s | compile first s | fp16 err |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "nvrtc warm s | compile first s | fp16 err |" + (" run |" if many else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if many else "")]
     for r in recs:
         if r.get("error"):
             lines.append(f"| {r['model']} | error: {r['error'][:100]} |||||||||| ")
@@ -159,7 +181,8 @@ def markdown(recs: list[dict[str, Any]], date: str) -> str:
                          f"{row['torch_cuda_graph_ms']} | {row.get('torch_compile_ms', '-')} | "
                          f"{row['speedup_vs_best_peer']:.2f}x | {row['nvrtc_cold_first_s']} ({t.get('seconds', 0)}) | "
                          f"{row['nvrtc_warm_first_s']} | {row.get('compile_first_s', '-')} | "
-                         f"{row.get('error_vs_fp32', '') if row['precision'] == 'fp16' else ''} |")
+                         f"{row.get('error_vs_fp32', '') if row['precision'] == 'fp16' else ''} |"
+                         + (f" {row.get('run', '')} |" if many else ""))
     lines += ["", "| precision / batch | models | geomean speedup | lowest |", "|---|---|---|---|"]
     for k, v in summarize(recs).items():
         lines.append(f"| {k} | {v['models']} | {v['geomean']:.2f}x | {v['min']:.2f}x ({v['min_model']}) |")
@@ -196,15 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", default=MODELS)
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compiles take minutes)")
+    ap.add_argument("--precisions", nargs="*", default=list(PRECISIONS), choices=PRECISIONS)
+    ap.add_argument("--batches", nargs="*", type=int, default=list(BATCHES))
     ap.add_argument("--workdir", default="/tmp/rtxpack_bench_peers")
     ap.add_argument("--json", default="", help="write the measurements here")
     ap.add_argument("--report", nargs="*", default=None, help="only merge these JSON files into --md / --chart")
     ap.add_argument("--md", default="")
     ap.add_argument("--chart", default="")
     ap.add_argument("--date", default=dt.date.today().isoformat())
+    ap.add_argument("--label", default="", help="names this run's rows in a merged --report (default: its date)")
     args = ap.parse_args(argv)
     if args.report is not None:
-        recs = [r for f in args.report for r in json.loads(Path(f).read_text())]
+        recs = merge([json.loads(Path(f).read_text()) for f in args.report])
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
@@ -214,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
         ctx = multiprocessing.get_context("spawn")
         for name in args.models:
             with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-                recs.append(pool.submit(bench_model, name, args.workdir, args.iters, not args.no_compile).result())
+                recs.append(pool.submit(bench_model, name, args.workdir, args.iters, not args.no_compile,
+                                        args.precisions, args.batches).result())
+                if args.label:
+                    recs[-1]["label"] = args.label
             if args.json:
                 Path(args.json).write_text(json.dumps(recs, indent=1))
     print(json.dumps(summarize(recs), indent=1))

@@ -83,6 +83,14 @@ def op_cases() -> list[tuple[str, Callable[[Path], tuple[Path, dict[str, np.ndar
          strides=[2, 2], dilations=[2, 2], pads=[2, 1, 2, 1])
     case("conv_depthwise", "Conv", {"x": x4}, extra_inputs=["w", "b"], inits={"w": rand(8, 1, 3, 3), "b": rand(8)},
          group=8, pads=[1, 1, 1, 1])
+    # depthwise (conv_dw): 5x5 stride 2 with uneven pads and rows not a multiple of its 4 outputs a thread,
+    # ConvNeXt's 7x7, a SAME_UPPER 3x3 stride 2
+    case("conv_dw5_s2", "Conv", {"x": rand(2, 6, 11, 13)}, extra_inputs=["w", "b"],
+         inits={"w": rand(6, 1, 5, 5), "b": rand(6)}, group=6, strides=[2, 2], pads=[2, 1, 2, 2])
+    case("conv_dw7", "Conv", {"x": rand(1, 5, 9, 10)}, extra_inputs=["w", "b"], inits={"w": rand(5, 1, 7, 7), "b": rand(5)},
+         group=5, pads=[3, 3, 3, 3])
+    case("conv_dw3_s2_same", "Conv", {"x": rand(1, 4, 8, 7)}, extra_inputs=["w"], inits={"w": rand(4, 1, 3, 3)},
+         group=4, strides=[2, 2], auto_pad="SAME_UPPER")
     case("conv1x1", "Conv", {"x": x4}, extra_inputs=["w", "b"], inits={"w": rand(72, 8, 1, 1), "b": rand(72)})
     case("conv_same_upper", "Conv", {"x": x4}, extra_inputs=["w"], inits={"w": rand(12, 8, 4, 4)}, auto_pad="SAME_UPPER",
          strides=[2, 2])

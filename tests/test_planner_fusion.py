@@ -238,14 +238,15 @@ def _convnext_block(path: Path, C: int = 32, Hs: int = 6) -> Path:
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_an_add_reads_a_transposed_operand_in_place(tmp_path: Path, precision: str) -> None:
     """The Transpose back to NCHW before ConvNeXt's residual Add, and a window merge before an Add, are
-    read by the Add through their strides: of the three Transposes only the one into NHWC (LayerNorm's
-    input) stays a copy."""
+    read by the Add through their strides, and the one into NHWC by the LayerNorm after it
+    (``layernorm_cs``): no copy is left."""
     path = _convnext_block(tmp_path / "c.onnx")
     x = rand(1, 32, 6, 6)
     ref = reference(path, {"x": x})["out"]
     with EmuLoadedPlan(build_plan(path, precision=precision)) as p:
         assert_close(p.run({"x": x})["out"], ref, rel=TOL[precision])
-        assert _count(p.launch_counts, "strided_copy") == 1, p.launch_counts
+        assert _count(p.launch_counts, "strided_copy") == 0, p.launch_counts
+        assert _count(p.launch_counts, "layernorm_cs") == 1, p.launch_counts
 
 
 def _concat_after(path: Path, attention: bool) -> Path:
@@ -361,3 +362,102 @@ def test_a_layer_scale_after_a_gemm_with_transposed_weight(tmp_path: Path, preci
     with EmuLoadedPlan(build_plan(tmp_path / "g.onnx", precision=precision)) as p:
         assert_close(p.run({"x": x})["out"], reference(tmp_path / "g.onnx", {"x": x})["out"], rel=TOL[precision])
         assert _count(p.launch_counts, "binary") == 0, p.launch_counts
+
+
+def _channels_layernorm(path: Path, shape: tuple, perm: tuple = (0, 2, 3, 1)) -> Path:
+    """Transpose(perm) then a LayerNorm over the last axis (ConvNeXt's channels-last LayerNorm on NCHW)."""
+    rng = np.random.default_rng(13)
+    L = shape[perm[-1]]
+    f = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)   # noqa: E731
+    n = helper.make_node
+    nodes = [n("Transpose", ["x"], ["t"], perm=list(perm)),
+             n("LayerNormalization", ["t", "g", "b"], ["out"], axis=-1, epsilon=1e-6)]
+    graph = helper.make_graph(nodes, "cln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [f("g", 1 + rng.standard_normal(L) / 5), f("b", rng.standard_normal(L) / 5)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+@pytest.mark.parametrize("shape, perm, in_place", [
+    ((2, 300, 3, 5), (0, 2, 3, 1), True),      # two images, 15 pixels (a partial block of 8), 300 channels
+    ((1, 24, 8, 8), (0, 2, 3, 1), True),
+    ((1, 1025, 2, 2), (0, 2, 3, 1), False),    # more channels than layernorm_cs holds: copy + LayerNorm
+    ((1, 6, 8, 5), (0, 1, 3, 2), True),        # H moved last: [6, H, W] is an [outer, C, P] source too
+    ((1, 6, 8, 8), (0, 3, 1, 2), False),       # rows that are no [outer, P] run of the source
+])
+def test_a_layernorm_over_channels_reads_nchw_in_place(tmp_path: Path, shape: tuple, perm: tuple,
+                                                       in_place: bool) -> None:
+    path = _channels_layernorm(tmp_path / "cln.onnx", shape, perm)
+    x = (rand(*shape) * 3 + 1).astype(np.float32)      # a mean far from 0: the statistics are two-pass
+    with EmuLoadedPlan(build_plan(path)) as p:
+        assert_close(p.run({"x": x})["out"], reference(path, {"x": x})["out"], rel=1e-5)
+        assert _count(p.launch_counts, "layernorm_cs") == int(in_place), p.launch_counts
+        assert _count(p.launch_counts, "strided_copy") == int(not in_place), p.launch_counts
+
+
+def test_a_plan_without_layernorm_cs_keeps_its_copy(tmp_path: Path) -> None:
+    """A plan built before ``layernorm_cs`` existed does not carry it: today's planner, given that plan's
+    kernels, keeps the Transpose copy and the plain LayerNorm."""
+    from rtxpack.backends.nvrtc.kernels import KernelSpec
+    from rtxpack.backends.nvrtc.onnx_import import import_onnx
+    from rtxpack.backends.nvrtc.schedule import concrete_input_shapes, plan_shapes
+
+    graph, weights = import_onnx(_channels_layernorm(tmp_path / "cln.onnx", (1, 24, 8, 8)))
+    shapes = concrete_input_shapes(graph, {})
+    today = {ln.spec.family for ln in plan_shapes(graph, shapes, weights, set()).launches}
+    assert today == {"layernorm_cs"}
+    old = {KernelSpec("layernorm"), KernelSpec("strided_copy")}
+    assert {ln.spec.family for ln in plan_shapes(graph, shapes, weights, set(), kernels=old).launches} == \
+        {"layernorm", "strided_copy"}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_depthwise_convolution_takes_batchnorm_residual_and_activation(tmp_path: Path, precision: str) -> None:
+    """Depthwise Conv -> BatchNormalization -> Add(input) -> HardSwish, as MobileNet-style blocks write it:
+    one conv_dw launch (BatchNorm folded into its weights, the residual and activation in its epilogue),
+    rows of 10 outputs (not a multiple of the 4 a thread computes)."""
+    rng = np.random.default_rng(14)
+    f = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)   # noqa: E731
+    C = 8
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w", "b"], ["c"], group=C, pads=[2, 2, 2, 2]),
+             n("BatchNormalization", ["c", "s", "t", "m", "v"], ["bn"]), n("Add", ["bn", "x"], ["r"]),
+             n("HardSwish", ["r"], ["out"])]
+    inits = [f("w", rng.standard_normal((C, 1, 5, 5)) / 4), f("b", rng.standard_normal(C)), f("s", rng.uniform(0.5, 2, C)),
+             f("t", rng.standard_normal(C)), f("m", rng.standard_normal(C)), f("v", rng.uniform(0.5, 2, C))]
+    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, C, 6, 10])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "dw.onnx")
+    x = rand(2, C, 6, 10)
+    with EmuLoadedPlan(build_plan(tmp_path / "dw.onnx", precision=precision)) as p:
+        assert_close(p.run({"x": x})["out"], reference(tmp_path / "dw.onnx", {"x": x})["out"], rel=TOL[precision])
+        assert dict(p.launch_counts) == {"conv_dw<5,1>": 1}, p.launch_counts
+
+
+def test_a_plan_without_conv_dw_runs_depthwise_convolutions_direct(tmp_path: Path) -> None:
+    """A plan built before ``conv_dw`` carries conv_direct for its depthwise layers: today's planner, given
+    that plan's kernels, launches conv_direct."""
+    from rtxpack.backends.nvrtc.kernels import KernelSpec
+    from rtxpack.backends.nvrtc.onnx_import import import_onnx
+    from rtxpack.backends.nvrtc.schedule import concrete_input_shapes, plan_shapes
+
+    path = op_model_dw(tmp_path / "dw.onnx")
+    graph, weights = import_onnx(path)
+    shapes = concrete_input_shapes(graph, {})
+    assert [ln.spec for ln in plan_shapes(graph, shapes, weights, set()).launches] == [KernelSpec("conv_dw", (3, 2))]
+    old = plan_shapes(graph, shapes, weights, set(), kernels={KernelSpec("conv_direct")})
+    assert [ln.spec for ln in old.launches] == [KernelSpec("conv_direct")]
+
+
+def op_model_dw(path: Path) -> Path:
+    w = numpy_helper.from_array(np.ones((4, 1, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["out"], group=4, strides=[2, 2])], "dw",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 9])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path

@@ -331,6 +331,61 @@ __device__ void conv_direct(const float* __restrict__ x, const float* __restrict
   }
 }
 
+// Depthwise convolution (one filter per channel: groups == C == OC), K x K taps, stride S, no dilation:
+// each thread computes V = 4 neighbouring outputs of a row, loading each input row's (V - 1) * S + K
+// values once for all of them, taps unrolled. Same parameters as conv_direct (the template fixes KH, KW,
+// sh, sw; dh = dw = 1). ConvNeXt's 7x7, MobileNet's and EfficientNet's 3x3 / 5x5.
+template <int K, int S>
+__device__ void conv_dw(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias,
+                        const float* __restrict__ res, float* __restrict__ y, int N, int C, int H, int W, int OC,
+                        int OH, int OW, int KH, int KW, int sh, int sw, int ph, int pw, int dh, int dw, int G,
+                        int relu) {
+  constexpr int V = 4, SPAN = (V - 1) * S + K;
+  const int OWV = (OW + V - 1) / V;
+  const long long total = (long long)N * C * OH * OWV;
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total; i += (long long)gridDim.x * blockDim.x) {
+    const int owv = (int)(i % OWV);
+    const long long r = i / OWV;
+    const int oh = (int)(r % OH);
+    const long long nc = r / OH;
+    const int c = (int)(nc % C);
+    const float* xp = x + nc * H * W;
+    const float* wp = w + c * K * K;
+    const int iw0 = owv * V * S - pw;
+    float acc[V];
+    const float b = bias ? bias[c] : 0.f;
+#pragma unroll
+    for (int v = 0; v < V; ++v) acc[v] = b;
+#pragma unroll
+    for (int kh = 0; kh < K; ++kh) {
+      const int ih = oh * S - ph + kh;
+      if (ih < 0 || ih >= H) continue;
+      const float* row = xp + (long long)ih * W;
+      float in[SPAN];
+#pragma unroll
+      for (int j = 0; j < SPAN; ++j) {
+        const int iw = iw0 + j;
+        in[j] = iw >= 0 && iw < W ? row[iw] : 0.f;
+      }
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) {
+        const float wv = wp[kh * K + kw];
+#pragma unroll
+        for (int v = 0; v < V; ++v) acc[v] = fmaf(in[v * S + kw], wv, acc[v]);
+      }
+    }
+    const long long ob = r * OW;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      const int ow = owv * V + v;
+      if (ow >= OW) break;
+      float a = acc[v];
+      if (res) a += res[ob + ow];
+      y[ob + ow] = epilogue_act(relu, a);
+    }
+  }
+}
+
 // One block of a batched / split-K GEMM launch: blockIdx.z is the split (S > 1, one batch) or the
 // batch b = b0 * nb1 + b1; [kb, ke) is its k range (BK-aligned chunks), (m0, n0) its tile's origin,
 // aofs / bofs / cofs the element offsets of its A, B and C matrices.
@@ -585,6 +640,40 @@ __device__ void layernorm(const float* __restrict__ x, const float* __restrict__
   }
 }
 
+// LayerNorm over the channels of each pixel of an [outer, C, P] tensor (NCHW), written as [outer, P, C]
+// (NHWC): the Transpose exporters put before a channels-last LayerNorm (ConvNeXt) costs no copy. A block
+// of 256 threads takes 8 pixels: it loads x[c][p0, p0 + 8) (one 32-byte run per channel) into shared
+// memory (9 floats a channel: conflict-free by channel), then a warp normalizes each pixel, two-pass
+// statistics in fp32, and writes its C outputs contiguously.
+#define LNCS_CMAX 1024
+__device__ void layernorm_cs(const float* __restrict__ x, const float* __restrict__ scale,
+                             const float* __restrict__ bias, float* __restrict__ y, int C, int P, float eps) {
+  __shared__ float t[LNCS_CMAX * 9];
+  const int p0 = blockIdx.x * 8, np = min(8, P - p0);
+  const float* xo = x + (long long)blockIdx.y * C * P + p0;
+  for (int i = threadIdx.x; i < C * 8; i += blockDim.x) {
+    const int c = i >> 3, q = i & 7;
+    if (q < np) t[c * 9 + q] = xo[(long long)c * P + q];
+  }
+  __syncthreads();
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  if (w >= np) return;
+  float s = 0.f;
+  for (int c = lane; c < C; c += 32) s += t[c * 9 + w];
+  const float mean = warp_sum(s) / (float)C;
+  float v = 0.f;
+  for (int c = lane; c < C; c += 32) {
+    const float d = t[c * 9 + w] - mean;
+    v += d * d;
+  }
+  const float rstd = rsqrtf(warp_sum(v) / (float)C + eps);
+  float* yo = y + ((long long)blockIdx.y * P + p0 + w) * C;
+  for (int c = lane; c < C; c += 32) {
+    const float r = (t[c * 9 + w] - mean) * rstd * scale[c];
+    yo[c] = bias ? r + bias[c] : r;
+  }
+}
+
 // y = x * scale[c] + shift[c] over an [outer, C, inner] view (standalone BatchNormalization).
 __device__ void channel_affine(const float* __restrict__ x, const float* __restrict__ scale,
                                const float* __restrict__ shift, float* __restrict__ y, int n, int C, int inner) {
@@ -665,6 +754,7 @@ FAMILIES: dict[str, str] = {
     "conv_igemm": _CONV_PARAMS + ", int S, float* ws, const int4* ktab",
     "splitk_reduce": "const float* ws, const float* bias, const float* res, float* y, int N, int OC, int OHW, int S, int relu",
     "conv_direct": _CONV_PARAMS,
+    "conv_dw": _CONV_PARAMS,
     "gemm": ("const float* A, const float* B, const float* bias, const float* res, float* Cm, int M, int N, int K, "
              "int sAm, int sAk, int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, "
              "float alpha, float beta, int relu, int S, float* ws"),
@@ -675,6 +765,7 @@ FAMILIES: dict[str, str] = {
                      "int sMm, int sMn, int guard"),
     "reduce_mean": "const float* x, float* y, int len, int inner",
     "layernorm": "const float* x, const float* scale, const float* bias, float* y, int len, float eps",
+    "layernorm_cs": "const float* x, const float* scale, const float* bias, float* y, int C, int P, float eps",
     "channel_affine": "const float* x, const float* scale, const float* shift, float* y, int n, int C, int inner",
     "pool2d": ("const float* x, float* y, int NC, int H, int W, int OH, int OW, int KH, int KW, int sh, int sw, "
                "int ph0, int pw0, int ph1, int pw1, int dh, int dw, int count_pad"),

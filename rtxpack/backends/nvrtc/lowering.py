@@ -83,12 +83,27 @@ def conv2d_view(node: Mapping[str, Any], ws: Sequence[int]) -> tuple[Mapping[str
     return {**node, "attrs": a}, [ws[0], ws[1], 1, ws[2]]
 
 
+#: depthwise convolutions conv_dw runs: (kernel size, stride)
+DW_KERNELS = {(k, s) for k in (3, 5, 7) for s in (1, 2)}
+
+
+def _depthwise(node, ws: Sequence[int]) -> tuple[int, int] | None:
+    """(K, S) of a 2-D depthwise convolution conv_dw takes (a filter per channel, K x K taps, stride S both
+    ways, no dilation), else None."""
+    a = node["attrs"]
+    st, dil = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+    if len(ws) != 4 or ws[0] != a.get("group", 1) or ws[1] != 1 or ws[2] != ws[3] or dil != [1, 1] \
+            or len(st) != 2 or st[0] != st[1] or (int(ws[2]), int(st[0])) not in DW_KERNELS:
+        return None
+    return int(ws[2]), int(st[0])
+
+
 def _conv_specs(node, ws: Sequence[int]) -> list[KernelSpec]:
     node, ws = conv2d_view(node, ws)
     a = node["attrs"]
     g = a.get("group", 1)
     if ws[0] // g < 8:
-        return [KernelSpec("conv_direct")]
+        return [KernelSpec("conv_dw", dw)] if (dw := _depthwise(node, ws)) else [KernelSpec("conv_direct")]
     k1 = (ws[2] == 1 and ws[3] == 1 and list(a.get("strides", [1, 1])) == [1, 1]
           and not any(a.get("pads", [0] * 4)) and a.get("auto_pad", "NOTSET") in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"))
     if a.get("tc"):
@@ -442,8 +457,10 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     args = [ins[0], wname, bname, res, y, x[0], x[1], x[2], x[3], oc, oh, ow, kh, kw, sh, sw, pads[0], pads[1], dh,
             dw, g, relu]
     specs = kernels_for(node, {ins[1]: ws})
-    if specs[0].family == "conv_direct":
-        return [out], [Launch(specs[0], _blocks(int(np.prod(out))), 256, args)], {}
+    if specs[0].family == "conv_dw" and (node.get("kernels") is None or specs[0] in node["kernels"]):
+        return [out], [Launch(specs[0], _blocks(x[0] * oc * oh * math.ceil(ow / 4)), 256, args)], {}
+    if specs[0].family in ("conv_direct", "conv_dw"):     # (a plan from before conv_dw: conv_direct)
+        return [out], [Launch(KernelSpec("conv_direct"), _blocks(int(np.prod(out))), 256, args)], {}
     P, M, K = x[0] * oh * ow, oc // g, int(ws[1]) * kh * kw
     # (tile, split-K) candidates for the tuner; the heuristic: the biggest tile that still gives half
     # a wave of blocks, split-K then fills the GPU

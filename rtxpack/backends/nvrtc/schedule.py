@@ -7,6 +7,7 @@ validate a model end to end, and at run time to drive the GPU.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Collection, Mapping, Sequence
 
@@ -176,7 +177,8 @@ def plan_shapes(graph: Mapping[str, Any], input_shapes: Mapping[str, Shape], wei
     views: dict[str, tuple] = {}
     residuals: dict[str, tuple] = {}
     complete = dict(born)      # the step after which a tensor is whole (copy elision moves births earlier)
-    launches = elide_copies(launches, steps, root, born, last, keep, shapes, tunable, views)
+    launches = elide_copies(launches, steps, root, born, last, keep, shapes, tunable, views,
+                            lncs=kernels is None or KernelSpec("layernorm_cs") in kernels)
     launches = fold_residual_adds(launches, steps, root, born, last, keep, shapes, tunable, residuals, complete)
     # the model's inputs keep their slots for the whole run: no kernel ever writes over them, so a
     # run can be replayed (a CUDA graph, a benchmark) without copying the inputs in again
@@ -321,6 +323,36 @@ def binary_through(ln: Launch, R: Any, read_view: Any) -> tuple[Launch, list[tup
     return (Launch(ln.spec, ln.grid, ln.block, args) if moved else ln), moved
 
 
+#: channels ``layernorm_cs`` holds in shared memory (its LNCS_CMAX)
+LNCS_CMAX = 1024
+
+
+def layernorm_through(ln: Launch, R: Any, read_view: Any) -> tuple[Launch, list[tuple[str, str]]]:
+    """A LayerNorm over the last axis of a buffer a copy wrote from an [outer, C, P] source with C moved
+    last (NCHW -> NHWC before a channels-last LayerNorm: ConvNeXt's, a Swin patch merge's) reads the
+    source in place: ``layernorm_cs``. Returns the launch and the (buffer, now-read buffer) pair."""
+    if ln.spec.family != "layernorm":
+        return ln, []
+    r = R(ln.args[0])
+    view = read_view(r) if r else None
+    C = ln.args[4]
+    if view is None or not 2 <= C <= LNCS_CMAX:
+        return ln, []
+    src, dims, st, off = view
+    parts = [(d, s) for d, s in zip(dims, st) if d != 1]
+    if len(parts) < 2 or parts[-1][0] != C:
+        return ln, []
+    P = parts[-1][1]
+    rows = parts[:-1]
+    if rows[-1] != (P, 1) or len(rows) > 2 or (len(rows) == 2 and rows[0][1] != C * P):
+        return ln, []
+    outer = rows[0][0] if len(rows) == 2 else 1
+    if outer > 65535:
+        return ln, []
+    args = [At(R(src), off), ln.args[1], ln.args[2], ln.args[3], C, P, ln.args[5]]
+    return Launch(KernelSpec("layernorm_cs"), (math.ceil(P / 8), outer, 1), 256, args), [(r, R(src))]
+
+
 def attention_through(ln: Launch, R: Any, read_view: Any, write_view: Any) -> tuple[Launch, list[tuple[str, str]]]:
     """A fused attention launch reading its Q, Kt or V straight from the source of the copy that wrote it
     (``read_view(buffer)``: that copy's view, else None), and writing its output straight into the
@@ -346,7 +378,7 @@ def attention_through(ln: Launch, R: Any, read_view: Any, write_view: Any) -> tu
 
 def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str], born: dict[str, int],
                  last: dict[str, int], keep: set[str], shapes: Mapping[str, Shape], tunable: list["Tunable"],
-                 views: dict[str, tuple] | None = None) -> list[Launch]:
+                 views: dict[str, tuple] | None = None, lncs: bool = True) -> list[Launch]:
     """Drop the copies exporters chain (roll = Slice + Concat, select q/k/v = Transpose + Gather, a
     Transpose that only moves axes of size 1): a strided copy that reads a buffer another copy wrote
     whole reads that copy's source instead (``read_through``); copies that together wrote a buffer
@@ -355,8 +387,9 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
     more goes. Only buffers that copies alone write and no other kernel touches, never the model's
     inputs, outputs or uploads. A fused attention reads Q, Kt and V through the copy that wrote them and
     writes through the copy that moves its output (``attention_through``), an element-wise binary reads
-    through the copy that wrote an operand (``binary_through``); ``views`` records those copies for the
-    tuner's candidates. Updates ``root`` and the lifetimes; returns the remaining launches (``tunable``
+    through the copy that wrote an operand (``binary_through``), a LayerNorm over the channels of an NCHW
+    buffer reads it in place (``layernorm_through``; ``lncs``: the plan has that kernel); ``views`` records
+    those copies for the tuner's candidates. Updates ``root`` and the lifetimes; returns the remaining launches (``tunable``
     re-indexed)."""
     def R(t: str) -> str:
         return root.get(t, t)
@@ -479,7 +512,8 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
 
     through: set[int] = set()      # launches of an attention layer already writing through a copy
     for i, ln in enumerate(launches):
-        if i in dropped or (ln.spec.family not in _ATTN_VIEWS and ln.spec.family != "binary"):
+        if i in dropped or (ln.spec.family not in _ATTN_VIEWS and ln.spec.family != "binary"
+                            and not (lncs and ln.spec.family == "layernorm")):
             continue
         writes = {}
         for r in {R(ln.args[t]) for t, _, _, _, rw in _ATTN_VIEWS.get(ln.spec.family, ())
@@ -492,6 +526,8 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
                 writes[r] = mv
         if ln.spec.family == "binary":
             launches[i], moved = binary_through(ln, R, copy_view)
+        elif ln.spec.family == "layernorm":
+            launches[i], moved = layernorm_through(ln, R, copy_view)
         else:
             launches[i], moved = attention_through(ln, R, copy_view, lambda r: writes[r][:4] if r in writes else None)
         still = {R(a) for a in launches[i].args if isinstance(a, str) and a}
