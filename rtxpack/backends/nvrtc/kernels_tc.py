@@ -528,8 +528,9 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
 // (an exporter's IsNaN -> Where after the softmax), else NaN as softmax does.
 //
 // PART (attn_tc_part): blockIdx.z takes keys [kv0, kv1), one of ``nsplit`` chunks, and writes its
-// unnormalized output, row max and row sum to ws[((b * nsplit + z) * Sq + m) * (DP + 2) + ...] for
+// unnormalized output, row max (log2 units) and row sum to ws[((b * nsplit + z) * Sq + m) * (DP + 2) + ...] for
 // attn_combine: more blocks when few query tiles would leave most SMs idle (BERT, ViT, Whisper at batch 1).
+#define RTX_LOG2E 1.4426950408889634f
 template <int DP, bool PART>
 __device__ __forceinline__ void attn_tc_impl(const float* __restrict__ q, const float* __restrict__ kt,
                                              const float* __restrict__ v, const float* __restrict__ mask,
@@ -561,6 +562,7 @@ __device__ __forceinline__ void attn_tc_impl(const float* __restrict__ q, const 
   }
   float oacc[DP / 8][4] = {};
   float mrow[2] = {RTX_NEG_INF, RTX_NEG_INF}, lrow[2] = {0.f, 0.f};   // lrow: this lane's share of the row sum
+  const float sl2 = scale * RTX_LOG2E;
   int kv0 = 0, kv1 = Skv;
   if (PART) {
     const int chunk = (((Skv + nsplit - 1) / nsplit + BKV - 1) / BKV) * BKV;
@@ -585,17 +587,29 @@ __device__ __forceinline__ void attn_tc_impl(const float* __restrict__ q, const 
         ldmatrix_x2(bf, &Ks[j * 8 + (lane & 7)][kk * 16 + ((lane >> 3) & 1) * 8]);
         mma_m16n8k16_f16f32(s[j], qa[kk], bf, s[j]);
       }
+    // scores in log2 units (scale and mask times log2(e)): exp2f is one MUFU.EX2, expf a dozen instructions
     float mx[2] = {RTX_NEG_INF, RTX_NEG_INF};
+    if (!mask && n0 + BKV <= kv1) {      // a whole key block, no mask: no per-score checks
 #pragma unroll
-    for (int j = 0; j < BKV / 8; ++j)
+      for (int j = 0; j < BKV / 8; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int r = m0 + warp * 16 + (lane >> 2) + (e >> 1) * 8, c = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
-        float val = RTX_NEG_INF;
-        if (c < kv1) val = s[j][e] * scale + (mask && r < Sq ? mask[mo + (long long)r * sMm + (long long)c * sMn] : 0.f);
-        s[j][e] = val;
-        mx[e >> 1] = fmaxf(mx[e >> 1], val);
-      }
+        for (int e = 0; e < 4; ++e) {
+          s[j][e] *= sl2;
+          mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
+        }
+    } else {
+#pragma unroll
+      for (int j = 0; j < BKV / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = m0 + warp * 16 + (lane >> 2) + (e >> 1) * 8, c = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
+          float val = RTX_NEG_INF;
+          if (c < kv1)
+            val = s[j][e] * sl2 + (mask && r < Sq ? mask[mo + (long long)r * sMm + (long long)c * sMn] * RTX_LOG2E : 0.f);
+          s[j][e] = val;
+          mx[e >> 1] = fmaxf(mx[e >> 1], val);
+        }
+    }
     float corr[2], base[2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -603,7 +617,7 @@ __device__ __forceinline__ void attn_tc_impl(const float* __restrict__ q, const 
       mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
       const float mnew = fmaxf(mrow[h], mx[h]);
       base[h] = mnew == RTX_NEG_INF ? 0.f : mnew;     // no finite score yet: exp(-inf - 0) = 0
-      corr[h] = expf(mrow[h] - base[h]);
+      corr[h] = exp2f(mrow[h] - base[h]);
       mrow[h] = mnew;
       lrow[h] *= corr[h];
     }
@@ -611,7 +625,7 @@ __device__ __forceinline__ void attn_tc_impl(const float* __restrict__ q, const 
     for (int j = 0; j < BKV / 8; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        s[j][e] = expf(s[j][e] - base[e >> 1]);
+        s[j][e] = exp2f(s[j][e] - base[e >> 1]);
         lrow[e >> 1] += s[j][e];
       }
 #pragma unroll
@@ -703,7 +717,7 @@ __device__ void attn_combine(const float* __restrict__ ws, float* __restrict__ o
     if (mx != RTX_NEG_INF) {
       for (int z = 0; z < nsplit; ++z) {
         const float* row = ws + (((long long)b * nsplit + z) * Sq + r) * (DP + 2);
-        const float w = row[DP] == RTX_NEG_INF ? 0.f : expf(row[DP] - mx);
+        const float w = row[DP] == RTX_NEG_INF ? 0.f : exp2f(row[DP] - mx);   // row maxima in log2 units
         l += w * row[DP + 1];
         acc += w * row[d];
       }
