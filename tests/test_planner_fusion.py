@@ -461,3 +461,137 @@ def op_model_dw(path: Path) -> Path:
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [w])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
+
+
+def _shifted_windows(path: Path, B: int = 4, nW: int = 2, H: int = 2, N: int = 8, d: int = 16) -> Path:
+    """Swin's shifted-window attention as torchvision exports it: q scaled, scores + relative position bias
+    [H, N, N], reshaped to [B / nW, nW, H, N, N], + the shift mask (an Unsqueeze the host evaluates:
+    [1, nW, 1, N, N], -100 between windows' parts), reshaped back, Softmax, times V."""
+    rng = np.random.default_rng(15)
+    f = lambda name, a: numpy_helper.from_array(np.asarray(a), name)   # noqa: E731
+    shift = np.where(rng.random((nW, N, N)) < 0.3, -100.0, 0.0).astype(np.float32)
+    inits = [f("scale", np.array(d ** -0.5, np.float32)), f("relbias", rng.standard_normal((H, N, N)).astype(np.float32)),
+             f("shift", shift), f("ax", np.array([0, 2], np.int64)), f("s1", np.array([B // nW, nW, H, N, N], np.int64)),
+             f("s2", np.array([-1, H, N, N], np.int64))]
+    n = helper.make_node
+    nodes = [n("Mul", ["q", "scale"], ["qs"]), n("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             n("MatMul", ["qs", "kt"], ["s"]), n("Add", ["s", "relbias"], ["sb"]), n("Reshape", ["sb", "s1"], ["s5"]),
+             n("Unsqueeze", ["shift", "ax"], ["m5"]), n("Add", ["s5", "m5"], ["sm"]), n("Reshape", ["sm", "s2"], ["s4"]),
+             n("Softmax", ["s4"], ["p"], axis=-1), n("MatMul", ["p", "v"], ["out"])]
+    vi = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [B, H, N, d])   # noqa: E731
+    graph = helper.make_graph(nodes, "swa", [vi("q"), vi("k"), vi("v")],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_shifted_window_attention_fuses_with_both_masks_summed_on_the_host(tmp_path: Path, precision: str) -> None:
+    """The relative position bias and the shift mask, added on either side of a Reshape, become one mask the
+    host composes per shape: one fused attention (fp16: one flash-attention launch; fp32: GEMM, masked
+    softmax, GEMM), no element-wise launch."""
+    path = _shifted_windows(tmp_path / "swa.onnx")
+    feeds = {k: rand(4, 2, 8, 16) for k in ("q", "k", "v")}
+    ref = reference(path, feeds)["out"]
+    with EmuLoadedPlan(build_plan(path, precision=precision)) as p:
+        assert_close(p.run(feeds)["out"], ref, rel=TOL[precision])
+        counts = p.launch_counts
+    assert _count(counts, "binary") == 0 and _count(counts, "softmax") == 0, counts
+    assert _count(counts, "attn_tc" if precision == "fp16" else "attn_softmax") == 1, counts
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_a_constant_node_scale_after_a_projection_is_folded(tmp_path: Path, precision: str) -> None:
+    """Whisper's query projection as TorchScript exports it: MatMul + bias, then Mul by a Constant node's
+    scalar. The scalar folds into the projection (its value kept in the node, so a stripped plan refits)."""
+    rng = np.random.default_rng(16)
+    f = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)   # noqa: E731
+    n = helper.make_node
+    nodes = [n("Constant", [], ["c"], value=numpy_helper.from_array(np.array(0.125, np.float32))),
+             n("MatMul", ["x", "w"], ["y0"]), n("Add", ["y0", "b"], ["y1"]), n("Mul", ["y1", "c"], ["out"])]
+    graph = helper.make_graph(nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 32])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [f("w", rng.standard_normal((32, 32)) / 4), f("b", rng.standard_normal(32))])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "q.onnx")
+    x = rand(1, 12, 32)
+    ref = reference(tmp_path / "q.onnx", {"x": x})["out"]
+    with EmuLoadedPlan(build_plan(tmp_path / "q.onnx", precision=precision)) as p:
+        got = p.run({"x": x})["out"]
+        assert_close(got, ref, rel=TOL[precision])
+        assert _count(p.launch_counts, "binary") == 0, p.launch_counts
+    with EmuLoadedPlan(build_plan(tmp_path / "q.onnx", precision=precision, strip_weights=True)) as s:
+        s.refit(tmp_path / "q.onnx")
+        np.testing.assert_array_equal(s.run({"x": x})["out"], got)
+
+
+@pytest.mark.parametrize("top", [1e-5, 3.0])
+def test_a_small_or_large_layer_scale_keeps_fp16_weights_in_range(tmp_path: Path, top: float) -> None:
+    """A layer scale near its 1e-6 .. 1e-5 initial value, or above 1, times weights of ~0.03 would leave
+    fp16's normal range if it were folded into the weights whole (found by an outside review: 2.8e-2 of
+    the output's scale at 1e-5): its power-of-two magnitude goes to the fp32 epilogue instead. Also a
+    Gemm whose bias reaches it through a host Identity (the review's build crash)."""
+    rng = np.random.default_rng(17)
+    f = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)   # noqa: E731
+    n = helper.make_node
+    nodes = [n("Identity", ["b"], ["ba"]), n("Gemm", ["x", "w", "ba"], ["y"], transB=1),
+             n("Transpose", ["y"], ["yt"], perm=[1, 0]), n("Mul", ["yt", "gamma"], ["out"])]
+    graph = helper.make_graph(nodes, "s", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 64])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [f("w", rng.standard_normal((48, 64)) * 0.03), f("b", rng.standard_normal(48) * 0.03),
+                               f("gamma", top * rng.uniform(0.5, 1.0, (48, 1)))])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "s.onnx")
+    x = rand(16, 64)
+    with EmuLoadedPlan(build_plan(tmp_path / "s.onnx", precision="fp16")) as p:
+        assert_close(p.run({"x": x})["out"], reference(tmp_path / "s.onnx", {"x": x})["out"], rel=TOL["fp16"])
+        assert _count(p.launch_counts, "binary") == 0, p.launch_counts
+
+
+@pytest.mark.parametrize("keys", [40, 160])
+def test_fp16_attention_with_a_row_masked_by_the_float32_minimum(tmp_path: Path, keys: int) -> None:
+    """HF builds masks from finfo(float32).min: a row masked everywhere is a uniform softmax (onnxruntime),
+    not NaN. Scores in log2 units must not overflow that mask to -inf (found by an outside review)."""
+    mask = np.zeros((1, 1, 8, keys), np.float32)
+    mask[..., 0, :] = np.finfo(np.float32).min
+    mask[..., 3, : keys // 2] = np.finfo(np.float32).min
+    n = helper.make_node
+    nodes = [n("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), n("MatMul", ["q", "kt"], ["s"]),
+             n("Add", ["s", "mask"], ["sm"]), n("Softmax", ["sm"], ["p"], axis=-1), n("MatMul", ["p", "v"], ["out"])]
+    vi = lambda name, L: helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 2, L, 16])   # noqa: E731
+    graph = helper.make_graph(nodes, "am", [vi("q", 8), vi("k", keys), vi("v", keys)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(mask, "mask")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, tmp_path / "am.onnx")
+    feeds = {"q": rand(1, 2, 8, 16), "k": rand(1, 2, keys, 16), "v": rand(1, 2, keys, 16)}
+    ref = reference(tmp_path / "am.onnx", feeds)["out"]
+    with EmuLoadedPlan(build_plan(tmp_path / "am.onnx", precision="fp16"), num_sms=132) as p:
+        got = p.run(feeds)["out"]
+        assert _count(p.launch_counts, "attn_tc") == 1, p.launch_counts
+    assert not np.isnan(got).any()
+    assert_close(got, ref, rel=TOL["fp16"])
+
+
+def test_node_names_are_unique_and_free_of_the_derived_weight_separator(tmp_path: Path) -> None:
+    """Derived weights are named after their node ("name#cw", "name#w"): an explicit name equal to the name
+    an unnamed node gets (``MatMul_2``), or one with a "#", must not make two layers share a weight or
+    break the build (found by an outside review)."""
+    from rtxpack.backends.nvrtc.onnx_import import import_onnx
+
+    f = lambda name, a: numpy_helper.from_array(np.asarray(a, np.float32), name)   # noqa: E731
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "w1"], ["a"], name="MatMul_2"), n("Relu", ["a"], ["b"], name="r#1"),
+             n("MatMul", ["b", "w2"], ["out"])]
+    graph = helper.make_graph(nodes, "names", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                              [f("w1", np.ones((4, 4))), f("w2", np.ones((4, 4)))])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "n.onnx")
+    graph_, _ = import_onnx(tmp_path / "n.onnx")
+    names = [nd["name"] for nd in graph_["nodes"]]
+    assert len(set(names)) == len(names) and not any("#" in k for k in names), names

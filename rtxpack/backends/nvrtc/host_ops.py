@@ -137,6 +137,8 @@ def eval_host(node: Mapping[str, Any], values: list[Any], in_shapes: list[tuple[
         return [shp[start:end]]
     if op == "Size":
         return [np.array(int(np.prod(in_shapes[0])), dtype=np.int64)]
+    if op == "RtxAttentionMask":
+        return [attention_mask(node, values, in_shapes)]
     fn = HOST_EVAL.get(op)
     args = [None if x is None else np.asarray(x) for x in values]
     if fn is None:
@@ -160,3 +162,27 @@ def _reference(node: Mapping[str, Any], args: list[Any], opset: int) -> list[np.
         raise UnsupportedModel(f"{node['op']} (node {node['name']!r}) cannot be evaluated on the host: "
                                f"{type(e).__name__}: {e}", fix="report this model to rtxpack") from e
     return [np.asarray(o) for o in (outs if isinstance(outs, (tuple, list)) else (outs,))]
+
+
+def attention_mask(node: Mapping[str, Any], values: list[Any], in_shapes: list[tuple[int, ...] | None]) -> np.ndarray:
+    """The one mask a fused Attention adds to its scores where the model wrote ``Reshape(scores [+ m1], s1)
+    + m2`` reshaped back by ``s2`` (onnx_import.fuse_attention): inputs Q, Kt (as the Attention reads them:
+    ``perm_q`` / ``perm_kt`` give their logical order), m1 (or ""), s1, m2, s2."""
+    a = node["attrs"]
+    q, kt = (list(in_shapes[i]) for i in (0, 1))
+    q = [q[p] for p in a.get("perm_q", range(len(q)))]
+    kt = [kt[p] for p in a.get("perm_kt", range(len(kt)))]
+    scores = [int(d) for d in np.broadcast_shapes(tuple(q[:-2]), tuple(kt[:-2]))] + [q[-2], kt[-1]]
+    m = np.zeros(scores, np.float32)
+    if values[2] is not None:
+        m = m + np.asarray(values[2], np.float32)
+    mid = reshape_target(scores, [int(v) for v in np.asarray(values[3]).reshape(-1)])
+    m = m.reshape(mid) + np.asarray(values[4], np.float32)
+    if list(m.shape) != mid:
+        raise UnsupportedModel(f"attention mask {node['name']!r}: a mask of shape {list(np.shape(values[4]))} "
+                               f"broadcasts the scores' {mid} up", fix="report this model to rtxpack")
+    m = m.reshape(reshape_target(mid, [int(v) for v in np.asarray(values[5]).reshape(-1)]))
+    if list(m.shape) != scores:
+        raise UnsupportedModel(f"attention mask {node['name']!r}: the scores come back as {list(m.shape)}, not "
+                               f"{scores}", fix="report this model to rtxpack")
+    return m

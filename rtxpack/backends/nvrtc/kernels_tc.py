@@ -604,8 +604,12 @@ __device__ __forceinline__ void attn_tc_impl(const float* __restrict__ q, const 
         for (int e = 0; e < 4; ++e) {
           const int r = m0 + warp * 16 + (lane >> 2) + (e >> 1) * 8, c = n0 + j * 8 + 2 * (lane & 3) + (e & 1);
           float val = RTX_NEG_INF;
-          if (c < kv1)
-            val = s[j][e] * sl2 + (mask && r < Sq ? mask[mo + (long long)r * sMm + (long long)c * sMn] * RTX_LOG2E : 0.f);
+          if (c < kv1) {
+            // a finite mask stays finite in log2 units (HF's finfo.min * log2(e) would overflow to -inf and
+            // turn a fully masked row's uniform softmax into NaN); -inf stays -inf
+            const float mk = mask && r < Sq ? mask[mo + (long long)r * sMm + (long long)c * sMn] : 0.f;
+            val = s[j][e] * sl2 + (mk == RTX_NEG_INF ? mk : fmaxf(mk * RTX_LOG2E, -3.402823466e38f));
+          }
           s[j][e] = val;
           mx[e >> 1] = fmaxf(mx[e >> 1], val);
         }

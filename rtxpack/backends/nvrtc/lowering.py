@@ -551,6 +551,7 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
             # a weight shared by every batch, A's matrices back to back ([B, L, K] x [K, N], the
             # Linear of a transformer or a channels-last MLP): one GEMM of B*L rows, not B GEMVs
             M, batch, bstr = batch[0] * M, [1], [[0], [0]]
+    alpha *= float(a.get("colscale_alpha", 1.0))      # a folded layer scale's magnitude (weights.derive_weight)
     if len(batch) == 1:
         nb1, sA0, sA1, sB0, sB1 = batch[0], 0, bstr[0][0], 0, bstr[1][0]
     else:

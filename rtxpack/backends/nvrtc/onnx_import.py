@@ -149,8 +149,14 @@ def import_onnx(onnx_path: Any, *, keep_unsupported: bool = False) -> tuple[dict
     host_known: set[str] = set(weights)
     nodes: list[dict[str, Any]] = []
     problems: list[str] = []
+    names: set[str] = set()
     for idx, n in enumerate(g.node):
-        name = n.name or f"{n.op_type}_{idx}"
+        # node names key derived weights ("name#cw") and tuning choices: unique, and without the "#"
+        # that separates a derived weight's suffix
+        name = (n.name or f"{n.op_type}_{idx}").replace("#", "_")
+        while name in names:
+            name += f"_{idx}"
+        names.add(name)
         ins = list(n.input)
         unsupported = {"op": n.op_type, "name": name, "inputs": ins, "outputs": list(n.output), "attrs": {},
                        "where": "unsupported"}
@@ -200,7 +206,8 @@ def import_onnx(onnx_path: Any, *, keep_unsupported: bool = False) -> tuple[dict
     nodes = fuse(nodes, weights, shapes, set(outputs), constants)
     device_weights = sorted({i for nd in nodes if nd["where"] == "device" for i in nd["inputs"] if i in weights}
                             | {v for nd in nodes for v in nd["attrs"].get("bn", {}).get("params", [])}
-                            | {nd["attrs"]["colscale"] for nd in nodes if "colscale" in nd["attrs"]})
+                            | {nd["attrs"]["colscale"] for nd in nodes if "colscale" in nd["attrs"]
+                               and "colscale_value" not in nd["attrs"]})
     graph = {
         "name": g.name or Path(str(onnx_path)).stem,
         "opset": int(opset),
@@ -374,9 +381,10 @@ def fuse_gelu(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[
 
 def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs: set[str],
                    shapes: Mapping[str, list], opset: int) -> list[dict]:
-    """MatMul(Q, Kt) [-> Mul / Div by a constant] [-> Add(mask)] -> Softmax(last axis) [-> IsNaN / Where
-    guard] -> MatMul(., V) as the exporters write attention -> one ``Attention`` node (inputs Q, Kt, V,
-    mask; attrs scale, guard). A constant scalar Mul on Q or Kt (the exporters' split 1/sqrt(sqrt(d)))
+    """MatMul(Q, Kt) [-> Mul / Div by a constant] [-> Add(mask)] [-> Reshape -> Add(mask) -> Reshape, both
+    masks known on the host: Swin's shifted windows, composed into one mask by a host node] -> Softmax(last
+    axis) [-> IsNaN / Where guard] -> MatMul(., V) as the exporters write attention -> one ``Attention``
+    node (inputs Q, Kt, V, mask; attrs scale, guard). A constant scalar Mul on Q or Kt (the exporters' split 1/sqrt(sqrt(d)))
     folds into the scale; one the host computes from shapes (TorchScript's scaled_dot_product_attention)
     is multiplied in when the shapes are planned (``scale_by``), and a Transpose feeding Q, Kt or V or reading the output is read / written in
     place (``perm_q`` / ``perm_kt`` / ``perm_v`` / ``perm_o``). Only when every intermediate has one
@@ -398,6 +406,11 @@ def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs:
         s = shapes.get(t)
         return len(s) if s is not None else -1
 
+    def known(name: str) -> bool:
+        """A value the host has when shapes are planned (an initializer, a constant, a host node's output)."""
+        p = made.get(name)
+        return name in values or (p is not None and nodes[p]["where"] == "host")
+
     def host_scalar(name: str, rank: int) -> bool:
         """A one-element value the host computes per shape (1/sqrt(sqrt(head size)) from Shape ops)."""
         p, s = made.get(name), shapes.get(name)
@@ -405,6 +418,7 @@ def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs:
             and all(d == 1 for d in s)
 
     drop: set[int] = set()
+    before: dict[int, dict] = {}        # host nodes that go before a fused Attention (its composed mask)
     for i, nd in enumerate(nodes):
         if nd["op"] != "MatMul" or nd["where"] != "device" or i in drop:
             continue
@@ -437,6 +451,20 @@ def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs:
             mask = other[0]
             parts.append(j)
             out = nodes[j]["outputs"][0]
+        composed = None
+        j = sole(out, "Reshape")
+        if j is not None and (not mask or known(mask)):
+            # Swin's shifted windows: the scores (+ relative position bias) reshaped to split the window
+            # index, + the shift mask, reshaped back: both masks known on the host, summed there once
+            # per shape into one mask of the scores' shape (RtxAttentionMask)
+            a2 = sole(nodes[j]["outputs"][0], "Add")
+            k2 = sole(nodes[a2]["outputs"][0], "Reshape") if a2 is not None else None
+            other = [t for t in nodes[a2]["inputs"] if t != nodes[j]["outputs"][0]] if a2 is not None else []
+            if k2 is None or len(other) != 1 or not known(other[0]):
+                continue
+            composed = [mask, nodes[j]["inputs"][1], other[0], nodes[k2]["inputs"][1]]
+            parts += [j, a2, k2]
+            out = nodes[k2]["outputs"][0]
         j = sole(out, "Softmax")
         if j is None:
             continue
@@ -497,10 +525,14 @@ def fuse_attention(nodes: list[dict], values: Mapping[str, np.ndarray], outputs:
             y = nodes[k]["outputs"][0]
             drop.add(k)
         drop.update(parts)
+        if composed is not None:
+            mask = f"{nodes[j]['name']}#mask"
+            before[j] = {"op": "RtxAttentionMask", "name": mask, "inputs": operands[:2] + composed, "outputs": [mask],
+                         "attrs": {k: attrs[k] for k in ("perm_q", "perm_kt") if k in attrs}, "where": "host"}
         nodes[j] = {"op": "Attention", "name": nodes[j]["name"], "inputs": operands + [mask], "outputs": [y],
                     "attrs": {"scale": scale, "guard": guard, **attrs, **({"scale_by": scale_by} if scale_by else {})},
                     "where": "device", "fused_from": nd["name"]}
-    return [nd for k, nd in enumerate(nodes) if k not in drop]
+    return [n for k, nd in enumerate(nodes) for n in ([before[k]] if k in before else []) + ([nd] if k not in drop else [])]
 
 
 #: activations a Conv / Gemm / MatMul epilogue applies, by their code in kernels.epilogue_act; SILU: the
@@ -511,14 +543,17 @@ SILU = 3
 
 def layer_scale(nodes: list[dict], j: int, out: str, nd: Mapping[str, Any], ins: Sequence[str],
                 weights: Mapping[str, np.ndarray], shapes: Mapping[str, list], sole_next: Any,
-                real: Mapping[str, str]) -> tuple[str, int, int | None] | None:
+                real: Mapping[str, str], constants: Mapping[str, np.ndarray] | None = None
+                ) -> tuple[str, int, int | None] | None:
     """A Gemm / MatMul (with its bias fused, no residual or activation yet) whose output only a
     multiplication by a constant per-column factor reads: ``Mul(out, gamma)`` (CaiT's, DINOv2's layer
     scale) or ``Transpose(out)`` then ``Mul(., gamma)`` (ConvNeXt's: gamma ``[C, 1, 1]`` on the NCHW
     view). Returns (gamma's name, the Mul's index, the Transpose's index or None) when gamma is an
     initializer varying along the output's columns only, so that ``weights.derive_weight`` can fold
-    it into the weight's columns and the bias (``colscale``). ``real`` maps the host Identity aliases
-    exporters give equal initializers to the initializer (the caller makes the bias that one too)."""
+    it into the weight's columns and the bias (``colscale``), or a small Constant node's value
+    (Whisper's query scale as TorchScript writes it; the caller keeps the value in the node). ``real`` maps
+    the host Identity aliases exporters give equal initializers to the initializer (the caller makes the
+    bias that one too)."""
     wname = ins[1]
     w = weights.get(wname)
     if w is None or w.ndim != 2 or not np.issubdtype(w.dtype, np.floating) or ins[3]:
@@ -541,9 +576,9 @@ def layer_scale(nodes: list[dict], j: int, out: str, nd: Mapping[str, Any], ins:
     seen = nodes[trans]["outputs"][0] if trans is not None else out
     other = [t for t in mul["inputs"] if t != seen]
     gamma = real.get(other[0], other[0]) if len(other) == 1 else ""
-    if mul["op"] != "Mul" or rank == 0 or len(mul["inputs"]) != 2 or gamma not in weights:
+    g = weights.get(gamma, (constants or {}).get(gamma))
+    if mul["op"] != "Mul" or rank == 0 or len(mul["inputs"]) != 2 or g is None or (gamma not in weights and g.size > N):
         return None
-    g = weights[gamma]
     if not np.issubdtype(g.dtype, np.floating) or g.ndim > rank:
         return None
     dims = [1] * (rank - g.ndim) + list(g.shape)
@@ -614,9 +649,18 @@ def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[s
                 j = sole_next(j, out)
         changed = False
         if nd["op"] in ("Gemm", "MatMul") and j is not None and "relu" not in attrs:
-            scaled = layer_scale(nodes, j, out, nd, ins, weights, shapes, sole_next, real)
+            scaled = layer_scale(nodes, j, out, nd, ins, weights, shapes, sole_next, real, constants)
             if scaled is not None:       # a per-column constant factor: folded into the weight and bias
                 attrs["colscale"], mul, moved = scaled
+                gamma = weights.get(attrs["colscale"])
+                if gamma is None:                         # a Constant node's value travels in the node
+                    gamma = np.asarray(constants[attrs["colscale"]])
+                    attrs["colscale_value"] = [float(v) for v in gamma.reshape(-1)]
+                # the power of two at or above gamma's largest magnitude scales the epilogue (alpha, fp32):
+                # the weight's columns take gamma / that, so a small layer scale (1e-5 .. 1e-6 at init)
+                # leaves fp16 weights in their normal range
+                top = float(np.max(np.abs(gamma))) if gamma.size else 0.0
+                attrs["colscale_alpha"] = float(2.0 ** np.ceil(np.log2(top))) if top > 0 else 1.0
                 ins[2] = real.get(ins[2], ins[2])
                 removed.add(mul)
                 changed = True
@@ -648,5 +692,5 @@ def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[s
             removed.add(i)
             nodes[pos] = fused  # the fused node sits where its last part was: all its inputs exist by then
         elif changed:
-            nodes[i] = {**nd, "attrs": attrs}
+            nodes[i] = {**nd, "inputs": ins, "attrs": attrs}
     return [nd for k, nd in enumerate(nodes) if k not in removed or nd.get("fused_from")]

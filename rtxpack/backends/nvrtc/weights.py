@@ -72,10 +72,12 @@ def derive_weight(graph_node: Mapping[str, Any], recipe: str, w: Mapping[str, np
         return np.ascontiguousarray(src.T if kind == "half_t" else src).astype(np.float16)
     ins = graph_node["inputs"]
     if recipe.startswith("colscale"):     # a layer scale gamma folded into the columns of B and the bias
-        gamma = w[graph_node["attrs"]["colscale"]].astype(np.float64).reshape(-1)
+        a = graph_node["attrs"]
+        gamma = np.asarray(a["colscale_value"] if "colscale_value" in a else w[a["colscale"]], np.float64).reshape(-1)
         if recipe == "colscale_b":
             return (w[ins[2]].astype(np.float64) * gamma).astype(np.float32)
         bw = w[ins[1]].astype(np.float64)
+        gamma = gamma / a.get("colscale_alpha", 1.0)     # the epilogue's alpha carries the rest (_plan_gemm)
         if graph_node["op"] == "Gemm" and graph_node["attrs"].get("transB", 0):
             return (bw * gamma[:, None]).astype(np.float32)      # B stored [N, K]
         return (bw * gamma[None, :]).astype(np.float32)
