@@ -91,6 +91,8 @@ def op_cases() -> list[tuple[str, Callable[[Path], tuple[Path, dict[str, np.ndar
          group=5, pads=[3, 3, 3, 3])
     case("conv_dw3_s2_same", "Conv", {"x": rand(1, 4, 8, 7)}, extra_inputs=["w"], inits={"w": rand(4, 1, 3, 3)},
          group=4, strides=[2, 2], auto_pad="SAME_UPPER")
+    case("conv_dw_dilated", "Conv", {"x": rand(1, 4, 9, 9)}, extra_inputs=["w", "b"],      # conv_direct: dilation
+         inits={"w": rand(4, 1, 3, 3), "b": rand(4)}, group=4, dilations=[2, 2], pads=[2, 2, 2, 2])
     case("conv1x1", "Conv", {"x": x4}, extra_inputs=["w", "b"], inits={"w": rand(72, 8, 1, 1), "b": rand(72)})
     case("conv_same_upper", "Conv", {"x": x4}, extra_inputs=["w"], inits={"w": rand(12, 8, 4, 4)}, auto_pad="SAME_UPPER",
          strides=[2, 2])

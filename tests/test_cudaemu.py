@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import onnx
 import pytest
 
 from cudaemu import EmuError, EmuLoadedPlan, build_plan, compile_source, compiler, plan_kernel_specs
@@ -90,6 +91,16 @@ def corpus(tmp_path_factory) -> dict[str, tuple[Path, dict, bytes]]:
     path = Path(attn_model(str(tmp / "attn_long.onnx"), Sq=20, Skv=300, D=64, DV=48, mask=False, guard=False))
     out["fp16:attention_long_keys"] = (path, {"q": rand(1, 2, 20, 64), "k": rand(1, 2, 300, 64),
                                               "v": rand(1, 2, 300, 48)}, build_plan(path, precision="fp16"))
+    # a LayerNorm over the channels of NCHW (ConvNeXt's): layernorm_cs reads it in place
+    from onnx import TensorProto, helper, numpy_helper
+    ln = helper.make_graph([helper.make_node("Transpose", ["x"], ["t"], perm=[0, 2, 3, 1]),
+                            helper.make_node("LayerNormalization", ["t", "g", "b"], ["y"], axis=-1)], "cln",
+                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 12, 3, 5])],
+                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                           [numpy_helper.from_array(rand(12), "g"), numpy_helper.from_array(rand(12), "b")])
+    path = tmp / "layernorm_nchw.onnx"
+    onnx.save(helper.make_model(ln, opset_imports=[helper.make_opsetid("", 17)]), path)
+    out["layernorm_nchw"] = (path, {"x": rand(2, 12, 3, 5)}, build_plan(path))
     return out
 
 
