@@ -660,7 +660,7 @@ def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[s
                 # the weight's columns take gamma / that, so a small layer scale (1e-5 .. 1e-6 at init)
                 # leaves fp16 weights in their normal range
                 top = float(np.max(np.abs(gamma))) if gamma.size else 0.0
-                attrs["colscale_alpha"] = float(2.0 ** np.ceil(np.log2(top))) if top > 0 else 1.0
+                attrs["colscale_alpha"] = float(2.0 ** np.ceil(np.log2(top))) if 0 < top < np.inf else 1.0
                 ins[2] = real.get(ins[2], ins[2])
                 removed.add(mul)
                 changed = True
