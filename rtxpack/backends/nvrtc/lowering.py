@@ -83,8 +83,9 @@ def conv2d_view(node: Mapping[str, Any], ws: Sequence[int]) -> tuple[Mapping[str
     return {**node, "attrs": a}, [ws[0], ws[1], 1, ws[2]]
 
 
-#: depthwise convolutions conv_dw runs: (kernel size, stride)
+#: depthwise convolutions conv_dw runs: (kernel size, stride), and the outputs of a row a thread computes (its V)
 DW_KERNELS = {(k, s) for k in (3, 5, 7) for s in (1, 2)}
+DW_V = 4
 
 
 def _depthwise(node, ws: Sequence[int]) -> tuple[int, int] | None:
@@ -458,7 +459,7 @@ def _plan_conv(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
             dw, g, relu]
     specs = kernels_for(node, {ins[1]: ws})
     if specs[0].family == "conv_dw" and (node.get("kernels") is None or specs[0] in node["kernels"]):
-        return [out], [Launch(specs[0], _blocks(x[0] * oc * oh * math.ceil(ow / 4)), 256, args)], {}
+        return [out], [Launch(specs[0], _blocks(x[0] * oc * oh * math.ceil(ow / DW_V)), 256, args)], {}
     if specs[0].family in ("conv_direct", "conv_dw"):     # (a plan from before conv_dw: conv_direct)
         return [out], [Launch(KernelSpec("conv_direct"), _blocks(int(np.prod(out))), 256, args)], {}
     P, M, K = x[0] * oh * ow, oc // g, int(ws[1]) * kh * kw
@@ -568,7 +569,8 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
         raise UnsupportedModel(f"fused residual of node {node['name']!r} has shape {shapes[3]}, expected {out}",
                                fix="report this model to rtxpack")
     y = node["outputs"][0]
-    args = [ins[0], ins[1], bias, res, y, M, N, K, sAm, sAk, sBk, sBn, nb1, sA0, sA1, sB0, sB1,
+    wname, bname = gemm_weight_names(node)
+    args = [ins[0], wname, bname, res, y, M, N, K, sAm, sAk, sBk, sBn, nb1, sA0, sA1, sB0, sB1,
             sbm, sbn, alpha, beta, int(a.get("relu", 0))]
     half = set(a.get("tc_half", ()))
     family, suffix = (("gemm_tc", (int(0 in half), int(1 in half), int(a.get("relu", 0)))) if a.get("tc")
@@ -577,8 +579,6 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     cands, heur = _tile_candidates(M, N, K, nbatch, num_sms, nbatch == 1, tiles)
     (label, splits), extra = _choose(node, cands, heur)
     spec = KernelSpec(family, tiles[label] + suffix)
-    wname, args[2] = gemm_weight_names(node)
-    args[1] = wname
     if a.get("tc"):
         args[0], args[1] = [args[i] + "#h" if i in half else args[i] for i in (0, 1)]
         if a.get("tc_bt"):            # B's fp16 copy is stored [N, K] (see use_tensor_cores)
@@ -592,7 +592,7 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
     return [out], [Launch(spec, (math.ceil(N / bn), math.ceil(M / bm), splits), spec.block_threads,
                           args + [splits, scratch]),
                    Launch(KernelSpec("gemm_splitk_reduce"), _blocks(M * N), 256,
-                          [scratch, args[2], res, y, M, N, splits, sbm, sbn, alpha, beta, int(a.get("relu", 0))])], extra
+                          [scratch, bname, res, y, M, N, splits, sbm, sbn, alpha, beta, int(a.get("relu", 0))])], extra
 
 
 #: fp32 GEMM tiles of unfused attention (fp32 plans, heads over 128)

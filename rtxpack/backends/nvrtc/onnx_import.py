@@ -544,11 +544,11 @@ SILU = 3
 def layer_scale(nodes: list[dict], j: int, out: str, nd: Mapping[str, Any], ins: Sequence[str],
                 weights: Mapping[str, np.ndarray], shapes: Mapping[str, list], sole_next: Any,
                 real: Mapping[str, str], constants: Mapping[str, np.ndarray] | None = None
-                ) -> tuple[str, int, int | None] | None:
+                ) -> tuple[str, np.ndarray, int, int | None] | None:
     """A Gemm / MatMul (with its bias fused, no residual or activation yet) whose output only a
     multiplication by a constant per-column factor reads: ``Mul(out, gamma)`` (CaiT's, DINOv2's layer
     scale) or ``Transpose(out)`` then ``Mul(., gamma)`` (ConvNeXt's: gamma ``[C, 1, 1]`` on the NCHW
-    view). Returns (gamma's name, the Mul's index, the Transpose's index or None) when gamma is an
+    view). Returns (gamma's name, its value, the Mul's index, the Transpose's index or None) when gamma is an
     initializer varying along the output's columns only, so that ``weights.derive_weight`` can fold
     it into the weight's columns and the bias (``colscale``), or a small Constant node's value
     (Whisper's query scale as TorchScript writes it; the caller keeps the value in the node). ``real`` maps
@@ -584,7 +584,7 @@ def layer_scale(nodes: list[dict], j: int, out: str, nd: Mapping[str, Any], ins:
     dims = [1] * (rank - g.ndim) + list(g.shape)
     if any(d != 1 for a, d in enumerate(dims) if a != cols) or dims[cols] not in (1, N):
         return None
-    return gamma, j, trans
+    return gamma, g, j, trans
 
 
 def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[str, list], outputs: set[str],
@@ -651,11 +651,9 @@ def fuse(nodes: list[dict], weights: Mapping[str, np.ndarray], shapes: Mapping[s
         if nd["op"] in ("Gemm", "MatMul") and j is not None and "relu" not in attrs:
             scaled = layer_scale(nodes, j, out, nd, ins, weights, shapes, sole_next, real, constants)
             if scaled is not None:       # a per-column constant factor: folded into the weight and bias
-                attrs["colscale"], mul, moved = scaled
-                gamma = weights.get(attrs["colscale"])
-                if gamma is None:                         # a Constant node's value travels in the node
-                    gamma = np.asarray(constants[attrs["colscale"]])
-                    attrs["colscale_value"] = [float(v) for v in gamma.reshape(-1)]
+                attrs["colscale"], gamma, mul, moved = scaled
+                if attrs["colscale"] not in weights:      # a Constant node's value travels in the node
+                    attrs["colscale_value"] = [float(v) for v in np.asarray(gamma).reshape(-1)]
                 # the power of two at or above gamma's largest magnitude scales the epilogue (alpha, fp32):
                 # the weight's columns take gamma / that, so a small layer scale (1e-5 .. 1e-6 at init)
                 # leaves fp16 weights in their normal range

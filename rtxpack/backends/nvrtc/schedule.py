@@ -511,9 +511,10 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
         return c.args[1], dims, sy, oy, moves[0]
 
     through: set[int] = set()      # launches of an attention layer already writing through a copy
+    # launches that read an operand through the copy that wrote it (attention also writes through one)
+    readers = {"binary": binary_through, **({"layernorm": layernorm_through} if lncs else {})}
     for i, ln in enumerate(launches):
-        if i in dropped or (ln.spec.family not in _ATTN_VIEWS and ln.spec.family != "binary"
-                            and not (lncs and ln.spec.family == "layernorm")):
+        if i in dropped or (ln.spec.family not in _ATTN_VIEWS and ln.spec.family not in readers):
             continue
         writes = {}
         for r in {R(ln.args[t]) for t, _, _, _, rw in _ATTN_VIEWS.get(ln.spec.family, ())
@@ -524,10 +525,8 @@ def elide_copies(launches: list[Launch], steps: list[int], root: dict[str, str],
                                         for k in layer)
             if ok:
                 writes[r] = mv
-        if ln.spec.family == "binary":
-            launches[i], moved = binary_through(ln, R, copy_view)
-        elif ln.spec.family == "layernorm":
-            launches[i], moved = layernorm_through(ln, R, copy_view)
+        if ln.spec.family in readers:
+            launches[i], moved = readers[ln.spec.family](ln, R, copy_view)
         else:
             launches[i], moved = attention_through(ln, R, copy_view, lambda r: writes[r][:4] if r in writes else None)
         still = {R(a) for a in launches[i].args if isinstance(a, str) and a}
