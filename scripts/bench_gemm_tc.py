@@ -54,18 +54,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from rtxpack.backends.nvrtc.compile import compile_program
     from rtxpack.backends.nvrtc.kernels import KernelSpec, entry_name, program_source
-    from rtxpack.backends.nvrtc.kernels_tc import TC_TILES, tc_stages
+    from rtxpack.backends.nvrtc.kernels_tc import TC_TILES, WG_TILES, tc_stages
 
     torch.cuda.init()
     dev = torch.cuda.current_device()
     major, minor = torch.cuda.get_device_capability(dev)
     sm = major * 10 + minor
-    tiles = {**TC_TILES, **EXTRA_TILES}
+    wg = WG_TILES if sm == 90 else {}      # Hopper warpgroup MMA (sm_90a)
+    tiles = {**TC_TILES, **EXTRA_TILES, **wg}
     names = [t for t in args.tiles.split(",") if t in tiles] if args.tiles else list(tiles)
     specs = {}
     for ah in (0, 1):
         for t in names:
-            if tc_stages("gemm_tc", tiles[t] + (ah, 1)) >= 2:
+            if t in wg:
+                specs[(t, ah)] = KernelSpec("gemm_wg", tiles[t] + (ah, 1, 0))
+            elif tc_stages("gemm_tc", tiles[t] + (ah, 1)) >= 2:
                 specs[(t, ah)] = KernelSpec("gemm_tc", tiles[t] + (ah, 1, 0))
     red = KernelSpec("gemm_splitk_reduce")
     allspecs = list(specs.values()) + [red]
@@ -81,8 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.zeros(1, device="cuda")        # primary context current
     mod = ok(cu.cuModuleLoadData(cubin))
     funcs = {s: ok(cu.cuModuleGetFunction(mod, entry_name(s).encode())) for s in allspecs}
+    for s in allspecs:
+        if s.smem_bytes > 48 * 1024:
+            ok(cu.cuFuncSetAttribute(funcs[s], cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                     s.smem_bytes))
 
-    def launch(fn, grid, block, fmt, vals, stream):
+    def launch(fn, grid, block, fmt, vals, stream, smem=0):
         offs, buf = [], b""
         for f, v in zip(fmt, vals):
             size = struct.calcsize(f)
@@ -91,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             buf += struct.pack(f, v)
         keep = ctypes.create_string_buffer(buf, len(buf))
         ptrs = (ctypes.c_void_p * len(offs))(*[ctypes.addressof(keep) + o for o in offs])
-        ok(cu.cuLaunchKernel(fn, *grid, block, 1, 1, 0, cu.CUstream(stream), ctypes.addressof(ptrs), 0))
+        ok(cu.cuLaunchKernel(fn, *grid, block, 1, 1, smem, cu.CUstream(stream), ctypes.addressof(ptrs), 0))
         return keep, ptrs
 
     def graph_ms(body):
@@ -142,12 +149,12 @@ def main(argv: list[str] | None = None) -> int:
                     wsb = torch.empty(S * M * N, device="cuda") if S > 1 else None
                     keep = []
 
-                    def body(st, fn=fn, threads=threads, A=A, S=S, wsb=wsb, bm=bm, bn=bn):
+                    def body(st, fn=fn, threads=threads, A=A, S=S, wsb=wsb, bm=bm, bn=bn, smem=spec.smem_bytes):
                         for w in ws16:
                             vals = [A.data_ptr(), w.data_ptr(), b32.data_ptr(), 0, y.data_ptr(), M, N, K, K, 1, 1, K,
                                     1, 0, 0, 0, 0, 0, 1, 1.0, 1.0, 0, S, wsb.data_ptr() if S > 1 else 0]
                             keep.append(launch(fn, (math.ceil(N / bn), math.ceil(M / bm), S), threads, GEMM_FMT,
-                                               vals, st))
+                                               vals, st, smem))
                             if S > 1:
                                 keep.append(launch(funcs[red], (min(4096, math.ceil(M * N / 256)), 1, 1), 256,
                                                    RED_FMT, [wsb.data_ptr(), b32.data_ptr(), 0, y.data_ptr(), M, N,

@@ -98,9 +98,9 @@ def kernel_profile(plan_bytes: bytes, batch: int, reps: int = 20) -> list[dict]:
     _, e1 = cu.cuEventCreate(0)
     times = [0.0] * len(launches)
     for _ in range(reps):
-        for i, (fn, grid, block, ptrs, _a) in enumerate(st.launches):
+        for i, packed in enumerate(st.launches):
             cu.cuEventRecord(e0, p._stream)
-            cu.cuLaunchKernel(fn, grid[0], grid[1], grid[2], block, 1, 1, 0, p._stream, ptrs.ctypes.data, 0)
+            p._launch(packed)
             cu.cuEventRecord(e1, p._stream)
             cu.cuEventSynchronize(e1)
             times[i] += cu.cuEventElapsedTime(e0, e1)[1] / reps

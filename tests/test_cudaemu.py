@@ -166,11 +166,12 @@ def test_every_kernel_family_and_path_is_exercised(tmp_path: Path, corpus, progr
     extra = _extra_cases(tmp_path)
     for key, (_, inputs, plan) in corpus.items():
         num_sms = extra[key.split(":", 1)[1]][2] if key.startswith("extra:") else 132
-        with EmuLoadedPlan(plan, module=program, num_sms=num_sms) as p:
-            shapes = [{"x": (b, *FEATURES[key[6:]])} for b in BATCHES] if key.startswith("model:") else \
-                [{k: v.shape for k, v in inputs.items()}]
-            for s in shapes:
-                labels |= {ln[0] for ln in p._state(s).launches}
+        for wgmma in (False, True) if key.startswith("fp16:") else (False,):   # Hopper's gemm_wg: fp16 on sm_90a
+            with EmuLoadedPlan(plan, module=program, num_sms=num_sms, wgmma=wgmma) as p:
+                shapes = [{"x": (b, *FEATURES[key[6:]])} for b in BATCHES] if key.startswith("model:") else \
+                    [{k: v.shape for k, v in inputs.items()}]
+                for s in shapes:
+                    labels |= {ln[0] for ln in p._state(s).launches}
     families = {lab.split("<")[0] for lab in labels}
     assert families == set(FAMILIES), set(FAMILIES) ^ families
     for t in TILES.values():
@@ -242,8 +243,8 @@ def test_argument_packing_is_the_gpu_runtimes(monkeypatch, corpus, program) -> N
             assert gpu_state.arena == arena
             mine = p.pack_launches(gpu_state.plan, arena)
             assert len(mine) == len(gpu_state.launches) > 0
-            for (spec, grid, block, args, offs), (fn, g2, b2, ptrs, blob) in zip(mine, gpu_state.launches):
-                assert (grid, block) == (tuple(g2), b2) and fn == p._funcs[spec]
+            for (spec, grid, block, args, offs), (fn, g2, b2, ptrs, blob, smem) in zip(mine, gpu_state.launches):
+                assert (grid, block, smem) == (tuple(g2), b2, spec.smem_bytes) and fn == p._funcs[spec]
                 assert bytes(blob) == args + b"\0" * 8
                 assert [int(q) - blob.ctypes.data for q in ptrs] == offs
 

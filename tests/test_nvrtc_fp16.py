@@ -131,6 +131,58 @@ def test_every_fp16_gemm_candidate_gives_the_same_answer(tmp_path: Path) -> None
 
 
 @emu
+def test_hopper_wgmma_gemms_every_candidate(tmp_path: Path, models) -> None:
+    """gemm_wg (Hopper's warpgroup MMA, B from a 128-byte-swizzled shared tile): planned as on an sm_90a GPU,
+    every tile with and without split-K on weights in both layouts, k not a multiple of 8 (the gathered
+    B path), an odd number of columns (the element-wise epilogue), a batched MatMul sharing its weight,
+    and a transformer block (bias, residual, GELU in the epilogue): all within fp16 tolerance, the same
+    answer run after run. The heuristic takes a gemm_wg tile there; on any other GPU none is planned."""
+    from nvrtc_helpers import op_model
+    from rtxpack.backends.nvrtc.kernels_tc import WG_TILES
+
+    a = rand(130, 1100)
+    cases = {
+        "weight": (op_model(tmp_path / "mm.onnx", "MatMul", {"a": a}, extra_inputs=["b"], inits={"b": rand(1100, 90)}),
+                   {"a": a}),
+        "gemm_bias": (op_model(tmp_path / "gt.onnx", "Gemm", {"a": rand(45, 520)}, extra_inputs=["b", "c"],
+                               inits={"b": rand(72, 520), "c": rand(72)}, transB=1, alpha=0.5, beta=2.0),
+                      {"a": rand(45, 520)}),
+        "k_odd": (op_model(tmp_path / "ko.onnx", "MatMul", {"a": rand(70, 100)}, extra_inputs=["b"],
+                           inits={"b": rand(100, 64)}), {"a": rand(70, 100)}),
+        "batched_odd_n": (op_model(tmp_path / "bn.onnx", "MatMul", {"a": rand(3, 37, 136)}, extra_inputs=["b"],
+                                   inits={"b": rand(136, 29)}), {"a": rand(3, 37, 136)}),
+        "transformer": (models["transformer_block"][0], {"x": rand(2, *FEATURES["transformer_block"])}),
+    }
+    seen: set[str] = set()
+    for name, (path, feeds) in cases.items():
+        plan = models["transformer_block"][1] if name == "transformer" else build_plan(path, precision="fp16")
+        ref = reference(path, feeds)
+        shapes = {k: v.shape for k, v in feeds.items()}
+        with EmuLoadedPlan(plan, num_sms=8) as p:          # not Hopper: never planned
+            p.run(feeds)
+            assert not any(lab.startswith("gemm_wg<") for lab in p.launch_counts), p.launch_counts
+        with EmuLoadedPlan(plan, num_sms=8, wgmma=True) as p:   # the heuristic takes them on Hopper
+            out = p.run(feeds)
+            assert any(lab.startswith("gemm_wg<") for lab in p.launch_counts), p.launch_counts
+            most = max(len(t.labels) for t in p._state(shapes).plan.tunable)
+        for key, r in ref.items():
+            assert rel_err(out[key], r) <= FP16_TOL, (name, key)
+        for k in range(most):
+            with EmuLoadedPlan(plan, num_sms=8, wgmma=True, options={"tune_timer": _prefer(k)}) as p:
+                out = p.run(feeds)
+                out2 = p.run(feeds)
+                seen |= set(p.launch_counts)
+            for key, r in ref.items():
+                assert rel_err(out[key], r) <= FP16_TOL, (name, k, key)
+                assert np.array_equal(out[key], out2[key]), (name, k, key)
+    for tile in WG_TILES.values():
+        head = "gemm_wg<" + ",".join(map(str, tile + (0, 1, 0))) + ">"       # fp32 A, fp16 B, no activation
+        assert any(s.startswith(head) and s.endswith("/splitK") for s in seen), head
+        assert any(s.startswith(head) and not s.endswith("/splitK") for s in seen), head
+    assert any(s.startswith("gemm_wg<") and not s.endswith(",0>") for s in seen)   # an activation (GELU)
+
+
+@emu
 def test_tuned_choices_ship_in_the_runtime_cache(models) -> None:
     path, plan = models["resnet_small"]
     x = rand(1, 3, 32, 32)

@@ -23,6 +23,7 @@ import numpy as np
 from rtxpack.backends.nvrtc import compile as nv_compile
 from rtxpack.backends.nvrtc import runtime as nv_runtime
 from rtxpack.backends.nvrtc.kernels import FAMILIES, KernelSpec
+from rtxpack.backends.nvrtc.kernels_tc import WG_FAMILIES
 from rtxpack.backends.nvrtc.plan import read_plan
 from rtxpack.backends.nvrtc.schedule import ALIGN, ShapePlan, device_bytes
 from rtxpack.backends.nvrtc.tuning import tune
@@ -69,12 +70,13 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
     KERN source. ``num_sms``: the SM count planning assumes. ``poison``: fill each arena with
     NaN bytes before first use. Every buffer has NaN red zones, checked after each launch.
     ``schedule``: the order the threads of a block run in between barriers ("forward", "reverse",
-    "random" with ``seed``; see ``EmuModule.set_schedule``).
+    "random" with ``seed``; see ``EmuModule.set_schedule``). ``wgmma``: plan as the runtime does on an
+    sm_90a GPU (Hopper's gemm_wg kernels planned), else as on every other GPU (they are not).
     """
 
     def __init__(self, plan: bytes, *, runtime_cache: bytes | None = None, options: Mapping[str, Any] | None = None,
                  num_sms: int = 132, module: EmuModule | None = None, poison: bool = True,
-                 schedule: str = "forward", seed: int = 0) -> None:
+                 schedule: str = "forward", seed: int = 0, wgmma: bool = False) -> None:
         t0 = time.perf_counter()
         self._opts = dict(options or {})
         self._closed = True
@@ -103,10 +105,14 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
         self.kernel_sources = {"cubin": 0, "runtime-cache": 0, "ptx-jit": 0, "nvrtc-jit": 0, "emulator": n}
         self.provenance = (f"CPU emulator: {'a shared program' if module is not None else 'the plan source'} "
                            f"compiled with g++ ({self.module.path.name})")
+        # wgmma: plan as on an sm_90a GPU (Hopper's gemm_wg kernels among the candidates), else as on any other
+        self.wgmma_ok = bool(wgmma)
         self._funcs: dict[KernelSpec, str] = {}
         for k in self._index["kernels"]:
             self.module.function(k["entry"])      # KeyError now, not at the first run, when it is missing
-            self._funcs[KernelSpec(k["family"], tuple(k["targs"]))] = k["entry"]
+            spec = KernelSpec(k["family"], tuple(k["targs"]))
+            if spec.family not in WG_FAMILIES or self.wgmma_ok:
+                self._funcs[spec] = k["entry"]
         t2 = time.perf_counter()
         self._host_w = self._weights_from_plan(wsecs["WGHT"])
         self.weights_digest = self.graph.get("weights_digest")

@@ -95,7 +95,9 @@ def compile_program(source: str, sm: int, *, ptx: bool = False,
     if err != ok:
         raise BackendError(f"nvrtcCreateProgram failed: {err}", fix="reinstall nvidia-cuda-nvrtc")
     try:
-        arch = f"--gpu-architecture={'compute' if ptx else 'sm'}_{sm}"
+        # sm_90 cubins are built for sm_90a (the same GPUs: a cubin runs on its own major arch only) so that
+        # Hopper's wgmma kernels (gemm_wg) exist in them; PTX stays portable (there they trap, never planned)
+        arch = f"--gpu-architecture={'compute' if ptx else 'sm'}_{sm}{'a' if sm == 90 and not ptx else ''}"
         opts = [o.encode() for o in (*options, arch)]
         with _LOCK:
             NVRTC_CALLS += 1

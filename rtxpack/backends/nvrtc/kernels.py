@@ -16,7 +16,7 @@ from typing import Sequence
 
 from .dtypes import C_TYPES
 from .kernels_ops import OPS_FAMILIES, OPS_SOURCE, OPS_TEMPLATE_KINDS
-from .kernels_tc import TC_FAMILIES, TC_SOURCE, TC_TEMPLATE_KINDS, tc_block_threads
+from .kernels_tc import TC_FAMILIES, TC_SOURCE, TC_TEMPLATE_KINDS, WG_FAMILIES, tc_block_threads, wg_smem_bytes
 
 #: NVRTC options used for every program (the arch option is added per target)
 COMPILE_OPTIONS: tuple[str, ...] = ("--std=c++17", "-default-device", "--fmad=true")
@@ -823,6 +823,11 @@ class KernelSpec:
         if self.family in TC_FAMILIES:
             return tc_block_threads(self.family, self.targs)
         return 256
+
+    @property
+    def smem_bytes(self) -> int:
+        """Dynamic shared memory a launch of this kernel passes (0: static shared memory only)."""
+        return wg_smem_bytes(self.targs) if self.family in WG_FAMILIES else 0
 
     def wrapper(self, entry: str) -> str:
         params = FAMILIES[self.family]

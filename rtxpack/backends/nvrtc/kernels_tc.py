@@ -18,6 +18,88 @@ emulator's warp exchanges, so CI runs these very kernels without a GPU.
 """
 from __future__ import annotations
 
+def _wgmma_asm(n: int) -> str:
+    """``wg_mma_issue<n>``: one ``wgmma.mma_async ... m64n<n>k16`` with A in registers (the mma.m16n8k16 A
+    fragment of each warp's 16 rows) and B (n x 16, K-major) from shared memory through a descriptor."""
+    regs = n // 2
+    outs = ", ".join(f"%{i}" for i in range(regs))
+    cons = ", ".join(f'"+f"(d[{i // 4}][{i % 4}])' for i in range(regs))
+    return (f"template <> __device__ __forceinline__ void wg_mma_issue<{n}>(float (&d)[{n // 8}][4], "
+            "const unsigned (&a)[4], unsigned long long desc) {\n"
+            f'  asm volatile("{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{regs + 5}, 0;\\n"\n'
+            f'               "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16 {{{outs}}}, "\n'
+            f'               "{{%{regs}, %{regs + 1}, %{regs + 2}, %{regs + 3}}}, %{regs + 4}, p, 1, 1, 0;\\n}}\\n"\n'
+            f"               : {cons}\n"
+            '               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1));\n}\n')
+
+
+#: N of the Hopper warpgroup MMAs the gemm_wg tiles use
+WG_NS = (64, 128)
+
+WG_SOURCE = r"""
+// ---- Hopper warpgroup MMA (wgmma, sm_90a). A warpgroup (4 warps, 128 threads) multiplies 64 rows of A,
+// each warp holding the mma.m16n8k16 A fragment of its 16 rows in registers, by an N x 16 slice of B
+// that the tensor cores read from shared memory, accumulating 64 x N fp32 in the m16n8 C layout per
+// 8 columns (d[j][0..3] = C[g][8j + 2t..], C[g + 8][8j + 2t..], as mma.sync's). B tiles are
+// [rows][64 halves] in the canonical K-major 128-byte swizzle (PTX ISA, "Shared Memory Matrix
+// Layout"): rows 128 bytes apart, 8-row groups 1024 apart (the descriptor's stride byte offset), the
+// 16-byte chunk c of row r stored at chunk c ^ (r % 8) - the hardware XORs address bits [4,7) with
+// bits [7,10), so a tile starts 1024-byte aligned; a k16 step starts 32 bytes further in. wg_mma's
+// emulator branch reads B by that address rule and multiplies with the emulator's mma, so CI checks
+// the layout the fills write. Outside sm_90a (and in PTX for other GPUs) the kernels trap: the runtime
+// never plans them there (runtime.NvrtcLoadedPlan, wgmma_ok).
+#if defined(RTX_EMULATOR)
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)(unsigned long long)p; }
+__device__ __forceinline__ void fence_proxy_async() {}
+__device__ __forceinline__ void wgmma_fence() {}
+__device__ __forceinline__ void wgmma_commit() {}
+__device__ __forceinline__ void wgmma_wait0() {}
+template <int N>
+__device__ __forceinline__ void wg_mma(float (&d)[N / 8][4], const unsigned (&a)[4], const unsigned short* tile, int kk) {
+  const unsigned char* base = reinterpret_cast<const unsigned char*>(tile);
+  if (reinterpret_cast<unsigned long long>(base) & 1023) __trap();   // the swizzle needs 1024-byte aligned tiles
+  const int lane = threadIdx.x & 31;
+  for (int j = 0; j < N / 8; ++j) {
+    unsigned b[2];
+    for (int h = 0; h < 2; ++h) {   // b[h] = B[n][k], B[n][k + 1]: n = 8j + lane / 4, k = 16 kk + 2 (lane % 4) + 8 h
+      const int n = j * 8 + (lane >> 2);
+      const unsigned long long lin = (unsigned long long)(n >> 3) * 1024 + (n & 7) * 128 + kk * 32 + (2 * (lane & 3) + 8 * h) * 2;
+      b[h] = *reinterpret_cast<const unsigned*>(base + (lin ^ (((lin >> 7) & 7) << 4)));
+    }
+    rtx_emu::mma_m16n8k16_f16f32(d[j], a, b, d[j]);
+  }
+}
+#else
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int N> __device__ void wg_mma_issue(float (&d)[N / 8][4], const unsigned (&a)[4], unsigned long long desc);
+""" + "".join(_wgmma_asm(n) for n in WG_NS) + r"""
+template <int N>
+__device__ __forceinline__ void wg_mma(float (&d)[N / 8][4], const unsigned (&a)[4], const unsigned short* tile, int kk) {
+  // descriptor: start address >> 4 (bits 0-13), leading byte offset 16 >> 4 (unused by swizzled K-major),
+  // stride byte offset 1024 >> 4 (bits 32-45), 128-byte swizzle (bits 62-63 = 1)
+  const unsigned addr = smem_u32(tile) + kk * 32;
+  const unsigned long long desc = (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
+  wg_mma_issue<N>(d, a, desc);
+}
+#else
+__device__ __forceinline__ void fence_proxy_async() {}
+__device__ __forceinline__ void wgmma_fence() {}
+__device__ __forceinline__ void wgmma_commit() {}
+__device__ __forceinline__ void wgmma_wait0() {}
+template <int N>
+__device__ __forceinline__ void wg_mma(float (&d)[N / 8][4], const unsigned (&a)[4], const unsigned short* tile, int kk) {
+  __trap();   // not sm_90a: gemm_wg is never planned here
+}
+#endif
+#endif
+"""
+
+
 MMA_SOURCE = r"""
 // ---- tensor-core helpers. Fragments of mma.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16
 // with floating point type"), g = lane >> 2, t = lane % 4; element i of a fragment is in register
@@ -146,13 +228,16 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 #endif
-"""
+""" + WG_SOURCE
 
 #: static shared memory of a block (bytes) and the most k stages a tensor-core GEMM / conv pipelines:
 #: as many as fit (the kernels' ``tc_stages`` and the Python ``tc_stages`` below both read these)
 SMEM_LIMIT, MAX_STAGES = 48 * 1024, 4
+#: dynamic shared memory a gemm_wg block may take (Hopper: 227 KB a block)
+WG_SMEM_LIMIT = 227 * 1024
 
-TC_SOURCE = MMA_SOURCE + f"#define RTX_TC_SMEM {SMEM_LIMIT}\n#define RTX_TC_MAX_STAGES {MAX_STAGES}\n" + r"""
+TC_SOURCE = MMA_SOURCE + (f"#define RTX_TC_SMEM {SMEM_LIMIT}\n#define RTX_TC_MAX_STAGES {MAX_STAGES}\n"
+                          f"#define RTX_WG_SMEM {WG_SMEM_LIMIT}\n") + r"""
 // Operand tiles in shared memory, per pipeline stage: fp16 [rows][BK + 8] (ldmatrix), fp32 [rows][BK + 8]
 // (activations copied as they are and rounded to fp16 as fragments are built: float2 loads, rows
 // BK + 8 floats apart, so the 16 lanes of a half warp hit 32 distinct banks), or fp32 k-major
@@ -221,17 +306,20 @@ __host__ __device__ constexpr int tc_stages(int bytes) {
 // The k loop of the tensor-core kernels: fill(stage, k0) issues the asynchronous copies of the
 // BK-slice at k0 into shared stage ``stage`` of ST, step(stage) multiplies one. ST - 1 slices are in
 // flight while one is multiplied; one barrier per slice (it also frees the stage the next fill reuses).
-template <int BK, int ST, class Fill, class Step>
+// PROXY: the shared stages are read by wgmma (the async proxy): each thread fences its own copies
+// into that proxy before the barrier that publishes them.
+template <int BK, int ST, bool PROXY = false, class Fill, class Step>
 __device__ __forceinline__ void pipelined(int kb, int ke, Fill&& fill, Step&& step) {
   static_assert(ST >= 2, "a pipeline needs two stages");
   const int nk = (ke - kb + BK - 1) / BK;
-#pragma unroll
+#pragma unroll 1   // one copy of the fill code: the prologue runs once, its instructions are cold in the i-cache
   for (int s = 0; s < ST - 1; ++s) {
     if (s < nk) fill(s, kb + s * BK);
     cp_async_commit();
   }
   for (int i = 0; i < nk; ++i) {
     cp_async_wait<ST - 2>();
+    if (PROXY) fence_proxy_async();
     __syncthreads();
     const int f = i + ST - 1;
     if (f < nk) fill(f % ST, kb + f * BK);
@@ -426,8 +514,10 @@ __device__ void conv_tc(const float* __restrict__ x, const unsigned short* __res
 
 // The GEMM epilogue (kernels.gemm_store) over a warp's accumulators at (r0, c0). A lane holds pairs of
 // adjacent columns (c, c + 1): where the rows are 8-byte aligned (N even) a pair is loaded and stored as
-// float2, else each element goes through gemm_store. ACT: the activation (see conv_tc); split-K
-// partials (S > 1) stored as they are.
+// float2, else each element goes through gemm_store. The bias and residual pairs of 16 rows are all
+// loaded before any is used: one memory round trip per 16 rows instead of one per pair (ncu: a
+// quarter of a batch-1 GEMM's stall samples waited on these loads one by one). ACT: the activation
+// (see conv_tc); split-K partials (S > 1) stored as they are.
 template <int WM, int WN, int ACT>
 __device__ __forceinline__ void tc_gemm_epilogue(const float (&acc)[WM / 16][WN / 8][4], int r0, int c0,
                                                  const GemmBlock& g, int M, int N, int S, float* __restrict__ ws,
@@ -440,47 +530,47 @@ __device__ __forceinline__ void tc_gemm_epilogue(const float (&acc)[WM / 16][WN 
   const float* __restrict__ bs = part ? nullptr : bias;
   const bool pairs = (N & 1) == 0 && ((unsigned long long)out & 7) == 0 && (!rs || ((unsigned long long)rs & 7) == 0);
   const bool bpairs = pairs && sbn == 1 && bs && ((unsigned long long)bs & 7) == 0 && (sbm & 1) == 0;
+  if (!pairs) {          // N odd or unaligned rows: element by element, c + 1 may be past N
+    tc_each<WM, WN>(acc, r0, c0, M, N, lane, [&](float a, int r, int c) {
+      gemm_store(a, r, c, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, ACT);
+    });
+    return;
+  }
+  const int cl = c0 + 2 * (lane & 3);
 #pragma unroll
-  for (int i = 0; i < WM / 16; ++i)
+  for (int i = 0; i < WM / 16; ++i) {
+    float2 bq[2][WN / 8], rq[2][WN / 8];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = r0 + i * 16 + (lane >> 2) + h * 8;
+#pragma unroll
+      for (int j = 0; j < WN / 8; ++j) {
+        const int c = cl + j * 8;
+        const bool in = r < M && c < N;     // N even, c even: c + 1 < N too
+        const float* brow = bs + (long long)r * sbm;
+        bq[h][j] = !in || !bs ? make_float2(0.f, 0.f) : bpairs ? *reinterpret_cast<const float2*>(brow + c)
+                 : make_float2(brow[(long long)c * sbn], brow[(long long)(c + 1) * sbn]);
+        rq[h][j] = in && rs ? *reinterpret_cast<const float2*>(rs + (long long)r * N + c) : make_float2(0.f, 0.f);
+      }
+    }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = r0 + i * 16 + (lane >> 2) + h * 8;
       if (r >= M) continue;
       float* __restrict__ orow = out + (long long)r * N;
-      const float* __restrict__ rrow = rs ? rs + (long long)r * N : nullptr;
-      const float* __restrict__ brow = bs ? bs + (long long)r * sbm : nullptr;
 #pragma unroll
       for (int j = 0; j < WN / 8; ++j) {
-        const int c = c0 + j * 8 + 2 * (lane & 3);
+        const int c = cl + j * 8;
         if (c >= N) continue;
         float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
-        if (!pairs) {          // N odd or unaligned rows: element by element, c + 1 may be past N
-          gemm_store(v0, r, c, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, ACT);
-          if (c + 1 < N) gemm_store(v1, r, c + 1, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, ACT);
-          continue;
-        }
         if (!part) {
-          v0 *= alpha;
-          v1 *= alpha;
-          if (bpairs) {
-            const float2 q = *reinterpret_cast<const float2*>(brow + c);
-            v0 += beta * q.x;
-            v1 += beta * q.y;
-          } else if (brow) {
-            v0 += beta * brow[(long long)c * sbn];
-            v1 += beta * brow[(long long)(c + 1) * sbn];
-          }
-          if (rrow) {
-            const float2 q = *reinterpret_cast<const float2*>(rrow + c);
-            v0 += q.x;
-            v1 += q.y;
-          }
-          v0 = epilogue_act(ACT, v0);
-          v1 = epilogue_act(ACT, v1);
+          v0 = epilogue_act(ACT, alpha * v0 + beta * bq[h][j].x + rq[h][j].x);
+          v1 = epilogue_act(ACT, alpha * v1 + beta * bq[h][j].y + rq[h][j].y);
         }
         *reinterpret_cast<float2*>(orow + c) = make_float2(v0, v1);
       }
     }
+  }
 }
 
 // Batched GEMM on tensor cores, arguments and epilogue as gemm(); AH / BH: that operand is fp16 in
@@ -516,6 +606,84 @@ __device__ void gemm_tc(const void* __restrict__ A, const void* __restrict__ B, 
   }, [&](int st) { tc_step<BK / KS, WM, WN>(As[st], Bs[st], acc, wm0, wn0, ks * (BK / KS), lane); });
   if (!tc_slices_sum<KS, NTS, WM / 16 * WN / 8 * 4>(&acc[0][0][0], As, tid)) return;
   tc_gemm_epilogue<WM, WN, ACT>(acc, m0 + wm0, n0 + wn0, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, lane);
+}
+
+// Issue the copies of a ROWS x 64 slice of B (rows r0.., k from k0; element (r, k) at ofs + r * sR + k * sK,
+// fp16) into a 1024-byte aligned shared tile in wgmma's 128-byte swizzle (see WG_SOURCE): eight threads
+// copy one row's eight 16-byte chunks (one 128-byte global segment, one full shared row: no bank
+// conflict). 16-byte cp.async when ``vec`` (k-contiguous, 16-byte aligned rows), else the 8 halves
+// are gathered and stored at once; zeros past R rows or at k >= ke.
+template <int ROWS, int NT>
+__device__ __forceinline__ void wg_fill_b(unsigned short* s, const void* p, long long ofs, int r0, int R, int sR,
+                                          int sK, int k0, int ke, bool vec, int tid) {
+  static_assert(ROWS * 8 % NT == 0, "whole rounds of 16-byte chunks");
+  const unsigned short* __restrict__ h = static_cast<const unsigned short*>(p);
+#pragma unroll
+  for (int t = 0; t < ROWS * 8 / NT; ++t) {
+    const int e = tid + t * NT, row = e >> 3, c = e & 7, k = k0 + 8 * c;
+    const bool ok = r0 + row < R && k < ke;
+    unsigned short* dst = s + row * 64 + ((c ^ (row & 7)) << 3);
+    const long long rowat = ofs + (long long)(r0 + row) * sR;
+    if (vec) cp_async16(dst, ok ? h + rowat + k : h, ok);
+    else *reinterpret_cast<uint4*>(dst) = ok ? tc_gather8<true>(p, rowat + (long long)k * sK, sK, ke - k)
+                                             : make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
+// Pipeline stages of gemm_wg (dynamic shared memory, RTX_WG_SMEM at most with the 1 KB alignment
+// slack): kernels_tc.wg_smem_bytes is the same rule in Python.
+__host__ __device__ constexpr int wg_stages(int stage_bytes) {
+  return (RTX_WG_SMEM - 1024) / stage_bytes < RTX_TC_MAX_STAGES ? (RTX_WG_SMEM - 1024) / stage_bytes : RTX_TC_MAX_STAGES;
+}
+#ifdef RTX_EMULATOR
+#define RTX_WG_SHARED(name, bytes) __shared__ __align__(1024) unsigned char name[bytes]
+#else
+#define RTX_WG_SHARED(name, bytes) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
+// Batched GEMM on Hopper's warpgroup MMA (sm_90a), arguments and epilogue as gemm_tc: BM / 64
+// warpgroups stacked over rows, each multiplying its 64 rows by the block's BN columns (one wgmma
+// per 16 k, B from the swizzled shared tile, A from registers: each warp's fragments built from the
+// fp32 or fp16 A tile as gemm_tc builds them). Tile (BM, BN, 64, 16, BN, 1): the warp tile is 16 x BN.
+// B must be fp16 (a weight). The cp.async pipeline runs in dynamic shared memory (the launch passes
+// wg_smem_bytes), up to 4 stages.
+template <int BM, int BN, int BK, int WM, int WN, int KS, bool AH, bool BH, int ACT>
+__device__ void gemm_wg(const void* __restrict__ A, const void* __restrict__ B, const float* __restrict__ bias,
+                        const float* __restrict__ res, float* __restrict__ Cm, int M, int N, int K, int sAm, int sAk,
+                        int sBk, int sBn, int nb1, int sA0, int sA1, int sB0, int sB1, int sbm, int sbn, float alpha,
+                        float beta, int relu, int S, float* __restrict__ ws) {
+  static_assert(BK == 64 && WM == 16 && WN == BN && KS == 1 && BH && BM % 64 == 0, "a gemm_wg tile");
+  using TA = typename TcType<AH>::type;
+  constexpr int NT = BM / 16 * 32, LA = BK + 8, BBYTES = BN * BK * 2, ABYTES = BM * LA * (int)sizeof(TA);
+  constexpr int ST = wg_stages(BBYTES + ABYTES);
+  static_assert(ST >= 2 && BBYTES % 1024 == 0, "the stages fit, B tiles stay 1024-byte aligned");
+  RTX_WG_SHARED(raw, ST * (BBYTES + ABYTES) + 1024);
+  unsigned char* sm = raw + ((1024u - (smem_u32(raw) & 1023u)) & 1023u);
+  // stage s: its B tile at s * BBYTES, its A tile after the ST B tiles
+  const auto Bs = [&](int st) { return reinterpret_cast<unsigned short*>(sm + st * BBYTES); };
+  const auto As = [&](int st) { return reinterpret_cast<TA (*)[LA]>(sm + ST * BBYTES + st * ABYTES); };
+  const GemmBlock g = gemm_block<BM, BN, BK>(M, N, K, S, nb1, sA0, sA1, sB0, sB1);
+  const long long aofs = g.aofs, bofs = g.bofs;
+  const int m0 = g.m0, n0 = g.n0, ke = g.ke;
+  const int tid = threadIdx.x, lane = tid & 31, wrow = (tid >> 5) * 16;
+  float acc[1][BN / 8][4] = {};
+  constexpr int VA = AH ? 7 : 3;
+  const bool vecA = sAk == 1 && (K & VA) == 0 && (sAm & VA) == 0 && (aofs & VA) == 0 && ((unsigned long long)A & 15) == 0;
+  const bool vecB = sBk == 1 && (K & 7) == 0 && (sBn & 7) == 0 && (bofs & 7) == 0 && ((unsigned long long)B & 15) == 0;
+  pipelined<BK, ST, true>(g.kb, ke, [&](int st, int k0) {
+    tc_fill<BM, BK, NT>(As(st), A, aofs, m0, M, sAm, sAk, k0, ke, vecA, tid);
+    wg_fill_b<BN, NT>(Bs(st), B, bofs, n0, N, sBn, sBk, k0, ke, vecB, tid);
+  }, [&](int st) {
+    unsigned a[BK / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) tc_frag_a(a[kk], As(st), wrow, kk * 16, lane);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) wg_mma<BN>(acc[0], a[kk], Bs(st), kk);
+    wgmma_commit();
+    wgmma_wait0();   // the stage is refilled after the next barrier
+  });
+  tc_gemm_epilogue<16, BN, ACT>(acc, m0 + wrow, n0, g, M, N, S, ws, bias, sbm, sbn, alpha, beta, res, Cm, lane);
 }
 
 // Fused attention on tensor cores (flash attention): O = softmax(scale * Q Kt + mask) V for a block of
@@ -748,7 +916,9 @@ TC_FAMILIES: dict[str, str] = {
 TC_FAMILIES["attn_tc_part"] = TC_FAMILIES["attn_tc"] + ", int nsplit, float* ws"
 TC_FAMILIES["attn_combine"] = ("const float* ws, float* o, int Sq, int DV, int nb, int nb1, int nsplit, int sO0, "
                                "int sO1, int sOm, int sOd, int guard")
-TC_TEMPLATE_KINDS: dict[str, str] = {"conv_tc": "iiiiiibi", "gemm_tc": "iiiiiibbi", "attn_tc": "i", "attn_tc_part": "i",
+TC_FAMILIES["gemm_wg"] = TC_FAMILIES["gemm_tc"]
+TC_TEMPLATE_KINDS: dict[str, str] = {"conv_tc": "iiiiiibi", "gemm_tc": "iiiiiibbi", "gemm_wg": "iiiiiibbi",
+                                     "attn_tc": "i", "attn_tc_part": "i",
                                      "attn_combine": "i"}
 
 #: tensor-core block tiles (BM, BN, BK, WM, WN, KS): 4 warps per k slice (KS x 128 threads); BM over
@@ -768,6 +938,27 @@ TC_TILES: dict[str, tuple[int, int, int, int, int, int]] = {
     "t32x32k64s2": (32, 32, 64, 16, 16, 2),
     "t32x32k64s4": (32, 32, 64, 16, 16, 4),
 }
+
+
+#: Hopper warpgroup-MMA tiles of gemm_wg (BM, BN, 64, 16, BN, 1): BM / 64 warpgroups over rows; sm_90a only
+#: (the runtime plans them only where the plan's kernels were compiled for it). Only the tuner picks them.
+WG_TILES: dict[str, tuple[int, int, int, int, int, int]] = {
+    "w64x64": (64, 64, 64, 16, 64, 1),
+    "w64x128": (64, 128, 64, 16, 128, 1),
+    "w128x64": (128, 64, 64, 16, 64, 1),
+    "w128x128": (128, 128, 64, 16, 128, 1),
+}
+#: the families that need sm_90a (wgmma)
+WG_FAMILIES = frozenset({"gemm_wg"})
+
+
+def wg_smem_bytes(targs: tuple[int, ...]) -> int:
+    """Dynamic shared memory of a gemm_wg launch (the kernel's ``wg_stages``): B tiles fp16 [BN][64],
+    A tiles [BM][72] of fp16 (AH) or fp32, as many stages as fit WG_SMEM_LIMIT (at most MAX_STAGES),
+    and 1 KB to align the swizzled tiles."""
+    bm, bn, bk = targs[:3]
+    stage = bn * bk * 2 + bm * (bk + 8) * (2 if targs[6] else 4)
+    return min(MAX_STAGES, (WG_SMEM_LIMIT - 1024) // stage) * stage + 1024
 
 
 def tc_stages(family: str, targs: tuple[int, ...]) -> int:

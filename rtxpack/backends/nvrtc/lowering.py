@@ -16,7 +16,7 @@ from .host_ops import attr_or_input, flatten_shape, reshape_target, slice_params
 from . import lowering_ops as ops
 from .dtypes import ITEMSIZE
 from .kernels import BINARY_OPS, GEMM_TILES, TILES, UNARY_OPS, KernelSpec
-from .kernels_tc import ATTN_DPS, tc_tiles
+from .kernels_tc import ATTN_DPS, WG_TILES, tc_tiles
 from .launch import Launch, Shape, blocks as _blocks, broadcast, bstrides as _bstrides, collapse as _collapse, i6 as _i6
 from .launch import rowthreads as _rowthreads, strides_of as _strides
 
@@ -121,6 +121,7 @@ def _gemm_specs(node: Mapping[str, Any]) -> list[KernelSpec]:
         half = set(a.get("tc_half", ()))
         suffix = (int(0 in half), int(1 in half), int(a.get("relu", 0)))
         return [KernelSpec("gemm_tc", t + suffix) for t in tc_tiles("gemm_tc", suffix).values()] + \
+            [KernelSpec("gemm_wg", t + suffix) for t in WG_TILES.values() if suffix[1]] + \
             [KernelSpec("gemm_splitk_reduce")]
     return [KernelSpec("gemm", t) for t in GEMM_TILES.values()] + [KernelSpec("gemm_splitk_reduce")]
 
@@ -179,6 +180,16 @@ def _plan_tiles(node: Mapping[str, Any], family: str, table: Mapping[str, tuple[
             if own:
                 return {"x".join(map(str, t)): t for t in own}, suf
     return table, suffix
+
+
+def _wg_tiles(node: Mapping[str, Any], suffix: tuple[int, ...]) -> Mapping[str, tuple[int, ...]]:
+    """The gemm_wg tiles a tensor-core GEMM can run: B must be fp16 (a weight); all of WG_TILES when
+    planning a build, else those the loaded plan carries and the GPU can run (the runtime leaves
+    gemm_wg out of ``kernels`` where wgmma is missing: not sm_90a)."""
+    if len(suffix) != 3 or not suffix[1]:
+        return {}
+    have = node.get("kernels")
+    return {k: t for k, t in WG_TILES.items() if have is None or KernelSpec("gemm_wg", t + suffix) in have}
 
 
 def _choose(node: Mapping[str, Any], cands: list[tuple[str, int]], heuristic: tuple[str, int]
@@ -577,8 +588,12 @@ def _plan_gemm(node, shapes: Sequence[Shape], num_sms: int) -> tuple[list[Shape]
                       else ("gemm", ()))
     tiles, suffix = _plan_tiles(node, family, tc_tiles(family, suffix) if a.get("tc") else GEMM_TILES, suffix)
     cands, heur = _tile_candidates(M, N, K, nbatch, num_sms, nbatch == 1, tiles)
+    wg = _wg_tiles(node, suffix) if a.get("tc") else {}
+    if wg:         # Hopper: the warpgroup-MMA tiles are candidates too, and the heuristic takes one of them
+        wcands, heur = _tile_candidates(M, N, K, nbatch, num_sms, nbatch == 1, wg)
+        cands += wcands
     (label, splits), extra = _choose(node, cands, heur)
-    spec = KernelSpec(family, tiles[label] + suffix)
+    spec = KernelSpec("gemm_wg", wg[label] + suffix) if label in wg else KernelSpec(family, tiles[label] + suffix)
     if a.get("tc"):
         args[0], args[1] = [args[i] + "#h" if i in half else args[i] for i in (0, 1)]
         if a.get("tc_bt"):            # B's fp16 copy is stored [N, K] (see use_tensor_cores)

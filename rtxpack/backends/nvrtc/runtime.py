@@ -26,6 +26,7 @@ from .compile import compile_program, nvrtc_version, nvrtc_version_probe
 from .dtypes import ITEMSIZE
 from .onnx_import import load_model
 from .kernels import KernelSpec, param_types
+from .kernels_tc import WG_FAMILIES
 from .plan import read_plan
 from .schedule import ALIGN, ShapePlan, Tunable, check_profile, device_bytes, plan_shapes
 from .tuning import TuningTable, cache_key as tuning_key, shape_key, tune, tune_budget
@@ -99,13 +100,22 @@ class NvrtcLoadedPlan:
         self._init_tuning(f"{self.gpu_name} ({self.num_sms} SMs)")
         self._stream = check(cu.cuStreamCreate(cu.CUstream_flags.CU_STREAM_NON_BLOCKING), "cuStreamCreate")
         t1 = time.perf_counter()
+        #: Hopper's wgmma kernels (gemm_wg) run: an sm_90 GPU and kernels compiled for sm_90a (the plan's
+        #: cubin or NVRTC here; not a driver JIT of portable PTX, where they trap). Set by _select_module.
+        self.wgmma_ok = False
         cubin = self._select_module(bytes(kblobs))
         self._cubin_keep = np.frombuffer(cubin, dtype=np.uint8).copy()
         self._module = check(cu.cuModuleLoadData(self._cubin_keep.ctypes.data), "cuModuleLoadData")
         self._funcs: dict[KernelSpec, Any] = {}
         for k in self._index["kernels"]:
             spec = KernelSpec(k["family"], tuple(k["targs"]))
-            self._funcs[spec] = check(cu.cuModuleGetFunction(self._module, k["entry"].encode()), "cuModuleGetFunction")
+            if spec.family in WG_FAMILIES and not self.wgmma_ok:
+                continue                  # never planned here (and its shared memory may exceed this GPU's)
+            fn = self._funcs[spec] = check(cu.cuModuleGetFunction(self._module, k["entry"].encode()),
+                                           "cuModuleGetFunction")
+            if spec.smem_bytes > 48 * 1024:
+                check(cu.cuFuncSetAttribute(fn, cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                            spec.smem_bytes), f"cuFuncSetAttribute({spec.key()} shared memory)")
         t2 = time.perf_counter()
         self._host_w: dict[str, np.ndarray] = self._weights_from_plan(wsecs["WGHT"])
         self.weights_digest = self.graph.get("weights_digest")
@@ -131,6 +141,7 @@ class NvrtcLoadedPlan:
         n = len(idx["kernels"])
         if exact in cubins or same_major:
             name = exact if exact in cubins else f"sm_{same_major[0]}"
+            self.wgmma_ok = name == "sm_90"        # compile.compile_program builds sm_90 cubins for sm_90a
             self.kernel_sources["cubin"] = n
             self.provenance = f"AOT cubin {name} from the plan" + ("" if name == exact else f" (compatible with sm_{self.sm})")
             return self._blob(blobs, cubins[name])
@@ -147,11 +158,14 @@ class NvrtcLoadedPlan:
         keys = []
         if ptx_ok:
             keys.append(CacheKey(module, exact, "ptx-jit", plan_nvrtc, self.driver_version))
+        # what NVRTC compiles here for sm_90 is sm_90a code (compile_program): its cache entries say so
+        native = exact + ("a" if self.sm == 90 else "")
         if local:
-            keys.append(CacheKey(module, exact, "nvrtc", "%d.%d" % local, self.driver_version))
+            keys.append(CacheKey(module, native, "nvrtc", "%d.%d" % local, self.driver_version))
         for key in keys:
             hit = self._cache.get(key)
             if hit is not None:
+                self.wgmma_ok = key.arch == "sm_90a"
                 self.kernel_sources["runtime-cache"] = n
                 self.provenance = f"runtime cache ({key.compiler} {key.compiler_version}, {exact}, driver {key.driver})"
                 return hit
@@ -174,7 +188,8 @@ class NvrtcLoadedPlan:
 
         cubin = compile_program(self._blob(blobs, idx["source"]).decode(), self.sm, options=idx["options"])
         local = nvrtc_version() or local   # the library that actually compiled (now loaded anyway)
-        self._cache.put(CacheKey(module, exact, "nvrtc", "%d.%d" % local, self.driver_version), cubin)
+        self._cache.put(CacheKey(module, native, "nvrtc", "%d.%d" % local, self.driver_version), cubin)
+        self.wgmma_ok = self.sm == 90
         self.kernel_sources["nvrtc-jit"] = n
         self.provenance = f"{why}; NVRTC {local[0]}.{local[1]} compiled the plan's kernels for {exact}"
         return cubin
@@ -388,18 +403,20 @@ class NvrtcLoadedPlan:
 
     def _packed(self, sp: ShapePlan, arena: int, ln: Any, extra: Mapping[str, int] | None = None
                 ) -> tuple[Any, tuple, int, Any, Any]:
-        """(function, grid, block, argument pointers, argument bytes kept alive) of one launch."""
+        """(function, grid, block, argument pointers, argument bytes kept alive, dynamic shared memory) of one
+        launch."""
         fn = self._funcs.get(ln.spec)
         if fn is None:
             raise BackendError(f"the plan has no kernel {ln.spec.key()}", fix="rebuild the plan with this rtxpack")
         buf, offs = self.pack_args(sp, arena, ln, extra)
         blob = np.frombuffer(buf + b"\0" * 8, dtype=np.uint8).copy()
-        return fn, ln.grid, ln.block, np.array([blob.ctypes.data + o for o in offs], dtype=np.uint64), blob
+        return (fn, ln.grid, ln.block, np.array([blob.ctypes.data + o for o in offs], dtype=np.uint64), blob,
+                ln.spec.smem_bytes)
 
     def _launch(self, packed: Any) -> None:
-        fn, grid, block, ptrs, _ = packed
-        check(_driver().cuLaunchKernel(fn, grid[0], grid[1], grid[2], block, 1, 1, 0, self._stream, ptrs.ctypes.data,
-                                       0), "cuLaunchKernel")
+        fn, grid, block, ptrs, _, smem = packed
+        check(_driver().cuLaunchKernel(fn, grid[0], grid[1], grid[2], block, 1, 1, smem, self._stream,
+                                       ptrs.ctypes.data, 0), "cuLaunchKernel")
 
     #: runs of a tuning candidate per CUDA graph, and graph launches timed (the median is kept)
     TUNE_REPS, TUNE_RUNS = 5, 3
