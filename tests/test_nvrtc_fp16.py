@@ -161,9 +161,13 @@ def test_hopper_wgmma_gemms_every_candidate(tmp_path: Path, models) -> None:
         with EmuLoadedPlan(plan, num_sms=8) as p:          # not Hopper: never planned
             p.run(feeds)
             assert not any(lab.startswith("gemm_wg<") for lab in p.launch_counts), p.launch_counts
+            others = sum(n for lab, n in p.launch_counts.items() if not lab.startswith(("gemm_tc<", "gemm_splitk")))
         with EmuLoadedPlan(plan, num_sms=8, wgmma=True) as p:   # the heuristic takes them on Hopper
             out = p.run(feeds)
             assert any(lab.startswith("gemm_wg<") for lab in p.launch_counts), p.launch_counts
+            # the same fusions: a residual add still runs in the GEMM's epilogue, not as a launch of its own
+            assert sum(n for lab, n in p.launch_counts.items()
+                       if not lab.startswith(("gemm_wg<", "gemm_splitk"))) == others, p.launch_counts
             most = max(len(t.labels) for t in p._state(shapes).plan.tunable)
         for key, r in ref.items():
             assert rel_err(out[key], r) <= FP16_TOL, (name, key)

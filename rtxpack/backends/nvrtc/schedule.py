@@ -584,7 +584,7 @@ def _drop(launches: list[Launch], dropped: set[int], steps: list[int], tunable: 
 
 #: launches that can run a residual add in their epilogue: (argument of the residual, of the output, of
 #: the activation); a split-K GEMM / conv writes its output in its reducer (the last launch of its layer)
-_EPILOGUES = {**{f: (3, 4, 21) for f in ("gemm", "gemm_tc", "conv_igemm", "conv_tc")},
+_EPILOGUES = {**{f: (3, 4, 21) for f in ("gemm", "gemm_tc", "gemm_wg", "conv_igemm", "conv_tc")},
               "gemm_splitk_reduce": (2, 3, 11), "splitk_reduce": (2, 3, 8)}
 
 
