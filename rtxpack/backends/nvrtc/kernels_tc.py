@@ -15,6 +15,11 @@ candidate.
 The helpers (``mma_m16n8k16_f16f32``, ``ldmatrix_x*``, ``f2h``/``h2f``) are inline PTX on the GPU;
 compiled by the CPU emulator of tests/cudaemu (which defines ``RTX_EMULATOR``) they are the
 emulator's warp exchanges, so CI runs these very kernels without a GPU.
+
+On Hopper (sm_90a) GEMMs with an fp16 weight also have ``gemm_wg`` candidates: ``wgmma.mma_async``
+with B in a 128-byte-swizzled shared tile read through a descriptor and A's fragments in registers,
+the pipeline in dynamic shared memory (``WG_SOURCE``, ``WG_TILES``, ``wg_smem_bytes``); the emulator
+runs them by the hardware's swizzle rule.
 """
 from __future__ import annotations
 
