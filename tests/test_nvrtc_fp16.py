@@ -44,6 +44,25 @@ def _prefer(k: int):
     return lambda layer, label: 0.0 if label == layer.labels[k % len(layer.labels)] else 1.0
 
 
+def _every_candidate(plan: bytes, feeds: dict, ref: dict, case: str, **emu) -> set[str]:
+    """Run ``plan`` once per tuning candidate (candidate k of every layer forced), each within fp16 tolerance
+    of ``ref`` and the same answer twice; the launch labels seen."""
+    shapes = {k: v.shape for k, v in feeds.items()}
+    with EmuLoadedPlan(plan, options={"tune_timer": _prefer(0)}, **emu) as p0:
+        p0.run(feeds)
+        most = max(len(t.labels) for t in p0._state(shapes).plan.tunable)
+    seen: set[str] = set()
+    for k in range(most):
+        with EmuLoadedPlan(plan, options={"tune_timer": _prefer(k)}, **emu) as p:
+            out = p.run(feeds)
+            out2 = p.run(feeds)
+            seen |= set(p.launch_counts)
+        for key, r in ref.items():
+            assert rel_err(out[key], r) <= FP16_TOL, (case, k, key)
+            assert np.array_equal(out[key], out2[key]), (case, k, key)
+    return seen
+
+
 @emu
 @pytest.mark.parametrize("name", list(FEATURES))
 def test_fp16_model_within_tolerance_on_the_emulator(models, name: str) -> None:
@@ -109,20 +128,7 @@ def test_every_fp16_gemm_candidate_gives_the_same_answer(tmp_path: Path) -> None
     }
     seen: set[str] = set()
     for name, (path, feeds) in cases.items():
-        plan = build_plan(path, precision="fp16")
-        ref = reference(path, feeds)
-        shapes = {k: v.shape for k, v in feeds.items()}
-        with EmuLoadedPlan(plan, num_sms=8, options={"tune_timer": _prefer(0)}) as p0:
-            p0.run(feeds)
-            most = max(len(t.labels) for t in p0._state(shapes).plan.tunable)
-        for k in range(most):
-            with EmuLoadedPlan(plan, num_sms=8, options={"tune_timer": _prefer(k)}) as p:
-                out = p.run(feeds)
-                out2 = p.run(feeds)
-                seen |= set(p.launch_counts)
-            for key, r in ref.items():
-                assert rel_err(out[key], r) <= FP16_TOL, (name, k, key)
-                assert np.array_equal(out[key], out2[key]), (name, k, key)
+        seen |= _every_candidate(build_plan(path, precision="fp16"), feeds, reference(path, feeds), name, num_sms=8)
     for halves in ((0, 1), (0, 0)):        # a weight (fp16 in shared memory), two activations (fp32)
         for tile in tc_tiles("gemm_tc", halves).values():
             head = "gemm_tc<" + ",".join(map(str, tile + halves + (0,))) + ">"     # no activation
@@ -157,7 +163,6 @@ def test_hopper_wgmma_gemms_every_candidate(tmp_path: Path, models) -> None:
     for name, (path, feeds) in cases.items():
         plan = models["transformer_block"][1] if name == "transformer" else build_plan(path, precision="fp16")
         ref = reference(path, feeds)
-        shapes = {k: v.shape for k, v in feeds.items()}
         with EmuLoadedPlan(plan, num_sms=8) as p:          # not Hopper: never planned
             p.run(feeds)
             assert not any(lab.startswith("gemm_wg<") for lab in p.launch_counts), p.launch_counts
@@ -168,17 +173,9 @@ def test_hopper_wgmma_gemms_every_candidate(tmp_path: Path, models) -> None:
             # the same fusions: a residual add still runs in the GEMM's epilogue, not as a launch of its own
             assert sum(n for lab, n in p.launch_counts.items()
                        if not lab.startswith(("gemm_wg<", "gemm_splitk"))) == others, p.launch_counts
-            most = max(len(t.labels) for t in p._state(shapes).plan.tunable)
         for key, r in ref.items():
             assert rel_err(out[key], r) <= FP16_TOL, (name, key)
-        for k in range(most):
-            with EmuLoadedPlan(plan, num_sms=8, wgmma=True, options={"tune_timer": _prefer(k)}) as p:
-                out = p.run(feeds)
-                out2 = p.run(feeds)
-                seen |= set(p.launch_counts)
-            for key, r in ref.items():
-                assert rel_err(out[key], r) <= FP16_TOL, (name, k, key)
-                assert np.array_equal(out[key], out2[key]), (name, k, key)
+        seen |= _every_candidate(plan, feeds, ref, name, num_sms=8, wgmma=True)
     for tile in WG_TILES.values():
         head = "gemm_wg<" + ",".join(map(str, tile + (0, 1, 0))) + ">"       # fp32 A, fp16 B, no activation
         assert any(s.startswith(head) and s.endswith("/splitK") for s in seen), head

@@ -55,12 +55,25 @@ WG_SOURCE = r"""
 // never plans them there (runtime.NvrtcLoadedPlan, wgmma_ok).
 #if defined(RTX_EMULATOR)
 __device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)(unsigned long long)p; }
+#else
+__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+#endif
+#if defined(RTX_EMULATOR) || !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ void fence_proxy_async() {}
 __device__ __forceinline__ void wgmma_fence() {}
 __device__ __forceinline__ void wgmma_commit() {}
 __device__ __forceinline__ void wgmma_wait0() {}
+#else
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int N> __device__ void wg_mma_issue(float (&d)[N / 8][4], const unsigned (&a)[4], unsigned long long desc);
+""" + "".join(_wgmma_asm(n) for n in WG_NS) + r"""
+#endif
 template <int N>
 __device__ __forceinline__ void wg_mma(float (&d)[N / 8][4], const unsigned (&a)[4], const unsigned short* tile, int kk) {
+#if defined(RTX_EMULATOR)
   const unsigned char* base = reinterpret_cast<const unsigned char*>(tile);
   if (reinterpret_cast<unsigned long long>(base) & 1023) __trap();   // the swizzle needs 1024-byte aligned tiles
   const int lane = threadIdx.x & 31;
@@ -73,35 +86,16 @@ __device__ __forceinline__ void wg_mma(float (&d)[N / 8][4], const unsigned (&a)
     }
     rtx_emu::mma_m16n8k16_f16f32(d[j], a, b, d[j]);
   }
-}
-#else
-__device__ __forceinline__ unsigned smem_u32(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
-template <int N> __device__ void wg_mma_issue(float (&d)[N / 8][4], const unsigned (&a)[4], unsigned long long desc);
-""" + "".join(_wgmma_asm(n) for n in WG_NS) + r"""
-template <int N>
-__device__ __forceinline__ void wg_mma(float (&d)[N / 8][4], const unsigned (&a)[4], const unsigned short* tile, int kk) {
+#elif defined(__CUDA_ARCH_FEAT_SM90_ALL)
   // descriptor: start address >> 4 (bits 0-13), leading byte offset 16 >> 4 (unused by swizzled K-major),
   // stride byte offset 1024 >> 4 (bits 32-45), 128-byte swizzle (bits 62-63 = 1)
   const unsigned addr = smem_u32(tile) + kk * 32;
   const unsigned long long desc = (unsigned long long)((addr & 0x3FFFF) >> 4) | (1ull << 16) | (64ull << 32) | (1ull << 62);
   wg_mma_issue<N>(d, a, desc);
-}
 #else
-__device__ __forceinline__ void fence_proxy_async() {}
-__device__ __forceinline__ void wgmma_fence() {}
-__device__ __forceinline__ void wgmma_commit() {}
-__device__ __forceinline__ void wgmma_wait0() {}
-template <int N>
-__device__ __forceinline__ void wg_mma(float (&d)[N / 8][4], const unsigned (&a)[4], const unsigned short* tile, int kk) {
   __trap();   // not sm_90a: gemm_wg is never planned here
+#endif
 }
-#endif
-#endif
 """
 
 
