@@ -158,6 +158,9 @@ def test_hopper_wgmma_gemms_every_candidate(tmp_path: Path, models) -> None:
         "batched_odd_n": (op_model(tmp_path / "bn.onnx", "MatMul", {"a": rand(3, 37, 136)}, extra_inputs=["b"],
                                    inits={"b": rand(136, 29)}), {"a": rand(3, 37, 136)}),
         "transformer": (models["transformer_block"][0], {"x": rand(2, *FEATURES["transformer_block"])}),
+        # no C: beta plays no part (an outside review found beta=inf times the missing bias giving NaN)
+        "gemm_no_c": (op_model(tmp_path / "nc.onnx", "Gemm", {"a": rand(40, 64)}, extra_inputs=["b"],
+                               inits={"b": rand(64, 48)}, beta=float("inf")), {"a": rand(40, 64)}),
     }
     seen: set[str] = set()
     for name, (path, feeds) in cases.items():

@@ -547,8 +547,9 @@ __device__ __forceinline__ void tc_gemm_epilogue(const float (&acc)[WM / 16][WN 
         const int c = cl + j * 8;
         const bool in = r < M && c < N;     // N even, c even: c + 1 < N too
         const float* brow = bs + (long long)r * sbm;
-        bq[h][j] = !in || !bs ? make_float2(0.f, 0.f) : bpairs ? *reinterpret_cast<const float2*>(brow + c)
-                 : make_float2(brow[(long long)c * sbn], brow[(long long)(c + 1) * sbn]);
+        const float2 q = !in || !bs ? make_float2(0.f, 0.f) : bpairs ? *reinterpret_cast<const float2*>(brow + c)
+                       : make_float2(brow[(long long)c * sbn], brow[(long long)(c + 1) * sbn]);
+        bq[h][j] = bs ? make_float2(beta * q.x, beta * q.y) : q;   // no bias: beta plays no part (ONNX)
         rq[h][j] = in && rs ? *reinterpret_cast<const float2*>(rs + (long long)r * N + c) : make_float2(0.f, 0.f);
       }
     }
@@ -563,8 +564,8 @@ __device__ __forceinline__ void tc_gemm_epilogue(const float (&acc)[WM / 16][WN 
         if (c >= N) continue;
         float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
         if (!part) {
-          v0 = epilogue_act(ACT, alpha * v0 + beta * bq[h][j].x + rq[h][j].x);
-          v1 = epilogue_act(ACT, alpha * v1 + beta * bq[h][j].y + rq[h][j].y);
+          v0 = epilogue_act(ACT, alpha * v0 + bq[h][j].x + rq[h][j].x);
+          v1 = epilogue_act(ACT, alpha * v1 + bq[h][j].y + rq[h][j].y);
         }
         *reinterpret_cast<float2*>(orow + c) = make_float2(v0, v1);
       }
@@ -940,12 +941,13 @@ TC_TILES: dict[str, tuple[int, int, int, int, int, int]] = {
 
 
 #: Hopper warpgroup-MMA tiles of gemm_wg (BM, BN, 64, 16, BN, 1): BM / 64 warpgroups over rows; sm_90a only
-#: (the runtime plans them only where the plan's kernels were compiled for it). Only the tuner picks them.
+#: (the runtime plans them only where the plan's kernels were compiled for it, and there the heuristic
+#: picks among them: biggest first, as lowering._tile_candidates expects).
 WG_TILES: dict[str, tuple[int, int, int, int, int, int]] = {
-    "w64x64": (64, 64, 64, 16, 64, 1),
-    "w64x128": (64, 128, 64, 16, 128, 1),
-    "w128x64": (128, 64, 64, 16, 64, 1),
     "w128x128": (128, 128, 64, 16, 128, 1),
+    "w128x64": (128, 64, 64, 16, 64, 1),
+    "w64x128": (64, 128, 64, 16, 128, 1),
+    "w64x64": (64, 64, 64, 16, 64, 1),
 }
 #: the families that need sm_90a (wgmma)
 WG_FAMILIES = frozenset({"gemm_wg"})
