@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rtxpack.backends.nvrtc.compile import compile_program
     from rtxpack.backends.nvrtc.kernels import KernelSpec, entry_name, program_source
-    from rtxpack.backends.nvrtc.kernels_tc import TC_TILES, WG_TILES, tc_stages
+    from rtxpack.backends.nvrtc.kernels_tc import SMEM_LIMIT, TC_TILES, WG_TILES, tc_stages
 
     torch.cuda.init()
     dev = torch.cuda.current_device()
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     mod = ok(cu.cuModuleLoadData(cubin))
     funcs = {s: ok(cu.cuModuleGetFunction(mod, entry_name(s).encode())) for s in allspecs}
     for s in allspecs:
-        if s.smem_bytes > 48 * 1024:
+        if s.smem_bytes > SMEM_LIMIT:
             ok(cu.cuFuncSetAttribute(funcs[s], cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                      s.smem_bytes))
 

@@ -23,7 +23,6 @@ import numpy as np
 from rtxpack.backends.nvrtc import compile as nv_compile
 from rtxpack.backends.nvrtc import runtime as nv_runtime
 from rtxpack.backends.nvrtc.kernels import FAMILIES, KernelSpec
-from rtxpack.backends.nvrtc.kernels_tc import WG_FAMILIES
 from rtxpack.backends.nvrtc.plan import read_plan
 from rtxpack.backends.nvrtc.schedule import ALIGN, ShapePlan, device_bytes
 from rtxpack.backends.nvrtc.tuning import tune
@@ -111,7 +110,7 @@ class EmuLoadedPlan(nv_runtime.NvrtcLoadedPlan):
         for k in self._index["kernels"]:
             self.module.function(k["entry"])      # KeyError now, not at the first run, when it is missing
             spec = KernelSpec(k["family"], tuple(k["targs"]))
-            if spec.family not in WG_FAMILIES or self.wgmma_ok:
+            if self._runnable(spec):
                 self._funcs[spec] = k["entry"]
         t2 = time.perf_counter()
         self._host_w = self._weights_from_plan(wsecs["WGHT"])

@@ -296,10 +296,10 @@ __device__ __forceinline__ void tc_step(TA As, TB Bs, float (&acc)[WM / 16][WN /
 }
 
 // Pipeline stages of a tensor-core kernel whose stage takes ``bytes`` of shared memory: as many as
-// fit in RTX_TC_SMEM (static shared memory), at most RTX_TC_MAX_STAGES. kernels_tc.tc_stages is the
-// same rule in Python.
-__host__ __device__ constexpr int tc_stages(int bytes) {
-  return RTX_TC_SMEM / bytes < RTX_TC_MAX_STAGES ? RTX_TC_SMEM / bytes : RTX_TC_MAX_STAGES;
+// fit in ``limit`` (RTX_TC_SMEM: static shared memory), at most RTX_TC_MAX_STAGES. kernels_tc.stages_in
+// is the same rule in Python.
+__host__ __device__ constexpr int tc_stages(int bytes, int limit = RTX_TC_SMEM) {
+  return limit / bytes < RTX_TC_MAX_STAGES ? limit / bytes : RTX_TC_MAX_STAGES;
 }
 
 // The k loop of the tensor-core kernels: fill(stage, k0) issues the asynchronous copies of the
@@ -630,11 +630,6 @@ __device__ __forceinline__ void wg_fill_b(unsigned short* s, const void* p, long
   }
 }
 
-// Pipeline stages of gemm_wg (dynamic shared memory, RTX_WG_SMEM at most with the 1 KB alignment
-// slack): kernels_tc.wg_smem_bytes is the same rule in Python.
-__host__ __device__ constexpr int wg_stages(int stage_bytes) {
-  return (RTX_WG_SMEM - 1024) / stage_bytes < RTX_TC_MAX_STAGES ? (RTX_WG_SMEM - 1024) / stage_bytes : RTX_TC_MAX_STAGES;
-}
 #ifdef RTX_EMULATOR
 #define RTX_WG_SHARED(name, bytes) __shared__ __align__(1024) unsigned char name[bytes]
 #else
@@ -655,7 +650,7 @@ __device__ void gemm_wg(const void* __restrict__ A, const void* __restrict__ B, 
   static_assert(BK == 64 && WM == 16 && WN == BN && KS == 1 && BH && BM % 64 == 0, "a gemm_wg tile");
   using TA = typename TcType<AH>::type;
   constexpr int NT = BM / 16 * 32, LA = BK + 8, BBYTES = BN * BK * 2, ABYTES = BM * LA * (int)sizeof(TA);
-  constexpr int ST = wg_stages(BBYTES + ABYTES);
+  constexpr int ST = tc_stages(BBYTES + ABYTES, RTX_WG_SMEM - 1024);   // 1 KB: the alignment slack
   static_assert(ST >= 2 && BBYTES % 1024 == 0, "the stages fit, B tiles stay 1024-byte aligned");
   RTX_WG_SHARED(raw, ST * (BBYTES + ABYTES) + 1024);
   unsigned char* sm = raw + ((1024u - (smem_u32(raw) & 1023u)) & 1023u);
@@ -954,12 +949,17 @@ WG_FAMILIES = frozenset({"gemm_wg"})
 
 
 def wg_smem_bytes(targs: tuple[int, ...]) -> int:
-    """Dynamic shared memory of a gemm_wg launch (the kernel's ``wg_stages``): B tiles fp16 [BN][64],
+    """Dynamic shared memory of a gemm_wg launch (the kernel's stage count): B tiles fp16 [BN][64],
     A tiles [BM][72] of fp16 (AH) or fp32, as many stages as fit WG_SMEM_LIMIT (at most MAX_STAGES),
     and 1 KB to align the swizzled tiles."""
     bm, bn, bk = targs[:3]
     stage = bn * bk * 2 + bm * (bk + 8) * (2 if targs[6] else 4)
-    return min(MAX_STAGES, (WG_SMEM_LIMIT - 1024) // stage) * stage + 1024
+    return stages_in(stage, WG_SMEM_LIMIT - 1024) * stage + 1024
+
+
+def stages_in(stage: int, limit: int = SMEM_LIMIT) -> int:
+    """Pipeline stages of ``stage`` bytes each that fit ``limit`` (at most MAX_STAGES): the kernels' tc_stages."""
+    return min(MAX_STAGES, limit // stage)
 
 
 def tc_stages(family: str, targs: tuple[int, ...]) -> int:
@@ -970,7 +970,7 @@ def tc_stages(family: str, targs: tuple[int, ...]) -> int:
         stage = bm * (bk + 8) * 2 + bk * (bn + 4) * 4
     else:
         stage = (bm * (2 if targs[6] else 4) + bn * (2 if targs[7] else 4)) * (bk + 8)
-    return min(MAX_STAGES, SMEM_LIMIT // stage)
+    return stages_in(stage)
 
 
 def tc_tiles(family: str, suffix: tuple[int, ...]) -> dict[str, tuple[int, int, int, int, int, int]]:

@@ -26,7 +26,7 @@ from .compile import compile_program, nvrtc_version, nvrtc_version_probe
 from .dtypes import ITEMSIZE
 from .onnx_import import load_model
 from .kernels import KernelSpec, param_types
-from .kernels_tc import WG_FAMILIES
+from .kernels_tc import SMEM_LIMIT, WG_FAMILIES
 from .plan import read_plan
 from .schedule import ALIGN, ShapePlan, Tunable, check_profile, device_bytes, plan_shapes
 from .tuning import TuningTable, cache_key as tuning_key, shape_key, tune, tune_budget
@@ -109,11 +109,11 @@ class NvrtcLoadedPlan:
         self._funcs: dict[KernelSpec, Any] = {}
         for k in self._index["kernels"]:
             spec = KernelSpec(k["family"], tuple(k["targs"]))
-            if spec.family in WG_FAMILIES and not self.wgmma_ok:
+            if not self._runnable(spec):
                 continue                  # never planned here (and its shared memory may exceed this GPU's)
             fn = self._funcs[spec] = check(cu.cuModuleGetFunction(self._module, k["entry"].encode()),
                                            "cuModuleGetFunction")
-            if spec.smem_bytes > 48 * 1024:
+            if spec.smem_bytes > SMEM_LIMIT:
                 check(cu.cuFuncSetAttribute(fn, cu.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                             spec.smem_bytes), f"cuFuncSetAttribute({spec.key()} shared memory)")
         t2 = time.perf_counter()
@@ -131,6 +131,11 @@ class NvrtcLoadedPlan:
         self.last_shape_plan_s = 0.0
 
     # ---------------------------------------------------------------- kernels
+    def _runnable(self, spec: KernelSpec) -> bool:
+        """Whether this GPU may run ``spec``: Hopper's wgmma kernels only where ``wgmma_ok``. The kernels
+        left out are left out of planning (``plan_shapes(kernels=...)`` sees only the runnable ones)."""
+        return spec.family not in WG_FAMILIES or self.wgmma_ok
+
     def _select_module(self, blobs: bytes) -> bytes:
         idx = self._index
         module = idx["module"]
